@@ -1,0 +1,46 @@
+# Portcullis — Kubernetes Gateway API implementation in Rust.
+# `make help` lists the targets.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: build
+build: ## Build every binary (release).
+	$(CARGO) build --release --workspace --exclude portcullis-e2e --bins --examples
+
+.PHONY: test
+test: ## Run all tests that need no cluster (unit, table and loopback integration tests).
+	hack/ensure-tools.sh test
+	$(CARGO) test --workspace --locked
+
+.PHONY: lint
+lint: ## rustfmt check and clippy with warnings as errors.
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: fmt
+fmt: ## Format the code.
+	$(CARGO) fmt --all
+
+##@ Try it
+
+.PHONY: demo
+demo: ## Run the proxy in front of two local backends: a 95/5 canary, then a live 50/50 push.
+	hack/demo.sh
+
+##@ Measure
+
+.PHONY: bench
+bench: ## Benchmark the proxy against nginx and direct-to-backend on this machine.
+	bench/run.sh

@@ -1,0 +1,363 @@
+//! The compiled config: everything one Gateway's proxies need, already resolved.
+//!
+//! The operator (and standalone mode) produce it from Gateway API objects; the proxy consumes
+//! only this. Nothing here refers back to Kubernetes: Services are already endpoints, Secrets
+//! are already PEM, and attachment and hostname intersection are already decided.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The schema version this build reads and writes. A proxy NACKs any other version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One Gateway's complete data-plane configuration at one generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompiledConfig {
+    pub schema_version: u32,
+    /// Monotonic per Gateway. The proxy refuses to go backwards.
+    pub generation: u64,
+    #[serde(default)]
+    pub gateway: GatewayIdentity,
+    /// One entry per bound port; Gateway listeners that share a port are merged into one.
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    #[serde(default)]
+    pub settings: ProxySettings,
+}
+
+impl CompiledConfig {
+    /// An empty config at `generation`: no ports, nothing served.
+    pub fn empty(generation: u64) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            generation,
+            gateway: GatewayIdentity::default(),
+            ports: Vec::new(),
+            backends: Vec::new(),
+            certificates: Vec::new(),
+            settings: ProxySettings::default(),
+        }
+    }
+
+    /// SHA-256 over the serialized config with the generation left out, so two compilations of
+    /// the same inputs hash equal and an unchanged config never needs a push.
+    pub fn content_hash(&self) -> [u8; 32] {
+        let mut unversioned = self.clone();
+        unversioned.generation = 0;
+        // Serializing plain data structs to a Vec cannot fail: no maps with non-string keys,
+        // no custom serializers.
+        let bytes = serde_json::to_vec(&unversioned).unwrap_or_default();
+        Sha256::digest(&bytes).into()
+    }
+
+    /// A copy safe to show to operators: private keys replaced by a marker.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        for certificate in &mut copy.certificates {
+            certificate.private_key_pem = REDACTED.to_string();
+        }
+        copy
+    }
+}
+
+/// What `redacted` puts in place of a private key.
+pub const REDACTED: &str = "<redacted>";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayIdentity {
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PortProtocol {
+    #[serde(rename = "HTTP")]
+    Http,
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+/// A listening port and the Gateway listeners that share it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub port: u16,
+    pub protocol: PortProtocol,
+    pub listeners: Vec<Listener>,
+}
+
+/// A Gateway listener: a hostname (or none, meaning any) and the routes attached to it.
+/// A request is served by exactly one listener of its port, the one whose hostname matches
+/// the request host most specifically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Names of entries in `CompiledConfig::certificates`; required on HTTPS ports.
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    /// Routes in tie-break order: oldest first, then by "namespace/name".
+    #[serde(default)]
+    pub routes: Vec<HttpRoute>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRoute {
+    /// "namespace/name", used in metrics and logs.
+    pub name: String,
+    /// Effective hostnames (already intersected with the listener's); empty means any host
+    /// the listener accepts.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Empty means one match on path prefix "/".
+    #[serde(default)]
+    pub matches: Vec<RouteMatch>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// Empty means every request matched by this rule is answered 500, as Gateway API requires.
+    #[serde(default)]
+    pub backends: Vec<WeightedBackend>,
+    #[serde(default)]
+    pub timeouts: RuleTimeouts,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTimeouts {
+    /// Whole request, from the first byte of the request head to the end of the response.
+    #[serde(default)]
+    pub request_ms: Option<u64>,
+    /// One upstream attempt, from connecting to the end of the response.
+    #[serde(default)]
+    pub backend_request_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub path: PathMatch,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+    #[serde(default)]
+    pub query_params: Vec<QueryParamMatch>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathMatch {
+    Exact(String),
+    /// Element-wise prefix: "/foo" matches "/foo" and "/foo/bar", not "/foobar".
+    PathPrefix(String),
+    RegularExpression(String),
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        PathMatch::PathPrefix("/".to_string())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum StringMatch {
+    Exact(String),
+    RegularExpression(String),
+}
+
+/// Header names compare case-insensitively.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: StringMatch,
+}
+
+/// Query parameter names compare exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParamMatch {
+    pub name: String,
+    pub value: StringMatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Filter {
+    RequestHeaderModifier(HeaderModifier),
+    ResponseHeaderModifier(HeaderModifier),
+    RequestRedirect(RequestRedirect),
+    #[serde(rename = "URLRewrite")]
+    UrlRewrite(UrlRewrite),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderModifier {
+    #[serde(default)]
+    pub set: Vec<HeaderValue>,
+    #[serde(default)]
+    pub add: Vec<HeaderValue>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRedirect {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+    #[serde(default = "default_redirect_status")]
+    pub status_code: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlRewrite {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replaces the part of the path matched by the rule's PathPrefix match.
+    ReplacePrefixMatch(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedBackend {
+    pub weight: u32,
+    pub target: BackendTarget,
+    /// Applied only to requests sent to this backend (RequestHeaderModifier,
+    /// ResponseHeaderModifier).
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// Where a weighted share of a rule's traffic goes. An invalid reference keeps its share and
+/// that share is answered 500.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendTarget {
+    /// Name of an entry in `CompiledConfig::backends`.
+    Backend(String),
+    /// Why the reference could not be resolved (shown in logs, never to clients).
+    Invalid(String),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendProtocol {
+    #[default]
+    #[serde(rename = "HTTP/1.1")]
+    Http1,
+}
+
+/// A set of endpoints serving one Service port. No endpoints means 503.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// "namespace/service:port".
+    pub name: String,
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// A certificate chain and its private key, both PEM. Only Gateways allowed to use a Secret
+/// ever receive it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// "namespace/secret".
+    pub name: String,
+    pub cert_chain_pem: String,
+    pub private_key_pem: String,
+}
+
+/// Limits and timeouts of the HTTP engine. Defaults follow edge-proxy practice (Envoy's edge
+/// guide): they are safe to face the internet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    pub max_header_count: usize,
+    /// Request line plus headers; beyond it the answer is 431.
+    pub max_header_bytes: usize,
+    /// Beyond it the answer is 414.
+    pub max_request_line_bytes: usize,
+    /// The whole request head must arrive within this time (slowloris); 408 otherwise.
+    pub header_read_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this time.
+    pub idle_timeout_ms: u64,
+    /// A request or response body that makes no progress for this long is aborted.
+    pub body_idle_timeout_ms: u64,
+    pub upstream_connect_timeout_ms: u64,
+    /// Pooled upstream connections idle longer than this are closed.
+    pub upstream_idle_timeout_ms: u64,
+    pub upstream_max_idle_per_endpoint: usize,
+    pub max_connections_per_core: usize,
+    /// 0 means unlimited.
+    pub max_requests_per_connection: u64,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            max_header_count: 100,
+            max_header_bytes: 60 * 1024,
+            max_request_line_bytes: 8 * 1024,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_idle_timeout_ms: 60_000,
+            upstream_connect_timeout_ms: 5_000,
+            upstream_idle_timeout_ms: 30_000,
+            upstream_max_idle_per_endpoint: 64,
+            max_connections_per_core: 10_000,
+            max_requests_per_connection: 0,
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Complete validation of a [`CompiledConfig`], shared by the compiler (to never emit a config
+//! the proxy would refuse) and the proxy (to NACK before anything is swapped).
+//!
+//! Errors name the offending element by its path, e.g.
+//! `ports[0].listeners[1].routes["ns/web"].rules[2].matches[0].path`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+use crate::config::*;
+
+/// Upper bounds that keep one config from exhausting the proxy. Generous for real Gateways.
+pub const MAX_PORTS: usize = 64;
+pub const MAX_ROUTES_PER_LISTENER: usize = 100_000;
+pub const MAX_WEIGHT: u32 = 1_000_000;
+pub const MAX_REGEX_LEN: usize = 1024;
+/// Compiled-size limit per regex, so a hostile pattern cannot blow up memory.
+pub const MAX_REGEX_COMPILED_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ValidationError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Checks every invariant the proxy relies on. The first violation is returned.
+pub fn validate(config: &CompiledConfig) -> Result<(), ValidationError> {
+    let mut v = Validator::default();
+    v.config(config);
+    match v.first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    path: Vec<String>,
+    first_error: Option<ValidationError>,
+}
+
+impl Validator {
+    fn fail(&mut self, message: impl Into<String>) {
+        if self.first_error.is_none() {
+            self.first_error = Some(ValidationError {
+                path: self.path.concat(),
+                message: message.into(),
+            });
+        }
+    }
+
+    fn within<F: FnOnce(&mut Self)>(&mut self, segment: String, f: F) {
+        self.path.push(segment);
+        f(self);
+        self.path.pop();
+    }
+
+    fn config(&mut self, config: &CompiledConfig) {
+        if config.schema_version != SCHEMA_VERSION {
+            self.within("schema_version".into(), |v| {
+                v.fail(format!(
+                    "schema version {} is not supported (this proxy reads {SCHEMA_VERSION})",
+                    config.schema_version
+                ))
+            });
+            return;
+        }
+        self.within("settings".into(), |v| v.settings(&config.settings));
+        if config.ports.len() > MAX_PORTS {
+            self.within("ports".into(), |v| {
+                v.fail(format!(
+                    "{} ports exceed the limit of {MAX_PORTS}",
+                    config.ports.len()
+                ))
+            });
+        }
+
+        let mut certificate_names = HashSet::new();
+        for (i, certificate) in config.certificates.iter().enumerate() {
+            self.within(format!("certificates[{i}]"), |v| {
+                if certificate.name.is_empty() {
+                    v.fail("name is empty");
+                }
+                if !certificate_names.insert(certificate.name.as_str()) {
+                    v.fail(format!("duplicate certificate name {:?}", certificate.name));
+                }
+                if certificate.cert_chain_pem.trim().is_empty() {
+                    v.fail("cert_chain_pem is empty");
+                }
+                if certificate.private_key_pem.trim().is_empty() {
+                    v.fail("private_key_pem is empty");
+                }
+            });
+        }
+
+        let mut backend_names = HashSet::new();
+        for (i, backend) in config.backends.iter().enumerate() {
+            self.within(format!("backends[{i}]"), |v| {
+                if backend.name.is_empty() {
+                    v.fail("name is empty");
+                }
+                if !backend_names.insert(backend.name.as_str()) {
+                    v.fail(format!("duplicate backend name {:?}", backend.name));
+                }
+                for (j, endpoint) in backend.endpoints.iter().enumerate() {
+                    if endpoint.port() == 0 {
+                        v.within(format!(".endpoints[{j}]"), |v| v.fail("port 0"));
+                    }
+                }
+            });
+        }
+
+        let mut ports = HashSet::new();
+        let mut listener_names = HashSet::new();
+        for (i, port) in config.ports.iter().enumerate() {
+            self.within(format!("ports[{i}]"), |v| {
+                if port.port == 0 {
+                    v.fail("port 0 cannot be bound");
+                }
+                if !ports.insert(port.port) {
+                    v.fail(format!("port {} appears twice", port.port));
+                }
+                v.port(
+                    port,
+                    &certificate_names,
+                    &backend_names,
+                    &mut listener_names,
+                );
+            });
+        }
+    }
+
+    fn settings(&mut self, s: &ProxySettings) {
+        let positive = [
+            ("max_header_count", s.max_header_count as u64),
+            ("max_header_bytes", s.max_header_bytes as u64),
+            ("max_request_line_bytes", s.max_request_line_bytes as u64),
+            ("header_read_timeout_ms", s.header_read_timeout_ms),
+            ("idle_timeout_ms", s.idle_timeout_ms),
+            ("body_idle_timeout_ms", s.body_idle_timeout_ms),
+            ("upstream_connect_timeout_ms", s.upstream_connect_timeout_ms),
+            ("upstream_idle_timeout_ms", s.upstream_idle_timeout_ms),
+            (
+                "max_connections_per_core",
+                s.max_connections_per_core as u64,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                self.within(format!(".{name}"), |v| v.fail("must be greater than 0"));
+            }
+        }
+        if s.max_header_count > 1024 {
+            self.within(".max_header_count".into(), |v| {
+                v.fail("must be at most 1024")
+            });
+        }
+        if s.max_header_bytes > 1 << 20 {
+            self.within(".max_header_bytes".into(), |v| {
+                v.fail("must be at most 1 MiB")
+            });
+        }
+        if s.max_request_line_bytes > s.max_header_bytes {
+            self.within(".max_request_line_bytes".into(), |v| {
+                v.fail("must not exceed max_header_bytes")
+            });
+        }
+    }
+
+    fn port<'a>(
+        &mut self,
+        port: &'a Port,
+        certificates: &HashSet<&str>,
+        backends: &HashSet<&str>,
+        listener_names: &mut HashSet<&'a str>,
+    ) {
+        if port.listeners.is_empty() {
+            self.fail("a port needs at least one listener");
+        }
+        let mut hostnames = HashSet::new();
+        for (i, listener) in port.listeners.iter().enumerate() {
+            self.within(format!(".listeners[{i}]"), |v| {
+                if listener.name.is_empty() {
+                    v.fail("name is empty");
+                }
+                if !listener_names.insert(listener.name.as_str()) {
+                    v.fail(format!("duplicate listener name {:?}", listener.name));
+                }
+                let key = listener.hostname.as_deref().map(str::to_ascii_lowercase);
+                if let Some(hostname) = &listener.hostname {
+                    v.within(".hostname".into(), |v| v.hostname(hostname));
+                }
+                if !hostnames.insert(key) {
+                    v.fail(format!(
+                        "another listener on port {} has the same hostname {:?}",
+                        port.port,
+                        listener.hostname.as_deref().unwrap_or("(any)")
+                    ));
+                }
+                match port.protocol {
+                    PortProtocol::Https if listener.certificates.is_empty() => {
+                        v.fail("an HTTPS listener needs at least one certificate")
+                    }
+                    PortProtocol::Http if !listener.certificates.is_empty() => {
+                        v.fail("an HTTP listener cannot carry certificates")
+                    }
+                    _ => {}
+                }
+                for (j, name) in listener.certificates.iter().enumerate() {
+                    if !certificates.contains(name.as_str()) {
+                        v.within(format!(".certificates[{j}]"), |v| {
+                            v.fail(format!("unknown certificate {name:?}"))
+                        });
+                    }
+                }
+                if listener.routes.len() > MAX_ROUTES_PER_LISTENER {
+                    v.fail(format!(
+                        "{} routes exceed the limit of {MAX_ROUTES_PER_LISTENER}",
+                        listener.routes.len()
+                    ));
+                }
+                for (j, route) in listener.routes.iter().enumerate() {
+                    v.within(format!(".routes[{j}]"), |v| v.route(route, backends));
+                }
+            });
+        }
+    }
+
+    fn route(&mut self, route: &HttpRoute, backends: &HashSet<&str>) {
+        if route.name.is_empty() {
+            self.fail("name is empty");
+        }
+        for (i, hostname) in route.hostnames.iter().enumerate() {
+            self.within(format!(".hostnames[{i}]"), |v| v.hostname(hostname));
+        }
+        for (i, rule) in route.rules.iter().enumerate() {
+            self.within(format!(".rules[{i}]"), |v| v.rule(rule, backends));
+        }
+    }
+
+    fn rule(&mut self, rule: &RouteRule, backends: &HashSet<&str>) {
+        for (i, m) in rule.matches.iter().enumerate() {
+            self.within(format!(".matches[{i}]"), |v| v.route_match(m));
+        }
+        let all_prefix = rule.matches.is_empty()
+            || rule
+                .matches
+                .iter()
+                .all(|m| matches!(m.path, PathMatch::PathPrefix(_)));
+        let mut has_redirect = false;
+        let mut has_rewrite = false;
+        for (i, filter) in rule.filters.iter().enumerate() {
+            self.within(format!(".filters[{i}]"), |v| v.filter(filter, all_prefix));
+            has_redirect |= matches!(filter, Filter::RequestRedirect(_));
+            has_rewrite |= matches!(filter, Filter::UrlRewrite(_));
+        }
+        if has_redirect && has_rewrite {
+            self.within(".filters".into(), |v| {
+                v.fail("RequestRedirect and URLRewrite cannot be combined")
+            });
+        }
+        let mut total: u64 = 0;
+        for (i, backend) in rule.backends.iter().enumerate() {
+            self.within(format!(".backends[{i}]"), |v| {
+                if backend.weight > MAX_WEIGHT {
+                    v.fail(format!("weight {} exceeds {MAX_WEIGHT}", backend.weight));
+                }
+                total += u64::from(backend.weight);
+                if let BackendTarget::Backend(name) = &backend.target
+                    && !backends.contains(name.as_str())
+                {
+                    v.fail(format!("unknown backend {name:?}"));
+                }
+                for (j, filter) in backend.filters.iter().enumerate() {
+                    v.within(format!(".filters[{j}]"), |v| match filter {
+                        Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
+                            v.header_modifier(m)
+                        }
+                        _ => v.fail("only header modifiers are allowed on a backend"),
+                    });
+                }
+            });
+        }
+        if let Some(ms) = rule.timeouts.request_ms
+            && let Some(backend_ms) = rule.timeouts.backend_request_ms
+            && ms > 0
+            && backend_ms > ms
+        {
+            self.within(".timeouts".into(), |v| {
+                v.fail("backend_request_ms must not exceed request_ms")
+            });
+        }
+    }
+
+    fn route_match(&mut self, m: &RouteMatch) {
+        self.within(".path".into(), |v| match &m.path {
+            PathMatch::Exact(p) | PathMatch::PathPrefix(p) => v.absolute_path(p),
+            PathMatch::RegularExpression(r) => v.regex(r),
+        });
+        for (i, h) in m.headers.iter().enumerate() {
+            self.within(format!(".headers[{i}]"), |v| {
+                v.header_name(&h.name);
+                v.string_match(&h.value);
+            });
+        }
+        for (i, q) in m.query_params.iter().enumerate() {
+            self.within(format!(".query_params[{i}]"), |v| {
+                if q.name.is_empty() {
+                    v.fail("name is empty");
+                }
+                v.string_match(&q.value);
+            });
+        }
+        if let Some(method) = &m.method
+            && !is_token(method)
+        {
+            self.within(".method".into(), |v| {
+                v.fail(format!("invalid method {method:?}"))
+            });
+        }
+    }
+
+    fn string_match(&mut self, m: &StringMatch) {
+        match m {
+            StringMatch::Exact(value) => self.header_value(value),
+            StringMatch::RegularExpression(r) => self.regex(r),
+        }
+    }
+
+    fn filter(&mut self, filter: &Filter, all_prefix: bool) {
+        match filter {
+            Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
+                self.header_modifier(m)
+            }
+            Filter::RequestRedirect(r) => {
+                if let Some(scheme) = &r.scheme
+                    && scheme != "http"
+                    && scheme != "https"
+                {
+                    self.fail(format!("scheme {scheme:?} is not http or https"));
+                }
+                if let Some(hostname) = &r.hostname {
+                    self.hostname_exact(hostname);
+                }
+                if r.port == Some(0) {
+                    self.fail("port 0");
+                }
+                if ![301, 302, 303, 307, 308].contains(&r.status_code) {
+                    self.fail(format!("redirect status {} is not allowed", r.status_code));
+                }
+                if let Some(path) = &r.path {
+                    self.path_modifier(path, all_prefix);
+                }
+            }
+            Filter::UrlRewrite(r) => {
+                if let Some(hostname) = &r.hostname {
+                    self.hostname_exact(hostname);
+                }
+                if let Some(path) = &r.path {
+                    self.path_modifier(path, all_prefix);
+                }
+            }
+        }
+    }
+
+    fn path_modifier(&mut self, m: &PathModifier, all_prefix: bool) {
+        match m {
+            PathModifier::ReplaceFullPath(p) => self.absolute_path(p),
+            PathModifier::ReplacePrefixMatch(p) => {
+                self.absolute_path(p);
+                if !all_prefix {
+                    self.fail(
+                        "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
+                    );
+                }
+            }
+        }
+    }
+
+    fn header_modifier(&mut self, m: &HeaderModifier) {
+        let mut seen = HashMap::new();
+        for (i, h) in m.set.iter().enumerate() {
+            self.within(format!(".set[{i}]"), |v| {
+                v.header_name(&h.name);
+                v.header_value(&h.value);
+                if seen.insert(h.name.to_ascii_lowercase(), ()).is_some() {
+                    v.fail(format!("header {:?} is set twice", h.name));
+                }
+            });
+        }
+        for (i, h) in m.add.iter().enumerate() {
+            self.within(format!(".add[{i}]"), |v| {
+                v.header_name(&h.name);
+                v.header_value(&h.value);
+            });
+        }
+        for (i, name) in m.remove.iter().enumerate() {
+            self.within(format!(".remove[{i}]"), |v| v.header_name(name));
+        }
+    }
+
+    fn header_name(&mut self, name: &str) {
+        if !is_token(name) {
+            self.fail(format!("invalid header name {name:?}"));
+        }
+    }
+
+    fn header_value(&mut self, value: &str) {
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            self.fail(format!(
+                "header value {value:?} contains control characters"
+            ));
+        }
+    }
+
+    fn absolute_path(&mut self, path: &str) {
+        if !path.starts_with('/') {
+            self.fail(format!("path {path:?} must start with '/'"));
+        } else if path
+            .bytes()
+            .any(|b| b <= 0x20 || b == 0x7f || b == b'?' || b == b'#')
+        {
+            self.fail(format!(
+                "path {path:?} contains characters not allowed in a path"
+            ));
+        }
+    }
+
+    fn regex(&mut self, pattern: &str) {
+        if pattern.len() > MAX_REGEX_LEN {
+            self.fail(format!(
+                "regular expression longer than {MAX_REGEX_LEN} bytes"
+            ));
+            return;
+        }
+        if let Err(e) = regex::RegexBuilder::new(&full_match_pattern(pattern))
+            .size_limit(MAX_REGEX_COMPILED_BYTES)
+            .build()
+        {
+            let mut message = String::from("invalid regular expression: ");
+            let _ = write!(message, "{e}");
+            self.fail(message);
+        }
+    }
+
+    /// A Gateway API hostname: a DNS name, optionally with a leading "*." wildcard label.
+    fn hostname(&mut self, hostname: &str) {
+        let rest = hostname.strip_prefix("*.").unwrap_or(hostname);
+        if !is_dns_name(rest) {
+            self.fail(format!("invalid hostname {hostname:?}"));
+        }
+    }
+
+    fn hostname_exact(&mut self, hostname: &str) {
+        if !is_dns_name(hostname) {
+            self.fail(format!("invalid hostname {hostname:?}"));
+        }
+    }
+}
+
+/// The pattern the proxy compiles for a configured regular expression: it must match the
+/// whole value. Validation compiles exactly this text, so a pattern that validates always
+/// builds (an `(?x)` comment would otherwise swallow the closing anchor).
+pub fn full_match_pattern(pattern: &str) -> String {
+    format!("^(?:{pattern})$")
+}
+
+/// RFC 9110 token: the grammar of methods and header names.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token_byte)
+}
+
+pub fn is_token_byte(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`'
+        | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+/// RFC 1123 DNS name (lowercase or uppercase letters, digits, hyphens; labels of 1–63 bytes).
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+use super::*;
+
+fn base() -> CompiledConfig {
+    let mut config = CompiledConfig::empty(1);
+    config.backends.push(Backend {
+        name: "default/web:80".into(),
+        protocol: BackendProtocol::Http1,
+        endpoints: vec!["127.0.0.1:8080".parse().unwrap()],
+    });
+    config.ports.push(Port {
+        port: 8080,
+        protocol: PortProtocol::Http,
+        listeners: vec![Listener {
+            name: "http".into(),
+            hostname: None,
+            certificates: vec![],
+            routes: vec![HttpRoute {
+                name: "default/web".into(),
+                hostnames: vec!["example.com".into(), "*.example.org".into()],
+                rules: vec![RouteRule {
+                    matches: vec![RouteMatch {
+                        path: PathMatch::PathPrefix("/api".into()),
+                        headers: vec![HeaderMatch {
+                            name: "x-version".into(),
+                            value: StringMatch::RegularExpression("v[0-9]+".into()),
+                        }],
+                        query_params: vec![],
+                        method: Some("GET".into()),
+                    }],
+                    filters: vec![Filter::UrlRewrite(UrlRewrite {
+                        hostname: None,
+                        path: Some(PathModifier::ReplacePrefixMatch("/".into())),
+                    })],
+                    backends: vec![WeightedBackend {
+                        weight: 1,
+                        target: BackendTarget::Backend("default/web:80".into()),
+                        filters: vec![],
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+    });
+    config
+}
+
+fn rule(config: &mut CompiledConfig) -> &mut RouteRule {
+    &mut config.ports[0].listeners[0].routes[0].rules[0]
+}
+
+#[test]
+fn base_is_valid() {
+    assert_eq!(validate(&base()), Ok(()));
+}
+
+/// Each case breaks one invariant; the error must name where.
+#[test]
+fn invalid_configs_are_reported_with_their_path() {
+    type Breaker = fn(&mut CompiledConfig);
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        ("schema", |c| c.schema_version = 99, "schema_version"),
+        ("port zero", |c| c.ports[0].port = 0, "ports[0]"),
+        (
+            "duplicate port",
+            |c| {
+                let mut p = c.ports[0].clone();
+                p.listeners[0].name = "other".into();
+                c.ports.push(p)
+            },
+            "ports[1]",
+        ),
+        (
+            "https without certificate",
+            |c| c.ports[0].protocol = PortProtocol::Https,
+            "ports[0].listeners[0]",
+        ),
+        (
+            "unknown certificate",
+            |c| {
+                c.ports[0].protocol = PortProtocol::Https;
+                c.ports[0].listeners[0].certificates = vec!["nope".into()];
+            },
+            "ports[0].listeners[0].certificates[0]",
+        ),
+        (
+            "bad listener hostname",
+            |c| c.ports[0].listeners[0].hostname = Some("bad host".into()),
+            "ports[0].listeners[0].hostname",
+        ),
+        (
+            "two listeners with one hostname",
+            |c| {
+                let mut l = c.ports[0].listeners[0].clone();
+                l.name = "second".into();
+                c.ports[0].listeners.push(l);
+            },
+            "ports[0].listeners[1]",
+        ),
+        (
+            "bad route hostname",
+            |c| c.ports[0].listeners[0].routes[0].hostnames[0] = "*".into(),
+            "ports[0].listeners[0].routes[0].hostnames[0]",
+        ),
+        (
+            "relative path",
+            |c| rule(c).matches[0].path = PathMatch::Exact("api".into()),
+            "ports[0].listeners[0].routes[0].rules[0].matches[0].path",
+        ),
+        (
+            "bad regex",
+            |c| rule(c).matches[0].path = PathMatch::RegularExpression("(".into()),
+            "ports[0].listeners[0].routes[0].rules[0].matches[0].path",
+        ),
+        (
+            "bad header name",
+            |c| rule(c).matches[0].headers[0].name = "x version".into(),
+            "ports[0].listeners[0].routes[0].rules[0].matches[0].headers[0]",
+        ),
+        (
+            "bad method",
+            |c| rule(c).matches[0].method = Some("GE T".into()),
+            "ports[0].listeners[0].routes[0].rules[0].matches[0].method",
+        ),
+        (
+            "prefix rewrite on exact match",
+            |c| rule(c).matches[0].path = PathMatch::Exact("/api".into()),
+            "ports[0].listeners[0].routes[0].rules[0].filters[0]",
+        ),
+        (
+            "header value with newline",
+            |c| {
+                rule(c).filters = vec![Filter::RequestHeaderModifier(HeaderModifier {
+                    set: vec![HeaderValue {
+                        name: "x-a".into(),
+                        value: "a\r\nInjected: yes".into(),
+                    }],
+                    ..Default::default()
+                })]
+            },
+            "ports[0].listeners[0].routes[0].rules[0].filters[0].set[0]",
+        ),
+        (
+            "redirect status",
+            |c| {
+                rule(c).filters = vec![Filter::RequestRedirect(RequestRedirect {
+                    scheme: None,
+                    hostname: None,
+                    port: None,
+                    path: None,
+                    status_code: 200,
+                })]
+            },
+            "ports[0].listeners[0].routes[0].rules[0].filters[0]",
+        ),
+        (
+            "redirect and rewrite",
+            |c| {
+                rule(c)
+                    .filters
+                    .push(Filter::RequestRedirect(RequestRedirect {
+                        scheme: Some("https".into()),
+                        hostname: None,
+                        port: None,
+                        path: None,
+                        status_code: 301,
+                    }))
+            },
+            "ports[0].listeners[0].routes[0].rules[0].filters",
+        ),
+        (
+            "unknown backend",
+            |c| rule(c).backends[0].target = BackendTarget::Backend("default/nope:80".into()),
+            "ports[0].listeners[0].routes[0].rules[0].backends[0]",
+        ),
+        (
+            "weight too large",
+            |c| rule(c).backends[0].weight = MAX_WEIGHT + 1,
+            "ports[0].listeners[0].routes[0].rules[0].backends[0]",
+        ),
+        (
+            "redirect on a backend",
+            |c| rule(c).backends[0].filters = vec![Filter::UrlRewrite(UrlRewrite::default())],
+            "ports[0].listeners[0].routes[0].rules[0].backends[0].filters[0]",
+        ),
+        (
+            "duplicate backend",
+            |c| {
+                let b = c.backends[0].clone();
+                c.backends.push(b)
+            },
+            "backends[1]",
+        ),
+        (
+            "zero limit",
+            |c| c.settings.max_header_count = 0,
+            "settings.max_header_count",
+        ),
+        (
+            "backend timeout above request timeout",
+            |c| {
+                rule(c).timeouts = RuleTimeouts {
+                    request_ms: Some(100),
+                    backend_request_ms: Some(200),
+                }
+            },
+            "ports[0].listeners[0].routes[0].rules[0].timeouts",
+        ),
+    ];
+    for (name, breaker, path) in cases {
+        let mut config = base();
+        breaker(&mut config);
+        let error = validate(&config).expect_err(name);
+        assert_eq!(error.path, path, "{name}: {error}");
+    }
+}
+
+#[test]
+fn dns_names() {
+    assert!(is_dns_name("a.example.com"));
+    assert!(is_dns_name("xn--bcher-kva.example"));
+    assert!(!is_dns_name(""));
+    assert!(!is_dns_name("-a.com"));
+    assert!(!is_dns_name("a..com"));
+    assert!(!is_dns_name(&"a".repeat(64)));
+}
+
+#[test]
+fn content_hash_ignores_generation_only() {
+    let a = base();
+    let mut b = base();
+    b.generation = 99;
+    assert_eq!(a.content_hash(), b.content_hash());
+    rule(&mut b).backends[0].weight = 2;
+    assert_ne!(a.content_hash(), b.content_hash());
+}
+
+proptest::proptest! {
+    /// Serialization is deterministic: the same config always gives the same bytes.
+    #[test]
+    fn encoding_is_deterministic(generation in 0u64..u64::MAX, weight in 0u32..MAX_WEIGHT) {
+        let mut config = base();
+        config.generation = generation;
+        rule(&mut config).backends[0].weight = weight;
+        let first = crate::frame::encode(&config).unwrap();
+        let second = crate::frame::encode(&config.clone()).unwrap();
+        proptest::prop_assert_eq!(first, second);
+    }
+}

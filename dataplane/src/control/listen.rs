@@ -1,0 +1,63 @@
+//! Listening sockets, opened by the control thread and handed to the cores.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Accept backlog per socket; each core has its own socket per port.
+const BACKLOG: i32 = 4096;
+
+/// A listening socket for `port` that other sockets of this process can share
+/// (SO_REUSEPORT): the kernel spreads connections over the cores' sockets.
+pub fn reuse_port_listener(address: IpAddr, port: u16) -> std::io::Result<OwnedFd> {
+    let socket = new_socket(SocketAddr::new(address, port))?;
+    socket.set_reuse_port(true)?;
+    bind_and_listen(socket, SocketAddr::new(address, port))
+}
+
+/// A listening socket nobody else can share (the admin endpoint: a second proxy on the same
+/// address must fail to start rather than split the scrapes).
+pub fn exclusive_listener(address: SocketAddr) -> std::io::Result<OwnedFd> {
+    let socket = new_socket(address)?;
+    bind_and_listen(socket, address)
+}
+
+fn new_socket(address: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    Ok(socket)
+}
+
+fn bind_and_listen(socket: Socket, address: SocketAddr) -> std::io::Result<OwnedFd> {
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuse_port_sockets_share_and_exclusive_ones_do_not() {
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        let first = reuse_port_listener(localhost, 0).unwrap();
+        let port = Socket::from(first)
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .unwrap()
+            .port();
+        let a = reuse_port_listener(localhost, port);
+        let b = reuse_port_listener(localhost, port);
+        assert!(a.is_ok() && b.is_ok());
+        assert!(exclusive_listener(SocketAddr::new(localhost, port)).is_err());
+    }
+}

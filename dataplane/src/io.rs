@@ -1,0 +1,149 @@
+//! Byte transport between the engine and sockets: plain TCP and TLS behind one trait, and the
+//! receive buffer every connection reads into.
+
+use std::io;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+/// A bidirectional byte stream whose reads and writes can time out.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Bounds each read that has to wait for the peer.
+    fn set_read_timeout(&self, timeout: Option<Duration>);
+    /// Bounds each write that has to wait for the peer (slow readers).
+    fn set_write_timeout(&self, timeout: Option<Duration>);
+    /// Whether writes are buffered and need a flush to reach the socket (TLS).
+    const BUFFERED: bool;
+}
+
+impl Transport for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) {
+        // Only a zero duration is refused; callers never pass one.
+        let _ = TcpStream::set_read_timeout(self, timeout.filter(|d| !d.is_zero()));
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) {
+        let _ = TcpStream::set_write_timeout(self, timeout.filter(|d| !d.is_zero()));
+    }
+
+    const BUFFERED: bool = false;
+}
+
+impl Transport for futures_rustls::server::TlsStream<TcpStream> {
+    fn set_read_timeout(&self, timeout: Option<Duration>) {
+        Transport::set_read_timeout(self.get_ref().0, timeout);
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) {
+        Transport::set_write_timeout(self.get_ref().0, timeout);
+    }
+
+    const BUFFERED: bool = true;
+}
+
+/// Writes everything and makes sure it left the process.
+pub async fn send<T: Transport>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    if T::BUFFERED {
+        io.flush().await?;
+    }
+    Ok(())
+}
+
+/// A growable receive buffer: bytes in `[start, end)` are received and not yet consumed.
+#[derive(Debug, Default)]
+pub struct RecvBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// Bytes read per syscall when the buffer has to grow.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl RecvBuf {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Releases the memory of an empty buffer (idle keep-alive connections hold none).
+    pub fn release_if_empty(&mut self) {
+        if self.is_empty() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Reads once from `io`, appending. Returns the number of bytes read (0 = EOF).
+    /// `limit` caps how many unconsumed bytes the buffer may hold.
+    pub async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        limit: usize,
+    ) -> io::Result<usize> {
+        let unconsumed = self.len();
+        if unconsumed >= limit {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "receive buffer full",
+            ));
+        }
+        if self.start > 0 && (self.buf.len() - self.end) < READ_CHUNK / 2 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = unconsumed;
+        }
+        let want = (limit - unconsumed).min(READ_CHUNK);
+        if self.buf.len() - self.end < want {
+            self.buf.resize(self.end + want, 0);
+        }
+        let n = io.read(&mut self.buf[self.end..self.end + want]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_consumes_and_compacts() {
+        futures_lite::future::block_on(async {
+            let mut source: &[u8] = b"hello world";
+            let mut rx = RecvBuf::new();
+            assert_eq!(rx.fill(&mut source, 64).await.unwrap(), 11);
+            assert_eq!(rx.data(), b"hello world");
+            rx.consume(6);
+            assert_eq!(rx.data(), b"world");
+            rx.consume(5);
+            assert!(rx.is_empty());
+            rx.release_if_empty();
+            assert_eq!(rx.fill(&mut source, 64).await.unwrap(), 0, "EOF");
+
+            let mut long: &[u8] = &[7u8; 100];
+            assert_eq!(rx.fill(&mut long, 10).await.unwrap(), 10);
+            assert!(rx.fill(&mut long, 10).await.is_err(), "limit reached");
+        });
+    }
+}

@@ -1,0 +1,183 @@
+//! `portcullis-dataplane`: the Portcullis proxy.
+//!
+//! - [`shard`]: one glommio executor per worker core; owns listeners, connections, pools.
+//! - [`proxy`]: the HTTP/1.1 engine a connection runs (routing, forwarding, filters).
+//! - [`http`]: message syntax (parsing, framing, chunked coding).
+//! - [`route`]: the immutable routing snapshot of one config generation.
+//! - [`tls`]: rustls termination, per-core configs, shared-key session tickets.
+//! - [`control`]: the control thread (config socket, swaps, admin endpoint, drain).
+
+pub mod access_log;
+pub mod cli;
+pub mod control;
+pub mod http;
+pub mod io;
+pub mod log;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod shard;
+pub mod signal;
+pub mod sys;
+pub mod tls;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement, spawn_local};
+use portcullis_api::frame::{Reply, decode_json};
+
+use cli::Options;
+use control::{Control, CoreLink};
+
+/// Memory glommio registers with each ring for file I/O. The proxy does no file I/O, and
+/// glommio's 10 MiB default exceeds common locked-memory limits.
+pub const IO_MEMORY: usize = 64 << 10;
+
+/// Runs the proxy until SIGTERM/SIGINT has drained it. Errors are one line, fit for stderr.
+pub fn run(options: Options) -> Result<(), String> {
+    log::set_level(options.log_level);
+    let allowed = sys::allowed_cpus().map_err(|e| format!("reading the CPU affinity mask: {e}"))?;
+    let cpus = cli::select_cpus(&options, &allowed)?;
+    preflight(cpus.len() + 1)?;
+    if options.config.is_none() && options.control_socket.is_none() {
+        return Err("nothing to serve: give --config FILE and/or --control-socket PATH".into());
+    }
+    if !(options.drain_timeout.is_finite() && options.drain_timeout >= 0.0) {
+        return Err("--drain-timeout must be a non-negative number of seconds".into());
+    }
+    let initial = match &options.config {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Some(decode_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let admin_socket = control::admin::bind(options.admin_address).map_err(|e| {
+        format!(
+            "cannot listen on admin address {}: {e}",
+            options.admin_address
+        )
+    })?;
+    let ticket_key = tls::TicketKey::generate()?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .map_err(|e| format!("installing the signal handler: {e}"))?;
+    }
+
+    let mut core_handles = Vec::with_capacity(cpus.len());
+    let mut links = Vec::with_capacity(cpus.len());
+    for (id, cpu) in cpus.iter().copied().enumerate() {
+        let (command_tx, command_rx) = shared_channel::new_bounded(4);
+        let (reply_tx, reply_rx) = shared_channel::new_bounded(4);
+        let handle = shard::spawn(
+            id,
+            cpu,
+            command_rx,
+            reply_tx,
+            ticket_key.clone(),
+            options.access_log,
+        )
+        .map_err(|e| format!("starting worker core {id} on CPU {cpu}: {e}"))?;
+        core_handles.push(handle);
+        links.push((command_tx, reply_rx));
+    }
+    info!(
+        "starting",
+        "cores" = format!("{cpus:?}"),
+        "admin" = options.admin_address
+    );
+
+    let bind_address = options.bind_address;
+    let control_socket = options.control_socket.clone();
+    let drain_timeout = Duration::from_secs_f64(options.drain_timeout);
+    let control = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("portcullis-control")
+        .io_memory(IO_MEMORY)
+        .spawn(move || async move {
+            let mut cores = Vec::with_capacity(links.len());
+            for (commands, replies) in links {
+                cores.push(CoreLink {
+                    commands: commands.connect().await,
+                    replies: replies.connect().await,
+                });
+            }
+            let control = Rc::new(Control::new(cores, bind_address));
+            let result = start(&control, initial, control_socket, admin_socket).await;
+            if result.is_ok() {
+                control::shutdown_requested(shutdown).await;
+            }
+            control
+                .drain(if result.is_ok() {
+                    drain_timeout
+                } else {
+                    Duration::ZERO
+                })
+                .await;
+            result
+        })
+        .map_err(|e| format!("starting the control thread: {e}"))?;
+    let result = control
+        .join()
+        .map_err(|e| format!("control thread failed: {e}"))
+        .and_then(|r| r);
+    for handle in core_handles {
+        let _ = handle.join();
+    }
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
+}
+
+async fn start(
+    control: &Rc<Control>,
+    initial: Option<portcullis_api::CompiledConfig>,
+    control_socket: Option<std::path::PathBuf>,
+    admin_socket: std::os::fd::OwnedFd,
+) -> Result<(), String> {
+    if let Some(config) = initial
+        && let Reply::Nack { reason } = control.apply(Ok(config)).await
+    {
+        return Err(format!("the --config file was rejected: {reason}"));
+    }
+    if let Some(path) = control_socket {
+        let listener = control::bind_control_socket(&path)
+            .map_err(|e| format!("cannot listen on control socket {}: {e}", path.display()))?;
+        spawn_local(control::serve_control_socket(control.clone(), listener)).detach();
+    }
+    spawn_local(control::admin::serve(control.clone(), admin_socket)).detach();
+    Ok(())
+}
+
+/// Fails early, with the fix, when the machine cannot run the proxy.
+fn preflight(executors: usize) -> Result<(), String> {
+    if let Err(e) = sys::probe_io_uring() {
+        return Err(format!(
+            "io_uring is unavailable ({e}). The proxy is built on io_uring: in a container, \
+             run it with the Portcullis seccomp profile (see docs/seccomp.md) instead of the \
+             runtime's default profile; on a host, check that `sysctl kernel.io_uring_disabled` \
+             is 0 and the kernel is 5.8 or newer"
+        ));
+    }
+    if !sys::is_root() {
+        let needed = (executors * IO_MEMORY * 2) as u64;
+        if let Ok(Some(limit)) = sys::memlock_limit()
+            && limit < needed
+        {
+            return Err(format!(
+                "the locked-memory limit is {} KiB but {executors} executors need {} KiB: \
+                     raise it (`ulimit -l {}`, or the container runtime's memlock ulimit)",
+                limit / 1024,
+                needed / 1024,
+                needed / 1024
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1058 @@
+//! One downstream connection: read a request head, route it, answer locally or exchange it
+//! with an upstream, repeat while the connection stays alive.
+//!
+//! Requests on a connection are handled strictly one after another, so pipelined requests
+//! are answered in order. Each request takes the routing snapshot current when its head is
+//! complete and keeps it to the end, so a config swap never changes a request mid-flight.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use portcullis_api::config::ProxySettings;
+
+use crate::access_log::AccessLog;
+use crate::http::Version;
+use crate::http::chunked::{self, ChunkedDecoder, Decoded};
+use crate::http::request::{self, HeadLimits, RequestError, RequestFraming, RequestHead};
+use crate::http::response::{self, ResponseFraming, ResponseHead};
+use crate::io::{RecvBuf, Transport, send};
+use crate::metrics::{RouteCounters, UpstreamError, increment};
+use crate::proxy::redirect::{self, Origin};
+use crate::proxy::serialize::{
+    self, HeaderEdits, OutFraming, Persistence, UpstreamRequest, client_framing,
+};
+use crate::proxy::upstream::UpstreamConn;
+use crate::route::host::{MAX_HOST_LEN, normalize};
+use crate::route::matcher::RequestView;
+use crate::route::table::{BackendShare, CompiledRule, HeaderOps};
+use crate::shard::{Installed, Shard};
+
+/// How much of an unwanted request body is read and dropped to keep a connection alive
+/// after a local answer; bigger bodies close the connection instead.
+const DISCARD_LIMIT: u64 = 64 * 1024;
+/// Lingering close: how long and how much to keep reading after the last response, so the
+/// client sees the response rather than a reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+/// Unconsumed bytes a receive buffer may hold while a body streams through it.
+const BODY_BUFFER: usize = 16 * 1024;
+/// Body bytes already buffered that go out in the same write as the head.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// Facts about the connection that routing and forwarding need.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub port: u16,
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+impl ConnInfo {
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// Per-connection buffers, reused across its requests.
+#[derive(Default)]
+struct Downstream {
+    rx: RecvBuf,
+    head: RequestHead,
+    response: ResponseHead,
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+    log_line: Vec<u8>,
+    served: u64,
+}
+
+enum HeadRead {
+    Ready,
+    /// The peer went away, or the connection idled out between requests, or a drain began.
+    Closed,
+    /// A request started but its head did not complete in time.
+    TimedOut,
+    Invalid(RequestError),
+}
+
+/// What happens to the connection after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// Close after reading and dropping what the client may still send.
+    Linger,
+    /// The upstream switched protocols: relay bytes both ways until either side closes.
+    Tunnel(UpstreamConn),
+}
+
+/// Serves one connection until it closes.
+pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
+    let mut conn = Downstream::default();
+    loop {
+        let installed = shard.current();
+        let settings = &installed.snapshot.settings;
+        match read_head(&shard, &mut io, &mut conn, settings).await {
+            HeadRead::Ready => {}
+            HeadRead::Closed => return,
+            HeadRead::TimedOut => {
+                installed.unmatched.record(408);
+                let _ = reply_local(
+                    &mut io,
+                    &mut conn.out,
+                    408,
+                    &[],
+                    Persistence::Close,
+                    Version::Http11,
+                    false,
+                )
+                .await;
+                return;
+            }
+            HeadRead::Invalid(error) => {
+                increment(&shard.counters.invalid_requests);
+                installed.unmatched.record(error.status());
+                let _ = reply_local(
+                    &mut io,
+                    &mut conn.out,
+                    error.status(),
+                    &[],
+                    Persistence::Close,
+                    Version::Http11,
+                    false,
+                )
+                .await;
+                linger(&mut io).await;
+                return;
+            }
+        }
+        conn.served += 1;
+        let started = Instant::now();
+        match handle(&shard, &installed, &mut io, &mut conn, &info, started).await {
+            Next::KeepAlive => continue,
+            Next::Close => return,
+            Next::Linger => {
+                linger(&mut io).await;
+                return;
+            }
+            Next::Tunnel(upstream) => {
+                tunnel(io, conn.rx, upstream).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn read_head<T: Transport>(
+    shard: &Shard,
+    io: &mut T,
+    conn: &mut Downstream,
+    settings: &ProxySettings,
+) -> HeadRead {
+    let limits = HeadLimits {
+        max_header_count: settings.max_header_count,
+        max_header_bytes: settings.max_header_bytes,
+        max_request_line_bytes: settings.max_request_line_bytes,
+    };
+    let header_timeout = Duration::from_millis(settings.header_read_timeout_ms);
+    let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if !conn.rx.is_empty() {
+            match request::parse(conn.rx.data(), &limits, &mut conn.head) {
+                Ok(true) => return HeadRead::Ready,
+                Ok(false) => {}
+                Err(error) => return HeadRead::Invalid(error),
+            }
+            deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+        }
+        let wait = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => idle_timeout,
+        };
+        if wait.is_zero() {
+            return HeadRead::TimedOut;
+        }
+        io.set_read_timeout(Some(wait));
+        let limit = settings.max_header_bytes + 1;
+        let read = if conn.rx.is_empty() {
+            if shard.drain.is_fired() {
+                return HeadRead::Closed;
+            }
+            // Between requests: a drain closes the connection at once.
+            let rx = &mut conn.rx;
+            let read = future::or(async { Some(rx.fill(io, limit).await) }, async {
+                shard.drain.wait().await;
+                None
+            })
+            .await;
+            match read {
+                Some(read) => read,
+                None => return HeadRead::Closed,
+            }
+        } else {
+            conn.rx.fill(io, limit).await
+        };
+        match read {
+            Ok(0) => return HeadRead::Closed,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && !conn.rx.is_empty() => {
+                return HeadRead::TimedOut;
+            }
+            Err(_) => return HeadRead::Closed,
+        }
+    }
+}
+
+/// The routing decision for one request, made while the head is borrowed from the buffer.
+enum Plan<'s> {
+    Local {
+        status: u16,
+        counters: &'s RouteCounters,
+    },
+    Redirect {
+        status: u16,
+        counters: &'s RouteCounters,
+        edits: HeaderEdits<'s>,
+    },
+    Forward {
+        rule: &'s CompiledRule,
+        share: &'s BackendShare,
+        endpoint: SocketAddr,
+        counters: &'s RouteCounters,
+    },
+}
+
+static NO_EDITS: HeaderOps = HeaderOps {
+    set: Vec::new(),
+    add: Vec::new(),
+    remove: Vec::new(),
+};
+
+async fn handle<T: Transport>(
+    shard: &Shard,
+    installed: &Rc<Installed>,
+    io: &mut T,
+    conn: &mut Downstream,
+    info: &ConnInfo,
+    started: Instant,
+) -> Next {
+    let snapshot = &installed.snapshot;
+    let settings = &snapshot.settings;
+    let plan = plan(shard, installed, conn, info);
+    let head_len = conn.head.head_len;
+    let client_version = conn.head.version;
+    let head_request = conn.head.is_head(conn.rx.data());
+    let mut keep_alive = conn.head.keep_alive
+        && !shard.drain.is_fired()
+        && (settings.max_requests_per_connection == 0
+            || conn.served < settings.max_requests_per_connection);
+    if shard.access_log.is_some() {
+        AccessLog::begin(&mut conn.log_line, conn.rx.data(), &conn.head, info);
+    }
+
+    let (status, next) = match plan {
+        Plan::Local { status, counters } => {
+            conn.rx.consume(head_len);
+            let consumed = discard_body(io, &mut conn.rx, conn.head.framing, settings).await;
+            keep_alive &= consumed;
+            let persistence = persistence(keep_alive);
+            let sent = reply_local(
+                io,
+                &mut conn.out,
+                status,
+                &[],
+                persistence,
+                client_version,
+                head_request,
+            )
+            .await;
+            counters.record(status);
+            (status, after_local(sent, keep_alive, consumed))
+        }
+        Plan::Redirect {
+            status,
+            counters,
+            edits,
+        } => {
+            // The Location was written to `scratch` while planning.
+            conn.rx.consume(head_len);
+            let consumed = discard_body(io, &mut conn.rx, conn.head.framing, settings).await;
+            keep_alive &= consumed;
+            let location = std::mem::take(&mut conn.scratch);
+            serialize::local_response(
+                &mut conn.out,
+                status,
+                &[(b"location", &location)],
+                Some(edits),
+                persistence(keep_alive),
+                client_version,
+                head_request,
+            );
+            conn.scratch = location;
+            let sent = send(io, &conn.out).await.is_ok();
+            counters.record(status);
+            (status, after_local(sent, keep_alive, consumed))
+        }
+        Plan::Forward {
+            rule,
+            share,
+            endpoint,
+            counters,
+        } => {
+            let exchange = Exchange {
+                shard,
+                settings,
+                rule,
+                share,
+                endpoint,
+                keep_alive,
+                head_request,
+                deadline: rule.request_timeout.map(|t| started + t),
+            };
+            let (status, next) = exchange.run(io, conn).await;
+            counters.record(status);
+            (status, next)
+        }
+    };
+    if let Some(log) = &shard.access_log {
+        log.finish(&mut conn.log_line, status, started.elapsed());
+    }
+    next
+}
+
+fn after_local(sent: bool, keep_alive: bool, body_consumed: bool) -> Next {
+    match (sent, keep_alive, body_consumed) {
+        (false, _, _) => Next::Close,
+        (true, true, _) => Next::KeepAlive,
+        (true, false, true) => Next::Close,
+        (true, false, false) => Next::Linger,
+    }
+}
+
+fn persistence(keep_alive: bool) -> Persistence {
+    if keep_alive {
+        Persistence::KeepAlive
+    } else {
+        Persistence::Close
+    }
+}
+
+/// Routes the request and, for forwarded requests, serializes the upstream head into
+/// `conn.out` (the Location of a redirect into `conn.scratch`).
+fn plan<'s>(
+    shard: &Shard,
+    installed: &'s Installed,
+    conn: &mut Downstream,
+    info: &ConnInfo,
+) -> Plan<'s> {
+    let snapshot = &installed.snapshot;
+    let buf = conn.rx.data();
+    let head = &conn.head;
+    let mut host_buf = [0u8; MAX_HOST_LEN + 1];
+    let host = normalize(head.host(buf), &mut host_buf).unwrap_or("");
+    let listener = snapshot.port(info.port).and_then(|port| port.select(host));
+    let Some(listener) = listener else {
+        return Plan::Local {
+            status: 404,
+            counters: &installed.unmatched,
+        };
+    };
+    let view = RequestView {
+        method: head.method(buf),
+        path: head.path(buf),
+        query: head.query(buf),
+        buf,
+        headers: &head.headers,
+    };
+    let Some(found) = listener.find(host, &view) else {
+        return Plan::Local {
+            status: 404,
+            counters: &installed.stats[listener.no_route_stat_slot as usize],
+        };
+    };
+    let rule = found.rule;
+    let counters = &*installed.stats[rule.stat_slot as usize];
+    if let Some(redirect_filter) = &rule.redirect {
+        let origin = Origin {
+            scheme: info.scheme(),
+            authority: head.host(buf),
+            listener_port: info.port,
+            path: view.path,
+            matched_prefix_len: found.entry.matcher.matched_prefix_len(),
+            query: view.query,
+        };
+        redirect::location(&mut conn.scratch, redirect_filter, &origin);
+        return Plan::Redirect {
+            status: redirect_filter.status,
+            counters,
+            edits: HeaderEdits {
+                rule: &rule.response_headers,
+                backend: &NO_EDITS,
+            },
+        };
+    }
+    let server_error = |counters| Plan::Local {
+        status: 500,
+        counters,
+    };
+    let Some(share) = rule.backends.pick(shard.random()) else {
+        return server_error(counters);
+    };
+    let backend_index = match &share.target {
+        Ok(index) => *index as usize,
+        Err(_) => return server_error(counters),
+    };
+    let Some(endpoint) = installed.next_endpoint(backend_index) else {
+        return Plan::Local {
+            status: 503,
+            counters,
+        };
+    };
+
+    let mut rewritten_path = std::mem::take(&mut conn.scratch);
+    rewritten_path.clear();
+    let rewrite_path = rule.rewrite.as_ref().and_then(|r| r.path.as_ref());
+    if let Some(rewrite) = rewrite_path {
+        rewrite.apply(
+            view.path,
+            found.entry.matcher.matched_prefix_len(),
+            &mut rewritten_path,
+        );
+    }
+    let request = UpstreamRequest {
+        path: rewrite_path.map(|_| rewritten_path.as_slice()),
+        host: rule.rewrite.as_ref().and_then(|r| r.hostname.as_deref()),
+        edits: HeaderEdits {
+            rule: &rule.request_headers,
+            backend: &share.request_headers,
+        },
+        peer: info.peer,
+        tls: info.tls,
+        endpoint,
+    };
+    serialize::upstream_request(&mut conn.out, buf, head, &request);
+    conn.scratch = rewritten_path;
+    Plan::Forward {
+        rule,
+        share,
+        endpoint,
+        counters,
+    }
+}
+
+async fn reply_local<T: Transport>(
+    io: &mut T,
+    out: &mut Vec<u8>,
+    status: u16,
+    extra: &[(&[u8], &[u8])],
+    persistence: Persistence,
+    client: Version,
+    head_request: bool,
+) -> bool {
+    serialize::local_response(out, status, extra, None, persistence, client, head_request);
+    send(io, out).await.is_ok()
+}
+
+/// Reads and drops a request body the proxy will not forward. Returns whether all of it was
+/// consumed (only then may the connection carry another request).
+async fn discard_body<T: Transport>(
+    io: &mut T,
+    rx: &mut RecvBuf,
+    framing: RequestFraming,
+    settings: &ProxySettings,
+) -> bool {
+    io.set_read_timeout(Some(Duration::from_millis(settings.body_idle_timeout_ms)));
+    match framing {
+        RequestFraming::None => true,
+        RequestFraming::Length(n) if n > DISCARD_LIMIT => false,
+        RequestFraming::Length(mut remaining) => {
+            while remaining > 0 {
+                if rx.is_empty() && !matches!(rx.fill(io, BODY_BUFFER).await, Ok(n) if n > 0) {
+                    return false;
+                }
+                let take = (rx.len() as u64).min(remaining);
+                rx.consume(take as usize);
+                remaining -= take;
+            }
+            true
+        }
+        RequestFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut total = 0u64;
+            loop {
+                if rx.is_empty() && !matches!(rx.fill(io, BODY_BUFFER).await, Ok(n) if n > 0) {
+                    return false;
+                }
+                let Ok((consumed, decoded)) = decoder.decode(rx.data()) else {
+                    return false;
+                };
+                rx.consume(consumed);
+                total += consumed as u64;
+                match decoded {
+                    Decoded::Done => return true,
+                    _ if total > DISCARD_LIMIT => return false,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// After the last response: stop sending, then read and drop what the client still sends
+/// for a moment, so closing does not reset the connection before the response is read.
+async fn linger<T: Transport>(io: &mut T) {
+    let _ = io.close().await;
+    io.set_read_timeout(Some(LINGER));
+    let deadline = Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < LINGER_BYTES && Instant::now() < deadline {
+        match io.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// One request's exchange with an upstream.
+struct Exchange<'a> {
+    shard: &'a Shard,
+    settings: &'a ProxySettings,
+    rule: &'a CompiledRule,
+    share: &'a BackendShare,
+    endpoint: SocketAddr,
+    keep_alive: bool,
+    head_request: bool,
+    deadline: Option<Instant>,
+}
+
+/// Why an exchange failed before a response head reached the client.
+enum Failure {
+    /// Answer with this status.
+    Status(u16),
+    /// The client side failed; just close.
+    ClientGone,
+}
+
+impl Exchange<'_> {
+    async fn run<T: Transport>(&self, io: &mut T, conn: &mut Downstream) -> (u16, Next) {
+        let head_len = conn.head.head_len;
+        let framing = conn.head.framing;
+        let client_version = conn.head.version;
+        conn.rx.consume(head_len);
+
+        let mut upstream = match self.send_request(io, conn).await {
+            Ok(upstream) => upstream,
+            Err(failure) => return self.fail(io, conn, failure, framing).await,
+        };
+        // The request went out in full; now the response head.
+        let backend_deadline = self.attempt_deadline();
+        loop {
+            match self
+                .read_response_head(&mut upstream, &mut conn.response, backend_deadline)
+                .await
+            {
+                Ok(()) => {}
+                Err(failure) => return self.fail(io, conn, failure, RequestFraming::None).await,
+            }
+            let status = conn.response.status;
+            if status == 101 {
+                if !conn.head.upgrade {
+                    self.shard.counters.upstream_error(UpstreamError::Protocol);
+                    return self
+                        .fail(io, conn, Failure::Status(502), RequestFraming::None)
+                        .await;
+                }
+                break;
+            }
+            if status >= 200 {
+                break;
+            }
+            // Interim responses (100 Continue, 103 Early Hints): the proxy already answered
+            // Expect itself, so they are dropped.
+            upstream.rx.consume(conn.response.head_len);
+        }
+
+        let status = conn.response.status;
+        let edits = HeaderEdits {
+            rule: &self.rule.response_headers,
+            backend: &self.share.response_headers,
+        };
+        if status == 101 {
+            serialize::client_response(
+                &mut conn.out,
+                upstream.rx.data(),
+                &conn.response,
+                edits,
+                OutFraming::None,
+                client_version,
+                Persistence::KeepAlive,
+            );
+            upstream.rx.consume(conn.response.head_len);
+            if send(io, &conn.out).await.is_err() {
+                return (101, Next::Close);
+            }
+            return (101, Next::Tunnel(upstream));
+        }
+
+        let out_framing = client_framing(conn.response.framing, client_version);
+        let keep_alive = self.keep_alive && out_framing != OutFraming::UntilClose;
+        serialize::client_response(
+            &mut conn.out,
+            upstream.rx.data(),
+            &conn.response,
+            edits,
+            out_framing,
+            client_version,
+            persistence(keep_alive),
+        );
+        upstream.rx.consume(conn.response.head_len);
+        let mut upstream_framing = conn.response.framing;
+        let reusable = conn.response.reusable;
+        // Send the head together with the body bytes already received: one write instead of
+        // two for the common small response.
+        if let (ResponseFraming::Length(n), OutFraming::Length(_)) = (upstream_framing, out_framing)
+        {
+            let take = (n as usize).min(upstream.rx.len()).min(COALESCE_BYTES);
+            conn.out.extend_from_slice(&upstream.rx.data()[..take]);
+            upstream.rx.consume(take);
+            upstream_framing = ResponseFraming::Length(n - take as u64);
+        }
+        io.set_write_timeout(Some(Duration::from_millis(
+            self.settings.body_idle_timeout_ms,
+        )));
+        if send(io, &conn.out).await.is_err() {
+            return (status, Next::Close);
+        }
+        match self
+            .relay_response_body(
+                io,
+                &mut upstream,
+                upstream_framing,
+                out_framing,
+                &mut conn.out,
+            )
+            .await
+        {
+            Ok(()) => {
+                if reusable {
+                    self.shard
+                        .pool
+                        .checkin(upstream, self.settings.upstream_max_idle_per_endpoint);
+                }
+                let next = if keep_alive {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+                (status, next)
+            }
+            Err(()) => (status, Next::Close),
+        }
+    }
+
+    fn attempt_deadline(&self) -> Option<Instant> {
+        let backend = self.rule.backend_timeout.map(|t| Instant::now() + t);
+        match (backend, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Connects (or reuses a pooled connection) and sends the head and body. A reused
+    /// connection that turns out to be dead before anything could have been processed is
+    /// replaced by a fresh one once.
+    async fn send_request<T: Transport>(
+        &self,
+        io: &mut T,
+        conn: &mut Downstream,
+    ) -> Result<UpstreamConn, Failure> {
+        let idle_timeout = Duration::from_millis(self.settings.upstream_idle_timeout_ms);
+        let mut framing = conn.head.framing;
+        let body_started = !conn.rx.is_empty();
+        if let RequestFraming::Length(n) = framing {
+            // Body bytes that came with the head travel in the same write.
+            let take = (n as usize).min(conn.rx.len()).min(COALESCE_BYTES);
+            conn.out.extend_from_slice(&conn.rx.data()[..take]);
+            conn.rx.consume(take);
+            framing = match n - take as u64 {
+                0 => RequestFraming::None,
+                rest => RequestFraming::Length(rest),
+            };
+        }
+        let mut upstream = match self.shard.pool.checkout(self.endpoint, idle_timeout) {
+            Some(upstream) => upstream,
+            None => self.connect().await?,
+        };
+        if send(&mut upstream.stream, &conn.out).await.is_err() {
+            self.shard.counters.upstream_error(UpstreamError::Reset);
+            upstream = self.connect().await?;
+            if send(&mut upstream.stream, &conn.out).await.is_err() {
+                self.shard.counters.upstream_error(UpstreamError::Reset);
+                return Err(Failure::Status(502));
+            }
+        }
+        if framing != RequestFraming::None {
+            if conn.head.expect_continue
+                && !body_started
+                && send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+            {
+                return Err(Failure::ClientGone);
+            }
+            self.stream_request_body(io, &mut conn.rx, &mut upstream, framing, &mut conn.scratch)
+                .await?;
+        }
+        Ok(upstream)
+    }
+
+    async fn connect(&self) -> Result<UpstreamConn, Failure> {
+        let timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
+        match UpstreamConn::connect(self.endpoint, timeout).await {
+            Ok(upstream) => Ok(upstream),
+            Err(e) => {
+                let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+                    UpstreamError::Timeout
+                } else {
+                    UpstreamError::Connect
+                };
+                self.shard.counters.upstream_error(kind);
+                Err(Failure::Status(502))
+            }
+        }
+    }
+
+    async fn stream_request_body<T: Transport>(
+        &self,
+        io: &mut T,
+        rx: &mut RecvBuf,
+        upstream: &mut UpstreamConn,
+        framing: RequestFraming,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        io.set_read_timeout(Some(Duration::from_millis(
+            self.settings.body_idle_timeout_ms,
+        )));
+        upstream
+            .stream
+            .set_write_timeout(Some(Duration::from_millis(
+                self.settings.body_idle_timeout_ms,
+            )))
+            .ok();
+        match framing {
+            RequestFraming::None => Ok(()),
+            RequestFraming::Length(mut remaining) => {
+                while remaining > 0 {
+                    if rx.is_empty() {
+                        fill_from_client(io, rx).await?;
+                    }
+                    let take = (rx.len() as u64).min(remaining) as usize;
+                    upstream_write(self.shard, &mut upstream.stream, &rx.data()[..take]).await?;
+                    rx.consume(take);
+                    remaining -= take as u64;
+                }
+                Ok(())
+            }
+            RequestFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                loop {
+                    if rx.is_empty() {
+                        fill_from_client(io, rx).await?;
+                    }
+                    let (consumed, decoded) = decoder
+                        .decode(rx.data())
+                        .map_err(|_| Failure::Status(400))?;
+                    match decoded {
+                        Decoded::Data { start, end } => {
+                            scratch.clear();
+                            chunked::write_chunk_header(scratch, end - start);
+                            scratch.extend_from_slice(&rx.data()[start..end]);
+                            scratch.extend_from_slice(b"\r\n");
+                            upstream_write(self.shard, &mut upstream.stream, scratch).await?;
+                        }
+                        Decoded::Done => {
+                            rx.consume(consumed);
+                            upstream_write(self.shard, &mut upstream.stream, chunked::LAST_CHUNK)
+                                .await?;
+                            return Ok(());
+                        }
+                        Decoded::NeedMore => {}
+                    }
+                    rx.consume(consumed);
+                }
+            }
+        }
+    }
+
+    async fn read_response_head(
+        &self,
+        upstream: &mut UpstreamConn,
+        head: &mut ResponseHead,
+        deadline: Option<Instant>,
+    ) -> Result<(), Failure> {
+        loop {
+            if !upstream.rx.is_empty() {
+                match response::parse(
+                    upstream.rx.data(),
+                    self.settings.max_header_bytes,
+                    self.settings.max_header_count,
+                    self.head_request,
+                    head,
+                ) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(_) => {
+                        self.shard.counters.upstream_error(UpstreamError::Protocol);
+                        return Err(Failure::Status(502));
+                    }
+                }
+            }
+            let timeout = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.shard.counters.upstream_error(UpstreamError::Timeout);
+                        return Err(Failure::Status(504));
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
+            let _ = upstream.stream.set_read_timeout(timeout);
+            match upstream
+                .rx
+                .fill(&mut upstream.stream, self.settings.max_header_bytes + 1)
+                .await
+            {
+                Ok(n) if n > 0 => {}
+                Ok(_) => {
+                    self.shard.counters.upstream_error(UpstreamError::Reset);
+                    return Err(Failure::Status(502));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    self.shard.counters.upstream_error(UpstreamError::Timeout);
+                    return Err(Failure::Status(504));
+                }
+                Err(_) => {
+                    self.shard.counters.upstream_error(UpstreamError::Reset);
+                    return Err(Failure::Status(502));
+                }
+            }
+        }
+    }
+
+    async fn relay_response_body<T: Transport>(
+        &self,
+        io: &mut T,
+        upstream: &mut UpstreamConn,
+        from: ResponseFraming,
+        to: OutFraming,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ()> {
+        let idle = Duration::from_millis(self.settings.body_idle_timeout_ms);
+        let _ = upstream.stream.set_read_timeout(Some(idle));
+        let chunk_out = to == OutFraming::Chunked;
+        match from {
+            ResponseFraming::None => Ok(()),
+            ResponseFraming::Length(mut remaining) => {
+                while remaining > 0 {
+                    if upstream.rx.is_empty() {
+                        self.fill_from_upstream(upstream).await?;
+                    }
+                    let take = (upstream.rx.len() as u64).min(remaining) as usize;
+                    send(io, &upstream.rx.data()[..take])
+                        .await
+                        .map_err(|_| ())?;
+                    upstream.rx.consume(take);
+                    remaining -= take as u64;
+                }
+                Ok(())
+            }
+            ResponseFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                loop {
+                    if upstream.rx.is_empty() {
+                        self.fill_from_upstream(upstream).await?;
+                    }
+                    let (consumed, decoded) = decoder.decode(upstream.rx.data()).map_err(|_| {
+                        self.shard.counters.upstream_error(UpstreamError::Protocol);
+                    })?;
+                    match decoded {
+                        Decoded::Data { start, end } => {
+                            write_body_piece(io, out, &upstream.rx.data()[start..end], chunk_out)
+                                .await?;
+                        }
+                        Decoded::Done => {
+                            upstream.rx.consume(consumed);
+                            if chunk_out {
+                                send(io, chunked::LAST_CHUNK).await.map_err(|_| ())?;
+                            }
+                            return Ok(());
+                        }
+                        Decoded::NeedMore => {}
+                    }
+                    upstream.rx.consume(consumed);
+                }
+            }
+            ResponseFraming::UntilClose => loop {
+                if upstream.rx.is_empty() {
+                    match upstream.rx.fill(&mut upstream.stream, BODY_BUFFER).await {
+                        Ok(0) => {
+                            if chunk_out {
+                                send(io, chunked::LAST_CHUNK).await.map_err(|_| ())?;
+                            }
+                            return Ok(());
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            self.shard.counters.upstream_error(UpstreamError::Reset);
+                            return Err(());
+                        }
+                    }
+                }
+                write_body_piece(io, out, upstream.rx.data(), chunk_out).await?;
+                let n = upstream.rx.len();
+                upstream.rx.consume(n);
+            },
+        }
+    }
+
+    async fn fill_from_upstream(&self, upstream: &mut UpstreamConn) -> Result<(), ()> {
+        match upstream.rx.fill(&mut upstream.stream, BODY_BUFFER).await {
+            Ok(n) if n > 0 => Ok(()),
+            Ok(_) => {
+                self.shard.counters.upstream_error(UpstreamError::Reset);
+                Err(())
+            }
+            Err(e) => {
+                let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+                    UpstreamError::Timeout
+                } else {
+                    UpstreamError::Reset
+                };
+                self.shard.counters.upstream_error(kind);
+                Err(())
+            }
+        }
+    }
+
+    /// Answers a failed exchange. If the request body may still be arriving the connection
+    /// closes after the answer.
+    async fn fail<T: Transport>(
+        &self,
+        io: &mut T,
+        conn: &mut Downstream,
+        failure: Failure,
+        unread_body: RequestFraming,
+    ) -> (u16, Next) {
+        match failure {
+            Failure::ClientGone => (499, Next::Close),
+            Failure::Status(status) => {
+                let keep_alive = self.keep_alive && unread_body == RequestFraming::None;
+                let sent = reply_local(
+                    io,
+                    &mut conn.out,
+                    status,
+                    &[],
+                    persistence(keep_alive),
+                    conn.head.version,
+                    self.head_request,
+                )
+                .await;
+                let next = match (sent, keep_alive) {
+                    (true, true) => Next::KeepAlive,
+                    (true, false) if unread_body != RequestFraming::None => Next::Linger,
+                    _ => Next::Close,
+                };
+                (status, next)
+            }
+        }
+    }
+}
+
+async fn fill_from_client<T: Transport>(io: &mut T, rx: &mut RecvBuf) -> Result<(), Failure> {
+    match rx.fill(io, BODY_BUFFER).await {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err(Failure::ClientGone),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(Failure::Status(408)),
+        Err(_) => Err(Failure::ClientGone),
+    }
+}
+
+async fn upstream_write(
+    shard: &Shard,
+    stream: &mut glommio::net::TcpStream,
+    bytes: &[u8],
+) -> Result<(), Failure> {
+    match stream.write_all(bytes).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+                UpstreamError::Timeout
+            } else {
+                UpstreamError::Reset
+            };
+            shard.counters.upstream_error(kind);
+            Err(Failure::Status(502))
+        }
+    }
+}
+
+async fn write_body_piece<T: Transport>(
+    io: &mut T,
+    out: &mut Vec<u8>,
+    data: &[u8],
+    chunk: bool,
+) -> Result<(), ()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if chunk {
+        out.clear();
+        chunked::write_chunk_header(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+        send(io, out).await.map_err(|_| ())
+    } else {
+        send(io, data).await.map_err(|_| ())
+    }
+}
+
+/// Relays bytes both ways after a 101 until either side closes. Bytes the client sent after
+/// its request head, and bytes the upstream sent after its 101 head, go first.
+async fn tunnel<T: Transport>(mut io: T, rx: RecvBuf, mut upstream: UpstreamConn) {
+    if !rx.is_empty() && upstream.stream.write_all(rx.data()).await.is_err() {
+        return;
+    }
+    if !upstream.rx.is_empty() && send(&mut io, upstream.rx.data()).await.is_err() {
+        return;
+    }
+    io.set_read_timeout(None);
+    io.set_write_timeout(None);
+    let _ = upstream.stream.set_read_timeout(None);
+    let (mut client_read, mut client_write) = futures_lite::io::split(io);
+    let (mut upstream_read, mut upstream_write) = futures_lite::io::split(upstream.stream);
+    let up = async {
+        let _ = futures_lite::io::copy(&mut client_read, &mut upstream_write).await;
+        let _ = upstream_write.close().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; BODY_BUFFER];
+        loop {
+            match upstream_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if client_write.write_all(&buf[..n]).await.is_err()
+                        || client_write.flush().await.is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = client_write.close().await;
+    };
+    future::zip(up, down).await;
+}

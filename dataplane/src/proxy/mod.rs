@@ -1,0 +1,6 @@
+//! The HTTP/1.1 proxy engine that runs on each core.
+
+pub mod connection;
+pub mod redirect;
+pub mod serialize;
+pub mod upstream;

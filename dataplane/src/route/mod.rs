@@ -1,0 +1,156 @@
+//! Routing: the immutable tables of one config generation and how a request finds its rule.
+//!
+//! A [`Snapshot`] is built once on the control thread from a validated `CompiledConfig` and
+//! shared read-only with every core through an `Arc`. Nothing in it changes after the build,
+//! so cores read it without locks; per-core mutable state (round-robin cursors, counters,
+//! TLS configs) lives in the core, not here.
+
+pub mod host;
+pub mod matcher;
+pub mod table;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use portcullis_api::CompiledConfig;
+use portcullis_api::config::{PortProtocol, ProxySettings};
+use portcullis_api::validate::validate;
+
+use crate::tls::CertificateMaterial;
+use host::HostPattern;
+use table::ListenerTable;
+
+/// The routing tables of one config generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub content_hash: [u8; 32],
+    pub settings: ProxySettings,
+    pub ports: Vec<PortTable>,
+    pub backends: Vec<BackendTable>,
+    pub certificates: Vec<CertificateMaterial>,
+    /// (listener, route) of each request-counter slot; route "" counts unmatched requests.
+    pub stat_keys: Vec<(Arc<str>, Arc<str>)>,
+}
+
+#[derive(Debug)]
+pub struct PortTable {
+    pub port: u16,
+    pub protocol: PortProtocol,
+    pub listeners: Vec<ListenerTable>,
+}
+
+impl PortTable {
+    /// The listener serving `host` (normalized): exact hostname, else the longest matching
+    /// wildcard, else the listener without hostname. A request never falls through to a
+    /// less specific listener's routes (Gateway API listener isolation).
+    pub fn select(&self, host: &str) -> Option<&ListenerTable> {
+        self.listeners
+            .iter()
+            .filter(|l| l.hostname.matches(host))
+            .max_by_key(|l| l.hostname.specificity())
+    }
+
+    /// Listeners whose hostname could accept `server_name` (for TLS certificate selection).
+    pub fn select_for_sni(&self, server_name: Option<&str>) -> Option<&ListenerTable> {
+        match server_name {
+            Some(name) => self.select(name),
+            None => self
+                .listeners
+                .iter()
+                .find(|l| l.hostname == HostPattern::Any),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BackendTable {
+    pub name: Arc<str>,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl Snapshot {
+    /// Validates `config` completely and builds its tables. On error nothing is kept and the
+    /// message says what and where.
+    pub fn build(config: &CompiledConfig) -> Result<Snapshot, String> {
+        validate(config).map_err(|e| e.to_string())?;
+
+        let mut certificates = Vec::with_capacity(config.certificates.len());
+        for (i, certificate) in config.certificates.iter().enumerate() {
+            let material = CertificateMaterial::parse(certificate)
+                .map_err(|e| format!("certificates[{i}] ({:?}): {e}", certificate.name))?;
+            certificates.push(material);
+        }
+        let certificate_index: HashMap<&str, u32> = config
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i as u32))
+            .collect();
+
+        let backends: Vec<BackendTable> = config
+            .backends
+            .iter()
+            .map(|b| BackendTable {
+                name: b.name.as_str().into(),
+                endpoints: b.endpoints.clone(),
+            })
+            .collect();
+        let backend_index: HashMap<&str, u32> = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.as_str(), i as u32))
+            .collect();
+
+        let mut stat_keys: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        let mut slots: HashMap<(String, String), u32> = HashMap::new();
+        let mut stat_slot = |listener: &str, route: &str| -> u32 {
+            *slots
+                .entry((listener.to_string(), route.to_string()))
+                .or_insert_with(|| {
+                    stat_keys.push((listener.into(), route.into()));
+                    (stat_keys.len() - 1) as u32
+                })
+        };
+
+        let mut ports = Vec::with_capacity(config.ports.len());
+        for (i, port) in config.ports.iter().enumerate() {
+            let mut listeners = Vec::with_capacity(port.listeners.len());
+            for (j, listener) in port.listeners.iter().enumerate() {
+                let table = ListenerTable::build(
+                    listener,
+                    &certificate_index,
+                    &backend_index,
+                    &mut stat_slot,
+                )
+                .map_err(|e| format!("ports[{i}].listeners[{j}]: {e}"))?;
+                listeners.push(table);
+            }
+            ports.push(PortTable {
+                port: port.port,
+                protocol: port.protocol,
+                listeners,
+            });
+        }
+        ports.sort_by_key(|p| p.port);
+
+        Ok(Snapshot {
+            generation: config.generation,
+            content_hash: config.content_hash(),
+            settings: config.settings.clone(),
+            ports,
+            backends,
+            certificates,
+            stat_keys,
+        })
+    }
+
+    pub fn port(&self, port: u16) -> Option<&PortTable> {
+        self.ports
+            .binary_search_by_key(&port, |p| p.port)
+            .ok()
+            .map(|i| &self.ports[i])
+    }
+}

@@ -1,0 +1,521 @@
+//! Per-listener routing tables, built once per config generation and then only read.
+//!
+//! Lookup order follows the Gateway API precedence rules:
+//! 1. hostname: the route hostname that matches the request host most specifically (exact,
+//!    then longer wildcards, then routes without hostnames);
+//! 2. path: Exact, then RegularExpression (implementation-specific, as in Envoy Gateway), then
+//!    PathPrefix by declared length;
+//! 3. method match, then more header matches, then more query parameter matches;
+//! 4. route order as compiled (oldest route, then "namespace/name"), then rule order.
+//!
+//! Exact paths and prefixes are hashed, so a lookup costs a handful of hash probes however
+//! many routes a listener has.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_api::config::{
+    BackendTarget, Filter, HeaderModifier, HttpRoute, Listener, PathModifier, RouteRule,
+};
+
+use super::host::HostPattern;
+use super::matcher::{CompiledMatch, PathMatcher, RequestView, prefix_matches};
+
+pub type EntryId = u32;
+
+/// One (match, rule) pair: what a lookup returns.
+#[derive(Debug)]
+pub struct Entry {
+    pub matcher: CompiledMatch,
+    pub rule: u32,
+}
+
+/// Header edits of one RequestHeaderModifier or ResponseHeaderModifier filter.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    pub set: Vec<HeaderOp>,
+    pub add: Vec<HeaderOp>,
+    /// Lowercase names.
+    pub remove: Vec<Box<[u8]>>,
+}
+
+#[derive(Debug)]
+pub struct HeaderOp {
+    /// Lowercase, for comparisons.
+    pub lower: Box<[u8]>,
+    /// As configured, for output.
+    pub name: Box<[u8]>,
+    pub value: Box<[u8]>,
+}
+
+/// What a filter does to one existing header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeaderAction {
+    Keep,
+    /// Removed, or replaced by a `set` written later.
+    Drop,
+}
+
+impl HeaderOps {
+    fn compile(modifier: &HeaderModifier) -> Self {
+        let op = |name: &str, value: &str| HeaderOp {
+            lower: name.to_ascii_lowercase().into_bytes().into(),
+            name: name.as_bytes().into(),
+            value: value.as_bytes().into(),
+        };
+        Self {
+            set: modifier.set.iter().map(|h| op(&h.name, &h.value)).collect(),
+            add: modifier.add.iter().map(|h| op(&h.name, &h.value)).collect(),
+            remove: modifier
+                .remove
+                .iter()
+                .map(|n| n.to_ascii_lowercase().into_bytes().into())
+                .collect(),
+        }
+    }
+
+    fn merge(&mut self, other: HeaderOps) {
+        self.set.extend(other.set);
+        self.add.extend(other.add);
+        self.remove.extend(other.remove);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn action(&self, name: &[u8]) -> HeaderAction {
+        let named = |lower: &[u8]| lower.eq_ignore_ascii_case(name);
+        if self.remove.iter().any(|r| named(r)) || self.set.iter().any(|s| named(&s.lower)) {
+            HeaderAction::Drop
+        } else {
+            HeaderAction::Keep
+        }
+    }
+
+    /// Values `add` appends to an existing header of this name (Gateway API: "add" appends
+    /// to the existing value, separated by a comma).
+    pub fn appended_values(&self, name: &[u8]) -> impl Iterator<Item = &[u8]> {
+        self.add
+            .iter()
+            .filter(move |a| a.lower.eq_ignore_ascii_case(name))
+            .map(|a| &*a.value)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    Full(Box<[u8]>),
+    /// Replaces the part of the path the rule's PathPrefix match consumed.
+    Prefix(Box<[u8]>),
+}
+
+impl PathRewrite {
+    fn compile(m: &PathModifier) -> Self {
+        match m {
+            PathModifier::ReplaceFullPath(p) => PathRewrite::Full(p.as_bytes().into()),
+            PathModifier::ReplacePrefixMatch(p) => PathRewrite::Prefix(p.as_bytes().into()),
+        }
+    }
+
+    /// Applies the rewrite to `path`, of which the first `matched_prefix_len` bytes were the
+    /// matched prefix.
+    pub fn apply(&self, path: &[u8], matched_prefix_len: usize, out: &mut Vec<u8>) {
+        match self {
+            PathRewrite::Full(p) => out.extend_from_slice(p),
+            PathRewrite::Prefix(replacement) => {
+                let rest = &path[matched_prefix_len.min(path.len())..];
+                let replacement: &[u8] = replacement;
+                if replacement.ends_with(b"/") && rest.starts_with(b"/") {
+                    out.extend_from_slice(replacement);
+                    out.extend_from_slice(&rest[1..]);
+                } else {
+                    out.extend_from_slice(replacement);
+                    out.extend_from_slice(rest);
+                }
+                if out.is_empty() {
+                    out.push(b'/');
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    pub scheme: Option<Box<str>>,
+    pub hostname: Option<Box<str>>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: u16,
+}
+
+#[derive(Debug)]
+pub struct Rewrite {
+    pub hostname: Option<Box<[u8]>>,
+    pub path: Option<PathRewrite>,
+}
+
+/// One weighted share of a rule's traffic.
+#[derive(Debug)]
+pub struct BackendShare {
+    /// Index into the snapshot's backends, or why the reference is invalid (answered 500).
+    pub target: Result<u32, Arc<str>>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Debug, Default)]
+pub struct BackendChoice {
+    pub shares: Vec<BackendShare>,
+    /// Running sums of the weights; share i covers [cumulative[i-1], cumulative[i]).
+    pub cumulative: Vec<u64>,
+}
+
+impl BackendChoice {
+    pub fn total_weight(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// Maps a uniform random number to a share; zero-weight shares are never chosen. None
+    /// when the rule has no backends or all weights are zero.
+    pub fn pick(&self, random: u64) -> Option<&BackendShare> {
+        let total = self.total_weight();
+        if total == 0 {
+            return None;
+        }
+        let point = random % total;
+        let index = self.cumulative.partition_point(|&c| c <= point);
+        self.shares.get(index)
+    }
+}
+
+#[derive(Debug)]
+pub struct CompiledRule {
+    pub route_name: Arc<str>,
+    /// Index of this (listener, route) pair's request counters.
+    pub stat_slot: u32,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+    pub backends: BackendChoice,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+}
+
+/// The rules for one host group, indexed by path.
+#[derive(Debug, Default)]
+pub struct RuleIndex {
+    exact: HashMap<Box<[u8]>, Vec<EntryId>>,
+    regex: Vec<EntryId>,
+    prefixes: HashMap<Box<[u8]>, Vec<EntryId>>,
+    longest_prefix: usize,
+}
+
+impl RuleIndex {
+    fn insert(&mut self, id: EntryId, matcher: &CompiledMatch) {
+        match &matcher.path {
+            PathMatcher::Exact(p) => self.exact.entry(p.clone()).or_default().push(id),
+            PathMatcher::Regex(_) => self.regex.push(id),
+            PathMatcher::Prefix { key, .. } => {
+                self.longest_prefix = self.longest_prefix.max(key.len());
+                self.prefixes.entry(key.clone()).or_default().push(id);
+            }
+        }
+    }
+
+    fn sort(&mut self, entries: &[Entry]) {
+        let key = |id: &EntryId| entries[*id as usize].matcher.precedence();
+        for bucket in self.exact.values_mut().chain(self.prefixes.values_mut()) {
+            bucket.sort_by_key(key);
+        }
+        self.regex.sort_by_key(key);
+    }
+
+    fn find(&self, entries: &[Entry], request: &RequestView<'_>) -> Option<EntryId> {
+        let first_match = |bucket: &[EntryId]| {
+            bucket
+                .iter()
+                .copied()
+                .find(|id| entries[*id as usize].matcher.matches_conditions(request))
+        };
+        if !self.exact.is_empty()
+            && let Some(found) = self.exact.get(request.path).and_then(|b| first_match(b))
+        {
+            return Some(found);
+        }
+        for id in &self.regex {
+            let matcher = &entries[*id as usize].matcher;
+            if let PathMatcher::Regex(regex) = &matcher.path
+                && regex.is_match(request.path)
+                && matcher.matches_conditions(request)
+            {
+                return Some(*id);
+            }
+        }
+        if self.prefixes.is_empty() {
+            return None;
+        }
+        // Candidate keys, longest first: the whole path, then the path cut before each '/'.
+        let path = request.path;
+        let mut end = path.len().min(self.longest_prefix);
+        if end < path.len() && path[end] != b'/' {
+            // Shorten to the last element boundary at or before the longest key.
+            end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
+        }
+        loop {
+            let candidate = &path[..end];
+            if prefix_matches(candidate, path)
+                && let Some(found) = self.prefixes.get(candidate).and_then(|b| first_match(b))
+            {
+                return Some(found);
+            }
+            if end == 0 {
+                return None;
+            }
+            end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
+        }
+    }
+}
+
+/// One Gateway listener's routes.
+#[derive(Debug)]
+pub struct ListenerTable {
+    pub name: Arc<str>,
+    pub hostname: HostPattern,
+    /// Indices into the snapshot's certificates (HTTPS only).
+    pub certificates: Vec<u32>,
+    /// Counters for requests on this listener that matched no route.
+    pub no_route_stat_slot: u32,
+    pub entries: Vec<Entry>,
+    pub rules: Vec<CompiledRule>,
+    exact_hosts: HashMap<Box<str>, RuleIndex>,
+    /// Longest suffix first.
+    wildcard_hosts: Vec<(HostPattern, RuleIndex)>,
+    any_host: RuleIndex,
+}
+
+/// What a successful lookup found.
+pub struct RouteMatch<'t> {
+    pub rule: &'t CompiledRule,
+    pub entry: &'t Entry,
+}
+
+impl ListenerTable {
+    /// Builds a listener's table. `stat_slot` hands out counter slots for (listener, route).
+    pub fn build(
+        listener: &Listener,
+        certificate_index: &HashMap<&str, u32>,
+        backend_index: &HashMap<&str, u32>,
+        stat_slot: &mut dyn FnMut(&str, &str) -> u32,
+    ) -> Result<Self, String> {
+        let name: Arc<str> = listener.name.as_str().into();
+        let mut table = ListenerTable {
+            name: name.clone(),
+            hostname: HostPattern::parse(listener.hostname.as_deref()),
+            certificates: listener
+                .certificates
+                .iter()
+                .filter_map(|c| certificate_index.get(c.as_str()).copied())
+                .collect(),
+            no_route_stat_slot: stat_slot(&listener.name, ""),
+            entries: Vec::new(),
+            rules: Vec::new(),
+            exact_hosts: HashMap::new(),
+            wildcard_hosts: Vec::new(),
+            any_host: RuleIndex::default(),
+        };
+        for (route_index, route) in listener.routes.iter().enumerate() {
+            table
+                .add_route(route, backend_index, stat_slot)
+                .map_err(|e| format!("routes[{route_index}] ({:?}): {e}", route.name))?;
+        }
+        table
+            .wildcard_hosts
+            .sort_by_key(|(pattern, _)| std::cmp::Reverse(pattern.specificity()));
+        let entries = &table.entries;
+        for index in table.exact_hosts.values_mut() {
+            index.sort(entries);
+        }
+        for (_, index) in &mut table.wildcard_hosts {
+            index.sort(entries);
+        }
+        table.any_host.sort(entries);
+        Ok(table)
+    }
+
+    fn add_route(
+        &mut self,
+        route: &HttpRoute,
+        backend_index: &HashMap<&str, u32>,
+        stat_slot: &mut dyn FnMut(&str, &str) -> u32,
+    ) -> Result<(), String> {
+        let route_name: Arc<str> = route.name.as_str().into();
+        let slot = stat_slot(&self.name, &route.name);
+        let patterns: Vec<HostPattern> = if route.hostnames.is_empty() {
+            vec![HostPattern::Any]
+        } else {
+            route
+                .hostnames
+                .iter()
+                .map(|h| HostPattern::parse(Some(h)))
+                .collect()
+        };
+        for (rule_index, rule) in route.rules.iter().enumerate() {
+            let compiled = compile_rule(rule, route_name.clone(), slot, backend_index)
+                .map_err(|e| format!("rules[{rule_index}]: {e}"))?;
+            let rule_id = self.rules.len() as u32;
+            self.rules.push(compiled);
+            let matchers = if rule.matches.is_empty() {
+                vec![CompiledMatch::catch_all()]
+            } else {
+                rule.matches
+                    .iter()
+                    .map(CompiledMatch::compile)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("rules[{rule_index}]: {e}"))?
+            };
+            for matcher in matchers {
+                let id = self.entries.len() as EntryId;
+                for pattern in &patterns {
+                    self.index_for(pattern).insert(id, &matcher);
+                }
+                self.entries.push(Entry {
+                    matcher,
+                    rule: rule_id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn index_for(&mut self, pattern: &HostPattern) -> &mut RuleIndex {
+        match pattern {
+            HostPattern::Exact(host) => self.exact_hosts.entry(host.clone()).or_default(),
+            HostPattern::Any => &mut self.any_host,
+            HostPattern::Wildcard(_) => {
+                let position = self.wildcard_hosts.iter().position(|(p, _)| p == pattern);
+                let position = match position {
+                    Some(p) => p,
+                    None => {
+                        self.wildcard_hosts
+                            .push((pattern.clone(), RuleIndex::default()));
+                        self.wildcard_hosts.len() - 1
+                    }
+                };
+                &mut self.wildcard_hosts[position].1
+            }
+        }
+    }
+
+    /// Finds the rule for a request to `host` (normalized).
+    pub fn find(&self, host: &str, request: &RequestView<'_>) -> Option<RouteMatch<'_>> {
+        let found = self
+            .exact_hosts
+            .get(host)
+            .and_then(|index| index.find(&self.entries, request))
+            .or_else(|| {
+                self.wildcard_hosts
+                    .iter()
+                    .filter(|(pattern, _)| pattern.matches(host))
+                    .find_map(|(_, index)| index.find(&self.entries, request))
+            })
+            .or_else(|| self.any_host.find(&self.entries, request))?;
+        let entry = &self.entries[found as usize];
+        Some(RouteMatch {
+            rule: &self.rules[entry.rule as usize],
+            entry,
+        })
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+fn compile_rule(
+    rule: &RouteRule,
+    route_name: Arc<str>,
+    stat_slot: u32,
+    backend_index: &HashMap<&str, u32>,
+) -> Result<CompiledRule, String> {
+    let mut compiled = CompiledRule {
+        route_name,
+        stat_slot,
+        request_headers: HeaderOps::default(),
+        response_headers: HeaderOps::default(),
+        redirect: None,
+        rewrite: None,
+        backends: BackendChoice::default(),
+        request_timeout: rule
+            .timeouts
+            .request_ms
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
+        backend_timeout: rule
+            .timeouts
+            .backend_request_ms
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
+    };
+    for filter in &rule.filters {
+        match filter {
+            Filter::RequestHeaderModifier(m) => {
+                compiled.request_headers.merge(HeaderOps::compile(m))
+            }
+            Filter::ResponseHeaderModifier(m) => {
+                compiled.response_headers.merge(HeaderOps::compile(m))
+            }
+            Filter::RequestRedirect(r) => {
+                compiled.redirect = Some(Redirect {
+                    scheme: r.scheme.as_deref().map(Into::into),
+                    hostname: r.hostname.as_deref().map(Into::into),
+                    port: r.port,
+                    path: r.path.as_ref().map(PathRewrite::compile),
+                    status: r.status_code,
+                })
+            }
+            Filter::UrlRewrite(r) => {
+                compiled.rewrite = Some(Rewrite {
+                    hostname: r.hostname.as_ref().map(|h| h.as_bytes().into()),
+                    path: r.path.as_ref().map(PathRewrite::compile),
+                })
+            }
+        }
+    }
+    let mut running = 0u64;
+    for backend in &rule.backends {
+        let target = match &backend.target {
+            BackendTarget::Backend(name) => match backend_index.get(name.as_str()) {
+                Some(index) => Ok(*index),
+                None => return Err(format!("unknown backend {name:?}")),
+            },
+            BackendTarget::Invalid(reason) => Err(Arc::from(reason.as_str())),
+        };
+        let mut share = BackendShare {
+            target,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        };
+        for filter in &backend.filters {
+            match filter {
+                Filter::RequestHeaderModifier(m) => {
+                    share.request_headers.merge(HeaderOps::compile(m))
+                }
+                Filter::ResponseHeaderModifier(m) => {
+                    share.response_headers.merge(HeaderOps::compile(m))
+                }
+                _ => return Err("only header modifiers are allowed on a backend".into()),
+            }
+        }
+        running += u64::from(backend.weight);
+        compiled.backends.cumulative.push(running);
+        compiled.backends.shares.push(share);
+    }
+    Ok(compiled)
+}
+
+#[cfg(test)]
+mod tests;

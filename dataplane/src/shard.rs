@@ -1,0 +1,399 @@
+//! One worker core: a glommio executor pinned to one CPU that owns its listeners (one
+//! SO_REUSEPORT socket per port), its connections, its upstream pool, its random numbers and
+//! its counters. It shares nothing mutable with other cores; the control thread reaches it
+//! only through its command channel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::FutureExt;
+use futures_rustls::TlsAcceptor;
+use glommio::channels::shared_channel::{
+    ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::Timer;
+use glommio::{LocalExecutorBuilder, Placement, Task, spawn_local};
+use portcullis_api::CompiledConfig;
+use portcullis_api::config::PortProtocol;
+
+use crate::access_log::{self, AccessLog};
+use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
+use crate::proxy::connection::{ConnInfo, serve};
+use crate::proxy::upstream::Pool;
+use crate::route::Snapshot;
+use crate::signal::Signal;
+use crate::tls::{TicketKey, server_config};
+use crate::{IO_MEMORY, error, warn};
+
+/// What the control thread asks of a core.
+pub enum ShardCommand {
+    /// Serve `snapshot` from now on. `sockets` are this core's listening sockets for ports
+    /// the previous snapshot did not have; ports it no longer has are closed.
+    Install {
+        snapshot: Arc<Snapshot>,
+        sockets: Vec<(u16, OwnedFd)>,
+    },
+    CollectStats,
+    /// Stop accepting, close idle connections, and report when none is left or at `deadline`.
+    Drain {
+        deadline: Instant,
+    },
+    Stop,
+}
+
+pub enum ShardReply {
+    Installed { generation: u64 },
+    InstallFailed { reason: String },
+    Stats(CoreStats),
+    Drained { open_connections: u64 },
+}
+
+/// The tables a core serves with, plus its own mutable companions to them.
+pub struct Installed {
+    pub snapshot: Arc<Snapshot>,
+    pub tls: HashMap<u16, TlsAcceptor>,
+    /// Round-robin position per backend.
+    cursors: Vec<Cell<u32>>,
+    /// Request counters per stat slot of the snapshot.
+    pub stats: Vec<Rc<RouteCounters>>,
+    /// Requests that matched no port or listener, or never parsed.
+    pub unmatched: Rc<RouteCounters>,
+}
+
+impl Installed {
+    /// The next endpoint of `backend`, round robin. None when it has no endpoints.
+    pub fn next_endpoint(&self, backend: usize) -> Option<SocketAddr> {
+        let endpoints = &self.snapshot.backends.get(backend)?.endpoints;
+        if endpoints.is_empty() {
+            return None;
+        }
+        let cursor = &self.cursors[backend];
+        let position = cursor.get() as usize % endpoints.len();
+        cursor.set(cursor.get().wrapping_add(1));
+        Some(endpoints[position])
+    }
+}
+
+pub struct Shard {
+    pub id: usize,
+    installed: RefCell<Rc<Installed>>,
+    pub pool: Pool,
+    rng: Cell<u64>,
+    pub counters: CoreCounters,
+    pub drain: Signal,
+    pub access_log: Option<AccessLog>,
+    ticket_key: TicketKey,
+}
+
+impl Shard {
+    fn new(id: usize, ticket_key: TicketKey, access_log: bool) -> Result<Self, String> {
+        let empty = Arc::new(Snapshot::build(&CompiledConfig::empty(0))?);
+        let counters = CoreCounters::default();
+        let installed = Installed {
+            unmatched: counters.slots(&[("".into(), "".into())]).remove(0),
+            stats: Vec::new(),
+            cursors: Vec::new(),
+            tls: HashMap::new(),
+            snapshot: empty,
+        };
+        Ok(Self {
+            id,
+            installed: RefCell::new(Rc::new(installed)),
+            pool: Pool::default(),
+            rng: Cell::new(seed(id)),
+            counters,
+            drain: Signal::default(),
+            access_log: access_log.then(AccessLog::default),
+            ticket_key,
+        })
+    }
+
+    /// The tables to serve the next request with.
+    pub fn current(&self) -> Rc<Installed> {
+        self.installed.borrow().clone()
+    }
+
+    /// A uniform 64-bit random number from this core's own generator (xorshift64*).
+    pub fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Builds this core's companions to `snapshot` (TLS configs, cursors, counters), then
+    /// swaps them in. Nothing changes when building fails.
+    fn build(&self, snapshot: Arc<Snapshot>) -> Result<Installed, String> {
+        let mut tls = HashMap::new();
+        for port in &snapshot.ports {
+            if port.protocol == PortProtocol::Https {
+                let config = server_config(port, &snapshot, &self.ticket_key)
+                    .map_err(|e| format!("port {}: {e}", port.port))?;
+                tls.insert(port.port, TlsAcceptor::from(config));
+            }
+        }
+        // Start each backend's rotation at a random endpoint so cores do not move in step.
+        let cursors = snapshot
+            .backends
+            .iter()
+            .map(|_| Cell::new(self.random() as u32))
+            .collect();
+        Ok(Installed {
+            stats: self.counters.slots(&snapshot.stat_keys),
+            unmatched: self.current().unmatched.clone(),
+            cursors,
+            tls,
+            snapshot,
+        })
+    }
+}
+
+fn seed(id: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut bytes)
+        .is_ok()
+    {
+        let seed = u64::from_le_bytes(bytes);
+        if seed != 0 {
+            return seed;
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    (nanos ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1
+}
+
+/// Starts core `id` on `cpu`.
+pub fn spawn(
+    id: usize,
+    cpu: usize,
+    commands: SharedReceiver<ShardCommand>,
+    replies: SharedSender<ShardReply>,
+    ticket_key: TicketKey,
+    access_log: bool,
+) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
+    LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        .name(&format!("portcullis-core-{id}"))
+        .io_memory(IO_MEMORY)
+        .spawn(move || async move {
+            let (commands, replies) =
+                futures_lite::future::zip(commands.connect(), replies.connect()).await;
+            match Shard::new(id, ticket_key, access_log) {
+                Ok(shard) => run(Rc::new(shard), commands, replies).await,
+                Err(e) => error!("core failed to start", "core" = id, "error" = e),
+            }
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+async fn run(
+    shard: Rc<Shard>,
+    commands: ConnectedReceiver<ShardCommand>,
+    replies: ConnectedSender<ShardReply>,
+) {
+    let housekeeping = spawn_local(housekeeping(shard.clone()));
+    let mut listeners: HashMap<u16, Task<()>> = HashMap::new();
+    while let Some(command) = commands.recv().await {
+        let reply = match command {
+            ShardCommand::Install { snapshot, sockets } => {
+                install(&shard, snapshot, sockets, &mut listeners)
+            }
+            ShardCommand::CollectStats => ShardReply::Stats(shard.counters.copy(shard.id)),
+            ShardCommand::Drain { deadline } => {
+                listeners.clear();
+                shard.drain.fire();
+                while shard.counters.active_connections.get() > 0 && Instant::now() < deadline {
+                    Timer::new(Duration::from_millis(20)).await;
+                }
+                ShardReply::Drained {
+                    open_connections: shard.counters.active_connections.get(),
+                }
+            }
+            ShardCommand::Stop => break,
+        };
+        if replies.send(reply).await.is_err() {
+            break;
+        }
+    }
+    drop(listeners);
+    drop(housekeeping);
+    if let Some(log) = &shard.access_log {
+        log.flush();
+    }
+}
+
+fn install(
+    shard: &Rc<Shard>,
+    snapshot: Arc<Snapshot>,
+    sockets: Vec<(u16, OwnedFd)>,
+    listeners: &mut HashMap<u16, Task<()>>,
+) -> ShardReply {
+    let generation = snapshot.generation;
+    let installed = match shard.build(snapshot.clone()) {
+        Ok(installed) => installed,
+        Err(reason) => return ShardReply::InstallFailed { reason },
+    };
+    let mut new_listeners = Vec::with_capacity(sockets.len());
+    for (port, socket) in sockets {
+        // SAFETY: `socket` is an owned, bound, listening TCP socket the control thread created
+        // for this core; ownership of the descriptor moves into the glommio listener.
+        #[allow(unsafe_code)]
+        let listener =
+            unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) };
+        new_listeners.push((port, listener));
+    }
+    let wanted: HashSet<u16> = snapshot.ports.iter().map(|p| p.port).collect();
+    for (port, _) in &new_listeners {
+        if !wanted.contains(port) || listeners.contains_key(port) {
+            return ShardReply::InstallFailed {
+                reason: format!("unexpected socket for port {port}"),
+            };
+        }
+    }
+    let missing: Vec<u16> = wanted
+        .iter()
+        .filter(|p| !listeners.contains_key(p) && !new_listeners.iter().any(|(n, _)| n == *p))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return ShardReply::InstallFailed {
+            reason: format!("no socket for ports {missing:?}"),
+        };
+    }
+
+    // Commit: nothing below can fail.
+    let endpoints: HashSet<SocketAddr> = snapshot
+        .backends
+        .iter()
+        .flat_map(|b| b.endpoints.iter().copied())
+        .collect();
+    shard.pool.retain_endpoints(&endpoints);
+    *shard.installed.borrow_mut() = Rc::new(installed);
+    listeners.retain(|port, _| wanted.contains(port));
+    for (port, listener) in new_listeners {
+        listeners.insert(
+            port,
+            spawn_local(accept_loop(shard.clone(), listener, port)),
+        );
+    }
+    ShardReply::Installed { generation }
+}
+
+/// Decrements the open-connection gauge however the connection task ends, panics included.
+struct ConnectionGuard(Rc<Shard>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let active = &self.0.counters.active_connections;
+        active.set(active.get().saturating_sub(1));
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: u16) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                warn!("accept failed", "port" = port, "error" = e);
+                Timer::new(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let settings_limit = shard.current().snapshot.settings.max_connections_per_core as u64;
+        if shard.counters.active_connections.get() >= settings_limit {
+            increment(&shard.counters.connections_rejected);
+            drop(stream);
+            continue;
+        }
+        increment(&shard.counters.connections_accepted);
+        let active = &shard.counters.active_connections;
+        active.set(active.get() + 1);
+        let guard = ConnectionGuard(shard.clone());
+        let shard = shard.clone();
+        spawn_local(async move {
+            let _guard = guard;
+            let connection = std::panic::AssertUnwindSafe(connection(shard.clone(), stream, port));
+            if connection.catch_unwind().await.is_err() {
+                increment(&shard.counters.panics);
+                error!(
+                    "connection handler panicked; connection closed",
+                    "core" = shard.id,
+                    "port" = port
+                );
+            }
+        })
+        .detach();
+    }
+}
+
+async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
+    let _ = stream.set_nodelay(true);
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let installed = shard.current();
+    let Some(table) = installed.snapshot.port(port) else {
+        return;
+    };
+    match table.protocol {
+        PortProtocol::Http => {
+            let info = ConnInfo {
+                port,
+                peer,
+                tls: false,
+            };
+            drop(installed);
+            serve(shard, stream, info).await;
+        }
+        PortProtocol::Https => {
+            let Some(acceptor) = installed.tls.get(&port).cloned() else {
+                return;
+            };
+            let timeout = Duration::from_millis(installed.snapshot.settings.header_read_timeout_ms);
+            drop(installed);
+            let handshake = async { acceptor.accept(stream).await.ok() };
+            let deadline = async {
+                Timer::new(timeout).await;
+                None
+            };
+            match handshake.or(deadline).await {
+                Some(tls) => {
+                    let info = ConnInfo {
+                        port,
+                        peer,
+                        tls: true,
+                    };
+                    serve(shard, tls, info).await;
+                }
+                None => increment(&shard.counters.tls_handshake_errors),
+            }
+        }
+    }
+}
+
+async fn housekeeping(shard: Rc<Shard>) {
+    let mut since_prune = Duration::ZERO;
+    loop {
+        Timer::new(access_log::FLUSH_INTERVAL).await;
+        if let Some(log) = &shard.access_log {
+            log.flush();
+        }
+        since_prune += access_log::FLUSH_INTERVAL;
+        if since_prune >= Duration::from_secs(1) {
+            since_prune = Duration::ZERO;
+            let idle = shard.current().snapshot.settings.upstream_idle_timeout_ms;
+            shard.pool.prune(Duration::from_millis(idle));
+        }
+    }
+}

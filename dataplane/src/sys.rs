@@ -1,0 +1,135 @@
+//! The few system calls the proxy makes itself. Each `unsafe` block is a plain libc call on
+//! memory this module owns; every function here has a test.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// CPUs this process may run on (its affinity mask), in ascending order.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size we pass; pid 0 is this thread.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: CPU_ISSET only reads the set; `cpu` is below the set's capacity.
+    Ok((0..max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Whether io_uring can be used: creates and closes a one-entry ring. Container runtimes'
+/// default seccomp profiles answer EPERM; old kernels ENOSYS.
+pub fn probe_io_uring() -> io::Result<()> {
+    // Layout of struct io_uring_params (120 bytes); only the size matters for the probe.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(2) reads and writes `params`, a 120-byte buffer we own, which is
+    // the kernel's struct io_uring_params size.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the ring descriptor the kernel just returned to us and nothing else owns.
+    unsafe { libc::close(fd as RawFd) };
+    Ok(())
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes (None = unlimited).
+pub fn memlock_limit() -> io::Result<Option<u64>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur))
+}
+
+/// Whether the process may lock memory without limit (root or CAP_IPC_LOCK).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// State of an idle upstream connection, checked before reusing it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IdleSocket {
+    /// Nothing to read and still open: safe to send a request.
+    Open,
+    /// The peer closed it, reset it, or sent bytes nobody asked for.
+    Unusable,
+}
+
+/// Peeks without blocking: an idle keep-alive connection must have nothing to read.
+pub fn idle_socket_state(fd: RawFd) -> IdleSocket {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most 1 byte into `byte`, which we own; MSG_PEEK leaves the data in
+    // the socket and MSG_DONTWAIT keeps the call from blocking.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+        IdleSocket::Open
+    } else {
+        IdleSocket::Unusable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn affinity_lists_at_least_one_cpu() {
+        let cpus = allowed_cpus().unwrap();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn io_uring_probe_answers() {
+        // Either outcome is legitimate on some machine; the call itself must not crash, and on
+        // failure it must carry an OS error code the start-up message can explain.
+        if let Err(e) = probe_io_uring() {
+            assert!(e.raw_os_error().is_some());
+        }
+    }
+
+    #[test]
+    fn memlock_limit_reads() {
+        let _ = memlock_limit().unwrap();
+    }
+
+    #[test]
+    fn idle_socket_states() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        assert_eq!(idle_socket_state(client.as_raw_fd()), IdleSocket::Open);
+
+        server.write_all(b"x").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(idle_socket_state(client.as_raw_fd()), IdleSocket::Unusable);
+
+        let client2 = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server2, _) = listener.accept().unwrap();
+        drop(server2);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(idle_socket_state(client2.as_raw_fd()), IdleSocket::Unusable);
+    }
+}

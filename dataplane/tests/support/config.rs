@@ -1,0 +1,157 @@
+//! Builders for the CompiledConfig model, so tests read as the routes they configure.
+
+use portcullis_api::CompiledConfig;
+use portcullis_api::config::*;
+
+use super::Backend;
+
+/// Builds a config with one HTTP (or HTTPS) port; more ports via `port`.
+pub struct ConfigBuilder {
+    config: CompiledConfig,
+}
+
+impl ConfigBuilder {
+    pub fn new(generation: u64) -> Self {
+        Self {
+            config: CompiledConfig::empty(generation),
+        }
+    }
+
+    pub fn build(self) -> CompiledConfig {
+        self.config
+    }
+
+    /// Adds an HTTP port with one listener (no hostname) named `listener`.
+    pub fn http_port(mut self, port: u16, listener: &str, routes: Vec<HttpRoute>) -> Self {
+        self.config.ports.push(Port {
+            port,
+            protocol: PortProtocol::Http,
+            listeners: vec![Listener {
+                name: listener.into(),
+                hostname: None,
+                certificates: vec![],
+                routes,
+            }],
+        });
+        self
+    }
+
+    /// Adds a port with the given listeners.
+    pub fn port(mut self, port: u16, protocol: PortProtocol, listeners: Vec<Listener>) -> Self {
+        self.config.ports.push(Port {
+            port,
+            protocol,
+            listeners,
+        });
+        self
+    }
+
+    /// Adds a backend named `name` with the given endpoints.
+    pub fn backend(mut self, name: &str, endpoints: &[&Backend]) -> Self {
+        self.config.backends.push(portcullis_api::config::Backend {
+            name: name.into(),
+            protocol: BackendProtocol::Http1,
+            endpoints: endpoints.iter().map(|b| b.addr).collect(),
+        });
+        self
+    }
+
+    /// Adds a backend with raw endpoint addresses (e.g. a closed port).
+    pub fn backend_at(mut self, name: &str, endpoints: &[&str]) -> Self {
+        self.config.backends.push(portcullis_api::config::Backend {
+            name: name.into(),
+            protocol: BackendProtocol::Http1,
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        });
+        self
+    }
+
+    pub fn certificate(mut self, name: &str, cert_chain_pem: &str, private_key_pem: &str) -> Self {
+        self.config.certificates.push(Certificate {
+            name: name.into(),
+            cert_chain_pem: cert_chain_pem.into(),
+            private_key_pem: private_key_pem.into(),
+        });
+        self
+    }
+
+    pub fn settings(mut self, f: impl FnOnce(&mut ProxySettings)) -> Self {
+        f(&mut self.config.settings);
+        self
+    }
+}
+
+pub fn listener(
+    name: &str,
+    hostname: Option<&str>,
+    certificates: &[&str],
+    routes: Vec<HttpRoute>,
+) -> Listener {
+    Listener {
+        name: name.into(),
+        hostname: hostname.map(Into::into),
+        certificates: certificates.iter().map(|c| c.to_string()).collect(),
+        routes,
+    }
+}
+
+pub fn route(name: &str, hostnames: &[&str], rules: Vec<RouteRule>) -> HttpRoute {
+    HttpRoute {
+        name: name.into(),
+        hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+        rules,
+    }
+}
+
+/// A rule matching `matches` (empty: everything) and sending to weighted backends.
+pub fn rule(matches: Vec<RouteMatch>, backends: Vec<WeightedBackend>) -> RouteRule {
+    RouteRule {
+        matches,
+        backends,
+        ..Default::default()
+    }
+}
+
+pub fn to(backend: &str, weight: u32) -> WeightedBackend {
+    WeightedBackend {
+        weight,
+        target: BackendTarget::Backend(backend.into()),
+        filters: vec![],
+    }
+}
+
+pub fn invalid(reason: &str, weight: u32) -> WeightedBackend {
+    WeightedBackend {
+        weight,
+        target: BackendTarget::Invalid(reason.into()),
+        filters: vec![],
+    }
+}
+
+pub fn prefix(path: &str) -> RouteMatch {
+    RouteMatch {
+        path: PathMatch::PathPrefix(path.into()),
+        ..Default::default()
+    }
+}
+
+pub fn exact(path: &str) -> RouteMatch {
+    RouteMatch {
+        path: PathMatch::Exact(path.into()),
+        ..Default::default()
+    }
+}
+
+pub fn regex(path: &str) -> RouteMatch {
+    RouteMatch {
+        path: PathMatch::RegularExpression(path.into()),
+        ..Default::default()
+    }
+}
+
+pub fn header_value(name: &str, value: &str) -> HeaderValue {
+    HeaderValue {
+        name: name.into(),
+        value: value.into(),
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what a make target needs on a fresh Debian machine, and nothing it already has.
+# Usage: hack/ensure-tools.sh test|bench
+set -euo pipefail
+
+need_apt=()
+want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+
+case "${1:-}" in
+  test)
+    # Native build dependencies of aws-lc-sys and glommio's vendored liburing.
+    want cc build-essential
+    want cmake cmake
+    want curl curl
+    ;;
+  bench)
+    want cc build-essential
+    want wrk wrk
+    want nginx nginx-light
+    want haproxy haproxy
+    want h2load nghttp2-client
+    want openssl openssl
+    want bc bc
+    want taskset util-linux
+    ;;
+  *)
+    echo "usage: $0 test|bench" >&2
+    exit 2
+    ;;
+esac
+
+if ((${#need_apt[@]})); then
+  echo "==> installing ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi

@@ -1,0 +1,3 @@
+//! Getting a compiled config into a running proxy.
+
+pub mod control_client;
