@@ -1,0 +1,458 @@
+#!/usr/bin/env python3
+"""Portcullis benchmark: the proxy against nginx, haproxy and direct-to-backend, side by side.
+
+Method (see bench/README.md): the proxy under test runs alone on CPU 1; the load generator and
+the backend share CPU 0. Every system serves the same route (Host bench.local, path prefix /,
+two weighted backends 90/10, one response header added). Systems are measured interleaved
+(direct, portcullis, nginx, haproxy, repeat) and each metric is the median over the runs.
+The primary figure is proxy CPU time per request, read from /proc/<pid>/stat, because on two
+cores closed-loop req/s measures the load generator as much as the proxy.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICKS = os.sysconf("SC_CLK_TCK")
+
+BACKENDS = [("127.0.0.1", 18090, "a", 90), ("127.0.0.2", 18090, "b", 10)]
+PLAIN_PORT = {"portcullis": 18101, "nginx": 18102, "haproxy": 18103}
+TLS_PORT = {"portcullis": 18201, "nginx": 18202, "haproxy": 18203}
+ADMIN_PORT = 18199
+PROXY_CPU = "1"
+LOAD_CPU = "0"
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def wait_port(port, host="127.0.0.1", timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port}")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process and all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class System:
+    """A started proxy (or the direct path) with the pids whose CPU counts as 'the proxy'."""
+
+    def __init__(self, name, procs, plain_port, tls_port):
+        self.name = name
+        self.procs = procs
+        self.plain_port = plain_port
+        self.tls_port = tls_port
+
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def worker_pids(self):
+        # nginx and haproxy do their work in a child; count the whole process tree.
+        pids = []
+        for pid in self.pids():
+            pids.append(pid)
+            try:
+                out = run(["pgrep", "-P", str(pid)]).stdout.split()
+                pids.extend(int(p) for p in out)
+            except subprocess.CalledProcessError:
+                pass
+        return pids
+
+    def cpu(self):
+        return sum(cpu_seconds(p) for p in self.worker_pids())
+
+    def rss(self):
+        return sum(rss_kib(p) for p in self.worker_pids())
+
+    def stop(self):
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def start_backend(work):
+    conf = f"""
+worker_processes 1;
+worker_cpu_affinity 01;
+daemon off;
+pid {work}/backend.pid;
+error_log {work}/backend-error.log;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+""" + "".join(
+        f"  server {{ listen {ip}:{port}; location / {{ add_header x-backend {name}; return 200 \"ok\\n\"; }} }}\n"
+        for ip, port, name, _ in BACKENDS
+    ) + "}\n"
+    write(f"{work}/backend.conf", conf)
+    proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, "nginx", "-c", f"{work}/backend.conf"])
+    for ip, port, _, _ in BACKENDS:
+        wait_port(port, ip)
+    return proc
+
+
+def portcullis_config(work, cert, key):
+    with open(cert) as f:
+        cert_pem = f.read()
+    with open(key) as f:
+        key_pem = f.read()
+
+    def listener(name, certs):
+        return {
+            "name": name,
+            "certificates": certs,
+            "routes": [
+                {
+                    "name": "bench/route",
+                    "hostnames": ["bench.local"],
+                    "rules": [
+                        {
+                            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                            "filters": [
+                                {
+                                    "type": "ResponseHeaderModifier",
+                                    "add": [{"name": "x-proxy", "value": "bench"}],
+                                }
+                            ],
+                            "backends": [
+                                {"weight": w, "target": {"backend": f"bench/{n}"}}
+                                for _, _, n, w in BACKENDS
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
+
+    return {
+        "schema_version": 1,
+        "generation": 1,
+        "ports": [
+            {"port": PLAIN_PORT["portcullis"], "protocol": "HTTP", "listeners": [listener("http", [])]},
+            {"port": TLS_PORT["portcullis"], "protocol": "HTTPS", "listeners": [listener("https", ["bench/cert"])]},
+        ],
+        "backends": [{"name": f"bench/{n}", "endpoints": [f"{ip}:{port}"]} for ip, port, n, _ in BACKENDS],
+        "certificates": [{"name": "bench/cert", "cert_chain_pem": cert_pem, "private_key_pem": key_pem}],
+    }
+
+
+def start_portcullis(work, bin_dir, cert, key):
+    path = f"{work}/portcullis.json"
+    write(path, json.dumps(portcullis_config(work, cert, key)))
+    proc = subprocess.Popen(
+        [
+            f"{bin_dir}/portcullis-proxy",
+            "--config", path,
+            "--cpus", PROXY_CPU,
+            "--bind-address", "127.0.0.1",
+            "--admin-address", f"127.0.0.1:{ADMIN_PORT}",
+            "--log-level", "warn",
+        ],
+    )
+    wait_port(PLAIN_PORT["portcullis"])
+    return System("portcullis", [proc], PLAIN_PORT["portcullis"], TLS_PORT["portcullis"])
+
+
+def start_nginx(work, cert, key):
+    servers = "".join(f"    server {ip}:{port} weight={w};\n" for ip, port, _, w in BACKENDS)
+    conf = f"""
+worker_processes 1;
+worker_cpu_affinity {"10" if PROXY_CPU == "1" else "01"};
+worker_rlimit_nofile 65536;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream be {{
+{servers}    keepalive 64;
+  }}
+  ssl_session_cache shared:SSL:10m;
+  ssl_session_tickets on;
+  server {{
+    listen 127.0.0.1:{PLAIN_PORT["nginx"]};
+    listen 127.0.0.1:{TLS_PORT["nginx"]} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server_name bench.local;
+    location / {{
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      add_header x-proxy bench;
+    }}
+  }}
+}}
+"""
+    write(f"{work}/nginx.conf", conf)
+    proc = subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf"])
+    wait_port(PLAIN_PORT["nginx"])
+    return System("nginx", [proc], PLAIN_PORT["nginx"], TLS_PORT["nginx"])
+
+
+def start_haproxy(work, cert, key):
+    with open(f"{work}/haproxy.pem", "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    servers = "".join(
+        f"  server s{i} {ip}:{port} weight {w}\n" for i, (ip, port, _, w) in enumerate(BACKENDS)
+    )
+    conf = f"""
+global
+  nbthread 1
+  cpu-map 1/1 {PROXY_CPU}
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{PLAIN_PORT["haproxy"]}
+  bind 127.0.0.1:{TLS_PORT["haproxy"]} ssl crt {work}/haproxy.pem
+  http-response add-header x-proxy bench
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+{servers}"""
+    write(f"{work}/haproxy.cfg", conf)
+    proc = subprocess.Popen(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"])
+    wait_port(PLAIN_PORT["haproxy"])
+    return System("haproxy", [proc], PLAIN_PORT["haproxy"], TLS_PORT["haproxy"])
+
+
+def wrk(url, seconds, connections, extra=()):
+    out = run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+         "-H", "Host: bench.local", *extra, url]
+    ).stdout
+    m = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    total_errors = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        total_errors += sum(int(x) for x in socket_errors.groups())
+    return int(m.group(1)) if m else 0, total_errors
+
+
+def measure(system, url, seconds, connections, extra=()):
+    """(requests, errors, proxy CPU seconds) for one wrk run."""
+    before = system.cpu() if system else 0.0
+    requests, errors = wrk(url, seconds, connections, extra)
+    after = system.cpu() if system else 0.0
+    return requests, errors, after - before
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def machine_info():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    def version(cmd):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            return (out.stdout + out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return None
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "proxy_cpu": PROXY_CPU,
+        "load_cpu": LOAD_CPU,
+        "nginx": version(["nginx", "-v"]),
+        "haproxy": version(["haproxy", "-v"]),
+        "wrk": version(["wrk", "-v"]),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bin", default=f"{ROOT}/target/release")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--out", default=f"{ROOT}/bench/results")
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="portcullis-bench.")
+    os.makedirs("/var/lib/nginx", exist_ok=True)
+    cert, key = f"{work}/cert.pem", f"{work}/key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.local",
+         "-addext", "subjectAltName=DNS:bench.local"])
+
+    procs = []
+    systems = {}
+    try:
+        procs.append(start_backend(work))
+        systems["portcullis"] = start_portcullis(work, args.bin, cert, key)
+        systems["nginx"] = start_nginx(work, cert, key)
+        systems["haproxy"] = start_haproxy(work, cert, key)
+        order = ["direct", "portcullis", "nginx", "haproxy"]
+        ip, port, _, _ = BACKENDS[0]
+        direct_url = f"http://{ip}:{port}/"
+
+        results = {name: {"plain": [], "tls": [], "handshake": []} for name in order}
+        for run_index in range(args.runs):
+            for name in order:
+                system = systems.get(name)
+                # Warm-up: let pools fill and caches settle; not measured.
+                url = direct_url if system is None else f"http://127.0.0.1:{system.plain_port}/"
+                wrk(url, 2, args.connections)
+                requests, errors, cpu = measure(system, url, args.seconds, args.connections)
+                results[name]["plain"].append((requests, errors, cpu))
+                print(f"run {run_index + 1} {name:10s} plaintext: {requests / args.seconds:9.0f} req/s, "
+                      f"errors {errors}, proxy CPU {cpu:.2f}s"
+                      + (f", {cpu / requests * 1e6:.1f} us/req" if system and requests else ""), flush=True)
+                if system is None:
+                    continue
+                url = f"https://127.0.0.1:{system.tls_port}/"
+                wrk(url, 2, args.connections)
+                requests, errors, cpu = measure(system, url, args.seconds, args.connections)
+                results[name]["tls"].append((requests, errors, cpu))
+                print(f"run {run_index + 1} {name:10s} TLS keep-alive: {requests / args.seconds:9.0f} req/s, "
+                      f"errors {errors}, {cpu / max(requests, 1) * 1e6:.1f} us/req", flush=True)
+                requests, errors, cpu = measure(system, url, args.seconds, 20, ("-H", "Connection: close"))
+                results[name]["handshake"].append((requests, errors, cpu))
+                print(f"run {run_index + 1} {name:10s} TLS handshakes: {requests / args.seconds:9.0f} conn/s, "
+                      f"errors {errors}, {requests / max(cpu, 1e-9):.0f} handshakes per CPU-second", flush=True)
+
+        def per_request(name, kind):
+            return median([cpu / req * 1e6 for req, _, cpu in results[name][kind] if req])
+
+        def handshakes(name):
+            return median([req / cpu for req, _, cpu in results[name]["handshake"] if cpu > 0])
+
+        metrics = {}
+        def metric(name, values, better="lower"):
+            row = dict(values)
+            p, n = row.get("portcullis"), row.get("nginx")
+            row["ratio_to_nginx"] = (p / n) if (p is not None and n) else None
+            row["better"] = better
+            metrics[name] = row
+
+        metric("cpu_us_per_req_plaintext", {
+            "portcullis": per_request("portcullis", "plain"),
+            "nginx": per_request("nginx", "plain"),
+            "haproxy": per_request("haproxy", "plain"),
+            "direct": None,
+        })
+        metric("cpu_us_per_req_tls", {
+            "portcullis": per_request("portcullis", "tls"),
+            "nginx": per_request("nginx", "tls"),
+            "haproxy": per_request("haproxy", "tls"),
+            "direct": None,
+        })
+        metric("handshakes_per_cpu_s", {
+            "portcullis": handshakes("portcullis"),
+            "nginx": handshakes("nginx"),
+            "haproxy": handshakes("haproxy"),
+            "direct": None,
+        }, better="higher")
+        metric("req_per_s_plaintext_closed_loop", {
+            name: median([req / args.seconds for req, _, _ in results[name]["plain"]]) for name in order
+        }, better="higher")
+        metric("errors_total", {
+            name: sum(e for kind in results[name].values() for _, e, _ in kind) for name in order
+        })
+        for name in ["p99_ms_fixed_rate", "idle_kb_per_conn_plaintext", "idle_kb_per_conn_tls",
+                     "swap_ms_10k_routes", "failed_requests_during_swaps"]:
+            metrics[name] = {"portcullis": None, "nginx": None, "haproxy": None, "direct": None,
+                             "ratio_to_nginx": None, "note": "not measured by this version of the suite"}
+
+        sha = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
+        report = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": sha,
+            "command": " ".join(sys.argv),
+            "method": {"runs": args.runs, "seconds_per_run": args.seconds, "connections": args.connections,
+                       "pinning": f"proxy on CPU {PROXY_CPU}; wrk and backend on CPU {LOAD_CPU}"},
+            "machine": machine_info(),
+            "metrics": metrics,
+        }
+        os.makedirs(args.out, exist_ok=True)
+        stamp = datetime.date.today().isoformat()
+        for path in [f"{args.out}/{stamp}-{sha}.json", f"{args.out}/latest.json"]:
+            with open(path, "w") as f:
+                json.dump(report, f, indent=2)
+                f.write("\n")
+
+        print()
+        print(f"{'metric':34s} {'portcullis':>11s} {'nginx':>11s} {'haproxy':>11s} {'direct':>11s} {'p/nginx':>8s}")
+        for name, row in metrics.items():
+            cells = []
+            for system in ["portcullis", "nginx", "haproxy", "direct"]:
+                v = row.get(system)
+                cells.append(f"{v:11.1f}" if isinstance(v, (int, float)) else f"{'-':>11s}")
+            ratio = row.get("ratio_to_nginx")
+            print(f"{name:34s} {' '.join(cells)} {ratio:8.2f}" if ratio is not None
+                  else f"{name:34s} {' '.join(cells)} {'-':>8s}")
+        print(f"\nwritten: {args.out}/{stamp}-{sha}.json and {args.out}/latest.json")
+    finally:
+        for system in systems.values():
+            system.stop()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
