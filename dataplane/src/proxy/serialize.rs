@@ -34,7 +34,6 @@ impl HeaderEdits<'_> {
     }
 
     /// Writes an existing header with `add` values appended, or nothing if a filter drops it.
-    /// Returns whether the header was written.
     fn write_existing(
         &self,
         out: &mut Vec<u8>,

@@ -58,7 +58,7 @@ pub enum HeaderAction {
 }
 
 impl HeaderOps {
-    fn compile(modifier: &HeaderModifier) -> Self {
+    pub fn compile(modifier: &HeaderModifier) -> Self {
         let op = |name: &str, value: &str| HeaderOp {
             lower: name.to_ascii_lowercase().into_bytes().into(),
             name: name.as_bytes().into(),
