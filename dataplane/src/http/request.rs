@@ -159,12 +159,13 @@ pub fn parse(
     limits: &HeadLimits,
     head: &mut RequestHead,
 ) -> Result<bool, RequestError> {
+    // The limit counts the request line without its CRLF.
     let line_end = memchr_newline(buf);
     match line_end {
-        Some(end) if end > limits.max_request_line_bytes => {
+        Some(end) if end.saturating_sub(1) > limits.max_request_line_bytes => {
             return Err(RequestError::RequestLineTooLong);
         }
-        None if buf.len() > limits.max_request_line_bytes => {
+        None if buf.len() > limits.max_request_line_bytes + 1 => {
             return Err(RequestError::RequestLineTooLong);
         }
         _ => {}
@@ -329,6 +330,8 @@ pub fn parse(
                     }
                 }
             }
+            // RFC 9110 §10.1.1: an HTTP/1.0 request's expectation is ignored.
+            HeaderKind::Expect if version == Version::Http10 => {}
             HeaderKind::Expect => {
                 if value_raw.eq_ignore_ascii_case(b"100-continue") {
                     head.expect_continue = true;

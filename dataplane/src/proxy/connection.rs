@@ -256,7 +256,7 @@ async fn handle<T: Transport>(
     let (status, next) = match plan {
         Plan::Local { status, counters } => {
             conn.rx.consume(head_len);
-            let consumed = discard_body(io, &mut conn.rx, conn.head.framing, settings).await;
+            let consumed = discard_body(io, &mut conn.rx, &conn.head, settings).await;
             keep_alive &= consumed;
             let persistence = persistence(keep_alive);
             let sent = reply_local(
@@ -279,7 +279,7 @@ async fn handle<T: Transport>(
         } => {
             // The Location was written to `scratch` while planning.
             conn.rx.consume(head_len);
-            let consumed = discard_body(io, &mut conn.rx, conn.head.framing, settings).await;
+            let consumed = discard_body(io, &mut conn.rx, &conn.head, settings).await;
             keep_alive &= consumed;
             let location = std::mem::take(&mut conn.scratch);
             serialize::local_response(
@@ -461,11 +461,16 @@ async fn reply_local<T: Transport>(
 async fn discard_body<T: Transport>(
     io: &mut T,
     rx: &mut RecvBuf,
-    framing: RequestFraming,
+    head: &RequestHead,
     settings: &ProxySettings,
 ) -> bool {
+    if head.expect_continue && rx.is_empty() && head.framing != RequestFraming::None {
+        // The client waits for 100 Continue before sending the body; answer now instead of
+        // waiting for a body that will not come, and close afterwards (RFC 9110 §10.1.1).
+        return false;
+    }
     io.set_read_timeout(Some(Duration::from_millis(settings.body_idle_timeout_ms)));
-    match framing {
+    match head.framing {
         RequestFraming::None => true,
         RequestFraming::Length(n) if n > DISCARD_LIMIT => false,
         RequestFraming::Length(mut remaining) => {

@@ -136,22 +136,14 @@ pub fn upstream_request(
     out.extend_from_slice(b"\r\n");
 
     let mut appended: Vec<u32> = Vec::new();
-    let mut forwarded_for: Option<&HeaderSpan> = None;
-    let mut forwarded: Option<&HeaderSpan> = None;
     for header in &head.headers {
         match header.kind {
             HeaderKind::Host
             | HeaderKind::Expect
             | HeaderKind::XForwardedProto
-            | HeaderKind::XForwardedHost => continue,
-            HeaderKind::XForwardedFor => {
-                forwarded_for.get_or_insert(header);
-                continue;
-            }
-            HeaderKind::Forwarded => {
-                forwarded.get_or_insert(header);
-                continue;
-            }
+            | HeaderKind::XForwardedHost
+            | HeaderKind::XForwardedFor
+            | HeaderKind::Forwarded => continue,
             kind if kind.is_hop_by_hop() => continue,
             _ => {}
         }
@@ -167,10 +159,7 @@ pub fn upstream_request(
     // Forwarding headers: the client address is appended, scheme and host are ours.
     let scheme: &[u8] = if req.tls { b"https" } else { b"http" };
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(existing) = forwarded_for {
-        out.extend_from_slice(&buf[existing.value.clone()]);
-        out.extend_from_slice(b", ");
-    }
+    write_list_prefix(out, buf, &head.headers, HeaderKind::XForwardedFor);
     let _ = write!(out, "{}", req.peer.ip());
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(scheme);
@@ -179,10 +168,7 @@ pub fn upstream_request(
         write_header(out, b"x-forwarded-host", original_host);
     }
     out.extend_from_slice(b"forwarded: ");
-    if let Some(existing) = forwarded {
-        out.extend_from_slice(&buf[existing.value.clone()]);
-        out.extend_from_slice(b", ");
-    }
+    write_list_prefix(out, buf, &head.headers, HeaderKind::Forwarded);
     match req.peer.ip() {
         std::net::IpAddr::V4(ip) => {
             let _ = write!(out, "for={ip}");
@@ -220,6 +206,18 @@ pub fn upstream_request(
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes every incoming field line of `kind` as one comma-separated list followed by ", ",
+/// so the proxy's own element is appended after all of them (RFC 9110 §5.3).
+fn write_list_prefix(out: &mut Vec<u8>, buf: &[u8], headers: &[HeaderSpan], kind: HeaderKind) {
+    for header in headers.iter().filter(|h| h.kind == kind) {
+        let value = &buf[header.value.clone()];
+        if !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+    }
 }
 
 /// How the client connection continues after a response.

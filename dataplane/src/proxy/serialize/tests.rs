@@ -48,8 +48,12 @@ fn request<'a>(edits: HeaderEdits<'a>) -> UpstreamRequest<'a> {
 #[test]
 fn upstream_requests_are_canonical() {
     let none = HeaderOps::default();
-    let edits = HeaderEdits { rule: &none, backend: &none };
-    let raw = b"POST /a?b=c HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\nConnection: keep-alive, X-Hop\r\n\
+    let edits = HeaderEdits {
+        rule: &none,
+        backend: &none,
+    };
+    let raw =
+        b"POST /a?b=c HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\nConnection: keep-alive, X-Hop\r\n\
 X-Hop: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\
 X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: spoofed\r\nExpect: 100-continue\r\n\r\nabc";
     let text = upstream(raw, &request(edits));
@@ -64,14 +68,20 @@ forwarded: for=10.1.2.3;proto=http;host=\"example.com\"\r\ncontent-length: 3\r\n
 #[test]
 fn chunked_and_rewritten_requests() {
     let none = HeaderOps::default();
-    let edits = HeaderEdits { rule: &none, backend: &none };
+    let edits = HeaderEdits {
+        rule: &none,
+        backend: &none,
+    };
     let raw = b"PUT /old HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n";
     let mut req = request(edits);
     req.path = Some(b"/new");
     req.host = Some(b"b.example");
     req.tls = true;
     let text = upstream(raw, &req);
-    assert!(text.starts_with("PUT /new HTTP/1.1\r\nhost: b.example\r\n"), "{text}");
+    assert!(
+        text.starts_with("PUT /new HTTP/1.1\r\nhost: b.example\r\n"),
+        "{text}"
+    );
     assert!(text.contains("x-forwarded-host: a.example\r\n"));
     assert!(text.contains("x-forwarded-proto: https\r\n"));
     assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"));
@@ -80,9 +90,20 @@ fn chunked_and_rewritten_requests() {
 
 #[test]
 fn header_filters_apply_rule_then_backend() {
-    let rule = ops(&[("X-Set", "rule"), ("X-Both", "rule")], &[("X-Add", "r")], &["X-Remove"]);
-    let backend = ops(&[("x-both", "backend")], &[("X-Add", "b"), ("X-New", "n")], &[]);
-    let edits = HeaderEdits { rule: &rule, backend: &backend };
+    let rule = ops(
+        &[("X-Set", "rule"), ("X-Both", "rule")],
+        &[("X-Add", "r")],
+        &["X-Remove"],
+    );
+    let backend = ops(
+        &[("x-both", "backend")],
+        &[("X-Add", "b"), ("X-New", "n")],
+        &[],
+    );
+    let edits = HeaderEdits {
+        rule: &rule,
+        backend: &backend,
+    };
     let raw = b"GET / HTTP/1.1\r\nHost: h\r\nx-set: old\r\nX-REMOVE: gone\r\nx-add: orig\r\nX-Both: old\r\n\r\n";
     let text = upstream(raw, &request(edits));
     assert!(text.contains("x-add: orig,r,b\r\n"), "{text}");
@@ -90,30 +111,51 @@ fn header_filters_apply_rule_then_backend() {
     assert!(!text.to_ascii_lowercase().contains("x-remove"), "{text}");
     assert!(text.contains("X-Set: rule\r\n"));
     assert!(text.contains("x-both: backend\r\n"));
-    assert!(!text.contains("X-Both: rule"), "the backend's set wins: {text}");
+    assert!(
+        !text.contains("X-Both: rule"),
+        "the backend's set wins: {text}"
+    );
     assert!(text.contains("X-New: n\r\n"));
 }
 
 #[test]
 fn http10_requests_without_host_use_the_endpoint() {
     let none = HeaderOps::default();
-    let edits = HeaderEdits { rule: &none, backend: &none };
+    let edits = HeaderEdits {
+        rule: &none,
+        backend: &none,
+    };
     let text = upstream(b"GET / HTTP/1.0\r\n\r\n", &request(edits));
-    assert!(text.starts_with("GET / HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"), "{text}");
+    assert!(
+        text.starts_with("GET / HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"),
+        "{text}"
+    );
     assert!(!text.contains("x-forwarded-host"));
 }
 
 #[test]
 fn ipv6_clients_are_quoted_in_forwarded() {
     let none = HeaderOps::default();
-    let mut req = request(HeaderEdits { rule: &none, backend: &none });
+    let mut req = request(HeaderEdits {
+        rule: &none,
+        backend: &none,
+    });
     req.peer = "[2001:db8::1]:443".parse().unwrap();
     let text = upstream(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &req);
-    assert!(text.contains("forwarded: for=\"[2001:db8::1]\";proto=http"), "{text}");
+    assert!(
+        text.contains("forwarded: for=\"[2001:db8::1]\";proto=http"),
+        "{text}"
+    );
     assert!(text.contains("x-forwarded-for: 2001:db8::1\r\n"), "{text}");
 }
 
-fn client_text(raw: &[u8], edits: HeaderEdits<'_>, framing: OutFraming, client: Version, persistence: Persistence) -> String {
+fn client_text(
+    raw: &[u8],
+    edits: HeaderEdits<'_>,
+    framing: OutFraming,
+    client: Version,
+    persistence: Persistence,
+) -> String {
     let mut head = response::ResponseHead::default();
     assert!(response::parse(raw, 65536, 100, false, &mut head).unwrap());
     let mut out = Vec::new();
@@ -127,50 +169,131 @@ fn client_responses_drop_hop_by_hop_and_reframe() {
     let none = HeaderOps::default();
     let raw = b"HTTP/1.1 200 Fine\r\nServer: upstream\r\nConnection: close, X-Private\r\nX-Private: p\r\n\
 Transfer-Encoding: chunked\r\nX-Kept: k\r\n\r\n";
-    let text = client_text(raw, HeaderEdits { rule: &add, backend: &none }, OutFraming::Chunked, Version::Http11, Persistence::KeepAlive);
+    let text = client_text(
+        raw,
+        HeaderEdits {
+            rule: &add,
+            backend: &none,
+        },
+        OutFraming::Chunked,
+        Version::Http11,
+        Persistence::KeepAlive,
+    );
     assert_eq!(
         text,
         "HTTP/1.1 200 Fine\r\nX-Kept: k\r\nx-extra: 1\r\ntransfer-encoding: chunked\r\n\r\n"
     );
     let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
-    let text = client_text(raw, HeaderEdits { rule: &none, backend: &none }, OutFraming::Length(5), Version::Http10, Persistence::KeepAlive);
-    assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n");
-    let text = client_text(raw, HeaderEdits { rule: &none, backend: &none }, OutFraming::Length(5), Version::Http11, Persistence::Close);
-    assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n");
+    let text = client_text(
+        raw,
+        HeaderEdits {
+            rule: &none,
+            backend: &none,
+        },
+        OutFraming::Length(5),
+        Version::Http10,
+        Persistence::KeepAlive,
+    );
+    assert_eq!(
+        text,
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n"
+    );
+    let text = client_text(
+        raw,
+        HeaderEdits {
+            rule: &none,
+            backend: &none,
+        },
+        OutFraming::Length(5),
+        Version::Http11,
+        Persistence::Close,
+    );
+    assert_eq!(
+        text,
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"
+    );
 }
 
 #[test]
 fn bodiless_responses_keep_their_declared_length() {
     let none = HeaderOps::default();
     let raw = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\nETag: x\r\n\r\n";
-    let text = client_text(raw, HeaderEdits { rule: &none, backend: &none }, OutFraming::None, Version::Http11, Persistence::KeepAlive);
-    assert_eq!(text, "HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\nETag: x\r\n\r\n");
+    let text = client_text(
+        raw,
+        HeaderEdits {
+            rule: &none,
+            backend: &none,
+        },
+        OutFraming::None,
+        Version::Http11,
+        Persistence::KeepAlive,
+    );
+    assert_eq!(
+        text,
+        "HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\nETag: x\r\n\r\n"
+    );
 }
 
 #[test]
 fn local_responses() {
     let mut out = Vec::new();
-    local_response(&mut out, 404, &[], None, Persistence::KeepAlive, Version::Http11, false);
+    local_response(
+        &mut out,
+        404,
+        &[],
+        None,
+        Persistence::KeepAlive,
+        Version::Http11,
+        false,
+    );
     assert_eq!(
         String::from_utf8(out.clone()).unwrap(),
         "HTTP/1.1 404 Not Found\r\ncontent-length: 14\r\ncontent-type: text/plain\r\n\r\n404 Not Found\n"
     );
-    local_response(&mut out, 302, &[(b"location", b"http://a/")], None, Persistence::Close, Version::Http11, false);
+    local_response(
+        &mut out,
+        302,
+        &[(b"location", b"http://a/")],
+        None,
+        Persistence::Close,
+        Version::Http11,
+        false,
+    );
     assert_eq!(
         String::from_utf8(out.clone()).unwrap(),
         "HTTP/1.1 302 Found\r\nlocation: http://a/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     );
-    local_response(&mut out, 503, &[], None, Persistence::KeepAlive, Version::Http11, true);
+    local_response(
+        &mut out,
+        503,
+        &[],
+        None,
+        Persistence::KeepAlive,
+        Version::Http11,
+        true,
+    );
     let text = String::from_utf8(out).unwrap();
-    assert!(text.ends_with("\r\n\r\n"), "HEAD responses carry no body: {text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "HEAD responses carry no body: {text}"
+    );
     assert!(text.contains("content-length: 24\r\n"), "{text}");
 }
 
 #[test]
 fn client_framing_mapping() {
     use crate::http::response::ResponseFraming as R;
-    assert_eq!(client_framing(R::Length(3), Version::Http11), OutFraming::Length(3));
-    assert_eq!(client_framing(R::UntilClose, Version::Http11), OutFraming::Chunked);
-    assert_eq!(client_framing(R::Chunked, Version::Http10), OutFraming::UntilClose);
+    assert_eq!(
+        client_framing(R::Length(3), Version::Http11),
+        OutFraming::Length(3)
+    );
+    assert_eq!(
+        client_framing(R::UntilClose, Version::Http11),
+        OutFraming::Chunked
+    );
+    assert_eq!(
+        client_framing(R::Chunked, Version::Http10),
+        OutFraming::UntilClose
+    );
     assert_eq!(client_framing(R::None, Version::Http10), OutFraming::None);
 }
