@@ -2,6 +2,8 @@
 //! receive buffer every connection reads into.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,16 +32,94 @@ impl Transport for TcpStream {
     const BUFFERED: bool = false;
 }
 
-impl Transport for futures_rustls::server::TlsStream<TcpStream> {
+impl Transport for futures_rustls::server::TlsStream<TlsSocket> {
     fn set_read_timeout(&self, timeout: Option<Duration>) {
-        Transport::set_read_timeout(self.get_ref().0, timeout);
+        Transport::set_read_timeout(&self.get_ref().0.stream, timeout);
     }
 
     fn set_write_timeout(&self, timeout: Option<Duration>) {
-        Transport::set_write_timeout(self.get_ref().0, timeout);
+        Transport::set_write_timeout(&self.get_ref().0.stream, timeout);
     }
 
     const BUFFERED: bool = true;
+}
+
+/// The TCP stream under a TLS session. rustls hands over all pending records as one vectored
+/// write; the socket's default would send only the first record per call. Gathering them into
+/// one send saves syscalls and, when a handshake fails, gets the ServerHello and the alert out
+/// together before the connection closes.
+#[derive(Debug)]
+pub struct TlsSocket {
+    stream: TcpStream,
+    gather: Vec<u8>,
+}
+
+/// Gather at most this much per send; the rest goes out on the next call.
+const GATHER_LIMIT: usize = 64 * 1024;
+/// A gather buffer larger than this is freed after use rather than kept per connection.
+const GATHER_KEEP: usize = 16 * 1024;
+
+impl TlsSocket {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            gather: Vec::new(),
+        }
+    }
+}
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        match (nonempty.next(), nonempty.next()) {
+            (None, _) => return Poll::Ready(Ok(0)),
+            (Some(only), None) => return Pin::new(&mut self.stream).poll_write(cx, only),
+            _ => {}
+        }
+        let this = &mut *self;
+        this.gather.clear();
+        for buf in bufs {
+            if this.gather.len() >= GATHER_LIMIT {
+                break;
+            }
+            this.gather.extend_from_slice(buf);
+        }
+        let result = Pin::new(&mut this.stream).poll_write(cx, &this.gather);
+        if this.gather.capacity() > GATHER_KEEP {
+            this.gather = Vec::new();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
+    }
 }
 
 /// Writes everything and makes sure it left the process.

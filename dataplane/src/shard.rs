@@ -23,6 +23,7 @@ use portcullis_api::CompiledConfig;
 use portcullis_api::config::PortProtocol;
 
 use crate::access_log::{self, AccessLog};
+use crate::io::TlsSocket;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
 use crate::proxy::connection::{ConnInfo, serve};
 use crate::proxy::upstream::Pool;
@@ -362,7 +363,7 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
             };
             let timeout = Duration::from_millis(installed.snapshot.settings.header_read_timeout_ms);
             drop(installed);
-            let handshake = async { acceptor.accept(stream).await.ok() };
+            let handshake = async { acceptor.accept(TlsSocket::new(stream)).await.ok() };
             let deadline = async {
                 Timer::new(timeout).await;
                 None

@@ -477,7 +477,6 @@ fn alpn_negotiates_http1_only() {
 ///     socket, so the ChangeCipherSpec and the encrypted alert are never sent and the client
 ///     sees a connection reset (or EOF) instead of the alert.
 #[test]
-#[ignore = "BUG: TLS 1.3 handshake failures after the ServerHello (ALPN h2-only) close the connection without sending the fatal alert"]
 fn alpn_mismatch_is_answered_with_no_application_protocol() {
     let ca = Ca::new();
     let cert = ca.leaf(&["a.example.com"]);
