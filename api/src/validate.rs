@@ -17,6 +17,30 @@ pub const MAX_REGEX_LEN: usize = 1024;
 /// Compiled-size limit per regex, so a hostile pattern cannot blow up memory.
 pub const MAX_REGEX_COMPILED_BYTES: usize = 1 << 20;
 
+/// Framing and hop-by-hop headers: the proxy writes them per connection.
+pub const PROXY_OWNED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Set,
+    AddOrRemove,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct ValidationError {
@@ -274,8 +298,11 @@ impl Validator {
                 }
                 for (j, filter) in backend.filters.iter().enumerate() {
                     v.within(format!(".filters[{j}]"), |v| match filter {
-                        Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
-                            v.header_modifier(m)
+                        Filter::RequestHeaderModifier(m) => {
+                            v.header_modifier(m, Direction::Request)
+                        }
+                        Filter::ResponseHeaderModifier(m) => {
+                            v.header_modifier(m, Direction::Response)
                         }
                         _ => v.fail("only header modifiers are allowed on a backend"),
                     });
@@ -330,9 +357,8 @@ impl Validator {
 
     fn filter(&mut self, filter: &Filter, all_prefix: bool) {
         match filter {
-            Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
-                self.header_modifier(m)
-            }
+            Filter::RequestHeaderModifier(m) => self.header_modifier(m, Direction::Request),
+            Filter::ResponseHeaderModifier(m) => self.header_modifier(m, Direction::Response),
             Filter::RequestRedirect(r) => {
                 if let Some(scheme) = &r.scheme
                     && scheme != "http"
@@ -378,12 +404,13 @@ impl Validator {
         }
     }
 
-    fn header_modifier(&mut self, m: &HeaderModifier) {
+    fn header_modifier(&mut self, m: &HeaderModifier, direction: Direction) {
         let mut seen = HashMap::new();
         for (i, h) in m.set.iter().enumerate() {
             self.within(format!(".set[{i}]"), |v| {
                 v.header_name(&h.name);
                 v.header_value(&h.value);
+                v.modifiable(&h.name, direction, Operation::Set);
                 if seen.insert(h.name.to_ascii_lowercase(), ()).is_some() {
                     v.fail(format!("header {:?} is set twice", h.name));
                 }
@@ -393,10 +420,30 @@ impl Validator {
             self.within(format!(".add[{i}]"), |v| {
                 v.header_name(&h.name);
                 v.header_value(&h.value);
+                v.modifiable(&h.name, direction, Operation::AddOrRemove);
             });
         }
         for (i, name) in m.remove.iter().enumerate() {
-            self.within(format!(".remove[{i}]"), |v| v.header_name(name));
+            self.within(format!(".remove[{i}]"), |v| {
+                v.header_name(name);
+                v.modifiable(name, direction, Operation::AddOrRemove);
+            });
+        }
+    }
+
+    /// Headers the proxy writes itself cannot be edited by a filter: framing and hop-by-hop
+    /// headers describe one connection, and a second copy would make the message ambiguous.
+    /// A request's Host may be replaced (like a hostname rewrite), not added or removed.
+    fn modifiable(&mut self, name: &str, direction: Direction, operation: Operation) {
+        let lower = name.to_ascii_lowercase();
+        if PROXY_OWNED_HEADERS.contains(&lower.as_str()) {
+            self.fail(format!(
+                "header {name:?} is managed by the proxy and cannot be modified"
+            ));
+        } else if lower == "host"
+            && (direction == Direction::Response || operation != Operation::Set)
+        {
+            self.fail(format!("header {name:?} can only be set on requests"));
         }
     }
 

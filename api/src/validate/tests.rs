@@ -196,6 +196,42 @@ fn invalid_configs_are_reported_with_their_path() {
             "settings.max_header_count",
         ),
         (
+            "framing header in a filter",
+            |c| {
+                rule(c).filters = vec![Filter::ResponseHeaderModifier(HeaderModifier {
+                    set: vec![HeaderValue {
+                        name: "Content-Length".into(),
+                        value: "3".into(),
+                    }],
+                    ..Default::default()
+                })]
+            },
+            "ports[0].listeners[0].routes[0].rules[0].filters[0].set[0]",
+        ),
+        (
+            "hop-by-hop header removed by a backend filter",
+            |c| {
+                rule(c).backends[0].filters = vec![Filter::RequestHeaderModifier(HeaderModifier {
+                    remove: vec!["Connection".into()],
+                    ..Default::default()
+                })]
+            },
+            "ports[0].listeners[0].routes[0].rules[0].backends[0].filters[0].remove[0]",
+        ),
+        (
+            "host added",
+            |c| {
+                rule(c).filters = vec![Filter::RequestHeaderModifier(HeaderModifier {
+                    add: vec![HeaderValue {
+                        name: "host".into(),
+                        value: "a.example".into(),
+                    }],
+                    ..Default::default()
+                })]
+            },
+            "ports[0].listeners[0].routes[0].rules[0].filters[0].add[0]",
+        ),
+        (
             "backend timeout above request timeout",
             |c| {
                 rule(c).timeouts = RuleTimeouts {
@@ -212,6 +248,19 @@ fn invalid_configs_are_reported_with_their_path() {
         let error = validate(&config).expect_err(name);
         assert_eq!(error.path, path, "{name}: {error}");
     }
+}
+
+#[test]
+fn host_may_be_set_on_requests() {
+    let mut config = base();
+    rule(&mut config).filters = vec![Filter::RequestHeaderModifier(HeaderModifier {
+        set: vec![HeaderValue {
+            name: "Host".into(),
+            value: "internal.example".into(),
+        }],
+        ..Default::default()
+    })];
+    assert_eq!(validate(&config), Ok(()));
 }
 
 #[test]

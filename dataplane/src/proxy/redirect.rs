@@ -20,6 +20,13 @@ pub struct Origin<'a> {
 /// Writes the absolute Location URL into `out` (cleared first).
 pub fn location(out: &mut Vec<u8>, redirect: &Redirect, origin: &Origin<'_>) {
     out.clear();
+    let request_host = split_host_port(origin.authority).0;
+    if redirect.hostname.is_none() && request_host.is_empty() {
+        // No host to put in an absolute URL (an HTTP/1.0 request without Host): a relative
+        // reference keeps the client on the same origin.
+        write_path(out, redirect, origin);
+        return;
+    }
     let scheme = redirect.scheme.as_deref().unwrap_or(origin.scheme);
     // Port: the configured one; else the scheme's well-known port when the scheme changes;
     // else the listener's port. Default ports are left out of the URL.
@@ -33,12 +40,16 @@ pub fn location(out: &mut Vec<u8>, redirect: &Redirect, origin: &Origin<'_>) {
     out.extend_from_slice(b"://");
     match &redirect.hostname {
         Some(host) => out.extend_from_slice(host.as_bytes()),
-        None => out.extend_from_slice(split_host_port(origin.authority).0),
+        None => out.extend_from_slice(request_host),
     }
     let default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
     if !default_port {
         let _ = write!(out, ":{port}");
     }
+    write_path(out, redirect, origin);
+}
+
+fn write_path(out: &mut Vec<u8>, redirect: &Redirect, origin: &Origin<'_>) {
     match &redirect.path {
         Some(rewrite) => rewrite.apply(origin.path, origin.matched_prefix_len, out),
         None => out.extend_from_slice(origin.path),
@@ -127,6 +138,16 @@ mod tests {
         assert_eq!(
             render(&redirect(None, None, None, None), &o),
             "https://example.com/p"
+        );
+    }
+
+    #[test]
+    fn hostless_requests_get_a_relative_location() {
+        let o = origin("http", "", 8080, "/p");
+        assert_eq!(render(&redirect(Some("https"), None, None, None), &o), "/p");
+        assert_eq!(
+            render(&redirect(None, Some("a.b"), None, None), &o),
+            "http://a.b:8080/p"
         );
     }
 

@@ -27,7 +27,7 @@ pub struct HeaderEdits<'a> {
     pub backend: &'a HeaderOps,
 }
 
-impl HeaderEdits<'_> {
+impl<'a> HeaderEdits<'a> {
     fn drops(&self, name: &[u8]) -> bool {
         self.rule.action(name) == HeaderAction::Drop
             || self.backend.action(name) == HeaderAction::Drop
@@ -64,29 +64,38 @@ impl HeaderEdits<'_> {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Writes `set` values, and `add` values whose header did not exist.
-    fn write_new(&self, out: &mut Vec<u8>, appended: &[u32]) {
+    /// Writes `set` values, and `add` values whose header did not exist. Names in `written`
+    /// were already written by the proxy itself and are left alone.
+    fn write_new(&self, out: &mut Vec<u8>, appended: &[u32], written: &[&[u8]]) {
+        let free = |lower: &[u8]| !written.iter().any(|w| w.eq_ignore_ascii_case(lower));
         for op in &self.rule.set {
             // A backend filter that sets or removes the same header wins over the rule's.
-            if self.backend.action(&op.lower) == HeaderAction::Keep {
+            if self.backend.action(&op.lower) == HeaderAction::Keep && free(&op.lower) {
                 write_header(out, &op.name, &op.value);
             }
         }
-        for op in &self.backend.set {
+        for op in self.backend.set.iter().filter(|op| free(&op.lower)) {
             write_header(out, &op.name, &op.value);
         }
-        for (i, op) in self
-            .rule
-            .add
-            .iter()
-            .chain(self.backend.add.iter())
-            .enumerate()
-        {
-            if !appended.contains(&(i as u32)) && !self.drops(&op.lower) {
+        let adds = self.rule.add.iter().chain(self.backend.add.iter());
+        for (i, op) in adds.enumerate() {
+            if !appended.contains(&(i as u32)) && !self.drops(&op.lower) && free(&op.lower) {
                 write_header(out, &op.name, &op.value);
             }
         }
     }
+
+    /// The value a filter sets for `name` (the backend's filter wins over the rule's).
+    fn set_value(&self, name: &[u8]) -> Option<&'a [u8]> {
+        find_set(self.backend, name).or_else(|| find_set(self.rule, name))
+    }
+}
+
+fn find_set<'a>(ops: &'a HeaderOps, name: &[u8]) -> Option<&'a [u8]> {
+    ops.set
+        .iter()
+        .find(|op| op.lower.eq_ignore_ascii_case(name))
+        .map(|op| &*op.value)
 }
 
 fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -126,7 +135,8 @@ pub fn upstream_request(
     }
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     let original_host = head.host(buf);
-    match req.host {
+    // URLRewrite's hostname first, then a header filter that sets Host, then the client's.
+    match req.host.or_else(|| req.edits.set_value(b"host")) {
         Some(host) => out.extend_from_slice(host),
         None if !original_host.is_empty() => out.extend_from_slice(original_host),
         None => {
@@ -154,7 +164,7 @@ pub fn upstream_request(
         req.edits
             .write_existing(out, name, &buf[header.value.clone()], &mut appended);
     }
-    req.edits.write_new(out, &appended);
+    req.edits.write_new(out, &appended, &[b"host"]);
 
     // Forwarding headers: the client address is appended, scheme and host are ours.
     let scheme: &[u8] = if req.tls { b"https" } else { b"http" };
@@ -259,7 +269,7 @@ pub fn client_response(
         }
         edits.write_existing(out, name, &buf[header.value.clone()], &mut appended);
     }
-    edits.write_new(out, &appended);
+    edits.write_new(out, &appended, &[]);
     match framing {
         OutFraming::None | OutFraming::UntilClose => {}
         OutFraming::Length(n) => {
@@ -304,7 +314,9 @@ pub fn local_response(
         write_header(out, name, value);
     }
     if let Some(edits) = edits {
-        edits.write_new(out, &[]);
+        let mut written: Vec<&[u8]> = extra.iter().map(|(name, _)| *name).collect();
+        written.extend_from_slice(&[b"content-length", b"content-type"]);
+        edits.write_new(out, &[], &written);
     }
     let _ = write!(out, "content-length: {body_len}\r\n");
     if body_len > 0 {
