@@ -36,12 +36,12 @@ fmt: ## Format the code.
 ##@ Generated code and manifests
 
 .PHONY: generate
-generate: ## Generate the Gateway API Rust types (api/src/gateway) from the pinned Go module's CRDs.
+generate: ## Generate the Gateway API Rust types (api/src/gateway_api) from the pinned Go module's CRDs.
 	hack/generate-gateway-api.sh
 
 .PHONY: check-generated
 check-generated: generate ## Fail if generated files differ from what is committed.
-	@git diff --exit-code -- api/src/gateway || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code -- api/src/gateway_api || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
 
 ##@ Try it
 

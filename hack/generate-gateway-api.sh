@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make generate: Rust types for the Gateway API resources, generated with kopium from the CRD
 # bundle of the pinned sigs.k8s.io/gateway-api Go module. The upstream YAML is read from the Go
-# module cache and never committed. Output: api/src/gateway/*.rs.
+# module cache and never committed. Output: api/src/gateway_api/*.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +17,7 @@ fi
 
 MODULE_DIR=$(hack/gateway-api-module.sh)
 CRDS=$MODULE_DIR/config/crd/standard
-OUT=api/src/gateway
+OUT=api/src/gateway_api
 mkdir -p "$OUT"
 
 # resource file -> Rust module

@@ -11,4 +11,4 @@ pub mod frame;
 pub mod validate;
 
 pub use config::CompiledConfig;
-pub mod gateway;
+pub mod gateway_api;
