@@ -39,9 +39,14 @@ fmt: ## Format the code.
 generate: ## Generate the Gateway API Rust types (api/src/gateway_api) from the pinned Go module's CRDs.
 	hack/generate-gateway-api.sh
 
+.PHONY: manifests
+manifests: ## Write our CRDs to config/crd/bases (from the Rust types in api/).
+	$(CARGO) run --quiet --locked -p portcullis-operator -- crd > config/crd/bases/portcullis.dev_gatewayparameters.yaml
+
 .PHONY: check-generated
-check-generated: generate ## Fail if generated files differ from what is committed.
-	@git diff --exit-code -- api/src/gateway_api || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
+check-generated: generate manifests ## Fail if generated files differ from what is committed.
+	@git diff --exit-code -- api/src/gateway_api config/crd || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api/src/gateway_api config/crd)" || { echo "untracked generated files: run 'make generate manifests' and commit"; exit 1; }
 
 ##@ Try it
 

@@ -3,6 +3,8 @@
 //! - [`config`]: the compiled config model, one per Gateway per generation.
 //! - [`validate`]: every invariant the proxy relies on, checked the same way on both sides.
 //! - [`frame`]: how a config travels over the proxy's control socket.
+//! - [`gateway_api`]: the Gateway API resources (generated from the pinned CRDs).
+//! - [`v1alpha1`]: Portcullis's own CRDs.
 //!
 //! No I/O lives here.
 
@@ -10,5 +12,7 @@ pub mod config;
 pub mod frame;
 pub mod validate;
 
-pub use config::CompiledConfig;
 pub mod gateway_api;
+pub mod v1alpha1;
+
+pub use config::CompiledConfig;

@@ -2,5 +2,7 @@
 //!
 //! - [`distribute`]: delivering compiled configs to proxies (today: the control-socket client
 //!   that the agent, standalone mode and `portcullis push` share).
+//! - [`manifests`]: YAML for the objects this project defines (CRDs).
 
 pub mod distribute;
+pub mod manifests;

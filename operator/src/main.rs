@@ -1,8 +1,8 @@
 //! `portcullis`: the Portcullis control binary.
 //!
 //! Subcommands arrive with their issues: `standalone` and `check` with the compiler,
-//! `operator`, `agent` and `crd` with the operator. Today it can push a compiled config to a
-//! running proxy.
+//! `operator` and `agent` with the operator. Today it prints our CRDs and pushes compiled
+//! configs to a running proxy.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print Portcullis's CustomResourceDefinitions as YAML (the Gateway API CRDs come from
+    /// the upstream bundle: `make install`).
+    Crd,
     /// Push a compiled config (JSON) to a proxy's control socket and print its reply.
     Push {
         /// The proxy's control socket.
@@ -55,6 +58,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Crd => {
+            print!("{}", portcullis_operator::manifests::crds_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Push {
             socket,
             config,
