@@ -3,11 +3,13 @@
 //! - [`config`]: the compiled config model, one per Gateway per generation.
 //! - [`validate`]: every invariant the proxy relies on, checked the same way on both sides.
 //! - [`frame`]: how a config travels over the proxy's control socket.
+//! - [`certificate`]: the certificate check both sides apply.
 //! - [`gateway_api`]: the Gateway API resources (generated from the pinned CRDs).
 //! - [`v1alpha1`]: Portcullis's own CRDs.
 //!
 //! No I/O lives here.
 
+pub mod certificate;
 pub mod config;
 pub mod frame;
 pub mod validate;

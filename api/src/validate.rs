@@ -67,9 +67,12 @@ struct Validator {
 impl Validator {
     fn fail(&mut self, message: impl Into<String>) {
         if self.first_error.is_none() {
+            // One line: errors end up in NACK replies, status messages and stderr.
+            let message: String = message.into();
+            let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
             self.first_error = Some(ValidationError {
                 path: self.path.concat(),
-                message: message.into(),
+                message,
             });
         }
     }

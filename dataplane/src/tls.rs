@@ -10,13 +10,11 @@ use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use portcullis_api::certificate::{self, ParsedCertificate};
 use portcullis_api::config::Certificate;
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::route::host::{HostPattern, MAX_HOST_LEN, normalize};
 use crate::route::{PortTable, Snapshot};
@@ -25,38 +23,19 @@ use crate::route::{PortTable, Snapshot};
 #[derive(Debug)]
 pub struct CertificateMaterial {
     pub name: Arc<str>,
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
+    pub parsed: ParsedCertificate,
 }
 
 impl CertificateMaterial {
     /// Parses PEM and checks that the key loads and belongs to the leaf certificate.
     pub fn parse(certificate: &Certificate) -> Result<Self, String> {
-        let chain = CertificateDer::pem_slice_iter(certificate.cert_chain_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("certificate chain is not valid PEM: {e}"))?;
-        if chain.is_empty() {
-            return Err("certificate chain holds no certificate".into());
-        }
-        let key = PrivateKeyDer::from_pem_slice(certificate.private_key_pem.as_bytes())
-            .map_err(|e| format!("private key is not valid PEM: {e}"))?;
-        let material = Self {
+        let parsed =
+            certificate::parse_pem(&certificate.cert_chain_pem, &certificate.private_key_pem)?;
+        Ok(Self {
             name: certificate.name.as_str().into(),
-            chain,
-            key,
-        };
-        material.load(&provider())?;
-        Ok(material)
+            parsed,
+        })
     }
-
-    fn load(&self, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
-        CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), provider)
-            .map_err(|e| format!("certificate and key do not load: {e}"))
-    }
-}
-
-fn provider() -> CryptoProvider {
-    rustls::crypto::aws_lc_rs::default_provider()
 }
 
 /// The session-ticket key every core seals tickets with. Generated once per process.
@@ -185,7 +164,7 @@ pub fn server_config(
     snapshot: &Snapshot,
     ticket_key: &TicketKey,
 ) -> Result<Arc<ServerConfig>, String> {
-    let provider = Arc::new(provider());
+    let provider = Arc::new(certificate::provider());
     let mut loaded: Vec<Option<Arc<CertifiedKey>>> = vec![None; snapshot.certificates.len()];
     let mut listeners = Vec::with_capacity(port.listeners.len());
     for listener in &port.listeners {
@@ -198,7 +177,7 @@ pub fn server_config(
                 Some(key) => key.clone(),
                 None => {
                     let material = &snapshot.certificates[index as usize];
-                    let key = Arc::new(material.load(&provider)?);
+                    let key = Arc::new(material.parsed.load(&provider)?);
                     *slot = Some(key.clone());
                     key
                 }

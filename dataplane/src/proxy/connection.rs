@@ -604,7 +604,10 @@ impl Exchange<'_> {
         }
 
         let out_framing = client_framing(conn.response.framing, client_version);
-        let keep_alive = self.keep_alive && out_framing != OutFraming::UntilClose;
+        // A drain that began while the upstream was working closes this connection too.
+        let keep_alive = self.keep_alive
+            && !self.shard.drain.is_fired()
+            && out_framing != OutFraming::UntilClose;
         serialize::client_response(
             &mut conn.out,
             upstream.rx.data(),
