@@ -262,11 +262,13 @@ impl Validator {
             self.within(format!(".hostnames[{i}]"), |v| v.hostname(hostname));
         }
         for (i, rule) in route.rules.iter().enumerate() {
-            self.within(format!(".rules[{i}]"), |v| v.rule(rule, backends));
+            self.within(format!(".rules[{i}]"), |v| {
+                v.rule(rule, &|name: &str| backends.contains(name))
+            });
         }
     }
 
-    fn rule(&mut self, rule: &RouteRule, backends: &HashSet<&str>) {
+    fn rule(&mut self, rule: &RouteRule, backends: &dyn Fn(&str) -> bool) {
         for (i, m) in rule.matches.iter().enumerate() {
             self.within(format!(".matches[{i}]"), |v| v.route_match(m));
         }
@@ -295,7 +297,7 @@ impl Validator {
                 }
                 total += u64::from(backend.weight);
                 if let BackendTarget::Backend(name) = &backend.target
-                    && !backends.contains(name.as_str())
+                    && !backends(name.as_str())
                 {
                     v.fail(format!("unknown backend {name:?}"));
                 }
@@ -514,6 +516,17 @@ impl Validator {
 /// builds (an `(?x)` comment would otherwise swallow the closing anchor).
 pub fn full_match_pattern(pattern: &str) -> String {
     format!("^(?:{pattern})$")
+}
+
+/// Checks one route rule on its own (backend names are not looked up). The compiler uses it
+/// to drop an invalid rule and report it, keeping the rest of the route.
+pub fn validate_rule(rule: &RouteRule) -> Result<(), ValidationError> {
+    let mut v = Validator::default();
+    v.rule(rule, &|_| true);
+    match v.first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// RFC 9110 token: the grammar of methods and header names.

@@ -1,0 +1,92 @@
+//! Turning a compiled Gateway into its status and its proxy config.
+
+use std::collections::BTreeMap;
+
+use portcullis_api::CompiledConfig;
+use portcullis_api::config::{
+    Backend, Certificate, GatewayIdentity, HttpRoute, Listener, Port, PortProtocol,
+};
+
+use super::gateways::{GatewayState, Protocol};
+use super::{GatewayOutput, ListenerOutput};
+
+impl GatewayState {
+    /// The Gateway's status and, when it is accepted, its config.
+    pub fn finish(self) -> GatewayOutput {
+        let conditions = self.conditions();
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|listener| ListenerOutput {
+                name: listener.name.clone(),
+                supported_kinds: listener.supported_kinds.clone(),
+                attached_routes: i32::try_from(listener.attachments.len()).unwrap_or(i32::MAX),
+                conditions: self.listener_conditions(listener),
+            })
+            .collect();
+        let accepted = conditions.first().is_some_and(|c| c.is_true());
+        let config = accepted.then(|| self.config());
+        GatewayOutput {
+            class_name: self.class_name,
+            conditions,
+            listeners,
+            config,
+            parameters: self.parameters,
+        }
+    }
+
+    /// The proxy config: programmable listeners grouped by port, their routes in tie-break
+    /// order, and the backends and certificates they use, each once and sorted by name.
+    pub fn config(&self) -> CompiledConfig {
+        let mut config = CompiledConfig::empty(0);
+        config.gateway = GatewayIdentity {
+            namespace: self.key.namespace.clone(),
+            name: self.key.name.clone(),
+        };
+        let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
+        let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
+        let mut certificates: BTreeMap<String, Certificate> = BTreeMap::new();
+        for listener in self.listeners.iter().filter(|l| l.programmable()) {
+            let protocol = match listener.protocol {
+                Some(Protocol::Https) => PortProtocol::Https,
+                _ => PortProtocol::Http,
+            };
+            for certificate in &listener.certificates {
+                certificates.insert(certificate.name.clone(), certificate.clone());
+            }
+            let mut routes = Vec::with_capacity(listener.attachments.len());
+            for attachment in &listener.attachments {
+                for backend in &attachment.translated.backends {
+                    backends.insert(backend.name.clone(), backend.clone());
+                }
+                routes.push(HttpRoute {
+                    name: attachment.route.to_string(),
+                    hostnames: attachment.hostnames.clone(),
+                    rules: attachment.translated.rules.clone(),
+                });
+            }
+            ports
+                .entry(listener.port)
+                .or_insert_with(|| Port {
+                    port: listener.port,
+                    protocol,
+                    listeners: Vec::new(),
+                })
+                .listeners
+                .push(Listener {
+                    name: listener.name.clone(),
+                    hostname: listener.hostname.clone(),
+                    certificates: listener
+                        .certificates
+                        .iter()
+                        .map(|c| c.name.clone())
+                        .collect(),
+                    routes,
+                });
+        }
+        config.ports = ports.into_values().collect();
+        config.backends = backends.into_values().collect();
+        config.certificates = certificates.into_values().collect();
+        config
+    }
+}

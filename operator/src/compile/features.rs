@@ -1,0 +1,43 @@
+//! The Gateway API features this implementation claims in `GatewayClass.status.supportedFeatures`.
+//! The conformance suite tests exactly this list, so it holds only what passes.
+
+/// Supported feature names, sorted ascending as the API requires.
+pub fn supported() -> Vec<&'static str> {
+    let mut features = vec![
+        "Gateway",
+        "GatewayHTTPListenerIsolation",
+        "GatewayPort8080",
+        "HTTPRoute",
+        "HTTPRoute303RedirectStatusCode",
+        "HTTPRoute307RedirectStatusCode",
+        "HTTPRoute308RedirectStatusCode",
+        "HTTPRouteBackendProtocolWebSocket",
+        "HTTPRouteBackendRequestHeaderModification",
+        "HTTPRouteHostRewrite",
+        "HTTPRouteMethodMatching",
+        "HTTPRouteNamedRouteRule",
+        "HTTPRouteParentRefPort",
+        "HTTPRoutePathRedirect",
+        "HTTPRoutePathRewrite",
+        "HTTPRoutePortRedirect",
+        "HTTPRouteQueryParamMatching",
+        "HTTPRouteResponseHeaderModification",
+        "HTTPRouteSchemeRedirect",
+        "ReferenceGrant",
+    ];
+    features.sort_unstable();
+    features
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sorted_and_unique() {
+        let features = super::supported();
+        let mut sorted = features.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(features, sorted);
+        assert!(features.len() <= 64);
+    }
+}

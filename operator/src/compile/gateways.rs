@@ -1,0 +1,731 @@
+//! GatewayClasses, Gateways and their listeners: acceptance, parameters, protocols,
+//! conflicts, TLS certificate references and which route kinds and namespaces may attach.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use portcullis_api::certificate;
+use portcullis_api::config::Certificate;
+use portcullis_api::gateway_api::gateway::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
+};
+use portcullis_api::v1alpha1::GatewayParametersSpec;
+use portcullis_api::v1alpha1::gateway_parameters::{
+    GROUP as PARAMETERS_GROUP, KIND as PARAMETERS_KIND,
+};
+
+use super::conditions::{Condition, Status, reasons, types};
+use super::routes::Attachment;
+use super::{
+    ClassOutput, GATEWAY_GROUP, Index, ObjectKey, RouteKind, by_age, features, generation, refs,
+};
+
+pub const HTTP_ROUTE: &str = "HTTPRoute";
+
+/// Statuses of our GatewayClasses, with their (valid) parameters.
+pub fn classes(index: &Index<'_>) -> BTreeMap<String, ClassOutput> {
+    let mut out = BTreeMap::new();
+    for class in &index.input.gateway_classes {
+        if class.spec.controller_name != super::CONTROLLER_NAME {
+            continue;
+        }
+        let generation = generation(class);
+        let (accepted, parameters) = match &class.spec.parameters_ref {
+            None => (Ok(()), None),
+            Some(reference) => {
+                let found = (reference.group == PARAMETERS_GROUP
+                    && reference.kind == PARAMETERS_KIND)
+                    .then(|| {
+                        reference.namespace.as_ref().and_then(|ns| {
+                            index
+                                .gateway_parameters
+                                .get(&ObjectKey::new(ns.clone(), reference.name.clone()))
+                        })
+                    })
+                    .flatten();
+                match found {
+                    Some(parameters) => (Ok(()), Some(parameters.spec.clone())),
+                    None => (
+                        Err(format!(
+                            "parametersRef must name an existing {PARAMETERS_KIND}.{PARAMETERS_GROUP} (with its namespace); {}/{} {}/{} not found",
+                            reference.group,
+                            reference.kind,
+                            reference.namespace.as_deref().unwrap_or("<no namespace>"),
+                            reference.name
+                        )),
+                        None,
+                    ),
+                }
+            }
+        };
+        let condition = match accepted {
+            Ok(()) => Condition::new(
+                types::ACCEPTED,
+                Status::True,
+                reasons::ACCEPTED,
+                "GatewayClass is accepted",
+                generation,
+            ),
+            Err(message) => Condition::new(
+                types::ACCEPTED,
+                Status::False,
+                reasons::INVALID_PARAMETERS,
+                message,
+                generation,
+            ),
+        };
+        out.insert(
+            class.name_any(),
+            ClassOutput {
+                conditions: vec![condition],
+                supported_features: features::supported(),
+                parameters,
+            },
+        );
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+/// Which namespaces may attach routes to a listener.
+#[derive(Debug, Clone)]
+pub enum AllowedNamespaces {
+    Same,
+    All,
+    Selector(GatewayListenersAllowedRoutesNamespacesSelector),
+}
+
+/// A failed condition: its reason and message.
+pub type Problem = (&'static str, String);
+
+/// A listener after validation, collecting the routes that attach to it.
+#[derive(Debug, Clone)]
+pub struct ListenerState {
+    pub name: String,
+    pub port: u16,
+    /// None when the protocol is not supported.
+    pub protocol: Option<Protocol>,
+    pub hostname: Option<String>,
+    /// Accepted=False.
+    pub not_accepted: Option<Problem>,
+    /// Conflicted=True.
+    pub conflicted: Option<Problem>,
+    /// ResolvedRefs=False.
+    pub unresolved: Option<Problem>,
+    pub supported_kinds: Vec<RouteKind>,
+    pub allowed_namespaces: AllowedNamespaces,
+    /// Usable certificates (HTTPS).
+    pub certificates: Vec<Certificate>,
+    pub attachments: Vec<Attachment>,
+}
+
+impl ListenerState {
+    /// Routes may attach (and are counted).
+    pub fn accepts_routes(&self) -> bool {
+        self.not_accepted.is_none() && self.conflicted.is_none()
+    }
+
+    /// Goes into the proxy config.
+    pub fn programmable(&self) -> bool {
+        self.accepts_routes()
+            && match self.protocol {
+                Some(Protocol::Http) => true,
+                Some(Protocol::Https) => !self.certificates.is_empty(),
+                None => false,
+            }
+    }
+
+    /// Valid in the sense of the Gateway's ListenersNotValid reason.
+    fn valid(&self) -> bool {
+        self.accepts_routes() && self.unresolved.is_none()
+    }
+
+    pub fn allows_kind(&self, group: &str, kind: &str) -> bool {
+        self.supported_kinds
+            .iter()
+            .any(|k| k.group == group && k.kind == kind)
+    }
+
+    pub fn allows_namespace(
+        &self,
+        index: &Index<'_>,
+        gateway_namespace: &str,
+        route_namespace: &str,
+    ) -> bool {
+        match &self.allowed_namespaces {
+            AllowedNamespaces::Same => gateway_namespace == route_namespace,
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Selector(selector) => {
+                selector_matches(selector, &index.namespace_labels(route_namespace))
+            }
+        }
+    }
+}
+
+/// A Gateway of our class while it is being compiled.
+#[derive(Debug, Clone)]
+pub struct GatewayState {
+    pub key: ObjectKey,
+    pub generation: i64,
+    pub class_name: String,
+    /// Accepted=False for the Gateway itself (class not accepted, bad parametersRef).
+    pub rejected: Option<Problem>,
+    pub listeners: Vec<ListenerState>,
+    pub parameters: GatewayParametersSpec,
+}
+
+/// Validates every Gateway of our classes.
+pub fn gateways(
+    index: &Index<'_>,
+    classes: &BTreeMap<String, ClassOutput>,
+) -> BTreeMap<ObjectKey, GatewayState> {
+    let mut out = BTreeMap::new();
+    for gateway in by_age(&index.input.gateways) {
+        let Some(class) = classes.get(&gateway.spec.gateway_class_name) else {
+            continue;
+        };
+        let key = ObjectKey::of(gateway);
+        let generation = generation(gateway);
+        let class_accepted = class.conditions.iter().all(Condition::is_true);
+        let class_parameters = class.parameters.clone().unwrap_or_default();
+        let (rejected, parameters) = if !class_accepted {
+            (
+                Some((
+                    reasons::INVALID,
+                    format!(
+                        "GatewayClass {} is not accepted",
+                        gateway.spec.gateway_class_name
+                    ),
+                )),
+                class_parameters,
+            )
+        } else {
+            match gateway_parameters(index, gateway) {
+                Ok(Some(own)) => (None, own.merged_over(&class_parameters)),
+                Ok(None) => (None, class_parameters),
+                Err(message) => (
+                    Some((reasons::INVALID_PARAMETERS, message)),
+                    class_parameters,
+                ),
+            }
+        };
+        let mut listeners: Vec<ListenerState> = gateway
+            .spec
+            .listeners
+            .iter()
+            .map(|l| listener(index, &key.namespace, l))
+            .collect();
+        mark_conflicts(&mut listeners);
+        out.insert(
+            key.clone(),
+            GatewayState {
+                key,
+                generation,
+                class_name: gateway.spec.gateway_class_name.clone(),
+                rejected,
+                listeners,
+                parameters,
+            },
+        );
+    }
+    out
+}
+
+fn gateway_parameters(
+    index: &Index<'_>,
+    gateway: &Gateway,
+) -> Result<Option<GatewayParametersSpec>, String> {
+    let Some(reference) = gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    if reference.group != PARAMETERS_GROUP || reference.kind != PARAMETERS_KIND {
+        return Err(format!(
+            "infrastructure.parametersRef must name a {PARAMETERS_KIND}.{PARAMETERS_GROUP}, not {}.{}",
+            reference.kind, reference.group
+        ));
+    }
+    let key = ObjectKey::new(
+        gateway.namespace().unwrap_or_default(),
+        reference.name.clone(),
+    );
+    match index.gateway_parameters.get(&key) {
+        Some(parameters) => Ok(Some(parameters.spec.clone())),
+        None => Err(format!("{PARAMETERS_KIND} {key} not found")),
+    }
+}
+
+fn listener(index: &Index<'_>, gateway_namespace: &str, spec: &GatewayListeners) -> ListenerState {
+    let mut state = ListenerState {
+        name: spec.name.clone(),
+        port: u16::try_from(spec.port).unwrap_or(0),
+        protocol: None,
+        hostname: spec.hostname.clone(),
+        not_accepted: None,
+        conflicted: None,
+        unresolved: None,
+        supported_kinds: Vec::new(),
+        allowed_namespaces: AllowedNamespaces::Same,
+        certificates: Vec::new(),
+        attachments: Vec::new(),
+    };
+    state.protocol = match spec.protocol.as_str() {
+        "HTTP" => Some(Protocol::Http),
+        "HTTPS" => Some(Protocol::Https),
+        other => {
+            state.not_accepted = Some((
+                reasons::UNSUPPORTED_PROTOCOL,
+                format!("protocol {other:?} is not supported (HTTP and HTTPS are)"),
+            ));
+            return state;
+        }
+    };
+    if state.port == 0 {
+        state.not_accepted = Some((
+            reasons::UNSUPPORTED_VALUE,
+            format!("port {} is not valid", spec.port),
+        ));
+        return state;
+    }
+
+    // Route kinds: HTTPRoute unless the listener restricts them.
+    let requested = spec.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref());
+    match requested {
+        None => state.supported_kinds.push(http_route_kind()),
+        Some(kinds) if kinds.is_empty() => state.supported_kinds.push(http_route_kind()),
+        Some(kinds) => {
+            let mut invalid = Vec::new();
+            for kind in kinds {
+                let group = kind.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                if group == GATEWAY_GROUP && kind.kind == HTTP_ROUTE {
+                    if !state.supported_kinds.contains(&http_route_kind()) {
+                        state.supported_kinds.push(http_route_kind());
+                    }
+                } else {
+                    invalid.push(format!("{}/{}", group, kind.kind));
+                }
+            }
+            if !invalid.is_empty() {
+                state.unresolved = Some((
+                    reasons::INVALID_ROUTE_KINDS,
+                    format!(
+                        "route kinds {} are not supported on this listener",
+                        invalid.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+
+    let namespaces = spec
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    state.allowed_namespaces = match namespaces.and_then(|n| n.from.clone()) {
+        None | Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) => AllowedNamespaces::Same,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => AllowedNamespaces::All,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
+            // A Selector without a selector selects nothing rather than everything.
+            AllowedNamespaces::Selector(
+                namespaces
+                    .and_then(|n| n.selector.clone())
+                    .unwrap_or_else(nothing_selector),
+            )
+        }
+    };
+
+    if state.protocol == Some(Protocol::Https) {
+        tls(index, gateway_namespace, spec, &mut state);
+    }
+    state
+}
+
+fn http_route_kind() -> RouteKind {
+    RouteKind {
+        group: GATEWAY_GROUP.into(),
+        kind: HTTP_ROUTE.into(),
+    }
+}
+
+fn nothing_selector() -> GatewayListenersAllowedRoutesNamespacesSelector {
+    GatewayListenersAllowedRoutesNamespacesSelector {
+        match_expressions: Some(vec![
+            portcullis_api::gateway_api::gateway::GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions {
+                key: "portcullis.dev/no-selector".into(),
+                operator: "In".into(),
+                values: Some(vec![]),
+            },
+        ]),
+        match_labels: None,
+    }
+}
+
+/// Resolves an HTTPS listener's certificateRefs.
+fn tls(
+    index: &Index<'_>,
+    gateway_namespace: &str,
+    spec: &GatewayListeners,
+    state: &mut ListenerState,
+) {
+    let tls = spec.tls.as_ref();
+    if tls.and_then(|t| t.mode.clone()) == Some(GatewayListenersTlsMode::Passthrough) {
+        state.not_accepted = Some((
+            reasons::UNSUPPORTED_VALUE,
+            "HTTPS listeners terminate TLS; Passthrough needs protocol TLS".into(),
+        ));
+        return;
+    }
+    let references = tls
+        .and_then(|t| t.certificate_refs.clone())
+        .unwrap_or_default();
+    if references.is_empty() {
+        state.unresolved = Some((
+            reasons::INVALID_CERTIFICATE_REF,
+            "an HTTPS listener needs tls.certificateRefs".into(),
+        ));
+        return;
+    }
+    let mut problems: Vec<Problem> = Vec::new();
+    for reference in &references {
+        let group = reference.group.as_deref().unwrap_or("");
+        let kind = reference.kind.as_deref().unwrap_or("Secret");
+        let namespace = reference.namespace.as_deref().unwrap_or(gateway_namespace);
+        let key = ObjectKey::new(namespace, reference.name.clone());
+        if !group.is_empty() || kind != "Secret" {
+            problems.push((
+                reasons::INVALID_CERTIFICATE_REF,
+                format!("certificateRef {group}/{kind} {key}: only core Secrets are supported"),
+            ));
+            continue;
+        }
+        let from = refs::From {
+            group: GATEWAY_GROUP,
+            kind: "Gateway",
+            namespace: gateway_namespace,
+        };
+        let to = refs::To {
+            group: "",
+            kind: "Secret",
+            namespace,
+            name: &reference.name,
+        };
+        if !refs::permitted(&index.input.reference_grants, &from, &to) {
+            problems.push((
+                reasons::REF_NOT_PERMITTED,
+                format!("Secret {key} is in another namespace and no ReferenceGrant allows it"),
+            ));
+            continue;
+        }
+        let Some(secret) = index.secrets.get(&key) else {
+            problems.push((
+                reasons::INVALID_CERTIFICATE_REF,
+                format!("Secret {key} not found"),
+            ));
+            continue;
+        };
+        match certificate_from_secret(secret) {
+            Ok((cert, key_pem)) => state.certificates.push(Certificate {
+                name: key.to_string(),
+                cert_chain_pem: cert,
+                private_key_pem: key_pem,
+            }),
+            Err(message) => problems.push((
+                reasons::INVALID_CERTIFICATE_REF,
+                format!("Secret {key}: {message}"),
+            )),
+        }
+    }
+    if let Some(first) = problems.into_iter().next() {
+        state.unresolved = Some(first);
+    }
+}
+
+/// The PEM certificate chain and key of a kubernetes.io/tls Secret, checked.
+pub fn certificate_from_secret(secret: &Secret) -> Result<(String, String), String> {
+    let field = |name: &str| -> Option<String> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(name).cloned())
+            })
+    };
+    let (Some(cert), Some(key)) = (field("tls.crt"), field("tls.key")) else {
+        return Err("no tls.crt and tls.key".into());
+    };
+    certificate::parse_pem(&cert, &key).map_err(|e| format!("malformed certificate: {e}"))?;
+    Ok((cert, key))
+}
+
+/// Listeners that cannot share a port: a second protocol on a port (ProtocolConflict) or a
+/// second listener with the same hostname on it (HostnameConflict). The first listener in
+/// spec order keeps the port; later ones are marked.
+fn mark_conflicts(listeners: &mut [ListenerState]) {
+    let mut port_protocol: HashMap<u16, Protocol> = HashMap::new();
+    let mut hostnames: HashMap<(u16, Option<String>), ()> = HashMap::new();
+    for listener in listeners.iter_mut() {
+        let Some(protocol) = listener.protocol else {
+            continue;
+        };
+        if listener.not_accepted.is_some() {
+            continue;
+        }
+        let first = *port_protocol.entry(listener.port).or_insert(protocol);
+        if first != protocol {
+            listener.conflicted = Some((
+                reasons::PROTOCOL_CONFLICT,
+                format!(
+                    "port {} is already used by another listener with a different protocol",
+                    listener.port
+                ),
+            ));
+            continue;
+        }
+        let host = listener.hostname.as_deref().map(str::to_ascii_lowercase);
+        if hostnames.insert((listener.port, host), ()).is_some() {
+            listener.conflicted = Some((
+                reasons::HOSTNAME_CONFLICT,
+                format!(
+                    "another listener on port {} has the same hostname {}",
+                    listener.port,
+                    listener.hostname.as_deref().unwrap_or("(none)")
+                ),
+            ));
+        }
+    }
+}
+
+/// Label selector semantics (matchLabels and matchExpressions: In, NotIn, Exists, DoesNotExist).
+pub fn selector_matches(
+    selector: &GatewayListenersAllowedRoutesNamespacesSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let expressions_ok = selector
+        .match_expressions
+        .as_ref()
+        .is_none_or(|expressions| {
+            expressions.iter().all(|e| {
+                let values = e.values.clone().unwrap_or_default();
+                let value = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+        });
+    labels_ok && expressions_ok
+}
+
+impl GatewayState {
+    /// Conditions of the Gateway and its listeners.
+    pub fn conditions(&self) -> Vec<Condition> {
+        let g = self.generation;
+        if let Some((reason, message)) = &self.rejected {
+            return vec![
+                Condition::new(types::ACCEPTED, Status::False, reason, message.clone(), g),
+                Condition::new(
+                    types::PROGRAMMED,
+                    Status::False,
+                    reasons::INVALID,
+                    message.clone(),
+                    g,
+                ),
+            ];
+        }
+        let valid = self.listeners.iter().filter(|l| l.valid()).count();
+        let programmable = self.listeners.iter().any(ListenerState::programmable);
+        let accepted = if valid == self.listeners.len() {
+            Condition::new(
+                types::ACCEPTED,
+                Status::True,
+                reasons::ACCEPTED,
+                "Gateway is accepted",
+                g,
+            )
+        } else if valid > 0 || programmable {
+            Condition::new(
+                types::ACCEPTED,
+                Status::True,
+                reasons::LISTENERS_NOT_VALID,
+                format!(
+                    "{} of {} listeners are not valid",
+                    self.listeners.len() - valid,
+                    self.listeners.len()
+                ),
+                g,
+            )
+        } else {
+            Condition::new(
+                types::ACCEPTED,
+                Status::False,
+                reasons::LISTENERS_NOT_VALID,
+                "no listener is valid",
+                g,
+            )
+        };
+        let programmed = if accepted.is_true() && programmable {
+            Condition::new(
+                types::PROGRAMMED,
+                Status::True,
+                reasons::PROGRAMMED,
+                "Gateway is programmed",
+                g,
+            )
+        } else {
+            Condition::new(
+                types::PROGRAMMED,
+                Status::False,
+                reasons::INVALID,
+                "no listener can be programmed",
+                g,
+            )
+        };
+        vec![accepted, programmed]
+    }
+
+    pub fn listener_conditions(&self, listener: &ListenerState) -> Vec<Condition> {
+        let g = self.generation;
+        let mut out = Vec::with_capacity(4);
+        match (&listener.not_accepted, &listener.conflicted) {
+            (Some((reason, message)), _) | (None, Some((reason, message))) => out.push(
+                Condition::new(types::ACCEPTED, Status::False, reason, message.clone(), g),
+            ),
+            (None, None) => out.push(Condition::new(
+                types::ACCEPTED,
+                Status::True,
+                reasons::ACCEPTED,
+                "listener is accepted",
+                g,
+            )),
+        }
+        if listener.programmable() && self.rejected.is_none() {
+            out.push(Condition::new(
+                types::PROGRAMMED,
+                Status::True,
+                reasons::PROGRAMMED,
+                "listener is programmed",
+                g,
+            ));
+        } else {
+            let reason = listener
+                .conflicted
+                .as_ref()
+                .map(|(r, _)| *r)
+                .unwrap_or(reasons::INVALID);
+            out.push(Condition::new(
+                types::PROGRAMMED,
+                Status::False,
+                reason,
+                "listener cannot be programmed",
+                g,
+            ));
+        }
+        match &listener.unresolved {
+            Some((reason, message)) => out.push(Condition::new(
+                types::RESOLVED_REFS,
+                Status::False,
+                reason,
+                message.clone(),
+                g,
+            )),
+            None => out.push(Condition::new(
+                types::RESOLVED_REFS,
+                Status::True,
+                reasons::RESOLVED_REFS,
+                "references are resolved",
+                g,
+            )),
+        }
+        match &listener.conflicted {
+            Some((reason, message)) => out.push(Condition::new(
+                types::CONFLICTED,
+                Status::True,
+                reason,
+                message.clone(),
+                g,
+            )),
+            None => out.push(Condition::new(
+                types::CONFLICTED,
+                Status::False,
+                reasons::NO_CONFLICTS,
+                "no conflicts",
+                g,
+            )),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_api::gateway_api::gateway::GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions as Expression;
+
+    #[test]
+    fn label_selectors() {
+        let labels: BTreeMap<String, String> = [("team".to_string(), "a".to_string())].into();
+        let selector = |match_labels: Option<&[(&str, &str)]>, expressions: Vec<Expression>| {
+            GatewayListenersAllowedRoutesNamespacesSelector {
+                match_labels: match_labels.map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                }),
+                match_expressions: Some(expressions),
+            }
+        };
+        let expression = |op: &str, values: &[&str]| Expression {
+            key: "team".into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|s| s.to_string()).collect()),
+        };
+        assert!(selector_matches(
+            &selector(Some(&[("team", "a")]), vec![]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &selector(Some(&[("team", "b")]), vec![]),
+            &labels
+        ));
+        assert!(selector_matches(
+            &selector(None, vec![expression("In", &["a", "b"])]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &selector(None, vec![expression("NotIn", &["a"])]),
+            &labels
+        ));
+        assert!(selector_matches(
+            &selector(None, vec![expression("Exists", &[])]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &selector(None, vec![expression("DoesNotExist", &[])]),
+            &labels
+        ));
+        assert!(!selector_matches(&nothing_selector(), &labels));
+    }
+}

@@ -1,0 +1,267 @@
+//! The compiler: Gateway API objects in, one `CompiledConfig` per Gateway of our class and the
+//! status of every object out. A pure function: no I/O, no clock, no randomness; the same
+//! input gives byte-identical output, so an unchanged cluster never causes a config push.
+//!
+//! Standalone mode and the operator both call [`compile`]. One invalid object never blocks
+//! the others: it is left out of the configs and its status says why.
+
+pub mod assemble;
+pub mod backends;
+pub mod conditions;
+pub mod features;
+pub mod gateways;
+pub mod hostnames;
+pub mod refs;
+pub mod routes;
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use portcullis_api::CompiledConfig;
+use portcullis_api::gateway_api::gateway::Gateway;
+use portcullis_api::gateway_api::gatewayclass::GatewayClass;
+use portcullis_api::gateway_api::httproute::HttpRoute;
+use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
+use portcullis_api::v1alpha1::{GatewayParameters, GatewayParametersSpec};
+use serde::Serialize;
+
+pub use conditions::{Condition, Status};
+
+/// The `spec.controllerName` of GatewayClasses this project implements.
+pub const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
+/// The Gateway API group.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Everything the compiler looks at: a consistent snapshot of the relevant objects.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub gateway_classes: Vec<GatewayClass>,
+    pub gateways: Vec<Gateway>,
+    pub http_routes: Vec<HttpRoute>,
+    pub reference_grants: Vec<ReferenceGrant>,
+    pub namespaces: Vec<Namespace>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub secrets: Vec<Secret>,
+    pub gateway_parameters: Vec<GatewayParameters>,
+}
+
+/// namespace/name (namespace empty for cluster-scoped objects).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn of<K: kube::Resource>(object: &K) -> Self {
+        Self::new(object.namespace().unwrap_or_default(), object.name_any())
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// What the compiler decided.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Output {
+    /// Status of every GatewayClass with our controllerName.
+    pub gateway_classes: BTreeMap<String, ClassOutput>,
+    /// Every Gateway of one of those classes.
+    pub gateways: BTreeMap<ObjectKey, GatewayOutput>,
+    /// Every HTTPRoute with at least one parentRef to such a Gateway.
+    pub http_routes: BTreeMap<ObjectKey, RouteOutput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassOutput {
+    pub conditions: Vec<Condition>,
+    /// Sorted, as `status.supportedFeatures` requires.
+    pub supported_features: Vec<&'static str>,
+    #[serde(skip)]
+    pub parameters: Option<GatewayParametersSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayOutput {
+    pub class_name: String,
+    /// Accepted and Programmed. Programmed=True here means "valid enough to serve"; the
+    /// operator keeps it Pending until a proxy has acknowledged the config.
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerOutput>,
+    /// The config for this Gateway's proxies (generation 0; the pusher assigns generations),
+    /// or None when the Gateway is not accepted.
+    #[serde(skip)]
+    pub config: Option<CompiledConfig>,
+    /// GatewayParameters: the class defaults with the Gateway's override merged over them.
+    #[serde(skip)]
+    pub parameters: GatewayParametersSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerOutput {
+    pub name: String,
+    pub supported_kinds: Vec<RouteKind>,
+    pub attached_routes: i32,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct RouteKind {
+    pub group: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteOutput {
+    pub parents: Vec<RouteParentOutput>,
+}
+
+/// One entry of `status.parents`, echoing the spec's parentRef.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentOutput {
+    pub parent_ref: ParentRef,
+    pub controller_name: &'static str,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub section_name: Option<String>,
+    pub port: Option<i32>,
+}
+
+/// Lookups over the input, built once per compilation.
+pub struct Index<'a> {
+    pub input: &'a Input,
+    pub namespaces: HashMap<&'a str, &'a Namespace>,
+    pub services: HashMap<ObjectKey, &'a Service>,
+    /// EndpointSlices by the Service they belong to (label kubernetes.io/service-name).
+    pub endpoint_slices: HashMap<ObjectKey, Vec<&'a EndpointSlice>>,
+    pub secrets: HashMap<ObjectKey, &'a Secret>,
+    pub gateway_parameters: HashMap<ObjectKey, &'a GatewayParameters>,
+    pub classes: HashMap<String, &'a GatewayClass>,
+}
+
+impl<'a> Index<'a> {
+    pub fn new(input: &'a Input) -> Self {
+        let mut endpoint_slices: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
+        for slice in &input.endpoint_slices {
+            if let Some(service) = slice.labels().get("kubernetes.io/service-name") {
+                endpoint_slices
+                    .entry(ObjectKey::new(
+                        slice.namespace().unwrap_or_default(),
+                        service.clone(),
+                    ))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        for slices in endpoint_slices.values_mut() {
+            slices.sort_by_key(|s| s.name_any());
+        }
+        Self {
+            input,
+            namespaces: input
+                .namespaces
+                .iter()
+                .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, n)))
+                .collect(),
+            services: input
+                .services
+                .iter()
+                .map(|s| (ObjectKey::of(s), s))
+                .collect(),
+            endpoint_slices,
+            secrets: input
+                .secrets
+                .iter()
+                .map(|s| (ObjectKey::of(s), s))
+                .collect(),
+            gateway_parameters: input
+                .gateway_parameters
+                .iter()
+                .map(|p| (ObjectKey::of(p), p))
+                .collect(),
+            classes: input
+                .gateway_classes
+                .iter()
+                .map(|c| (c.name_any(), c))
+                .collect(),
+        }
+    }
+
+    /// Labels of a namespace (empty when the namespace is unknown).
+    pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .get(name)
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn is_our_class(&self, name: &str) -> bool {
+        self.classes
+            .get(name)
+            .is_some_and(|c| c.spec.controller_name == CONTROLLER_NAME)
+    }
+}
+
+/// Compiles `input`.
+pub fn compile(input: &Input) -> Output {
+    let index = Index::new(input);
+    let gateway_classes = gateways::classes(&index);
+    let mut states = gateways::gateways(&index, &gateway_classes);
+    let http_routes = routes::attach_http_routes(&index, &mut states);
+    let gateways = states
+        .into_iter()
+        .map(|(key, state)| (key, state.finish()))
+        .collect();
+    Output {
+        gateway_classes,
+        gateways,
+        http_routes,
+    }
+}
+
+/// Objects in Gateway API tie-break order: oldest first, then by namespace/name.
+pub fn by_age<'a, K: kube::Resource + 'a>(objects: impl IntoIterator<Item = &'a K>) -> Vec<&'a K> {
+    let mut sorted: Vec<&K> = objects.into_iter().collect();
+    sorted.sort_by(|a, b| {
+        let created = |o: &K| o.meta().creation_timestamp.clone().map(|t| t.0);
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| ObjectKey::of(*a).cmp(&ObjectKey::of(*b)))
+    });
+    sorted
+}
+
+/// The object's metadata.generation (0 when unset, e.g. in files).
+pub fn generation<K: kube::Resource>(object: &K) -> i64 {
+    object.meta().generation.unwrap_or(0)
+}

@@ -1,0 +1,662 @@
+//! HTTPRoutes: which listeners each parentRef attaches to, and the route's rules translated
+//! into the config model.
+//!
+//! A route is translated once; an attachment pairs it with the hostnames it serves on one
+//! listener. Invalid rules are dropped and reported (`PartiallyInvalid`), invalid backendRefs
+//! keep their weight share and answer 500 (`ResolvedRefs=False`), and a route whose every rule
+//! is invalid is not accepted.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kube::ResourceExt;
+use portcullis_api::config::{
+    Backend, BackendTarget, Filter, HeaderMatch, HeaderModifier, HeaderValue, PathMatch,
+    PathModifier, QueryParamMatch, RequestRedirect, RouteMatch, RouteRule, RuleTimeouts,
+    StringMatch, UrlRewrite, WeightedBackend,
+};
+use portcullis_api::gateway_api::httproute::*;
+use portcullis_api::validate::validate_rule;
+
+use super::backends::{self, BackendRef, Referrer};
+use super::conditions::{Condition, Status, reasons, types};
+use super::gateways::{GatewayState, HTTP_ROUTE, Problem};
+use super::{
+    GATEWAY_GROUP, Index, ObjectKey, ParentRef, RouteOutput, RouteParentOutput, by_age, generation,
+    hostnames,
+};
+
+/// Translates a RequestHeaderModifier or ResponseHeaderModifier (rule-level and
+/// backend-level filters are distinct generated types of the same shape).
+macro_rules! header_modifier {
+    ($m:expr) => {
+        HeaderModifier {
+            set: $m
+                .set
+                .iter()
+                .flatten()
+                .map(|h| HeaderValue {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+            add: $m
+                .add
+                .iter()
+                .flatten()
+                .map(|h| HeaderValue {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+            remove: $m.remove.clone().unwrap_or_default(),
+        }
+    };
+}
+
+/// A route accepted on one listener.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub route: ObjectKey,
+    /// Effective hostnames on this listener; empty: any host the listener accepts.
+    pub hostnames: Vec<String>,
+    pub translated: Rc<TranslatedRoute>,
+}
+
+/// A route's rules in the config model, with the backends they use.
+#[derive(Debug, Clone, Default)]
+pub struct TranslatedRoute {
+    pub rules: Vec<RouteRule>,
+    pub backends: Vec<Backend>,
+    /// ResolvedRefs=False: the first unresolved backendRef.
+    pub unresolved: Option<Problem>,
+    /// Rules left out, with why.
+    pub dropped: Vec<String>,
+    /// Accepted=False: no rule could be implemented.
+    pub rejected: Option<Problem>,
+}
+
+/// Attaches every HTTPRoute to the listeners its parentRefs select and returns route statuses.
+pub fn attach_http_routes(
+    index: &Index<'_>,
+    gateways: &mut BTreeMap<ObjectKey, GatewayState>,
+) -> BTreeMap<ObjectKey, RouteOutput> {
+    let mut out = BTreeMap::new();
+    for route in by_age(&index.input.http_routes) {
+        let key = ObjectKey::of(route);
+        let generation = generation(route);
+        let mut translated: Option<Rc<TranslatedRoute>> = None;
+        let mut parents = Vec::new();
+        for parent in route.spec.parent_refs.iter().flatten() {
+            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = parent.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || kind != "Gateway" {
+                continue;
+            }
+            let gateway_key = ObjectKey::new(
+                parent
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| key.namespace.clone()),
+                parent.name.clone(),
+            );
+            let Some(gateway) = gateways.get_mut(&gateway_key) else {
+                continue; // not a Gateway of ours: not ours to report on
+            };
+            let translation = translated
+                .get_or_insert_with(|| Rc::new(translate(index, route)))
+                .clone();
+            let route_hostnames = route.spec.hostnames.clone().unwrap_or_default();
+            let accepted = attach(index, gateway, &key, &route_hostnames, parent, &translation);
+            let mut conditions = vec![accepted];
+            conditions.push(match &translation.unresolved {
+                Some((reason, message)) => Condition::new(
+                    types::RESOLVED_REFS,
+                    Status::False,
+                    reason,
+                    message.clone(),
+                    generation,
+                ),
+                None => Condition::new(
+                    types::RESOLVED_REFS,
+                    Status::True,
+                    reasons::RESOLVED_REFS,
+                    "all backendRefs are resolved",
+                    generation,
+                ),
+            });
+            if !translation.dropped.is_empty() && translation.rejected.is_none() {
+                conditions.push(Condition::new(
+                    types::PARTIALLY_INVALID,
+                    Status::True,
+                    reasons::UNSUPPORTED_VALUE,
+                    format!("Dropped Rule(s): {}", translation.dropped.join("; ")),
+                    generation,
+                ));
+            }
+            for condition in &mut conditions {
+                condition.observed_generation = generation;
+            }
+            parents.push(RouteParentOutput {
+                parent_ref: ParentRef {
+                    group: parent.group.clone(),
+                    kind: parent.kind.clone(),
+                    namespace: parent.namespace.clone(),
+                    name: parent.name.clone(),
+                    section_name: parent.section_name.clone(),
+                    port: parent.port,
+                },
+                controller_name: super::CONTROLLER_NAME,
+                conditions,
+            });
+        }
+        if !parents.is_empty() {
+            out.insert(key, RouteOutput { parents });
+        }
+    }
+    out
+}
+
+/// Attaches the route to the listeners `parent` selects and returns its Accepted condition.
+fn attach(
+    index: &Index<'_>,
+    gateway: &mut GatewayState,
+    route: &ObjectKey,
+    route_hostnames: &[String],
+    parent: &HttpRouteParentRefs,
+    translated: &Rc<TranslatedRoute>,
+) -> Condition {
+    let generation = 0; // stamped by the caller
+    let selected: Vec<usize> = gateway
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|(_, l)| parent.port.is_none_or(|p| i32::from(l.port) == p))
+        .map(|(i, _)| i)
+        .collect();
+    if selected.is_empty() {
+        let what = match (&parent.section_name, parent.port) {
+            (Some(section), Some(port)) => format!("no listener named {section:?} on port {port}"),
+            (Some(section), None) => format!("no listener named {section:?}"),
+            (None, Some(port)) => format!("no listener on port {port}"),
+            (None, None) => "the Gateway has no listeners".into(),
+        };
+        return Condition::new(
+            types::ACCEPTED,
+            Status::False,
+            reasons::NO_MATCHING_PARENT,
+            what,
+            generation,
+        );
+    }
+    let mut reason = reasons::NOT_ALLOWED_BY_LISTENERS;
+    let mut message = "no selected listener allows this route (namespace or kind)".to_string();
+    let mut matched: Vec<(usize, Vec<String>)> = Vec::new();
+    for i in selected {
+        let listener = &gateway.listeners[i];
+        if !listener.accepts_routes()
+            || !listener.allows_kind(GATEWAY_GROUP, HTTP_ROUTE)
+            || !listener.allows_namespace(index, &gateway.key.namespace, &route.namespace)
+        {
+            continue;
+        }
+        match hostnames::effective(listener.hostname.as_deref(), route_hostnames) {
+            Some(hosts) => matched.push((i, hosts)),
+            None => {
+                reason = reasons::NO_MATCHING_LISTENER_HOSTNAME;
+                message = "no hostname of the route matches a selected listener's hostname".into();
+            }
+        }
+    }
+    if matched.is_empty() {
+        return Condition::new(types::ACCEPTED, Status::False, reason, message, generation);
+    }
+    if let Some((reason, message)) = &translated.rejected {
+        return Condition::new(
+            types::ACCEPTED,
+            Status::False,
+            reason,
+            message.clone(),
+            generation,
+        );
+    }
+    for (i, hosts) in matched {
+        let attachments = &mut gateway.listeners[i].attachments;
+        match attachments.iter_mut().find(|a| a.route == *route) {
+            // Two parentRefs reaching one listener: one attachment, the union of hostnames.
+            Some(existing) => {
+                if existing.hostnames.is_empty() || hosts.is_empty() {
+                    existing.hostnames.clear();
+                } else {
+                    existing.hostnames.extend(hosts);
+                    existing.hostnames.sort();
+                    existing.hostnames.dedup();
+                }
+            }
+            None => attachments.push(Attachment {
+                route: route.clone(),
+                hostnames: hosts,
+                translated: translated.clone(),
+            }),
+        }
+    }
+    Condition::new(
+        types::ACCEPTED,
+        Status::True,
+        reasons::ACCEPTED,
+        "route is accepted",
+        generation,
+    )
+}
+
+/// Translates a route's rules; see [`TranslatedRoute`].
+pub fn translate(index: &Index<'_>, route: &HttpRoute) -> TranslatedRoute {
+    let namespace = route.namespace().unwrap_or_default();
+    let referrer = Referrer {
+        namespace: &namespace,
+        group: GATEWAY_GROUP,
+        kind: HTTP_ROUTE,
+    };
+    let default_rule = [HttpRouteRules::default()];
+    let rules: &[HttpRouteRules] = match &route.spec.rules {
+        Some(rules) => rules,
+        None => &default_rule,
+    };
+    let mut out = TranslatedRoute::default();
+    let mut last_problem: Option<Problem> = None;
+    for (i, rule) in rules.iter().enumerate() {
+        match translate_rule(index, &referrer, rule, &mut out) {
+            Ok(translated) => out.rules.push(translated),
+            Err((reason, message)) => {
+                let label = rule
+                    .name
+                    .as_deref()
+                    .map(|n| format!("rules[{i}] ({n})"))
+                    .unwrap_or(format!("rules[{i}]"));
+                out.dropped.push(format!("{label}: {message}"));
+                last_problem = Some((reason, message));
+            }
+        }
+    }
+    if out.rules.is_empty() {
+        out.rejected = Some(
+            last_problem.unwrap_or((reasons::UNSUPPORTED_VALUE, "the route has no rules".into())),
+        );
+    }
+    out
+}
+
+fn translate_rule(
+    index: &Index<'_>,
+    referrer: &Referrer<'_>,
+    rule: &HttpRouteRules,
+    out: &mut TranslatedRoute,
+) -> Result<RouteRule, Problem> {
+    let matches = rule
+        .matches
+        .iter()
+        .flatten()
+        .map(translate_match)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut filters = Vec::new();
+    let mut extension_ref = None;
+    for filter in rule.filters.iter().flatten() {
+        match filter.r#type {
+            HttpRouteRulesFiltersType::RequestHeaderModifier => {
+                let m = filter
+                    .request_header_modifier
+                    .as_ref()
+                    .ok_or_else(missing("requestHeaderModifier"))?;
+                filters.push(Filter::RequestHeaderModifier(header_modifier!(m)));
+            }
+            HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+                let m = filter
+                    .response_header_modifier
+                    .as_ref()
+                    .ok_or_else(missing("responseHeaderModifier"))?;
+                filters.push(Filter::ResponseHeaderModifier(header_modifier!(m)));
+            }
+            HttpRouteRulesFiltersType::RequestRedirect => {
+                let r = filter
+                    .request_redirect
+                    .as_ref()
+                    .ok_or_else(missing("requestRedirect"))?;
+                filters.push(Filter::RequestRedirect(RequestRedirect {
+                    scheme: r.scheme.as_ref().map(|s| match s {
+                        HttpRouteRulesFiltersRequestRedirectScheme::Http => "http".to_string(),
+                        HttpRouteRulesFiltersRequestRedirectScheme::Https => "https".to_string(),
+                    }),
+                    hostname: r.hostname.clone(),
+                    port: match r.port {
+                        Some(p) => Some(
+                            u16::try_from(p)
+                                .map_err(|_| unsupported(format!("redirect port {p}")))?,
+                        ),
+                        None => None,
+                    },
+                    path: match &r.path {
+                        Some(p) => Some(path_modifier(
+                            p.r#type
+                                == HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
+                            &p.replace_full_path,
+                            &p.replace_prefix_match,
+                        )?),
+                        None => None,
+                    },
+                    status_code: match r.status_code {
+                        Some(code) => u16::try_from(code)
+                            .map_err(|_| unsupported(format!("redirect status {code}")))?,
+                        None => 302,
+                    },
+                }));
+            }
+            HttpRouteRulesFiltersType::UrlRewrite => {
+                let r = filter
+                    .url_rewrite
+                    .as_ref()
+                    .ok_or_else(missing("urlRewrite"))?;
+                filters.push(Filter::UrlRewrite(UrlRewrite {
+                    hostname: r.hostname.clone(),
+                    path: match &r.path {
+                        Some(p) => Some(path_modifier(
+                            p.r#type == HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
+                            &p.replace_full_path,
+                            &p.replace_prefix_match,
+                        )?),
+                        None => None,
+                    },
+                }));
+            }
+            HttpRouteRulesFiltersType::ExtensionRef => {
+                // An unresolvable custom filter must not be skipped: the requests it would
+                // have handled get an error response.
+                let name = filter
+                    .extension_ref
+                    .as_ref()
+                    .map(|e| format!("{}/{} {}", e.group, e.kind, e.name));
+                extension_ref = Some(name.unwrap_or_default());
+            }
+            HttpRouteRulesFiltersType::RequestMirror => {
+                return Err(unsupported("the RequestMirror filter is not supported"));
+            }
+            HttpRouteRulesFiltersType::Cors => {
+                return Err(unsupported("the CORS filter is not supported"));
+            }
+        }
+    }
+    let has_redirect = filters
+        .iter()
+        .any(|f| matches!(f, Filter::RequestRedirect(_)));
+    let has_rewrite = filters.iter().any(|f| matches!(f, Filter::UrlRewrite(_)));
+    if has_redirect && has_rewrite {
+        return Err((
+            reasons::INCOMPATIBLE_FILTERS,
+            "RequestRedirect and URLRewrite cannot be used together".into(),
+        ));
+    }
+
+    let mut weighted = Vec::new();
+    for reference in rule.backend_refs.iter().flatten() {
+        let weight = u32::try_from(reference.weight.unwrap_or(1)).unwrap_or(0);
+        let resolved = backends::resolve(
+            index,
+            referrer,
+            BackendRef {
+                group: reference.group.as_deref(),
+                kind: reference.kind.as_deref(),
+                name: &reference.name,
+                namespace: reference.namespace.as_deref(),
+                port: reference.port,
+            },
+        );
+        let mut backend_filters = Vec::new();
+        let mut backend_problem = None;
+        for filter in reference.filters.iter().flatten() {
+            match filter.r#type {
+                HttpRouteRulesBackendRefsFiltersType::RequestHeaderModifier => {
+                    match filter.request_header_modifier.as_ref() {
+                        Some(m) => {
+                            backend_filters.push(Filter::RequestHeaderModifier(header_modifier!(m)))
+                        }
+                        None => {
+                            backend_problem = Some("requestHeaderModifier is missing".to_string())
+                        }
+                    }
+                }
+                HttpRouteRulesBackendRefsFiltersType::ResponseHeaderModifier => {
+                    match filter.response_header_modifier.as_ref() {
+                        Some(m) => backend_filters
+                            .push(Filter::ResponseHeaderModifier(header_modifier!(m))),
+                        None => {
+                            backend_problem = Some("responseHeaderModifier is missing".to_string())
+                        }
+                    }
+                }
+                ref other => {
+                    backend_problem = Some(format!(
+                        "the {other:?} filter is not supported on backendRefs"
+                    ))
+                }
+            }
+        }
+        let target = match (resolved, backend_problem, &extension_ref) {
+            (_, _, Some(extension)) => {
+                BackendTarget::Invalid(format!("ExtensionRef filter {extension} is not supported"))
+            }
+            (_, Some(problem), None) => BackendTarget::Invalid(problem),
+            (Ok(backend), None, None) => {
+                let name = backend.name.clone();
+                if !out.backends.iter().any(|b| b.name == name) {
+                    out.backends.push(backend);
+                }
+                BackendTarget::Backend(name)
+            }
+            (Err((reason, message)), None, None) => {
+                if out.unresolved.is_none() {
+                    out.unresolved = Some((reason, message.clone()));
+                }
+                BackendTarget::Invalid(message)
+            }
+        };
+        weighted.push(WeightedBackend {
+            weight,
+            target,
+            filters: backend_filters,
+        });
+    }
+    if let (Some(extension), None) = (&extension_ref, &out.unresolved) {
+        out.unresolved = Some((
+            reasons::INVALID_KIND,
+            format!(
+                "ExtensionRef filter {extension} is not supported; its requests are answered 500"
+            ),
+        ));
+    }
+    if let Some(extension) = &extension_ref
+        && weighted.is_empty()
+    {
+        weighted.push(WeightedBackend {
+            weight: 1,
+            target: BackendTarget::Invalid(format!(
+                "ExtensionRef filter {extension} is not supported"
+            )),
+            filters: Vec::new(),
+        });
+    }
+
+    let timeouts = match &rule.timeouts {
+        Some(t) => RuleTimeouts {
+            request_ms: t.request.as_deref().map(parse_duration).transpose()?,
+            backend_request_ms: t
+                .backend_request
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+        },
+        None => RuleTimeouts::default(),
+    };
+    let translated = RouteRule {
+        name: rule.name.clone(),
+        matches,
+        filters,
+        backends: weighted,
+        timeouts,
+    };
+    validate_rule(&translated).map_err(|e| {
+        let message = if e.path.is_empty() {
+            e.message
+        } else {
+            format!("{}: {}", e.path.trim_start_matches('.'), e.message)
+        };
+        unsupported(message)
+    })?;
+    Ok(translated)
+}
+
+fn missing(field: &'static str) -> impl Fn() -> Problem {
+    move || unsupported(format!("filter {field} is missing"))
+}
+
+fn unsupported(message: impl Into<String>) -> Problem {
+    (reasons::UNSUPPORTED_VALUE, message.into())
+}
+
+fn path_modifier(
+    full: bool,
+    full_path: &Option<String>,
+    prefix: &Option<String>,
+) -> Result<PathModifier, Problem> {
+    if full {
+        full_path
+            .clone()
+            .map(PathModifier::ReplaceFullPath)
+            .ok_or_else(|| unsupported("ReplaceFullPath without replaceFullPath"))
+    } else {
+        prefix
+            .clone()
+            .map(PathModifier::ReplacePrefixMatch)
+            .ok_or_else(|| unsupported("ReplacePrefixMatch without replacePrefixMatch"))
+    }
+}
+
+fn translate_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, Problem> {
+    let path = match &m.path {
+        None => PathMatch::PathPrefix("/".into()),
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            match p
+                .r#type
+                .clone()
+                .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
+            {
+                HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
+                HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::PathPrefix(value),
+                HttpRouteRulesMatchesPathType::RegularExpression => {
+                    PathMatch::RegularExpression(value)
+                }
+            }
+        }
+    };
+    let string_match = |regex: bool, value: &str| {
+        if regex {
+            StringMatch::RegularExpression(value.into())
+        } else {
+            StringMatch::Exact(value.into())
+        }
+    };
+    Ok(RouteMatch {
+        path,
+        headers: m
+            .headers
+            .iter()
+            .flatten()
+            .map(|h| HeaderMatch {
+                name: h.name.clone(),
+                value: string_match(
+                    h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression),
+                    &h.value,
+                ),
+            })
+            .collect(),
+        query_params: m
+            .query_params
+            .iter()
+            .flatten()
+            .map(|q| QueryParamMatch {
+                name: q.name.clone(),
+                value: string_match(
+                    q.r#type == Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression),
+                    &q.value,
+                ),
+            })
+            .collect(),
+        method: m.method.as_ref().map(method_name),
+    })
+}
+
+fn method_name(method: &HttpRouteRulesMatchesMethod) -> String {
+    let name = match method {
+        HttpRouteRulesMatchesMethod::Get => "GET",
+        HttpRouteRulesMatchesMethod::Head => "HEAD",
+        HttpRouteRulesMatchesMethod::Post => "POST",
+        HttpRouteRulesMatchesMethod::Put => "PUT",
+        HttpRouteRulesMatchesMethod::Delete => "DELETE",
+        HttpRouteRulesMatchesMethod::Connect => "CONNECT",
+        HttpRouteRulesMatchesMethod::Options => "OPTIONS",
+        HttpRouteRulesMatchesMethod::Trace => "TRACE",
+        HttpRouteRulesMatchesMethod::Patch => "PATCH",
+    };
+    name.to_string()
+}
+
+/// Gateway API Duration ("1h", "30s", "500ms", "1m30s"; up to four parts) in milliseconds.
+pub fn parse_duration(text: &str) -> Result<u64, Problem> {
+    let invalid = || unsupported(format!("invalid duration {text:?}"));
+    let mut total: u64 = 0;
+    let mut rest = text;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(invalid());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else {
+            return Err(invalid());
+        };
+        rest = &rest[len..];
+        total += value * unit_ms;
+        parts += 1;
+    }
+    if parts == 0 || parts > 4 {
+        return Err(invalid());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h").unwrap(), 3_600_000);
+        assert_eq!(parse_duration("1m30s").unwrap(), 90_000);
+        assert_eq!(parse_duration("500ms").unwrap(), 500);
+        assert_eq!(parse_duration("0s").unwrap(), 0);
+        assert_eq!(parse_duration("1h2m3s4ms").unwrap(), 3_723_004);
+        for bad in ["", "1", "1d", "s", "123456s", "1h2m3s4ms5ms", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

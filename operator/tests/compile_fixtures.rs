@@ -1,0 +1,519 @@
+//! Table tests of the compiler over YAML fixtures.
+//!
+//! Each directory under `tests/fixtures/` holds `input.yaml` (the objects) and `expected.yaml`
+//! (statuses, and requests with their routing decisions). See `tests/fixtures/README.md` for
+//! the format. Every fixture also checks, without being asked:
+//! - every condition carries its object's `metadata.generation` as `observedGeneration`;
+//! - the compiled configs pass the proxy's own validation and build into routing tables;
+//! - compiling the same input twice gives byte-identical configs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use portcullis_api::frame;
+use portcullis_dataplane::http::request::{HeadLimits, RequestHead, parse};
+use portcullis_dataplane::route::Snapshot;
+use portcullis_dataplane::route::host::{MAX_HOST_LEN, normalize};
+use portcullis_dataplane::route::matcher::RequestView;
+use portcullis_operator::compile::{self, Condition, Output};
+use portcullis_operator::objects::{Loaded, load_paths};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Expected {
+    #[serde(default)]
+    gateway_classes: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    gateways: BTreeMap<String, ExpectedGateway>,
+    /// Route → parent key ("ns/gw", "ns/gw/section", "ns/gw:port") → conditions; or the
+    /// string "none" when the route must have no status from us.
+    #[serde(default)]
+    routes: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    requests: Vec<ExpectedRequest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExpectedGateway {
+    #[serde(default)]
+    conditions: BTreeMap<String, String>,
+    #[serde(default)]
+    listeners: BTreeMap<String, ExpectedListener>,
+    /// false: the Gateway must have no config.
+    #[serde(default)]
+    config: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExpectedListener {
+    attached_routes: Option<i32>,
+    supported_kinds: Option<Vec<String>>,
+    #[serde(default)]
+    conditions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExpectedRequest {
+    gateway: String,
+    port: u16,
+    host: String,
+    path: String,
+    #[serde(default = "get")]
+    method: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    expect: Decision,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Decision {
+    /// 404 (no route), 500 (no valid backend), or a redirect status.
+    status: Option<u16>,
+    route: Option<String>,
+    /// Backends with a non-zero weight, "invalid" for unresolved shares.
+    backends: Option<Vec<String>>,
+    /// Endpoints of the single backend.
+    endpoints: Option<Vec<String>>,
+}
+
+#[test]
+fn fixtures() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no fixtures under {}", root.display());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        if let Err(problems) = run_case(case) {
+            for problem in problems {
+                failures.push(format!("{name}: {problem}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} problem(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{} fixtures passed", cases.len());
+}
+
+fn run_case(dir: &Path) -> Result<(), Vec<String>> {
+    let loaded: Loaded =
+        load_paths(&[dir.join("input.yaml")]).map_err(|e| vec![format!("{e:#}")])?;
+    let text =
+        std::fs::read_to_string(dir.join("expected.yaml")).map_err(|e| vec![e.to_string()])?;
+    let expected: Expected =
+        serde_saphyr::from_str(&text).map_err(|e| vec![format!("expected.yaml: {e}")])?;
+    let output = compile::compile(&loaded.input);
+    let mut problems = Vec::new();
+
+    check_generations(&loaded, &output, &mut problems);
+    check_determinism(&loaded, &output, &mut problems);
+
+    for (name, conditions) in &expected.gateway_classes {
+        match output.gateway_classes.get(name) {
+            Some(class) => check_conditions(
+                &format!("GatewayClass {name}"),
+                &class.conditions,
+                conditions,
+                &mut problems,
+            ),
+            None => problems.push(format!("GatewayClass {name} has no status")),
+        }
+    }
+    for (key, expected_gateway) in &expected.gateways {
+        let Some(gateway) = output
+            .gateways
+            .iter()
+            .find(|(k, _)| k.to_string() == *key)
+            .map(|(_, g)| g)
+        else {
+            problems.push(format!("Gateway {key} has no status"));
+            continue;
+        };
+        check_conditions(
+            &format!("Gateway {key}"),
+            &gateway.conditions,
+            &expected_gateway.conditions,
+            &mut problems,
+        );
+        if let Some(expect_config) = expected_gateway.config
+            && gateway.config.is_some() != expect_config
+        {
+            problems.push(format!(
+                "Gateway {key}: config present = {}",
+                gateway.config.is_some()
+            ));
+        }
+        for (listener_name, expected_listener) in &expected_gateway.listeners {
+            let Some(listener) = gateway.listeners.iter().find(|l| l.name == *listener_name) else {
+                problems.push(format!("Gateway {key}: no listener status {listener_name}"));
+                continue;
+            };
+            let what = format!("Gateway {key} listener {listener_name}");
+            if let Some(attached) = expected_listener.attached_routes
+                && listener.attached_routes != attached
+            {
+                problems.push(format!(
+                    "{what}: attachedRoutes {} (expected {attached})",
+                    listener.attached_routes
+                ));
+            }
+            if let Some(kinds) = &expected_listener.supported_kinds {
+                let actual: Vec<String> = listener
+                    .supported_kinds
+                    .iter()
+                    .map(|k| k.kind.clone())
+                    .collect();
+                if &actual != kinds {
+                    problems.push(format!(
+                        "{what}: supportedKinds {actual:?} (expected {kinds:?})"
+                    ));
+                }
+            }
+            check_conditions(
+                &what,
+                &listener.conditions,
+                &expected_listener.conditions,
+                &mut problems,
+            );
+        }
+    }
+    for (route_key, expected_route) in &expected.routes {
+        let route = output
+            .http_routes
+            .iter()
+            .find(|(k, _)| k.to_string() == *route_key)
+            .map(|(_, r)| r);
+        if expected_route.as_str() == Some("none") {
+            if route.is_some() {
+                problems.push(format!(
+                    "HTTPRoute {route_key} has a status but should have none"
+                ));
+            }
+            continue;
+        }
+        let Some(route) = route else {
+            problems.push(format!("HTTPRoute {route_key} has no status"));
+            continue;
+        };
+        let parents: BTreeMap<String, BTreeMap<String, String>> =
+            match serde_json::from_value(expected_route.clone()) {
+                Ok(parents) => parents,
+                Err(e) => {
+                    problems.push(format!("expected.yaml routes.{route_key}: {e}"));
+                    continue;
+                }
+            };
+        if parents.len() != route.parents.len() {
+            problems.push(format!(
+                "HTTPRoute {route_key}: {} parent statuses (expected {})",
+                route.parents.len(),
+                parents.len()
+            ));
+        }
+        for (parent_key, conditions) in &parents {
+            let found = route
+                .parents
+                .iter()
+                .find(|p| parent_label(route_key, p) == *parent_key);
+            match found {
+                Some(parent) => check_conditions(
+                    &format!("HTTPRoute {route_key} parent {parent_key}"),
+                    &parent.conditions,
+                    conditions,
+                    &mut problems,
+                ),
+                None => problems.push(format!(
+                    "HTTPRoute {route_key}: no parent status {parent_key} (have {:?})",
+                    route
+                        .parents
+                        .iter()
+                        .map(|p| parent_label(route_key, p))
+                        .collect::<Vec<_>>()
+                )),
+            }
+        }
+    }
+    let mut snapshots: BTreeMap<String, Snapshot> = BTreeMap::new();
+    for (key, gateway) in &output.gateways {
+        if let Some(config) = &gateway.config {
+            match Snapshot::build(config) {
+                Ok(snapshot) => {
+                    snapshots.insert(key.to_string(), snapshot);
+                }
+                Err(e) => problems.push(format!(
+                    "Gateway {key}: the proxy would refuse the config: {e}"
+                )),
+            }
+        }
+    }
+    for (i, request) in expected.requests.iter().enumerate() {
+        let what = format!(
+            "requests[{i}] {} {}{}",
+            request.method, request.host, request.path
+        );
+        match snapshots.get(&request.gateway) {
+            Some(snapshot) => check_request(&what, snapshot, request, &mut problems),
+            None => problems.push(format!("{what}: Gateway {} has no config", request.gateway)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// "ns/gw", "ns/gw/section", "ns/gw:port", "ns/gw/section:port" (namespace defaults to the
+/// route's).
+fn parent_label(route_key: &str, parent: &compile::RouteParentOutput) -> String {
+    let route_namespace = route_key.split('/').next().unwrap_or("");
+    let p = &parent.parent_ref;
+    let mut label = format!(
+        "{}/{}",
+        p.namespace.as_deref().unwrap_or(route_namespace),
+        p.name
+    );
+    if let Some(section) = &p.section_name {
+        label.push('/');
+        label.push_str(section);
+    }
+    if let Some(port) = p.port {
+        label.push_str(&format!(":{port}"));
+    }
+    label
+}
+
+/// `expected` maps a condition type to "Status/Reason" (or just "Status").
+fn check_conditions(
+    what: &str,
+    actual: &[Condition],
+    expected: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) {
+    for (type_, value) in expected {
+        let (status, reason) = match value.split_once('/') {
+            Some((s, r)) => (s, Some(r)),
+            None => (value.as_str(), None),
+        };
+        match actual.iter().find(|c| c.type_ == type_) {
+            None => problems.push(format!("{what}: no {type_} condition (expected {value})")),
+            Some(c) => {
+                let actual_status = format!("{:?}", c.status);
+                if actual_status != status || reason.is_some_and(|r| r != c.reason) {
+                    problems.push(format!(
+                        "{what}: {type_} is {actual_status}/{} ({}), expected {value}",
+                        c.reason, c.message
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String>) {
+    let input = &loaded.input;
+    let generation_of = |kind: &str, key: &str| -> i64 {
+        let find = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            let k = match &meta.namespace {
+                Some(ns) => format!("{ns}/{}", meta.name.clone().unwrap_or_default()),
+                None => meta.name.clone().unwrap_or_default(),
+            };
+            (k == key).then(|| meta.generation.unwrap_or(0))
+        };
+        match kind {
+            "GatewayClass" => input.gateway_classes.iter().find_map(|o| find(&o.metadata)),
+            "Gateway" => input.gateways.iter().find_map(|o| find(&o.metadata)),
+            _ => input.http_routes.iter().find_map(|o| find(&o.metadata)),
+        }
+        .unwrap_or(-1)
+    };
+    let mut check = |kind: &str, key: String, conditions: &[Condition]| {
+        let generation = generation_of(kind, &key);
+        for c in conditions {
+            if c.observed_generation != generation {
+                problems.push(format!(
+                    "{kind} {key}: {} has observedGeneration {} but the object is at generation {generation}",
+                    c.type_, c.observed_generation
+                ));
+            }
+        }
+    };
+    for (name, class) in &output.gateway_classes {
+        check("GatewayClass", name.clone(), &class.conditions);
+    }
+    for (key, gateway) in &output.gateways {
+        check("Gateway", key.to_string(), &gateway.conditions);
+        for listener in &gateway.listeners {
+            check("Gateway", key.to_string(), &listener.conditions);
+        }
+    }
+    for (key, route) in &output.http_routes {
+        for parent in &route.parents {
+            check("HTTPRoute", key.to_string(), &parent.conditions);
+        }
+    }
+}
+
+fn check_determinism(loaded: &Loaded, output: &Output, problems: &mut Vec<String>) {
+    let again = compile::compile(&loaded.input);
+    if &again != output {
+        problems.push("compiling the same input twice gave different output".into());
+    }
+    // Shuffled input order must not change the output either.
+    let mut reversed = loaded.input.clone();
+    reversed.gateways.reverse();
+    reversed.http_routes.reverse();
+    reversed.services.reverse();
+    reversed.endpoint_slices.reverse();
+    reversed.reference_grants.reverse();
+    let shuffled = compile::compile(&reversed);
+    for (key, gateway) in &output.gateways {
+        let a = gateway.config.as_ref().map(|c| frame::encode(c).unwrap());
+        let b = shuffled
+            .gateways
+            .get(key)
+            .and_then(|g| g.config.as_ref())
+            .map(|c| frame::encode(c).unwrap());
+        if a != b {
+            problems.push(format!("Gateway {key}: the config depends on input order"));
+        }
+    }
+}
+
+fn check_request(
+    what: &str,
+    snapshot: &Snapshot,
+    request: &ExpectedRequest,
+    problems: &mut Vec<String>,
+) {
+    let mut raw = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\n",
+        request.method, request.path, request.host
+    );
+    for (name, value) in &request.headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let buf = raw.as_bytes();
+    let mut head = RequestHead::default();
+    let limits = HeadLimits {
+        max_header_count: 100,
+        max_header_bytes: 65536,
+        max_request_line_bytes: 8192,
+    };
+    if parse(buf, &limits, &mut head) != Ok(true) {
+        problems.push(format!("{what}: the test request does not parse"));
+        return;
+    }
+    let mut host_buf = [0u8; MAX_HOST_LEN + 1];
+    let host = normalize(head.host(buf), &mut host_buf)
+        .unwrap_or("")
+        .to_string();
+    let view = RequestView {
+        method: head.method(buf),
+        path: head.path(buf),
+        query: head.query(buf),
+        buf,
+        headers: &head.headers,
+    };
+    let found = snapshot
+        .port(request.port)
+        .and_then(|p| p.select(&host))
+        .and_then(|l| l.find(&host, &view));
+    let expect = &request.expect;
+    let Some(found) = found else {
+        if expect.status != Some(404) {
+            problems.push(format!("{what}: no route matched (expected {expect:?})"));
+        }
+        return;
+    };
+    let rule = found.rule;
+    if let Some(route) = &expect.route
+        && &*rule.route_name != route
+    {
+        problems.push(format!(
+            "{what}: matched route {} (expected {route})",
+            rule.route_name
+        ));
+    }
+    let shares: Vec<String> = rule
+        .backends
+        .shares
+        .iter()
+        .zip(rule.backends.cumulative.iter().scan(0u64, |prev, c| {
+            let weight = c - *prev;
+            *prev = *c;
+            Some(weight)
+        }))
+        .filter(|(_, weight)| *weight > 0)
+        .map(|(share, _)| match &share.target {
+            Ok(index) => snapshot.backends[*index as usize].name.to_string(),
+            Err(_) => "invalid".to_string(),
+        })
+        .collect();
+    match expect.status {
+        Some(404) => problems.push(format!(
+            "{what}: matched route {} (expected 404)",
+            rule.route_name
+        )),
+        Some(500) if (rule.redirect.is_some() || shares.iter().any(|s| s != "invalid")) => {
+            problems.push(format!(
+                "{what}: expected 500, the rule has backends {shares:?}"
+            ));
+        }
+        Some(status) => match &rule.redirect {
+            Some(redirect) if redirect.status == status => {}
+            other => problems.push(format!(
+                "{what}: expected redirect {status}, rule redirect {:?}",
+                other.as_ref().map(|r| r.status)
+            )),
+        },
+        None => {}
+    }
+    if let Some(backends) = &expect.backends
+        && &shares != backends
+    {
+        problems.push(format!(
+            "{what}: backends {shares:?} (expected {backends:?})"
+        ));
+    }
+    if let Some(endpoints) = &expect.endpoints {
+        let actual: Vec<String> = rule
+            .backends
+            .shares
+            .iter()
+            .filter_map(|s| s.target.as_ref().ok())
+            .flat_map(|i| {
+                snapshot.backends[*i as usize]
+                    .endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+            })
+            .collect();
+        if &actual != endpoints {
+            problems.push(format!(
+                "{what}: endpoints {actual:?} (expected {endpoints:?})"
+            ));
+        }
+    }
+}
