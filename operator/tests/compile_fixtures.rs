@@ -481,6 +481,7 @@ fn check_request(
                 "{what}: expected 500, the rule has backends {shares:?}"
             ));
         }
+        Some(500) => {}
         Some(status) => match &rule.redirect {
             Some(redirect) if redirect.status == status => {}
             other => problems.push(format!(

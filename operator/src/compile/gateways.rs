@@ -127,14 +127,14 @@ pub struct ListenerState {
 }
 
 impl ListenerState {
-    /// Routes may attach (and are counted).
-    pub fn accepts_routes(&self) -> bool {
+    /// Accepted and not conflicted.
+    pub fn accepted(&self) -> bool {
         self.not_accepted.is_none() && self.conflicted.is_none()
     }
 
     /// Goes into the proxy config.
     pub fn programmable(&self) -> bool {
-        self.accepts_routes()
+        self.accepted()
             && match self.protocol {
                 Some(Protocol::Http) => true,
                 Some(Protocol::Https) => !self.certificates.is_empty(),
@@ -144,7 +144,7 @@ impl ListenerState {
 
     /// Valid in the sense of the Gateway's ListenersNotValid reason.
     fn valid(&self) -> bool {
-        self.accepts_routes() && self.unresolved.is_none()
+        self.accepted() && self.unresolved.is_none()
     }
 
     pub fn allows_kind(&self, group: &str, kind: &str) -> bool {
@@ -473,36 +473,46 @@ pub fn certificate_from_secret(secret: &Secret) -> Result<(String, String), Stri
     Ok((cert, key))
 }
 
-/// Listeners that cannot share a port: a second protocol on a port (ProtocolConflict) or a
-/// second listener with the same hostname on it (HostnameConflict). The first listener in
-/// spec order keeps the port; later ones are marked.
+/// Listeners that are not distinct: several protocols on one port (ProtocolConflict), or one
+/// protocol with the same hostname twice on a port (HostnameConflict). No listener wins: every
+/// listener involved is conflicted (GatewaySpec.Listeners, "Handling indistinct Listeners").
+/// Listeners with an unsupported protocol take no part.
 fn mark_conflicts(listeners: &mut [ListenerState]) {
-    let mut port_protocol: HashMap<u16, Protocol> = HashMap::new();
-    let mut hostnames: HashMap<(u16, Option<String>), ()> = HashMap::new();
-    for listener in listeners.iter_mut() {
-        let Some(protocol) = listener.protocol else {
-            continue;
-        };
-        if listener.not_accepted.is_some() {
+    let mut protocols: HashMap<u16, Vec<Protocol>> = HashMap::new();
+    let mut hostnames: HashMap<(u16, Option<String>), usize> = HashMap::new();
+    for listener in listeners.iter().filter(|l| l.not_accepted.is_none()) {
+        if let Some(protocol) = listener.protocol {
+            let seen = protocols.entry(listener.port).or_default();
+            if !seen.contains(&protocol) {
+                seen.push(protocol);
+            }
+            let host = listener.hostname.as_deref().map(str::to_ascii_lowercase);
+            *hostnames.entry((listener.port, host)).or_default() += 1;
+        }
+    }
+    for listener in listeners.iter_mut().filter(|l| l.not_accepted.is_none()) {
+        if listener.protocol.is_none() {
             continue;
         }
-        let first = *port_protocol.entry(listener.port).or_insert(protocol);
-        if first != protocol {
+        if protocols.get(&listener.port).is_some_and(|p| p.len() > 1) {
             listener.conflicted = Some((
                 reasons::PROTOCOL_CONFLICT,
                 format!(
-                    "port {} is already used by another listener with a different protocol",
+                    "listeners with different protocols share port {}",
                     listener.port
                 ),
             ));
             continue;
         }
         let host = listener.hostname.as_deref().map(str::to_ascii_lowercase);
-        if hostnames.insert((listener.port, host), ()).is_some() {
+        if hostnames
+            .get(&(listener.port, host))
+            .is_some_and(|n| *n > 1)
+        {
             listener.conflicted = Some((
                 reasons::HOSTNAME_CONFLICT,
                 format!(
-                    "another listener on port {} has the same hostname {}",
+                    "listeners on port {} share the hostname {}",
                     listener.port,
                     listener.hostname.as_deref().unwrap_or("(none)")
                 ),

@@ -217,12 +217,16 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// Labels of a namespace (empty when the namespace is unknown).
+    /// Labels of a namespace, including the `kubernetes.io/metadata.name` label the API server
+    /// puts on every Namespace (so it holds for namespaces read from files, too).
     pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
-        self.namespaces
+        let mut labels = self
+            .namespaces
             .get(name)
             .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        labels.insert("kubernetes.io/metadata.name".into(), name.into());
+        labels
     }
 
     pub fn is_our_class(&self, name: &str) -> bool {

@@ -195,8 +195,9 @@ fn attach(
     let mut matched: Vec<(usize, Vec<String>)> = Vec::new();
     for i in selected {
         let listener = &gateway.listeners[i];
-        if !listener.accepts_routes()
-            || !listener.allows_kind(GATEWAY_GROUP, HTTP_ROUTE)
+        // Attachment depends only on allowedRoutes and the parentRef, not on the listener's
+        // own status (ListenerStatus.AttachedRoutes); only programmable listeners serve.
+        if !listener.allows_kind(GATEWAY_GROUP, HTTP_ROUTE)
             || !listener.allows_namespace(index, &gateway.key.namespace, &route.namespace)
         {
             continue;
@@ -444,7 +445,12 @@ fn translate_rule(
             (_, _, Some(extension)) => {
                 BackendTarget::Invalid(format!("ExtensionRef filter {extension} is not supported"))
             }
-            (_, Some(problem), None) => BackendTarget::Invalid(problem),
+            (_, Some(problem), None) => {
+                if out.unresolved.is_none() {
+                    out.unresolved = Some((reasons::UNSUPPORTED_VALUE, problem.clone()));
+                }
+                BackendTarget::Invalid(problem)
+            }
             (Ok(backend), None, None) => {
                 let name = backend.name.clone();
                 if !out.backends.iter().any(|b| b.name == name) {
