@@ -51,7 +51,7 @@ check-generated: generate manifests ## Fail if generated files differ from what 
 ##@ Try it
 
 .PHONY: demo
-demo: ## Run the proxy in front of two local backends: a 95/5 canary, then a live 50/50 push.
+demo: ## Standalone mode on config/samples/standalone: a 95/5 canary over HTTP and HTTPS, then a live 50/50 edit.
 	hack/demo.sh
 
 ##@ Measure

@@ -1,0 +1,376 @@
+//! What the operator creates for each Gateway of our class: a ServiceAccount, a Deployment of
+//! proxy pods (containers `proxy` and `agent`) and a Service. Pure rendering; the controller
+//! applies the result with server-side apply.
+//!
+//! Names follow GEP-1762: `<gateway>-<gatewayclass>` in the Gateway's namespace (shortened with
+//! a hash beyond 63 characters), labelled `gateway.networking.k8s.io/gateway-name`, owned by
+//! the Gateway so deleting it deletes them. Routes, endpoints and certificates never appear in
+//! the pod template (they travel over the config stream), so they never cause a rollout.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use kube::ResourceExt;
+use portcullis_api::gateway_api::gateway::Gateway;
+use portcullis_api::v1alpha1::GatewayParametersSpec;
+use portcullis_api::v1alpha1::gateway_parameters::{LogLevel, ServiceType};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::compile::GatewayOutput;
+
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+pub const GATEWAY_CLASS_LABEL: &str = "gateway.networking.k8s.io/gateway-class-name";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "portcullis";
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "portcullis";
+/// Audience of the projected token agents present to the config server.
+pub const TOKEN_AUDIENCE: &str = "portcullis.dev/config";
+/// ConfigMap (in each Gateway namespace) holding the config server's CA certificate.
+pub const CA_CONFIGMAP: &str = "portcullis-ca";
+pub const ADMIN_PORT: u16 = 19000;
+const RUN_DIR: &str = "/var/run/portcullis";
+const TOKEN_DIR: &str = "/var/run/secrets/portcullis";
+const USER: i64 = 65532;
+const DEFAULT_DRAIN_SECONDS: i32 = 30;
+
+/// Operator-wide settings for what it provisions.
+#[derive(Debug, Clone)]
+pub struct ProvisionSettings {
+    pub proxy_image: String,
+    pub agent_image: String,
+    pub image_pull_policy: String,
+    /// How agents reach the config server, e.g. "https://portcullis.portcullis-system.svc:9443".
+    pub config_server: String,
+    pub seccomp: Seccomp,
+}
+
+/// The proxy pods' seccomp profile. io_uring is denied by the runtimes' default profiles, so
+/// the default is a Localhost profile that allows it (docs/seccomp.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seccomp {
+    Localhost(String),
+    RuntimeDefault,
+    Unconfined,
+}
+
+/// The objects provisioned for one Gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provisioned {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: ServiceAccount,
+    pub deployment: Deployment,
+    /// None while the Gateway has no port to expose.
+    pub service: Option<Service>,
+}
+
+/// `<gateway>-<class>`, shortened to 63 characters with a hash of the full name.
+pub fn resource_name(gateway: &str, class: &str) -> String {
+    let full = format!("{gateway}-{class}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let digest = Sha256::digest(full.as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let prefix = full[..54].trim_end_matches(['-', '.']);
+    format!("{prefix}-{hash}")
+}
+
+/// Renders the objects for `gateway`.
+pub fn render(
+    gateway: &Gateway,
+    output: &GatewayOutput,
+    settings: &ProvisionSettings,
+) -> Result<Provisioned> {
+    let gateway_name = gateway.name_any();
+    let namespace = gateway
+        .namespace()
+        .context("the Gateway has no namespace")?;
+    let uid = gateway.uid().context("the Gateway has no uid")?;
+    let class = &gateway.spec.gateway_class_name;
+    let name = resource_name(&gateway_name, class);
+    let params = &output.parameters;
+    let infrastructure = gateway.spec.infrastructure.clone().unwrap_or_default();
+
+    let selector: BTreeMap<String, String> = [
+        (GATEWAY_NAME_LABEL.to_string(), gateway_name.clone()),
+        ("app.kubernetes.io/instance".to_string(), name.clone()),
+    ]
+    .into();
+    // Infrastructure labels first, so ours win on a clash; gateway.networking.k8s.io keys
+    // are reserved for the labels this controller sets.
+    let mut labels: BTreeMap<String, String> = infrastructure
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("gateway.networking.k8s.io/"))
+        .collect();
+    labels.extend(selector.clone());
+    labels.insert(GATEWAY_CLASS_LABEL.into(), class.clone());
+    labels.insert("app.kubernetes.io/name".into(), "portcullis-proxy".into());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    let annotations: BTreeMap<String, String> =
+        infrastructure.annotations.clone().unwrap_or_default();
+
+    let owner = json!([{
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "name": gateway_name,
+        "uid": uid,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    let metadata = |extra_annotations: &BTreeMap<String, String>| {
+        let mut all = annotations.clone();
+        all.extend(extra_annotations.clone());
+        json!({
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": all,
+            "ownerReferences": owner,
+        })
+    };
+
+    let service_account: ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(&BTreeMap::new()),
+        "automountServiceAccountToken": false,
+    }))
+    .context("rendering the ServiceAccount")?;
+
+    let ports = listener_ports(output);
+    let deployment = deployment(
+        &name,
+        &format!("{namespace}/{gateway_name}"),
+        metadata(&BTreeMap::new()),
+        &selector,
+        &labels,
+        &annotations,
+        params,
+        &ports,
+        settings,
+    )?;
+
+    let service_params = params.service.clone().unwrap_or_default();
+    let service = if ports.is_empty() {
+        None
+    } else {
+        let mut spec = json!({
+            "type": match service_params.type_.unwrap_or_default() {
+                ServiceType::LoadBalancer => "LoadBalancer",
+                ServiceType::NodePort => "NodePort",
+                ServiceType::ClusterIp => "ClusterIP",
+            },
+            "selector": selector,
+            "ports": ports.iter().map(|p| json!({
+                "name": format!("port-{p}"),
+                "port": p,
+                "targetPort": p,
+                "protocol": "TCP",
+            })).collect::<Vec<_>>(),
+        });
+        if let Some(policy) = service_params.external_traffic_policy {
+            spec["externalTrafficPolicy"] =
+                serde_json::to_value(policy).context("externalTrafficPolicy")?;
+        }
+        Some(
+            serde_json::from_value(json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": metadata(&service_params.annotations.clone().unwrap_or_default()),
+                "spec": spec,
+            }))
+            .context("rendering the Service")?,
+        )
+    };
+
+    Ok(Provisioned {
+        name,
+        namespace,
+        service_account,
+        deployment,
+        service,
+    })
+}
+
+/// Distinct ports of the listeners that serve traffic, ascending.
+pub fn listener_ports(output: &GatewayOutput) -> Vec<u16> {
+    let mut ports: Vec<u16> = output
+        .config
+        .iter()
+        .flat_map(|c| c.ports.iter().map(|p| p.port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deployment(
+    name: &str,
+    gateway: &str,
+    metadata: Value,
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    params: &GatewayParametersSpec,
+    ports: &[u16],
+    settings: &ProvisionSettings,
+) -> Result<Deployment> {
+    let pod = params.pod.clone().unwrap_or_default();
+    let proxy = params.proxy.clone().unwrap_or_default();
+    let mut pod_labels = pod.labels.clone().unwrap_or_default();
+    pod_labels.extend(labels.clone());
+    let mut pod_annotations = annotations.clone();
+    pod_annotations.extend(pod.annotations.clone().unwrap_or_default());
+    let drain = proxy.drain_timeout_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS);
+
+    let mut proxy_args = vec![
+        format!("--control-socket={RUN_DIR}/control.sock"),
+        format!("--admin-address=0.0.0.0:{ADMIN_PORT}"),
+        "--bind-address=0.0.0.0".to_string(),
+        format!("--drain-timeout={drain}"),
+        format!(
+            "--log-level={}",
+            match proxy.log_level.unwrap_or(LogLevel::Info) {
+                LogLevel::Error => "error",
+                LogLevel::Warn => "warn",
+                LogLevel::Info => "info",
+                LogLevel::Debug => "debug",
+            }
+        ),
+    ];
+    if let Some(cores) = proxy.cores {
+        proxy_args.push(format!("--cores={cores}"));
+    }
+    if proxy.access_log == Some(true) {
+        proxy_args.push("--access-log".into());
+    }
+    let container_security = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+    });
+    let mut container_ports =
+        vec![json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"})];
+    container_ports.extend(
+        ports
+            .iter()
+            .map(|p| json!({"name": format!("port-{p}"), "containerPort": p, "protocol": "TCP"})),
+    );
+    let mut proxy_container = json!({
+        "name": "proxy",
+        "image": params.image.clone().unwrap_or_else(|| settings.proxy_image.clone()),
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": proxy_args,
+        "ports": container_ports,
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": ADMIN_PORT},
+            "periodSeconds": 1,
+            "failureThreshold": 1,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": ADMIN_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "securityContext": container_security,
+        "volumeMounts": [{"name": "run", "mountPath": RUN_DIR}],
+    });
+    if let Some(resources) = &params.resources {
+        proxy_container["resources"] = serde_json::to_value(resources).context("resources")?;
+    }
+    let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let agent_container = json!({
+        "name": "agent",
+        "image": settings.agent_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": [
+            "agent",
+            format!("--config-server={}", settings.config_server),
+            format!("--gateway={gateway}"),
+            format!("--token-file={TOKEN_DIR}/token"),
+            format!("--ca-file={TOKEN_DIR}/ca.crt"),
+            format!("--control-socket={RUN_DIR}/control.sock"),
+            format!("--state-dir={RUN_DIR}/state"),
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": field("metadata.name")["valueFrom"]},
+            {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")["valueFrom"]},
+            {"name": "POD_UID", "valueFrom": field("metadata.uid")["valueFrom"]},
+        ],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": container_security,
+        "volumeMounts": [
+            {"name": "run", "mountPath": RUN_DIR},
+            {"name": "config-credentials", "mountPath": TOKEN_DIR, "readOnly": true},
+        ],
+    });
+    let seccomp = match &settings.seccomp {
+        Seccomp::Localhost(profile) => json!({"type": "Localhost", "localhostProfile": profile}),
+        Seccomp::RuntimeDefault => json!({"type": "RuntimeDefault"}),
+        Seccomp::Unconfined => json!({"type": "Unconfined"}),
+    };
+    let mut pod_spec = json!({
+        "serviceAccountName": name,
+        "automountServiceAccountToken": false,
+        "terminationGracePeriodSeconds": drain + 15,
+        "enableServiceLinks": false,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": USER,
+            "runAsGroup": USER,
+            "fsGroup": USER,
+            "seccompProfile": seccomp,
+            // Listener ports below 1024 without NET_BIND_SERVICE.
+            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+        },
+        "containers": [proxy_container, agent_container],
+        "volumes": [
+            {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            {"name": "config-credentials", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token"}},
+                {"configMap": {"name": CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            ]}},
+        ],
+    });
+    if let Some(selector) = &pod.node_selector {
+        pod_spec["nodeSelector"] = json!(selector);
+    }
+    if let Some(tolerations) = &pod.tolerations {
+        pod_spec["tolerations"] = serde_json::to_value(tolerations).context("tolerations")?;
+    }
+    if let Some(affinity) = &pod.affinity {
+        pod_spec["affinity"] = serde_json::to_value(affinity).context("affinity")?;
+    }
+    let mut spec = json!({
+        "selector": {"matchLabels": selector},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+            "spec": pod_spec,
+        },
+    });
+    // Unset replicas are never written, so `kubectl scale` or an HPA own the count.
+    if let Some(replicas) = params.replicas {
+        spec["replicas"] = json!(replicas);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": spec,
+    }))
+    .context("rendering the Deployment")
+}
+
+#[cfg(test)]
+mod tests;

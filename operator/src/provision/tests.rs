@@ -1,0 +1,270 @@
+use super::*;
+use crate::compile::{self, ObjectKey};
+use crate::objects::{Loaded, load_str};
+
+const INPUT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis}
+spec:
+  controllerName: portcullis.dev/gateway-controller
+  parametersRef: {group: portcullis.dev, kind: GatewayParameters, name: defaults, namespace: portcullis-system}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: GatewayParameters
+metadata: {name: defaults, namespace: portcullis-system}
+spec:
+  service: {type: NodePort, annotations: {svc: class}}
+  proxy: {cores: 2, drainTimeoutSeconds: 20}
+  pod: {nodeSelector: {pool: edge}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: GatewayParameters
+metadata: {name: fixed, namespace: infra}
+spec:
+  replicas: 3
+  proxy: {accessLog: true, logLevel: debug}
+  image: registry.example/proxy:custom
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: infra, uid: 1234-5678}
+spec:
+  gatewayClassName: portcullis
+  infrastructure:
+    labels: {team: platform, gateway.networking.k8s.io/gateway-name: spoofed}
+    annotations: {owner: platform@example.com}
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: alt, port: 8080, protocol: HTTP}
+  - {name: bad, port: 9999, protocol: UDP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: scaled, namespace: infra, uid: "9999"}
+spec:
+  gatewayClassName: portcullis
+  infrastructure:
+    parametersRef: {group: portcullis.dev, kind: GatewayParameters, name: fixed}
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+"#;
+
+fn settings() -> ProvisionSettings {
+    ProvisionSettings {
+        proxy_image: "portcullis/proxy:dev".into(),
+        agent_image: "portcullis/portcullis:dev".into(),
+        image_pull_policy: "IfNotPresent".into(),
+        config_server: "https://portcullis.portcullis-system.svc:9443".into(),
+        seccomp: Seccomp::Localhost("portcullis/proxy.json".into()),
+    }
+}
+
+fn rendered(name: &str) -> Provisioned {
+    let mut loaded = Loaded::default();
+    load_str(INPUT, "test", &mut loaded).unwrap();
+    let output = compile::compile(&loaded.input);
+    let key = ObjectKey::new("infra", name);
+    let gateway = loaded
+        .input
+        .gateways
+        .iter()
+        .find(|g| ObjectKey::of(*g) == key)
+        .unwrap();
+    render(gateway, &output.gateways[&key], &settings()).unwrap()
+}
+
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap()
+}
+
+#[test]
+fn names_are_shortened_with_a_hash() {
+    assert_eq!(resource_name("edge", "portcullis"), "edge-portcullis");
+    let long = resource_name(&"g".repeat(50), &"c".repeat(30));
+    assert!(long.len() <= 63, "{long}");
+    assert_eq!(
+        long,
+        resource_name(&"g".repeat(50), &"c".repeat(30)),
+        "deterministic"
+    );
+    assert_ne!(
+        long,
+        resource_name(&"g".repeat(50), &"d".repeat(30)),
+        "distinct inputs stay distinct"
+    );
+    assert!(
+        long.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    );
+}
+
+#[test]
+fn objects_carry_gateway_labels_infrastructure_and_owner() {
+    let p = rendered("edge");
+    assert_eq!(p.name, "edge-portcullis");
+    for metadata in [
+        json(&p.service_account)["metadata"].clone(),
+        json(&p.deployment)["metadata"].clone(),
+        json(&p.service.clone().unwrap())["metadata"].clone(),
+    ] {
+        assert_eq!(metadata["namespace"], "infra");
+        assert_eq!(
+            metadata["labels"][GATEWAY_NAME_LABEL], "edge",
+            "never the spoofed value"
+        );
+        assert_eq!(metadata["labels"][GATEWAY_CLASS_LABEL], "portcullis");
+        assert_eq!(metadata["labels"]["team"], "platform");
+        assert_eq!(metadata["annotations"]["owner"], "platform@example.com");
+        assert_eq!(metadata["ownerReferences"][0]["kind"], "Gateway");
+        assert_eq!(metadata["ownerReferences"][0]["uid"], "1234-5678");
+        assert_eq!(metadata["ownerReferences"][0]["controller"], true);
+    }
+    let pod = json(&p.deployment)["spec"]["template"].clone();
+    assert_eq!(
+        pod["metadata"]["labels"]["team"], "platform",
+        "pods carry infrastructure labels"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["owner"],
+        "platform@example.com"
+    );
+}
+
+#[test]
+fn deployment_is_hardened_and_wired() {
+    let p = rendered("edge");
+    let d = json(&p.deployment);
+    let spec = &d["spec"];
+    assert!(
+        spec.get("replicas").is_none(),
+        "unset replicas are left to kubectl scale / HPA"
+    );
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["serviceAccountName"], "edge-portcullis");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "Localhost"
+    );
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["localhostProfile"],
+        "portcullis/proxy.json"
+    );
+    assert_eq!(pod["nodeSelector"]["pool"], "edge", "class defaults apply");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 35);
+    let containers = pod["containers"].as_array().unwrap();
+    let names: Vec<_> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["proxy", "agent"]);
+    for c in containers {
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    }
+    let proxy = &containers[0];
+    assert_eq!(proxy["image"], "portcullis/proxy:dev");
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--cores=2"));
+    assert!(args.contains(&"--drain-timeout=20"));
+    assert!(!args.contains(&"--access-log"));
+    let ports: Vec<u64> = proxy["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ports,
+        [19000, 80, 8080],
+        "admin plus the valid listeners' ports; the UDP listener is not served"
+    );
+    let agent = &containers[1];
+    let agent_args = agent["args"].to_string();
+    assert!(agent_args.contains("--gateway=infra/edge"));
+    assert!(agent_args.contains("--config-server=https://portcullis.portcullis-system.svc:9443"));
+    let volumes = pod["volumes"].to_string();
+    assert!(
+        volumes.contains(TOKEN_AUDIENCE),
+        "the agent's token is audience-bound"
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .to_string()
+            .contains("/var/run/portcullis")
+    );
+    assert!(
+        !pod["containers"][0]["volumeMounts"]
+            .to_string()
+            .contains("secrets"),
+        "the proxy sees no credentials"
+    );
+}
+
+#[test]
+fn service_follows_the_listeners_and_parameters() {
+    let p = rendered("edge");
+    let s = json(&p.service.unwrap());
+    assert_eq!(s["spec"]["type"], "NodePort");
+    assert_eq!(s["metadata"]["annotations"]["svc"], "class");
+    let ports: Vec<u64> = s["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [80, 8080]);
+    assert_eq!(s["spec"]["selector"][GATEWAY_NAME_LABEL], "edge");
+}
+
+#[test]
+fn gateway_parameters_override_the_class() {
+    let p = rendered("scaled");
+    let d = json(&p.deployment);
+    assert_eq!(d["spec"]["replicas"], 3);
+    let proxy = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(proxy["image"], "registry.example/proxy:custom");
+    let args = proxy["args"].to_string();
+    assert!(
+        args.contains("--access-log")
+            && args.contains("--log-level=debug")
+            && args.contains("--cores=2")
+    );
+}
+
+#[test]
+fn seccomp_modes() {
+    let mut loaded = Loaded::default();
+    load_str(INPUT, "test", &mut loaded).unwrap();
+    let output = compile::compile(&loaded.input);
+    let key = ObjectKey::new("infra", "edge");
+    let gateway = loaded
+        .input
+        .gateways
+        .iter()
+        .find(|g| ObjectKey::of(*g) == key)
+        .unwrap();
+    for (mode, expected) in [
+        (Seccomp::RuntimeDefault, "RuntimeDefault"),
+        (Seccomp::Unconfined, "Unconfined"),
+    ] {
+        let settings = ProvisionSettings {
+            seccomp: mode,
+            ..settings()
+        };
+        let p = render(gateway, &output.gateways[&key], &settings).unwrap();
+        assert_eq!(
+            json(&p.deployment)["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"],
+            expected
+        );
+    }
+}
