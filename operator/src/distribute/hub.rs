@@ -98,10 +98,10 @@ impl ConfigHub {
     pub fn retain(&self, keep: &dyn Fn(&ObjectKey) -> bool) {
         let mut map = self.lock();
         for (key, entry) in map.iter_mut() {
-            if !keep(key) {
-                if let Some(sender) = &entry.sender {
-                    sender.send_replace(None);
-                }
+            if !keep(key)
+                && let Some(sender) = &entry.sender
+            {
+                sender.send_replace(None);
             }
         }
         map.retain(|key, entry| keep(key) || entry.pods.values().any(|p| p.connected));
