@@ -45,6 +45,11 @@ pub struct Options {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub drain_timeout: f64,
 
+    /// Seconds to keep accepting after SIGTERM, not ready and closing every connection after
+    /// its response, before the listeners close (time for load balancers to notice).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub drain_delay: f64,
+
     /// Write one JSON line per request to stdout.
     #[arg(long)]
     pub access_log: bool,
@@ -129,6 +134,7 @@ mod tests {
             cores,
             cpus,
             drain_timeout: 1.0,
+            drain_delay: 0.0,
             access_log: false,
             log_level: Level::Info,
         };

@@ -46,8 +46,13 @@ pub fn run(options: Options) -> Result<(), String> {
     if options.config.is_none() && options.control_socket.is_none() {
         return Err("nothing to serve: give --config FILE and/or --control-socket PATH".into());
     }
-    if !(options.drain_timeout.is_finite() && options.drain_timeout >= 0.0) {
-        return Err("--drain-timeout must be a non-negative number of seconds".into());
+    for (flag, value) in [
+        ("--drain-timeout", options.drain_timeout),
+        ("--drain-delay", options.drain_delay),
+    ] {
+        if !(value.is_finite() && value >= 0.0) {
+            return Err(format!("{flag} must be a non-negative number of seconds"));
+        }
     }
     let initial = match &options.config {
         Some(path) => {
@@ -96,6 +101,7 @@ pub fn run(options: Options) -> Result<(), String> {
     let bind_address = options.bind_address;
     let control_socket = options.control_socket.clone();
     let drain_timeout = Duration::from_secs_f64(options.drain_timeout);
+    let drain_delay = Duration::from_secs_f64(options.drain_delay);
     let control = LocalExecutorBuilder::new(Placement::Unbound)
         .name("portcullis-control")
         .io_memory(IO_MEMORY)
@@ -112,13 +118,10 @@ pub fn run(options: Options) -> Result<(), String> {
             if result.is_ok() {
                 control::shutdown_requested(shutdown).await;
             }
-            control
-                .drain(if result.is_ok() {
-                    drain_timeout
-                } else {
-                    Duration::ZERO
-                })
-                .await;
+            match result {
+                Ok(()) => control.drain(drain_delay, drain_timeout).await,
+                Err(_) => control.drain(Duration::ZERO, Duration::ZERO).await,
+            }
             result
         })
         .map_err(|e| format!("starting the control thread: {e}"))?;

@@ -41,6 +41,9 @@ pub enum ShardCommand {
         sockets: Vec<(u16, OwnedFd)>,
     },
     CollectStats,
+    /// Keep accepting, but close idle connections and answer every request with
+    /// `connection: close`, so clients move away while load balancers still send traffic here.
+    Announce,
     /// Stop accepting, close idle connections, and report when none is left or at `deadline`.
     Drain {
         deadline: Instant,
@@ -52,6 +55,7 @@ pub enum ShardReply {
     Installed { generation: u64 },
     InstallFailed { reason: String },
     Stats(CoreStats),
+    Announced,
     Drained { open_connections: u64 },
 }
 
@@ -210,6 +214,10 @@ async fn run(
                 install(&shard, snapshot, sockets, &mut listeners)
             }
             ShardCommand::CollectStats => ShardReply::Stats(shard.counters.copy(shard.id)),
+            ShardCommand::Announce => {
+                shard.drain.fire();
+                ShardReply::Announced
+            }
             ShardCommand::Drain { deadline } => {
                 listeners.clear();
                 shard.drain.fire();

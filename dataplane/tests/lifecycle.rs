@@ -335,6 +335,67 @@ fn drain_timeout_bounds_the_exit() {
     );
 }
 
+/// With a drain delay the proxy stays reachable for a while after SIGTERM, reports not ready,
+/// and answers with `connection: close`, so clients move to other replicas before the
+/// listeners close.
+#[test]
+fn drain_delay_keeps_accepting_while_announcing_the_close() {
+    let web = Backend::start("web");
+    let port = free_port();
+    let mut proxy = Proxy::start_with(
+        &web_config(1, port, &web),
+        &[
+            "--cores",
+            "2",
+            "--drain-delay",
+            "1.5",
+            "--drain-timeout",
+            "5",
+        ],
+    );
+    let mut idle = Client::connect(port);
+    assert_eq!(idle.get("d.test", "/").status, 200);
+    let sigterm = Instant::now();
+    proxy.terminate();
+    assert!(
+        eventually(Duration::from_millis(800), || {
+            proxy
+                .admin_get("/ready")
+                .map(|(s, _)| s == 503)
+                .unwrap_or(false)
+        }),
+        "not ready right after SIGTERM"
+    );
+    assert!(
+        idle.is_closed(Duration::from_secs(1)),
+        "idle keep-alive connections close"
+    );
+    // Still accepting, but every response announces the close.
+    let mut late = Client::connect(port);
+    let response = late.get("d.test", "/");
+    assert!(sigterm.elapsed() < Duration::from_millis(1500));
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(
+        eventually(Duration::from_secs(3), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_err()),
+        "listeners close after the delay"
+    );
+    assert!(
+        sigterm.elapsed() >= Duration::from_millis(1400),
+        "not before the delay"
+    );
+    let status = proxy.wait(Duration::from_secs(6));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        proxy.stderr()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Start-up failures
 // ---------------------------------------------------------------------------------------------

@@ -265,11 +265,22 @@ impl Control {
     }
 
     /// Stops accepting everywhere, lets open requests finish until `timeout`, stops the cores.
-    pub async fn drain(&self, timeout: Duration) {
+    /// First, for `delay`, the proxy reports not ready and keeps accepting while every
+    /// response says `connection: close`: load balancers and Service endpoints have time to
+    /// stop sending new connections here before the listeners close.
+    pub async fn drain(&self, delay: Duration, timeout: Duration) {
         self.state.borrow_mut().draining = true;
         let Ok(_permit) = self.exchange.acquire_permit(1).await else {
             return;
         };
+        if !delay.is_zero() {
+            info!(
+                "not ready; closing connections while still accepting",
+                "delay_seconds" = delay.as_secs_f64()
+            );
+            self.exchange(|_| ShardCommand::Announce).await;
+            Timer::new(delay).await;
+        }
         let deadline = Instant::now() + timeout;
         info!("draining", "timeout_seconds" = timeout.as_secs_f64());
         let replies = self.exchange(|_| ShardCommand::Drain { deadline }).await;

@@ -177,11 +177,12 @@ async fn read_head<T: Transport>(
         }
         io.set_read_timeout(Some(wait));
         let limit = settings.max_header_bytes + 1;
-        let read = if conn.rx.is_empty() {
+        // Between requests a drain closes the connection at once; a new connection still gets
+        // its first request answered (while draining it is told `connection: close`).
+        let read = if conn.rx.is_empty() && conn.served > 0 {
             if shard.drain.is_fired() {
                 return HeadRead::Closed;
             }
-            // Between requests: a drain closes the connection at once.
             let rx = &mut conn.rx;
             let read = future::or(async { Some(rx.fill(io, limit).await) }, async {
                 shard.drain.wait().await;
