@@ -54,6 +54,16 @@ check-generated: generate manifests ## Fail if generated files differ from what 
 demo: ## Standalone mode on config/samples/standalone: a 95/5 canary over HTTP and HTTPS, then a live 50/50 edit.
 	hack/demo.sh
 
+##@ Local cluster
+
+.PHONY: cluster-up
+cluster-up: ## Start a real single-node Kubernetes (built from source, cached); kubeconfig in ~/.cache/portcullis/kubeconfig.
+	hack/local-cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and remove everything it created (safe when nothing is up).
+	hack/local-cluster/down.sh
+
 ##@ Measure
 
 .PHONY: bench
