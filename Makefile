@@ -40,13 +40,14 @@ generate: ## Generate the Gateway API Rust types (api/src/gateway_api) from the 
 	hack/generate-gateway-api.sh
 
 .PHONY: manifests
-manifests: ## Write our CRDs to config/crd/bases (from the Rust types in api/).
+manifests: ## Write our CRDs (from the Rust types in api/) and the operator's RBAC (from operator/src/rbac.rs) under config/.
 	$(CARGO) run --quiet --locked -p portcullis-operator -- crd > config/crd/bases/portcullis.dev_gatewayparameters.yaml
+	$(CARGO) run --quiet --locked -p portcullis-operator -- rbac > config/rbac/role.yaml
 
 .PHONY: check-generated
 check-generated: generate manifests ## Fail if generated files differ from what is committed.
-	@git diff --exit-code -- api/src/gateway_api config/crd || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- api/src/gateway_api config/crd)" || { echo "untracked generated files: run 'make generate manifests' and commit"; exit 1; }
+	@git diff --exit-code -- api/src/gateway_api config/crd config/rbac/role.yaml || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- api/src/gateway_api config/crd config/rbac/role.yaml)" || { echo "untracked generated files: run 'make generate manifests' and commit"; exit 1; }
 
 ##@ Try it
 

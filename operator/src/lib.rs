@@ -10,9 +10,13 @@
 
 pub mod check;
 pub mod compile;
+pub mod controller;
 pub mod distribute;
 pub mod manifests;
 pub mod objects;
+pub mod operator;
 pub mod provision;
+pub mod rbac;
 pub mod standalone;
 pub mod status_table;
+pub mod telemetry;

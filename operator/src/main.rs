@@ -2,7 +2,8 @@
 //!
 //! `standalone` serves one Gateway from YAML files with a local proxy, `check` validates such
 //! files in CI, `crd` prints our CRDs and `push` sends a compiled config to a running proxy.
-//! `operator` and `agent` arrive with the operator.
+//! `operator` runs the controller and the config stream server in the cluster; `agent` is the
+//! sidecar of each proxy pod.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,8 +15,10 @@ use clap::{Parser, Subcommand};
 use portcullis_api::frame::{self, Reply};
 use portcullis_operator::check::{self, Format};
 use portcullis_operator::compile::ObjectKey;
-use portcullis_operator::distribute::control_client;
+use portcullis_operator::distribute::hub::PodId;
+use portcullis_operator::distribute::{agent, control_client};
 use portcullis_operator::standalone;
+use portcullis_operator::{operator, provision};
 
 #[derive(Parser)]
 #[command(
@@ -30,9 +33,45 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator: watch Gateway API objects, provision proxies, write status, and
+    /// serve configs to the proxy pods' agents.
+    Operator {
+        /// The operator's namespace (leader-election Lease, CA Secret).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
+        namespace: String,
+        /// This replica's name, its identity in leader election.
+        #[arg(long, env = "POD_NAME")]
+        pod_name: String,
+        /// /metrics, /healthz and /readyz.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+        metrics_address: SocketAddr,
+        /// The config stream server (TLS, gRPC).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9443")]
+        config_address: SocketAddr,
+        /// The Service through which agents reach the config server.
+        #[arg(long, default_value = "portcullis")]
+        config_service: String,
+        /// Image of the proxy container in provisioned pods.
+        #[arg(long, value_name = "IMAGE")]
+        proxy_image: String,
+        /// Image of the agent container (this binary).
+        #[arg(long, value_name = "IMAGE")]
+        agent_image: String,
+        #[arg(long, default_value = "IfNotPresent")]
+        image_pull_policy: String,
+        /// Seccomp profile of proxy pods: `localhost:<path under the kubelet's seccomp dir>`,
+        /// `runtime-default` (blocks io_uring on current runtimes) or `unconfined`.
+        #[arg(long, default_value = "localhost:portcullis/proxy.json", value_parser = parse_seccomp)]
+        seccomp: provision::Seccomp,
+        #[arg(long, default_value = "portcullis-operator")]
+        lease_name: String,
+    },
     /// Print Portcullis's CustomResourceDefinitions as YAML (the Gateway API CRDs come from
     /// the upstream bundle: `make install`).
     Crd,
+    /// Print the operator's ClusterRole and Role as YAML (`make manifests` writes them to
+    /// config/rbac/role.yaml).
+    Rbac,
     /// Push a compiled config (JSON) to a proxy's control socket and print its reply.
     Push {
         /// The proxy's control socket.
@@ -57,6 +96,35 @@ enum Command {
         /// Print a table or the statuses as YAML.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// The sidecar in each proxy pod: receives its Gateway's config from the operator's config
+    /// stream, persists the last good one and hands it to portcullis-proxy.
+    Agent {
+        /// The operator's config server, e.g. https://portcullis.portcullis-system.svc:9443.
+        #[arg(long, value_name = "URL")]
+        config_server: String,
+        /// The Gateway this pod serves.
+        #[arg(long, value_name = "NAMESPACE/NAME", value_parser = standalone::parse_gateway_key)]
+        gateway: ObjectKey,
+        /// The projected ServiceAccount token (re-read on every connect).
+        #[arg(long, value_name = "PATH")]
+        token_file: PathBuf,
+        /// The CA certificate the config server's certificate must chain to.
+        #[arg(long, value_name = "PATH")]
+        ca_file: PathBuf,
+        /// The proxy's control socket.
+        #[arg(long, value_name = "PATH")]
+        control_socket: PathBuf,
+        /// Where the last good config is kept (an emptyDir survives container restarts).
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// This pod's name, namespace and uid (downward API).
+        #[arg(long, env = "POD_NAME")]
+        pod_name: String,
+        #[arg(long, env = "POD_NAMESPACE")]
+        pod_namespace: String,
+        #[arg(long, env = "POD_UID")]
+        pod_uid: String,
     },
     /// Serve one Gateway from YAML files with a local portcullis-proxy; edits are pushed live.
     Standalone {
@@ -97,6 +165,44 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Operator {
+            namespace,
+            pod_name,
+            metrics_address,
+            config_address,
+            config_service,
+            proxy_image,
+            agent_image,
+            image_pull_policy,
+            seccomp,
+            lease_name,
+        } => {
+            let provision = provision::ProvisionSettings {
+                proxy_image,
+                agent_image,
+                image_pull_policy,
+                config_server: format!(
+                    "https://{config_service}.{namespace}.svc:{}",
+                    config_address.port()
+                ),
+                seccomp,
+            };
+            let options = operator::Options {
+                namespace,
+                pod_name,
+                metrics_address,
+                config_address,
+                config_service,
+                provision,
+                lease_name,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the operator's runtime")?;
+            runtime.block_on(operator::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { paths, format } => run_check(&paths, format),
         Command::Standalone {
             paths,
@@ -115,8 +221,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cores,
             access_log,
         }),
+        Command::Agent {
+            config_server,
+            gateway,
+            token_file,
+            ca_file,
+            control_socket,
+            state_dir,
+            pod_name,
+            pod_namespace,
+            pod_uid,
+        } => {
+            let options = agent::AgentOptions::new(
+                config_server,
+                gateway,
+                token_file,
+                ca_file,
+                control_socket,
+                state_dir,
+                PodId {
+                    namespace: pod_namespace,
+                    name: pod_name,
+                    uid: pod_uid,
+                },
+            );
+            run_agent(options)
+        }
         Command::Crd => {
             print!("{}", portcullis_operator::manifests::crds_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rbac => {
+            print!("{}", portcullis_operator::manifests::rbac_yaml()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Push {
@@ -144,6 +280,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+fn parse_seccomp(text: &str) -> Result<provision::Seccomp, String> {
+    match text {
+        "runtime-default" => Ok(provision::Seccomp::RuntimeDefault),
+        "unconfined" => Ok(provision::Seccomp::Unconfined),
+        other => match other.strip_prefix("localhost:") {
+            Some(path) if !path.is_empty() => Ok(provision::Seccomp::Localhost(path.to_string())),
+            _ => Err("expected localhost:<profile path>, runtime-default or unconfined".into()),
+        },
+    }
+}
+
+/// The agent on a current-thread runtime: it runs in every proxy pod, so it stays small.
+fn run_agent(options: agent::AgentOptions) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the agent's runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = async {
+            let terminate = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminate => {}
+            }
+        };
+        agent::run(options, shutdown).await
+    });
+    // A push still waiting for the proxy's reply must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_check(paths: &[PathBuf], format: Format) -> anyhow::Result<ExitCode> {

@@ -36,6 +36,9 @@ const RUN_DIR: &str = "/var/run/portcullis";
 const TOKEN_DIR: &str = "/var/run/secrets/portcullis";
 const USER: i64 = 65532;
 const DEFAULT_DRAIN_SECONDS: i32 = 30;
+/// Seconds a terminating proxy keeps accepting (not ready, closing connections) so endpoint
+/// removal reaches every node before its listeners close.
+const DRAIN_DELAY_SECONDS: i32 = 5;
 
 /// Operator-wide settings for what it provisions.
 #[derive(Debug, Clone)]
@@ -237,6 +240,7 @@ fn deployment(
         format!("--admin-address=0.0.0.0:{ADMIN_PORT}"),
         "--bind-address=0.0.0.0".to_string(),
         format!("--drain-timeout={drain}"),
+        format!("--drain-delay={DRAIN_DELAY_SECONDS}"),
         format!(
             "--log-level={}",
             match proxy.log_level.unwrap_or(LogLevel::Info) {
@@ -322,7 +326,7 @@ fn deployment(
     let mut pod_spec = json!({
         "serviceAccountName": name,
         "automountServiceAccountToken": false,
-        "terminationGracePeriodSeconds": drain + 15,
+        "terminationGracePeriodSeconds": drain + DRAIN_DELAY_SECONDS + 10,
         "enableServiceLinks": false,
         "securityContext": {
             "runAsNonRoot": true,

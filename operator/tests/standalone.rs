@@ -38,12 +38,7 @@ fn proxy_bin() -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
+use portcullis_testkit::free_port;
 
 /// A fresh directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);

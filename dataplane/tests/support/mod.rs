@@ -15,10 +15,4 @@ pub use client::{Client, Response};
 pub use config::ConfigBuilder;
 pub use proxy::Proxy;
 
-/// A port that was free a moment ago (the OS picks it; the listener is closed again).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
+pub use portcullis_testkit::free_port;

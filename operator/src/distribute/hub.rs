@@ -54,6 +54,8 @@ struct GatewayEntry {
 pub struct ConfigHub {
     inner: Arc<Mutex<HashMap<ObjectKey, GatewayEntry>>>,
     synced: Arc<watch::Sender<bool>>,
+    /// Woken by every agent report, so the controller can re-evaluate Programmed.
+    reported: Arc<tokio::sync::Notify>,
 }
 
 impl ConfigHub {
@@ -138,6 +140,13 @@ impl ConfigHub {
         });
         update(report);
         report.updated = SystemTime::now();
+        drop(map);
+        self.reported.notify_one();
+    }
+
+    /// Resolves after the next agent report.
+    pub async fn reported(&self) {
+        self.reported.notified().await;
     }
 
     /// Every pod's last report for a Gateway.

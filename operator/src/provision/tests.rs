@@ -154,7 +154,10 @@ fn deployment_is_hardened_and_wired() {
         "portcullis/proxy.json"
     );
     assert_eq!(pod["nodeSelector"]["pool"], "edge", "class defaults apply");
-    assert_eq!(pod["terminationGracePeriodSeconds"], 35);
+    assert_eq!(
+        pod["terminationGracePeriodSeconds"], 35,
+        "drain 20 + delay 5 + 10"
+    );
     let containers = pod["containers"].as_array().unwrap();
     let names: Vec<_> = containers
         .iter()

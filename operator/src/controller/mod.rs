@@ -1,0 +1,502 @@
+//! The operator's controller: watches the cluster, compiles, publishes configs to the proxies,
+//! provisions each Gateway's infrastructure and writes every status.
+//!
+//! It is level-triggered: any watch event, agent report or leadership change wakes one loop
+//! that recompiles the whole cluster from its stores (a pure function, fast enough at
+//! thousands of routes — see the compile duration metric) and then converges the world
+//! towards the result. Every replica publishes configs (agents may connect to any replica);
+//! only the lease holder provisions and writes status.
+//!
+//! Which config a proxy pod serves is recorded on the pod itself (annotation
+//! [`APPLIED_ANNOTATION`], written by the replica the pod's agent is connected to), so the
+//! leader knows it whichever replica serves the stream, and after a restart too.
+
+pub mod leader;
+pub mod status;
+pub mod stores;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use portcullis_api::gateway_api::gateway::{Gateway, GatewayStatusAddresses};
+use portcullis_api::gateway_api::gatewayclass::GatewayClass;
+use portcullis_api::gateway_api::httproute::HttpRoute;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::compile::{self, Input, ObjectKey, Output};
+use crate::distribute::ca::ca_configmap;
+use crate::distribute::hub::ConfigHub;
+use crate::provision::{self, FIELD_MANAGER, GATEWAY_NAME_LABEL, ProvisionSettings};
+use crate::telemetry::{ControllerLabel, Metrics};
+use status::Delivery;
+use stores::{SecretCache, Stores};
+
+/// Annotation on a proxy pod: the content hash (hex) of the config its proxy serves.
+pub const APPLIED_ANNOTATION: &str = "portcullis.dev/applied-config";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub provision: ProvisionSettings,
+    pub lease: leader::LeaseSettings,
+}
+
+/// What the controller works with; built by the operator's composition root.
+pub struct Parts {
+    pub client: Client,
+    /// Started with `changed` as their notifier.
+    pub stores: Stores,
+    pub changed: Arc<Notify>,
+    pub hub: ConfigHub,
+    /// The config stream CA certificate, copied into every Gateway namespace for the agents.
+    pub ca_pem: Option<String>,
+    pub metrics: Arc<Metrics>,
+    /// Set once the watches have synced (the operator's readiness).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Runs the controller until the process ends.
+pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
+    let Parts {
+        client,
+        stores,
+        changed,
+        hub,
+        ca_pem,
+        metrics,
+        ready,
+    } = parts;
+    info!("waiting for the watches' first lists");
+    stores.ready().await?;
+    ready.store(true, Ordering::Relaxed);
+    info!("watches synced");
+    let mut leader = leader::start(client.clone(), settings.lease.clone());
+    let mut state = Reconciler {
+        client,
+        hub,
+        ca_pem,
+        metrics,
+        settings,
+        secrets: None,
+        applied: HashMap::new(),
+        annotated: HashMap::new(),
+    };
+    state.secrets = Some(SecretCache::new(state.client.clone()));
+    let mut was_leader = false;
+    loop {
+        let is_leader = *leader.borrow_and_update();
+        if is_leader != was_leader {
+            // A new leader applies everything once: its cache says nothing about the cluster.
+            state.applied.clear();
+            was_leader = is_leader;
+        }
+        state.metrics.leader.set(i64::from(is_leader));
+        state.pass(&stores, is_leader).await;
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = state.hub.reported() => {}
+            _ = leader.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+        // Coalesce a burst of events into one pass.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Reconciler {
+    client: Client,
+    hub: ConfigHub,
+    ca_pem: Option<String>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    secrets: Option<SecretCache>,
+    /// Hash of what this replica last applied, per object, to skip no-op applies.
+    applied: HashMap<String, [u8; 32]>,
+    /// Applied-config annotations this replica last wrote, per pod uid.
+    annotated: HashMap<String, String>,
+}
+
+impl Reconciler {
+    async fn pass(&mut self, stores: &Stores, is_leader: bool) {
+        let started = Instant::now();
+        let wanted = stores.referenced_secrets();
+        let secrets = match self.secrets.as_mut() {
+            Some(cache) => cache.refresh(&wanted, &stores.secrets).await,
+            None => Vec::new(),
+        };
+        let input = stores.input(secrets);
+        let compile_started = Instant::now();
+        let output = compile::compile(&input);
+        self.metrics
+            .compile_seconds
+            .observe(compile_started.elapsed().as_secs_f64());
+        self.metrics.gateways.set(output.gateways.len() as i64);
+        self.metrics
+            .http_routes
+            .set(output.http_routes.len() as i64);
+
+        for (key, gateway) in &output.gateways {
+            let before = self.hub.current(key).map(|p| p.content_hash);
+            let after = gateway.config.as_ref().map(|c| c.content_hash());
+            if before != after {
+                self.metrics.config_publishes.inc();
+                debug!(gateway = %key, "publishing a new config");
+            }
+            self.hub.publish(key, gateway.config.clone());
+        }
+        self.hub.retain(&|key| output.gateways.contains_key(key));
+        self.hub.set_synced();
+        let pods = stores.proxy_pods.state();
+        let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
+        self.hub.forget_pods(&|pod| live.contains(&pod.uid));
+        self.record_applied(&pods).await;
+
+        let label = ControllerLabel {
+            controller: "gateway",
+        };
+        self.metrics.reconciles.get_or_create(&label).inc();
+        if is_leader {
+            let mut failures = 0;
+            failures += self.provision(&input, &output).await;
+            failures += self.write_statuses(stores, &input, &output).await;
+            if failures > 0 {
+                self.metrics.reconcile_errors.get_or_create(&label).inc();
+            }
+        }
+        self.metrics
+            .reconcile_seconds
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Writes, on each proxy pod whose agent reports to this replica, which config it serves.
+    async fn record_applied(&mut self, pods: &[Arc<Pod>]) {
+        for pod in pods {
+            let (Some(namespace), Some(uid)) = (pod.namespace(), pod.uid()) else {
+                continue;
+            };
+            let Some(gateway) = pod.labels().get(GATEWAY_NAME_LABEL) else {
+                continue;
+            };
+            let key = ObjectKey::new(namespace.clone(), gateway.clone());
+            let Some((_, report)) = self
+                .hub
+                .pods(&key)
+                .into_iter()
+                .find(|(id, _)| id.uid == uid)
+            else {
+                continue;
+            };
+            let Some(hash) = report.applied_hash.map(hex) else {
+                continue;
+            };
+            if pod.annotations().get(APPLIED_ANNOTATION) == Some(&hash)
+                || self.annotated.get(&uid) == Some(&hash)
+            {
+                continue;
+            }
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+            let patch = json!({"metadata": {"annotations": {APPLIED_ANNOTATION: hash}}});
+            match api
+                .patch(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.annotated.insert(uid, hash);
+                }
+                Err(e) => {
+                    warn!(pod = %pod.name_any(), error = %e, "recording the applied config failed")
+                }
+            }
+        }
+    }
+
+    /// Applies each Gateway's ServiceAccount, Deployment, Service and CA ConfigMap.
+    async fn provision(&mut self, input: &Input, output: &Output) -> usize {
+        let mut failures = 0;
+        let ca = self.ca_pem.clone();
+        let mut namespaces = BTreeMap::new();
+        for (key, gateway_output) in &output.gateways {
+            let Some(gateway) = input.gateways.iter().find(|g| ObjectKey::of(*g) == *key) else {
+                continue;
+            };
+            namespaces.insert(key.namespace.clone(), ());
+            let provisioned =
+                match provision::render(gateway, gateway_output, &self.settings.provision) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(gateway = %key, error = %e, "rendering infrastructure failed");
+                        failures += 1;
+                        continue;
+                    }
+                };
+            let ns = provisioned.namespace.clone();
+            failures += self
+                .apply(
+                    Api::<ServiceAccount>::namespaced(self.client.clone(), &ns),
+                    &provisioned.service_account,
+                )
+                .await;
+            failures += self
+                .apply(
+                    Api::<Deployment>::namespaced(self.client.clone(), &ns),
+                    &provisioned.deployment,
+                )
+                .await;
+            let services: Api<Service> = Api::namespaced(self.client.clone(), &ns);
+            match &provisioned.service {
+                Some(service) => failures += self.apply(services, service).await,
+                None => {
+                    let cache_key = format!("Service/{ns}/{}", provisioned.name);
+                    if self.applied.remove(&cache_key).is_some()
+                        && let Err(e) = services
+                            .delete(&provisioned.name, &DeleteParams::default())
+                            .await
+                    {
+                        warn!(service = %cache_key, error = %e, "deleting the Service failed");
+                    }
+                }
+            }
+        }
+        if let Some(ca) = ca {
+            for namespace in namespaces.keys() {
+                let config_map: ConfigMap =
+                    match serde_json::from_value(ca_configmap(namespace, &ca)) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            warn!(error = %e, "rendering the CA ConfigMap failed");
+                            continue;
+                        }
+                    };
+                failures += self
+                    .apply(
+                        Api::<ConfigMap>::namespaced(self.client.clone(), namespace),
+                        &config_map,
+                    )
+                    .await;
+            }
+        }
+        failures
+    }
+
+    /// Server-side apply under our field manager, skipped when this replica already applied
+    /// the same object. Returns 1 on failure.
+    async fn apply<K>(&mut self, api: Api<K>, object: &K) -> usize
+    where
+        K: Resource + Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+        K::DynamicType: Default,
+    {
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        let name = object.name_any();
+        let cache_key = format!("{kind}/{}/{name}", object.namespace().unwrap_or_default());
+        let digest: [u8; 32] =
+            Sha256::digest(serde_json::to_vec(object).unwrap_or_default()).into();
+        if self.applied.get(&cache_key) == Some(&digest) {
+            return 0;
+        }
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await
+        {
+            Ok(_) => {
+                debug!(object = %cache_key, "applied");
+                self.applied.insert(cache_key, digest);
+                0
+            }
+            Err(e) => {
+                warn!(object = %cache_key, error = %e, "apply failed");
+                1
+            }
+        }
+    }
+
+    async fn write_statuses(&self, stores: &Stores, input: &Input, output: &Output) -> usize {
+        let now = Time(Timestamp::now());
+        let mut failures = 0;
+        for (name, class) in &output.gateway_classes {
+            let Some(existing) = input.gateway_classes.iter().find(|c| c.name_any() == *name)
+            else {
+                continue;
+            };
+            let new = status::class_status(existing.status.as_ref(), class, &now);
+            if existing
+                .status
+                .as_ref()
+                .is_some_and(|s| status::same_status(s, &new))
+            {
+                continue;
+            }
+            let api: Api<GatewayClass> = Api::all(self.client.clone());
+            failures += patch_status(&api, existing, &new).await;
+        }
+        for (key, gateway) in &output.gateways {
+            let Some(existing) = input.gateways.iter().find(|g| ObjectKey::of(*g) == *key) else {
+                continue;
+            };
+            let delivery = self.delivery(stores, key);
+            let addresses = addresses(stores, existing);
+            let new = status::gateway_status(
+                existing.status.as_ref(),
+                gateway,
+                &delivery,
+                &addresses,
+                &now,
+            );
+            if existing
+                .status
+                .as_ref()
+                .is_some_and(|s| status::same_status(s, &new))
+            {
+                continue;
+            }
+            let api: Api<Gateway> = Api::namespaced(self.client.clone(), &key.namespace);
+            failures += patch_status(&api, existing, &new).await;
+        }
+        for (key, route) in &output.http_routes {
+            let Some(existing) = input.http_routes.iter().find(|r| ObjectKey::of(*r) == *key)
+            else {
+                continue;
+            };
+            let new = status::route_status(existing.status.as_ref(), route, &now);
+            if existing
+                .status
+                .as_ref()
+                .is_some_and(|s| status::same_status(s, &new))
+            {
+                continue;
+            }
+            let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.namespace);
+            failures += patch_status(&api, existing, &new).await;
+        }
+        failures
+    }
+
+    /// Served once a ready proxy pod of the Gateway applied its current config.
+    fn delivery(&self, stores: &Stores, key: &ObjectKey) -> Delivery {
+        let Some(current) = self.hub.current(key) else {
+            return Delivery::Waiting("no config for this Gateway yet".into());
+        };
+        let wanted = hex(current.content_hash);
+        let pods = stores.proxy_pods.state();
+        let mine: Vec<&Arc<Pod>> = pods
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(&key.namespace))
+            .filter(|p| p.labels().get(GATEWAY_NAME_LABEL) == Some(&key.name))
+            .collect();
+        let served = mine
+            .iter()
+            .any(|p| pod_ready(p) && p.annotations().get(APPLIED_ANNOTATION) == Some(&wanted));
+        if served {
+            Delivery::Served
+        } else {
+            Delivery::Waiting(format!(
+                "waiting for a ready proxy pod to serve the current config ({} proxy pods)",
+                mine.len()
+            ))
+        }
+    }
+}
+
+async fn patch_status<K>(api: &Api<K>, existing: &K, status: &impl Serialize) -> usize
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    // The resourceVersion makes this a conditional update: if the object changed meanwhile,
+    // the patch fails and the next pass (woken by that change) writes a fresh status.
+    let patch = json!({
+        "metadata": {"resourceVersion": existing.resource_version()},
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &existing.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => 0,
+        Err(kube::Error::Api(e)) if e.code == 409 => 0,
+        Err(e) => {
+            warn!(object = %existing.name_any(), error = %e, "status update failed");
+            1
+        }
+    }
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// The Gateway's addresses: its Service's load-balancer ingress, else its ClusterIP.
+fn addresses(stores: &Stores, gateway: &Gateway) -> Vec<GatewayStatusAddresses> {
+    let namespace = gateway.namespace().unwrap_or_default();
+    let name = provision::resource_name(&gateway.name_any(), &gateway.spec.gateway_class_name);
+    let Some(service) = stores
+        .services
+        .state()
+        .into_iter()
+        .find(|s| s.namespace().as_deref() == Some(&namespace) && s.name_any() == name)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ingress in service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(ip) = &ingress.ip {
+            out.push(GatewayStatusAddresses {
+                r#type: Some("IPAddress".into()),
+                value: ip.clone(),
+            });
+        } else if let Some(hostname) = &ingress.hostname {
+            out.push(GatewayStatusAddresses {
+                r#type: Some("Hostname".into()),
+                value: hostname.clone(),
+            });
+        }
+    }
+    if out.is_empty()
+        && let Some(ip) = service.spec.as_ref().and_then(|s| s.cluster_ip.clone())
+        && ip != "None"
+        && !ip.is_empty()
+    {
+        out.push(GatewayStatusAddresses {
+            r#type: Some("IPAddress".into()),
+            value: ip,
+        });
+    }
+    out
+}
+
+fn hex(bytes: [u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,398 @@
+//! From compiled conditions to the status objects the API holds.
+//!
+//! Rules (Gateway API §status): conditions are keyed by type; conditions of other types are
+//! left alone; `lastTransitionTime` changes only when a condition's status changes; route
+//! parent entries of other controllers are kept as they are; GatewayClass supported features
+//! are sorted.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as KubeCondition, Time};
+use portcullis_api::gateway_api::gateway::{
+    GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
+    GatewayStatusListenersSupportedKinds,
+};
+use portcullis_api::gateway_api::gatewayclass::{
+    GatewayClassStatus, GatewayClassStatusSupportedFeatures,
+};
+use portcullis_api::gateway_api::httproute::{
+    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
+
+use crate::compile::conditions::{reasons, types};
+use crate::compile::{CONTROLLER_NAME, ClassOutput, Condition, GatewayOutput, RouteOutput, Status};
+
+/// Merges `ours` into `existing`.
+pub fn merge_conditions(
+    existing: &[KubeCondition],
+    ours: &[Condition],
+    now: &Time,
+) -> Vec<KubeCondition> {
+    let mut merged: Vec<KubeCondition> = existing
+        .iter()
+        .filter(|c| !ours.iter().any(|o| o.type_ == c.type_))
+        .cloned()
+        .collect();
+    for condition in ours {
+        let status = status_text(condition.status);
+        let previous = existing.iter().find(|c| c.type_ == condition.type_);
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        merged.push(KubeCondition {
+            type_: condition.type_.to_string(),
+            status: status.to_string(),
+            reason: condition.reason.to_string(),
+            message: truncate(&condition.message, 32_768),
+            observed_generation: Some(condition.observed_generation),
+            last_transition_time,
+        });
+    }
+    merged.sort_by(|a, b| a.type_.cmp(&b.type_));
+    merged
+}
+
+fn status_text(status: Status) -> &'static str {
+    match status {
+        Status::True => "True",
+        Status::False => "False",
+        Status::Unknown => "Unknown",
+    }
+}
+
+fn truncate(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_string();
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
+}
+
+pub fn class_status(
+    existing: Option<&GatewayClassStatus>,
+    class: &ClassOutput,
+    now: &Time,
+) -> GatewayClassStatus {
+    let current = existing
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    GatewayClassStatus {
+        conditions: Some(merge_conditions(&current, &class.conditions, now)),
+        supported_features: Some(
+            class
+                .supported_features
+                .iter()
+                .map(|name| GatewayClassStatusSupportedFeatures {
+                    name: name.to_string(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Whether the proxies serve the Gateway's current config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// At least one ready proxy pod applied the current config.
+    Served,
+    /// Not yet; the message says what is missing.
+    Waiting(String),
+}
+
+/// The Gateway's status: compiled conditions, with Programmed held at Pending until a proxy
+/// serves the config, and the Service's addresses.
+pub fn gateway_status(
+    existing: Option<&GatewayStatus>,
+    output: &GatewayOutput,
+    delivery: &Delivery,
+    addresses: &[GatewayStatusAddresses],
+    now: &Time,
+) -> GatewayStatus {
+    let hold = |conditions: &[Condition]| -> Vec<Condition> {
+        conditions
+            .iter()
+            .map(|c| match delivery {
+                Delivery::Waiting(message) if c.type_ == types::PROGRAMMED && c.is_true() => {
+                    Condition {
+                        status: Status::False,
+                        reason: reasons::PENDING,
+                        message: message.clone(),
+                        ..c.clone()
+                    }
+                }
+                _ => c.clone(),
+            })
+            .collect()
+    };
+    let current = existing
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut conditions = hold(&output.conditions);
+    if addresses.is_empty()
+        && let Some(programmed) = conditions
+            .iter_mut()
+            .find(|c| c.type_ == types::PROGRAMMED && c.is_true())
+    {
+        programmed.status = Status::False;
+        programmed.reason = reasons::ADDRESS_NOT_ASSIGNED;
+        programmed.message = "the Gateway's Service has no address yet".into();
+    }
+    let listeners = output
+        .listeners
+        .iter()
+        .map(|listener| {
+            let previous = existing
+                .and_then(|s| s.listeners.as_ref())
+                .and_then(|ls| ls.iter().find(|l| l.name == listener.name))
+                .map(|l| l.conditions.clone())
+                .unwrap_or_default();
+            GatewayStatusListeners {
+                name: listener.name.clone(),
+                attached_routes: listener.attached_routes,
+                supported_kinds: Some(
+                    listener
+                        .supported_kinds
+                        .iter()
+                        .map(|k| GatewayStatusListenersSupportedKinds {
+                            group: Some(k.group.clone()),
+                            kind: k.kind.clone(),
+                        })
+                        .collect(),
+                ),
+                conditions: merge_conditions(&previous, &hold(&listener.conditions), now),
+            }
+        })
+        .collect();
+    GatewayStatus {
+        addresses: (!addresses.is_empty()).then(|| addresses.to_vec()),
+        attached_listener_sets: existing.and_then(|s| s.attached_listener_sets),
+        conditions: Some(merge_conditions(&current, &conditions, now)),
+        listeners: Some(listeners),
+    }
+}
+
+/// The route's status: our parent entries replaced, other controllers' kept.
+pub fn route_status(
+    existing: Option<&HttpRouteStatus>,
+    output: &RouteOutput,
+    now: &Time,
+) -> HttpRouteStatus {
+    let existing_parents = existing.map(|s| s.parents.clone()).unwrap_or_default();
+    let mut parents: Vec<HttpRouteStatusParents> = existing_parents
+        .iter()
+        .filter(|p| p.controller_name != CONTROLLER_NAME)
+        .cloned()
+        .collect();
+    for parent in &output.parents {
+        let parent_ref = HttpRouteStatusParentsParentRef {
+            group: parent.parent_ref.group.clone(),
+            kind: parent.parent_ref.kind.clone(),
+            name: parent.parent_ref.name.clone(),
+            namespace: parent.parent_ref.namespace.clone(),
+            port: parent.parent_ref.port,
+            section_name: parent.parent_ref.section_name.clone(),
+        };
+        let previous = existing_parents
+            .iter()
+            .find(|p| {
+                p.controller_name == CONTROLLER_NAME && same_parent(&p.parent_ref, &parent_ref)
+            })
+            .map(|p| p.conditions.clone())
+            .unwrap_or_default();
+        parents.push(HttpRouteStatusParents {
+            conditions: merge_conditions(&previous, &parent.conditions, now),
+            controller_name: CONTROLLER_NAME.to_string(),
+            parent_ref,
+        });
+    }
+    HttpRouteStatus { parents }
+}
+
+/// ParentRefs compare with API defaults applied (group and kind may be omitted).
+fn same_parent(a: &HttpRouteStatusParentsParentRef, b: &HttpRouteStatusParentsParentRef) -> bool {
+    let group = |r: &HttpRouteStatusParentsParentRef| {
+        r.group
+            .clone()
+            .unwrap_or_else(|| crate::compile::GATEWAY_GROUP.into())
+    };
+    let kind =
+        |r: &HttpRouteStatusParentsParentRef| r.kind.clone().unwrap_or_else(|| "Gateway".into());
+    group(a) == group(b)
+        && kind(a) == kind(b)
+        && a.name == b.name
+        && a.namespace == b.namespace
+        && a.section_name == b.section_name
+        && a.port == b.port
+}
+
+/// Statuses equal apart from transition times (which only move when a status changes).
+pub fn same_status<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{ListenerOutput, ParentRef, RouteKind, RouteParentOutput};
+
+    fn time(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn condition(type_: &'static str, status: Status, reason: &'static str) -> Condition {
+        Condition::new(type_, status, reason, "m", 4)
+    }
+
+    #[test]
+    fn transition_times_move_only_with_the_status() {
+        let first = merge_conditions(
+            &[],
+            &[condition("Accepted", Status::True, "Accepted")],
+            &time(100),
+        );
+        assert_eq!(first[0].last_transition_time, time(100));
+        let foreign = KubeCondition {
+            type_: "example.com/Other".into(),
+            status: "True".into(),
+            reason: "X".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: time(50),
+        };
+        let mut existing = first.clone();
+        existing.push(foreign.clone());
+        let same = merge_conditions(
+            &existing,
+            &[condition("Accepted", Status::True, "Accepted")],
+            &time(200),
+        );
+        assert_eq!(
+            same.iter()
+                .find(|c| c.type_ == "Accepted")
+                .unwrap()
+                .last_transition_time,
+            time(100)
+        );
+        assert!(same.contains(&foreign), "other types are kept");
+        let flipped = merge_conditions(
+            &existing,
+            &[condition("Accepted", Status::False, "Invalid")],
+            &time(300),
+        );
+        let accepted = flipped.iter().find(|c| c.type_ == "Accepted").unwrap();
+        assert_eq!(accepted.last_transition_time, time(300));
+        assert_eq!(accepted.observed_generation, Some(4));
+    }
+
+    fn gateway_output() -> GatewayOutput {
+        GatewayOutput {
+            class_name: "portcullis".into(),
+            conditions: vec![
+                condition("Accepted", Status::True, "Accepted"),
+                condition("Programmed", Status::True, "Programmed"),
+            ],
+            listeners: vec![ListenerOutput {
+                name: "http".into(),
+                supported_kinds: vec![RouteKind {
+                    group: "gateway.networking.k8s.io".into(),
+                    kind: "HTTPRoute".into(),
+                }],
+                attached_routes: 2,
+                conditions: vec![condition("Programmed", Status::True, "Programmed")],
+            }],
+            config: None,
+            parameters: Default::default(),
+        }
+    }
+
+    #[test]
+    fn programmed_waits_for_a_proxy_and_an_address() {
+        let address = GatewayStatusAddresses {
+            r#type: Some("IPAddress".into()),
+            value: "10.96.0.10".into(),
+        };
+        let waiting = gateway_status(
+            None,
+            &gateway_output(),
+            &Delivery::Waiting("no proxy yet".into()),
+            std::slice::from_ref(&address),
+            &time(1),
+        );
+        let programmed = |s: &GatewayStatus| {
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == "Programmed")
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(programmed(&waiting).status, "False");
+        assert_eq!(programmed(&waiting).reason, "Pending");
+        assert_eq!(
+            waiting.listeners.as_ref().unwrap()[0].conditions[0].reason,
+            "Pending"
+        );
+        let served = gateway_status(
+            Some(&waiting),
+            &gateway_output(),
+            &Delivery::Served,
+            &[address],
+            &time(2),
+        );
+        assert_eq!(programmed(&served).status, "True");
+        assert_eq!(served.addresses.as_ref().unwrap()[0].value, "10.96.0.10");
+        assert_eq!(served.listeners.as_ref().unwrap()[0].attached_routes, 2);
+        let no_address = gateway_status(None, &gateway_output(), &Delivery::Served, &[], &time(3));
+        assert_eq!(programmed(&no_address).reason, "AddressNotAssigned");
+    }
+
+    #[test]
+    fn route_parents_of_other_controllers_are_kept() {
+        let other = HttpRouteStatusParents {
+            conditions: vec![],
+            controller_name: "example.com/other".into(),
+            parent_ref: HttpRouteStatusParentsParentRef {
+                name: "theirs".into(),
+                ..Default::default()
+            },
+        };
+        let existing = HttpRouteStatus {
+            parents: vec![other.clone()],
+        };
+        let output = RouteOutput {
+            parents: vec![RouteParentOutput {
+                parent_ref: ParentRef {
+                    group: None,
+                    kind: None,
+                    namespace: Some("infra".into()),
+                    name: "gw".into(),
+                    section_name: Some("http".into()),
+                    port: None,
+                },
+                controller_name: CONTROLLER_NAME,
+                conditions: vec![condition("Accepted", Status::True, "Accepted")],
+            }],
+        };
+        let status = route_status(Some(&existing), &output, &time(1));
+        assert_eq!(status.parents.len(), 2);
+        assert!(status.parents.contains(&other));
+        let ours = status
+            .parents
+            .iter()
+            .find(|p| p.controller_name == CONTROLLER_NAME)
+            .unwrap();
+        assert_eq!(ours.parent_ref.section_name.as_deref(), Some("http"));
+        assert_eq!(
+            ours.parent_ref.group, None,
+            "the spec's parentRef is echoed as written"
+        );
+        let again = route_status(Some(&status), &output, &time(9));
+        assert!(
+            same_status(&status, &again),
+            "re-rendering an unchanged route changes nothing"
+        );
+    }
+}

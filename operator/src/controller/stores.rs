@@ -1,0 +1,265 @@
+//! Watches of every kind the compiler reads, kept in in-memory stores (kube-runtime
+//! reflectors). Any change wakes the controller, which recompiles from a consistent snapshot.
+//!
+//! Secrets are watched as metadata only (`PartialObjectMeta`); the controller reads the few Secrets that listeners
+//! reference ([`SecretCache`]), so the operator never holds every Secret of the cluster.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::{Client, Resource, ResourceExt};
+use portcullis_api::gateway_api::gateway::Gateway;
+use portcullis_api::gateway_api::gatewayclass::GatewayClass;
+use portcullis_api::gateway_api::httproute::HttpRoute;
+use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
+use portcullis_api::v1alpha1::GatewayParameters;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::compile::{CONTROLLER_NAME, Input, ObjectKey};
+use crate::provision::{MANAGED_BY, MANAGED_BY_LABEL};
+
+/// The watched state of the cluster.
+#[derive(Clone)]
+pub struct Stores {
+    pub gateway_classes: Store<GatewayClass>,
+    pub gateways: Store<Gateway>,
+    pub http_routes: Store<HttpRoute>,
+    pub reference_grants: Store<ReferenceGrant>,
+    pub gateway_parameters: Store<GatewayParameters>,
+    pub namespaces: Store<Namespace>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Proxy pods (ours, by label): their readiness gates Programmed.
+    pub proxy_pods: Store<Pod>,
+}
+
+impl Stores {
+    /// Starts every watch; each event notifies `changed`.
+    pub fn start(client: &Client, changed: Arc<Notify>) -> Stores {
+        let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+        Stores {
+            gateway_classes: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            gateways: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            http_routes: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            reference_grants: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            gateway_parameters: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            namespaces: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            services: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            endpoint_slices: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            secrets: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            proxy_pods: watch(
+                Api::all(client.clone()),
+                watcher::Config::default().labels(&managed),
+                &changed,
+            ),
+        }
+    }
+
+    /// Resolves once every store has its initial list.
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        let ready = [
+            self.gateway_classes.wait_until_ready().await,
+            self.gateways.wait_until_ready().await,
+            self.http_routes.wait_until_ready().await,
+            self.reference_grants.wait_until_ready().await,
+            self.gateway_parameters.wait_until_ready().await,
+            self.namespaces.wait_until_ready().await,
+            self.services.wait_until_ready().await,
+            self.endpoint_slices.wait_until_ready().await,
+            self.secrets.wait_until_ready().await,
+            self.proxy_pods.wait_until_ready().await,
+        ];
+        for result in ready {
+            result.map_err(|_| anyhow::anyhow!("a watch stopped before its first list"))?;
+        }
+        Ok(())
+    }
+
+    /// Secrets referenced by the listeners of Gateways of our classes.
+    pub fn referenced_secrets(&self) -> BTreeSet<ObjectKey> {
+        let ours: BTreeSet<String> = self
+            .gateway_classes
+            .state()
+            .iter()
+            .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
+            .map(|c| c.name_any())
+            .collect();
+        let mut out = BTreeSet::new();
+        for gateway in self.gateways.state() {
+            if !ours.contains(&gateway.spec.gateway_class_name) {
+                continue;
+            }
+            let namespace = gateway.namespace().unwrap_or_default();
+            for listener in &gateway.spec.listeners {
+                for reference in listener
+                    .tls
+                    .iter()
+                    .flat_map(|t| t.certificate_refs.iter().flatten())
+                {
+                    if reference.group.as_deref().unwrap_or("").is_empty()
+                        && reference.kind.as_deref().unwrap_or("Secret") == "Secret"
+                    {
+                        out.insert(ObjectKey::new(
+                            reference
+                                .namespace
+                                .clone()
+                                .unwrap_or_else(|| namespace.clone()),
+                            reference.name.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A snapshot for the compiler.
+    pub fn input(&self, secrets: Vec<Secret>) -> Input {
+        Input {
+            gateway_classes: cloned(&self.gateway_classes),
+            gateways: cloned(&self.gateways),
+            http_routes: cloned(&self.http_routes),
+            reference_grants: cloned(&self.reference_grants),
+            namespaces: cloned(&self.namespaces),
+            services: cloned(&self.services),
+            endpoint_slices: cloned(&self.endpoint_slices),
+            secrets,
+            gateway_parameters: cloned(&self.gateway_parameters),
+        }
+    }
+}
+
+fn cloned<K>(store: &Store<K>) -> Vec<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state().iter().map(|o| (**o).clone()).collect()
+}
+
+fn watch<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let changed = changed.clone();
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => warn!(kind, error = %e, "watch failed; retrying"),
+            }
+        }
+    });
+    reader
+}
+
+/// Full copies of the referenced Secrets, re-read only when their resourceVersion changes.
+pub struct SecretCache {
+    client: Client,
+    cache: HashMap<ObjectKey, (String, Secret)>,
+}
+
+impl SecretCache {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The referenced Secrets that exist, fetched when new or changed.
+    pub async fn refresh(
+        &mut self,
+        wanted: &BTreeSet<ObjectKey>,
+        metadata: &Store<PartialObjectMeta<Secret>>,
+    ) -> Vec<Secret> {
+        let present: HashMap<ObjectKey, String> = metadata
+            .state()
+            .iter()
+            .map(|m| {
+                (
+                    ObjectKey::of(&**m),
+                    m.resource_version().unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.cache
+            .retain(|key, _| wanted.contains(key) && present.contains_key(key));
+        for key in wanted {
+            let Some(version) = present.get(key) else {
+                continue;
+            };
+            if self
+                .cache
+                .get(key)
+                .is_some_and(|(cached, _)| cached == version)
+            {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+            match api.get_opt(&key.name).await {
+                Ok(Some(secret)) => {
+                    self.cache.insert(
+                        key.clone(),
+                        (secret.resource_version().unwrap_or_default(), secret),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => warn!(secret = %key, error = %e, "reading a referenced Secret failed"),
+            }
+        }
+        self.cache.values().map(|(_, s)| s.clone()).collect()
+    }
+}
