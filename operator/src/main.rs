@@ -118,6 +118,10 @@ enum Command {
         /// Where the last good config is kept (an emptyDir survives container restarts).
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
+        /// The config to start from when the state dir holds none (the Gateway's last-good
+        /// Secret); a missing file is fine.
+        #[arg(long, value_name = "PATH")]
+        bootstrap_file: Option<PathBuf>,
         /// This pod's name, namespace and uid (downward API).
         #[arg(long, env = "POD_NAME")]
         pod_name: String,
@@ -228,11 +232,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ca_file,
             control_socket,
             state_dir,
+            bootstrap_file,
             pod_name,
             pod_namespace,
             pod_uid,
         } => {
-            let options = agent::AgentOptions::new(
+            let mut options = agent::AgentOptions::new(
                 config_server,
                 gateway,
                 token_file,
@@ -245,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     uid: pod_uid,
                 },
             );
+            options.bootstrap_file = bootstrap_file;
             run_agent(options)
         }
         Command::Crd => {

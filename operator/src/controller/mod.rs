@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -168,7 +168,7 @@ impl Reconciler {
         self.metrics.reconciles.get_or_create(&label).inc();
         if is_leader {
             let mut failures = 0;
-            failures += self.provision(&input, &output).await;
+            failures += self.provision(stores, &input, &output).await;
             failures += self.write_statuses(stores, &input, &output).await;
             if failures > 0 {
                 self.metrics.reconcile_errors.get_or_create(&label).inc();
@@ -226,16 +226,22 @@ impl Reconciler {
         }
     }
 
-    /// Applies each Gateway's ServiceAccount, Deployment, Service and CA ConfigMap.
-    async fn provision(&mut self, input: &Input, output: &Output) -> usize {
+    /// Applies each Gateway's ServiceAccount, Deployment, Service, last-good Secret and its
+    /// namespace's CA ConfigMap.
+    async fn provision(&mut self, stores: &Stores, input: &Input, output: &Output) -> usize {
         let mut failures = 0;
-        let ca = self.ca_pem.clone();
-        let mut namespaces = BTreeMap::new();
+        // Gateways (name, uid) per namespace: the owners of that namespace's CA ConfigMap.
+        let mut owners: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         for (key, gateway_output) in &output.gateways {
             let Some(gateway) = input.gateways.iter().find(|g| ObjectKey::of(*g) == *key) else {
                 continue;
             };
-            namespaces.insert(key.namespace.clone(), ());
+            if let Some(uid) = gateway.uid() {
+                owners
+                    .entry(key.namespace.clone())
+                    .or_default()
+                    .push((key.name.clone(), uid));
+            }
             let provisioned =
                 match provision::render(gateway, gateway_output, &self.settings.provision) {
                     Ok(p) => p,
@@ -272,17 +278,11 @@ impl Reconciler {
                     }
                 }
             }
+            failures += self.persist_last_good(stores, key, &provisioned).await;
         }
-        if let Some(ca) = ca {
-            for namespace in namespaces.keys() {
-                let config_map: ConfigMap =
-                    match serde_json::from_value(ca_configmap(namespace, &ca)) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            warn!(error = %e, "rendering the CA ConfigMap failed");
-                            continue;
-                        }
-                    };
+        if let Some(ca) = self.ca_pem.clone() {
+            for (namespace, owners) in &owners {
+                let config_map = ca_configmap(namespace, &ca, owners);
                 failures += self
                     .apply(
                         Api::<ConfigMap>::namespaced(self.client.clone(), namespace),
@@ -292,6 +292,70 @@ impl Reconciler {
             }
         }
         failures
+    }
+
+    /// Keeps the Gateway's last-good Secret at the newest config a ready proxy pod served, so
+    /// a pod started while no operator replica is reachable serves it from the first moment.
+    async fn persist_last_good(
+        &mut self,
+        stores: &Stores,
+        key: &ObjectKey,
+        provisioned: &provision::Provisioned,
+    ) -> usize {
+        let Some(current) = self.hub.current(key) else {
+            return 0;
+        };
+        if !matches!(self.delivery(stores, key), Delivery::Served) {
+            return 0;
+        }
+        let hash = hex(current.content_hash);
+        let name = provision::last_good_secret_name(&provisioned.name);
+        let existing = stores.secrets.state().into_iter().find(|secret| {
+            secret.metadata.namespace.as_deref() == Some(&key.namespace)
+                && secret.metadata.name.as_deref() == Some(&name)
+        });
+        if let Some(existing) = existing {
+            let annotation = |k: &str| {
+                existing
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(k).cloned())
+            };
+            if annotation(provision::CONTENT_HASH_ANNOTATION).as_ref() == Some(&hash) {
+                return 0;
+            }
+            // Never take over a Secret someone else made under this name.
+            let ours = existing
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(provision::MANAGED_BY_LABEL))
+                == Some(&provision::MANAGED_BY.to_string());
+            if !ours {
+                warn!(gateway = %key, secret = %name,
+                    "a Secret not managed by Portcullis has the last-good Secret's name; not persisting");
+                return 0;
+            }
+        }
+        let json = match serde_json::to_vec(&*current.config) {
+            Ok(json) => json,
+            Err(e) => {
+                warn!(gateway = %key, error = %e, "serializing the last good config failed");
+                return 1;
+            }
+        };
+        if json.len() > provision::LAST_GOOD_MAX_BYTES {
+            warn!(gateway = %key, bytes = json.len(),
+                "the config is too large for a Secret; new proxy pods wait for the operator");
+            return 0;
+        }
+        let secret = provision::last_good_secret(provisioned, json, &hash);
+        self.apply(
+            Api::<Secret>::namespaced(self.client.clone(), &provisioned.namespace),
+            &secret,
+        )
+        .await
     }
 
     /// Server-side apply under our field manager, skipped when this replica already applied

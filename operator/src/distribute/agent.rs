@@ -3,7 +3,9 @@
 //!
 //! - On start it hands the proxy the last good config persisted in `<state-dir>` (an emptyDir),
 //!   so a restarted proxy serves while the operator is unreachable. It does the same whenever
-//!   the proxy's control socket is re-created (the proxy container restarted).
+//!   the proxy's control socket is re-created (the proxy container restarted). A new pod has an
+//!   empty `<state-dir>`; it starts from `--bootstrap-file`, the Gateway's last-good Secret that
+//!   the operator keeps at the newest config a pod served.
 //! - It connects to the operator over TLS (trusting `--ca-file`), authenticating with the
 //!   projected ServiceAccount token, re-read on every connect because the kubelet rotates it;
 //!   the Hello says which config the proxy serves, so unchanged content is never resent.
@@ -53,6 +55,9 @@ pub struct AgentOptions {
     pub ca_file: PathBuf,
     pub control_socket: PathBuf,
     pub state_dir: PathBuf,
+    /// A config to start from when `state_dir` holds none (a new pod): the Gateway's last-good
+    /// Secret, mounted by the Deployment. Missing is fine.
+    pub bootstrap_file: Option<PathBuf>,
     /// This pod (downward API).
     pub pod: PodId,
     /// How long the proxy may take to answer one push.
@@ -84,6 +89,7 @@ impl AgentOptions {
             ca_file,
             control_socket,
             state_dir,
+            bootstrap_file: None,
             pod,
             push_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
@@ -174,6 +180,29 @@ pub fn load_last_good(state_dir: &Path) -> Result<Option<LastGood>> {
     }
 }
 
+/// The bootstrap config, if there is a usable one (it is optional, so any failure only warns).
+fn load_bootstrap(path: &Path) -> Option<LastGood> {
+    match std::fs::read(path) {
+        Ok(json) => match LastGood::parse(json) {
+            Ok(last_good) => {
+                tracing::info!(file = %path.display(), generation = last_good.generation,
+                    "starting from the Gateway's last-good config");
+                Some(last_good)
+            }
+            Err(error) => {
+                tracing::warn!(file = %path.display(), error = %format!("{error:#}"),
+                    "ignoring the bootstrap config");
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "ignoring the bootstrap config");
+            None
+        }
+    }
+}
+
 fn load_pushed_generation(state_dir: &Path) -> u64 {
     std::fs::read_to_string(state_dir.join(PUSHED_GENERATION_FILE))
         .ok()
@@ -245,7 +274,7 @@ impl Agent {
     fn new(options: AgentOptions) -> Result<Self> {
         std::fs::create_dir_all(&options.state_dir)
             .with_context(|| format!("creating {}", options.state_dir.display()))?;
-        let last_good = match load_last_good(&options.state_dir) {
+        let mut last_good = match load_last_good(&options.state_dir) {
             Ok(last_good) => last_good,
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "ignoring the persisted config");
@@ -257,6 +286,8 @@ impl Agent {
                 generation = last_good.generation,
                 "found the last good config"
             );
+        } else if let Some(bootstrap) = &options.bootstrap_file {
+            last_good = load_bootstrap(bootstrap);
         }
         let pushed_generation = load_pushed_generation(&options.state_dir);
         Ok(Self {

@@ -6,7 +6,7 @@
 //! from that CA for the operator Service's DNS names (90 days) and re-issued during a handshake
 //! once less than a third of its life is left, so nothing restarts for a rotation. Agents trust
 //! the CA through ConfigMap `portcullis-ca` (key `ca.crt`) that the controller writes into every
-//! Gateway namespace with [`apply_ca_configmap`]; the CA key never leaves the operator's
+//! Gateway namespace ([`ca_configmap`]); the CA key never leaves the operator's
 //! namespace.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, PostParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
@@ -24,10 +25,9 @@ use rcgen::{
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::provision::{CA_CONFIGMAP, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::provision::{CA_CONFIGMAP, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// The Secret (in the operator's namespace) holding the CA certificate and key.
 pub const CA_SECRET: &str = "portcullis-ca";
@@ -241,35 +241,32 @@ pub async fn load_or_create(
     }
 }
 
-/// ConfigMap `portcullis-ca` for a Gateway namespace: the CA certificate agents trust.
-pub fn ca_configmap(namespace: &str, ca_pem: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": CA_CONFIGMAP,
-            "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+/// ConfigMap `portcullis-ca` for a Gateway namespace: the CA certificate agents trust. It is
+/// owned by every Gateway in `namespace` it serves (`owners`: name and uid), so the garbage
+/// collector removes it with the last of them.
+pub fn ca_configmap(namespace: &str, ca_pem: &str, owners: &[(String, String)]) -> ConfigMap {
+    let owner_references = owners
+        .iter()
+        .map(|(name, uid)| OwnerReference {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "Gateway".into(),
+            name: name.clone(),
+            uid: uid.clone(),
+            controller: None,
+            block_owner_deletion: None,
+        })
+        .collect();
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(CA_CONFIGMAP.into()),
+            namespace: Some(namespace.into()),
+            labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into()),
+            owner_references: Some(owner_references),
+            ..ObjectMeta::default()
         },
-        "data": {CA_CERT_KEY: ca_pem},
-    })
-}
-
-/// Writes ConfigMap `portcullis-ca` into `namespace` with server-side apply.
-pub async fn apply_ca_configmap(
-    client: &kube::Client,
-    namespace: &str,
-    ca_pem: &str,
-) -> Result<()> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        CA_CONFIGMAP,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(ca_configmap(namespace, ca_pem)),
-    )
-    .await
-    .with_context(|| format!("applying ConfigMap {namespace}/{CA_CONFIGMAP}"))?;
-    Ok(())
+        data: Some([(CA_CERT_KEY.to_string(), ca_pem.to_string())].into()),
+        ..ConfigMap::default()
+    }
 }
 
 /// The config server's certificate: issued from the CA, re-issued during a handshake once
@@ -469,9 +466,18 @@ mod tests {
 
     #[test]
     fn the_configmap_carries_the_ca() {
-        let cm = ca_configmap("infra", "PEM");
-        assert_eq!(cm["metadata"]["name"], CA_CONFIGMAP);
-        assert_eq!(cm["metadata"]["namespace"], "infra");
-        assert_eq!(cm["data"]["ca.crt"], "PEM");
+        let owners = [
+            ("a".to_string(), "uid-a".to_string()),
+            ("b".to_string(), "uid-b".to_string()),
+        ];
+        let cm = ca_configmap("infra", "PEM", &owners);
+        assert_eq!(cm.metadata.name.as_deref(), Some(CA_CONFIGMAP));
+        assert_eq!(cm.metadata.namespace.as_deref(), Some("infra"));
+        assert_eq!(cm.data.unwrap()["ca.crt"], "PEM");
+        let refs = cm.metadata.owner_references.unwrap();
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[1].uid, "uid-b");
+        // Not a controller reference: several Gateways share the ConfigMap.
+        assert!(refs.iter().all(|r| r.controller.is_none()));
     }
 }

@@ -211,6 +211,50 @@ fn deployment_is_hardened_and_wired() {
             .contains("secrets"),
         "the proxy sees no credentials"
     );
+    // A new pod starts from the last-good Secret, which may not exist yet.
+    let last_good = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "last-good")
+        .unwrap();
+    assert_eq!(
+        last_good["secret"]["secretName"],
+        "edge-portcullis-last-good"
+    );
+    assert_eq!(last_good["secret"]["optional"], true);
+    assert!(agent_args.contains("--bootstrap-file=/etc/portcullis/last-good/config.json"));
+    assert!(
+        agent["volumeMounts"]
+            .to_string()
+            .contains("/etc/portcullis/last-good")
+    );
+}
+
+#[test]
+fn the_last_good_secret_is_owned_labelled_and_annotated() {
+    let p = rendered("edge");
+    let secret = last_good_secret(&p, b"{}".to_vec(), "abcd");
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some("edge-portcullis-last-good")
+    );
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("infra"));
+    assert_eq!(secret.type_.as_deref(), Some(LAST_GOOD_SECRET_TYPE));
+    assert_eq!(
+        secret.metadata.annotations.as_ref().unwrap()[CONTENT_HASH_ANNOTATION],
+        "abcd"
+    );
+    assert_eq!(
+        secret.metadata.labels.as_ref().unwrap()[MANAGED_BY_LABEL],
+        MANAGED_BY
+    );
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Gateway", "edge")
+    );
+    assert_eq!(secret.data.unwrap()[LAST_GOOD_KEY].0, b"{}");
 }
 
 #[test]
