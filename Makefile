@@ -61,6 +61,26 @@ demo: ## Standalone mode on config/samples/standalone: a 95/5 canary over HTTP a
 cluster-up: ## Start a real single-node Kubernetes (built from source, cached); kubeconfig in ~/.cache/portcullis/kubeconfig.
 	hack/local-cluster/up.sh
 
+.PHONY: images
+images: ## Build the operator and proxy images without Docker and import them into the local cluster.
+	hack/images/build.sh
+
+.PHONY: install
+install: ## Install the Gateway API standard CRDs (pinned module) and ours into KUBECONFIG's cluster.
+	hack/deploy.sh install
+
+.PHONY: deploy
+deploy: ## install + the operator (IMG=..., PROXY_IMG=...; defaults match `make images`).
+	hack/deploy.sh deploy
+
+.PHONY: undeploy
+undeploy: ## Remove the operator (CRDs, Gateways and what they own stay).
+	hack/deploy.sh undeploy
+
+.PHONY: seccomp-profile
+seccomp-profile: ## Regenerate config/seccomp/proxy.json from the syscalls the proxy makes in its tests (strace).
+	hack/seccomp/trace-proxy.py
+
 .PHONY: cluster-down
 cluster-down: ## Stop the local cluster and remove everything it created (safe when nothing is up).
 	hack/local-cluster/down.sh

@@ -88,7 +88,7 @@ impl LoadConn {
 
     fn fill(&mut self) -> std::io::Result<()> {
         let mut chunk = [0u8; 16384];
-        let n = self.stream.read(&mut chunk)?;
+        let n = portcullis_testkit::read_uninterrupted(&mut self.stream, &mut chunk)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

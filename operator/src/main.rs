@@ -103,6 +103,9 @@ enum Command {
         /// The operator's config server, e.g. https://portcullis.portcullis-system.svc:9443.
         #[arg(long, value_name = "URL")]
         config_server: String,
+        /// The name to verify in the config server's certificate [default: the URL's host].
+        #[arg(long, value_name = "DNS-NAME")]
+        config_server_name: Option<String>,
         /// The Gateway this pod serves.
         #[arg(long, value_name = "NAMESPACE/NAME", value_parser = standalone::parse_gateway_key)]
         gateway: ObjectKey,
@@ -189,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "https://{config_service}.{namespace}.svc:{}",
                     config_address.port()
                 ),
+                config_server_name: format!("{config_service}.{namespace}.svc"),
                 seccomp,
             };
             let options = operator::Options {
@@ -227,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Agent {
             config_server,
+            config_server_name,
             gateway,
             token_file,
             ca_file,
@@ -251,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             );
             options.bootstrap_file = bootstrap_file;
+            options.config_server_name = config_server_name;
             run_agent(options)
         }
         Command::Crd => {

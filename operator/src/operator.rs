@@ -84,6 +84,8 @@ pub async fn run(options: Options) -> Result<()> {
     ));
     let settings = Settings {
         provision: options.provision.clone(),
+        config_service: ObjectKey::new(options.namespace.clone(), options.config_service.clone()),
+        config_port: options.config_address.port(),
         lease: LeaseSettings {
             namespace: options.namespace.clone(),
             name: options.lease_name.clone(),

@@ -57,8 +57,11 @@ pub struct ProvisionSettings {
     pub proxy_image: String,
     pub agent_image: String,
     pub image_pull_policy: String,
-    /// How agents reach the config server, e.g. "https://portcullis.portcullis-system.svc:9443".
+    /// How agents reach the config server, e.g. "https://portcullis.portcullis-system.svc:9443"
+    /// or, once the controller knows its Service's ClusterIP, "https://10.96.0.20:9443".
     pub config_server: String,
+    /// The DNS name in the config server's certificate, e.g. "portcullis.portcullis-system.svc".
+    pub config_server_name: String,
     pub seccomp: Seccomp,
 }
 
@@ -297,6 +300,13 @@ fn deployment(
         "runAsNonRoot": true,
         "capabilities": {"drop": ["ALL"]},
     });
+    // io_uring is denied by the runtimes' default profiles (docs/seccomp.md).
+    let mut proxy_security = container_security.clone();
+    proxy_security["seccompProfile"] = match &settings.seccomp {
+        Seccomp::Localhost(profile) => json!({"type": "Localhost", "localhostProfile": profile}),
+        Seccomp::RuntimeDefault => json!({"type": "RuntimeDefault"}),
+        Seccomp::Unconfined => json!({"type": "Unconfined"}),
+    };
     let mut container_ports =
         vec![json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"})];
     container_ports.extend(
@@ -320,7 +330,7 @@ fn deployment(
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "securityContext": container_security,
+        "securityContext": proxy_security,
         "volumeMounts": [{"name": "run", "mountPath": RUN_DIR}],
     });
     if let Some(resources) = &params.resources {
@@ -334,6 +344,7 @@ fn deployment(
         "args": [
             "agent",
             format!("--config-server={}", settings.config_server),
+            format!("--config-server-name={}", settings.config_server_name),
             format!("--gateway={gateway}"),
             format!("--token-file={TOKEN_DIR}/token"),
             format!("--ca-file={TOKEN_DIR}/ca.crt"),
@@ -354,11 +365,6 @@ fn deployment(
             {"name": "last-good", "mountPath": LAST_GOOD_DIR, "readOnly": true},
         ],
     });
-    let seccomp = match &settings.seccomp {
-        Seccomp::Localhost(profile) => json!({"type": "Localhost", "localhostProfile": profile}),
-        Seccomp::RuntimeDefault => json!({"type": "RuntimeDefault"}),
-        Seccomp::Unconfined => json!({"type": "Unconfined"}),
-    };
     let mut pod_spec = json!({
         "serviceAccountName": name,
         "automountServiceAccountToken": false,
@@ -369,7 +375,8 @@ fn deployment(
             "runAsUser": USER,
             "runAsGroup": USER,
             "fsGroup": USER,
-            "seccompProfile": seccomp,
+            // The agent runs under the runtime's profile; the proxy container overrides it.
+            "seccompProfile": {"type": "RuntimeDefault"},
             // Listener ports below 1024 without NET_BIND_SERVICE.
             "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
         },

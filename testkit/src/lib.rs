@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests of every crate in the workspace.
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -37,6 +38,17 @@ fn candidate(seed: u32, step: u32) -> u16 {
 
 fn first_bindable(mut candidates: impl Iterator<Item = u16>) -> Option<u16> {
     candidates.find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+}
+
+/// `reader.read(buf)`, retried when a signal interrupts it: tests run under tracers (strace for
+/// `make seccomp-profile`) and signal-heavy harnesses, and an EINTR is never the proxy's doing.
+pub fn read_uninterrupted(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ impl Client {
 
     fn fill(&mut self) -> std::io::Result<usize> {
         let mut chunk = [0u8; 16384];
-        let n = self.stream.read(&mut chunk)?;
+        let n = portcullis_testkit::read_uninterrupted(&mut self.stream, &mut chunk)?;
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }

@@ -50,6 +50,9 @@ pub const APPLIED_ANNOTATION: &str = "portcullis.dev/applied-config";
 pub struct Settings {
     pub provision: ProvisionSettings,
     pub lease: leader::LeaseSettings,
+    /// The operator's Service that agents stream configs from, and its port.
+    pub config_service: ObjectKey,
+    pub config_port: u16,
 }
 
 /// What the controller works with; built by the operator's composition root.
@@ -232,6 +235,7 @@ impl Reconciler {
         let mut failures = 0;
         // Gateways (name, uid) per namespace: the owners of that namespace's CA ConfigMap.
         let mut owners: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let provision_settings = self.provision_settings(stores);
         for (key, gateway_output) in &output.gateways {
             let Some(gateway) = input.gateways.iter().find(|g| ObjectKey::of(*g) == *key) else {
                 continue;
@@ -242,15 +246,15 @@ impl Reconciler {
                     .or_default()
                     .push((key.name.clone(), uid));
             }
-            let provisioned =
-                match provision::render(gateway, gateway_output, &self.settings.provision) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        warn!(gateway = %key, error = %e, "rendering infrastructure failed");
-                        failures += 1;
-                        continue;
-                    }
-                };
+            let provisioned = match provision::render(gateway, gateway_output, &provision_settings)
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(gateway = %key, error = %e, "rendering infrastructure failed");
+                    failures += 1;
+                    continue;
+                }
+            };
             let ns = provisioned.namespace.clone();
             failures += self
                 .apply(
@@ -292,6 +296,26 @@ impl Reconciler {
             }
         }
         failures
+    }
+
+    /// The provisioning settings, with agents pointed at the config Service's ClusterIP when it
+    /// has one: config delivery then never depends on cluster DNS (the certificate is still
+    /// verified against the Service's DNS name).
+    fn provision_settings(&self, stores: &Stores) -> ProvisionSettings {
+        let mut settings = self.settings.provision.clone();
+        let service = &self.settings.config_service;
+        let cluster_ip = stores
+            .services
+            .state()
+            .into_iter()
+            .find(|s| ObjectKey::of(&**s) == *service)
+            .and_then(|s| s.spec.as_ref().and_then(|spec| spec.cluster_ip.clone()))
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        if let Some(ip) = cluster_ip {
+            let address = std::net::SocketAddr::new(ip, self.settings.config_port);
+            settings.config_server = format!("https://{address}");
+        }
+        settings
     }
 
     /// Keeps the Gateway's last-good Secret at the newest config a ready proxy pod served, so

@@ -50,6 +50,9 @@ pub const PUSHED_GENERATION_FILE: &str = "pushed-generation";
 pub struct AgentOptions {
     /// e.g. `https://portcullis.portcullis-system.svc:9443`
     pub config_server: String,
+    /// The name the config server's certificate must carry, when the URL holds an address
+    /// (the operator hands agents its Service's ClusterIP so delivery never waits on DNS).
+    pub config_server_name: Option<String>,
     pub gateway: ObjectKey,
     pub token_file: PathBuf,
     pub ca_file: PathBuf,
@@ -84,6 +87,7 @@ impl AgentOptions {
     ) -> Self {
         Self {
             config_server,
+            config_server_name: None,
             gateway,
             token_file,
             ca_file,
@@ -355,7 +359,13 @@ impl Agent {
             .with_context(|| format!("reading {}", self.options.ca_file.display()))?;
         let endpoint = Endpoint::from_shared(self.options.config_server.clone())
             .with_context(|| format!("--config-server {}", self.options.config_server))?
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+            .tls_config({
+                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+                match &self.options.config_server_name {
+                    Some(name) => tls.domain_name(name.clone()),
+                    None => tls,
+                }
+            })
             .context("the TLS settings")?
             .connect_timeout(self.options.connect_timeout)
             .http2_keep_alive_interval(self.options.keepalive_interval)

@@ -56,6 +56,7 @@ fn settings() -> ProvisionSettings {
         agent_image: "portcullis/portcullis:dev".into(),
         image_pull_policy: "IfNotPresent".into(),
         config_server: "https://portcullis.portcullis-system.svc:9443".into(),
+        config_server_name: "portcullis.portcullis-system.svc".into(),
         seccomp: Seccomp::Localhost("portcullis/proxy.json".into()),
     }
 }
@@ -147,12 +148,11 @@ fn deployment_is_hardened_and_wired() {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         pod["securityContext"]["seccompProfile"]["type"],
-        "Localhost"
+        "RuntimeDefault"
     );
-    assert_eq!(
-        pod["securityContext"]["seccompProfile"]["localhostProfile"],
-        "portcullis/proxy.json"
-    );
+    let proxy_seccomp = &pod["containers"][0]["securityContext"]["seccompProfile"];
+    assert_eq!(proxy_seccomp["type"], "Localhost");
+    assert_eq!(proxy_seccomp["localhostProfile"], "portcullis/proxy.json");
     assert_eq!(pod["nodeSelector"]["pool"], "edge", "class defaults apply");
     assert_eq!(
         pod["terminationGracePeriodSeconds"], 35,
@@ -309,9 +309,18 @@ fn seccomp_modes() {
             ..settings()
         };
         let p = render(gateway, &output.gateways[&key], &settings).unwrap();
+        let pod = &json(&p.deployment)["spec"]["template"]["spec"];
         assert_eq!(
-            json(&p.deployment)["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"],
+            pod["containers"][0]["securityContext"]["seccompProfile"]["type"],
             expected
+        );
+        assert!(
+            pod["containers"][1]["securityContext"]["seccompProfile"].is_null(),
+            "the agent needs no io_uring: it keeps the pod's profile"
+        );
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
         );
     }
 }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs Portcullis into the cluster named by KUBECONFIG (default: the local cluster's).
+#
+#   hack/deploy.sh install     Gateway API standard CRDs (from the pinned Go module) and ours
+#   hack/deploy.sh deploy      install + the proxy's seccomp profile (local cluster) + the operator
+#   hack/deploy.sh undeploy    the operator and its namespace (CRDs and Gateways stay)
+#   hack/deploy.sh uninstall   undeploy + every CRD install added
+#
+# IMG and PROXY_IMG name the images (defaults: what hack/images/build.sh imports).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=local-cluster/versions.env
+source "$ROOT/hack/local-cluster/versions.env"
+IMG=${IMG:-example.test/portcullis/portcullis:dev}
+PROXY_IMG=${PROXY_IMG:-example.test/portcullis/proxy:dev}
+NAMESPACE=portcullis-system
+
+if [ -z "${KUBECTL:-}" ]; then
+  if command -v kubectl >/dev/null; then KUBECTL=kubectl; else KUBECTL=$CACHE/k8s-$K8S_VERSION/bin/kubectl; fi
+fi
+if [ -z "${KUBECONFIG:-}" ] && [ -f "$CACHE/kubeconfig" ]; then export KUBECONFIG=$CACHE/kubeconfig; fi
+k() { "$KUBECTL" "$@"; }
+
+gateway_api_crds() {
+  local dir
+  dir=$("$ROOT/hack/gateway-api-module.sh")
+  echo "$dir/config/crd/standard"
+}
+
+install_crds() {
+  echo "installing the Gateway API $GATEWAY_API_VERSION standard CRDs and Portcullis's CRDs"
+  k apply --server-side --force-conflicts -f "$(gateway_api_crds)" >/dev/null
+  k apply --server-side --force-conflicts -k "$ROOT/config/crd" >/dev/null
+  k wait --for=condition=Established --timeout=60s crd \
+    gatewayclasses.gateway.networking.k8s.io gateways.gateway.networking.k8s.io \
+    httproutes.gateway.networking.k8s.io referencegrants.gateway.networking.k8s.io \
+    gatewayparameters.portcullis.dev >/dev/null
+}
+
+# The proxy container runs under a Localhost seccomp profile (io_uring; docs/seccomp.md). On the
+# local cluster we own the kubelet, so put it where the kubelet looks; elsewhere the nodes need it
+# installed by their owner (hack/kind does it for kind).
+install_seccomp_profile() {
+  local kubelet_root=${PORTCULLIS_CLUSTER_STATE:-/run/portcullis-cluster}/kubelet
+  if [ "${KUBECONFIG:-}" = "$CACHE/kubeconfig" ] && [ -d "$kubelet_root" ]; then
+    install -D -m 0644 "$ROOT/config/seccomp/proxy.json" "$kubelet_root/seccomp/portcullis/proxy.json"
+    echo "seccomp profile installed in $kubelet_root/seccomp/portcullis/proxy.json"
+  else
+    echo "note: the nodes must have config/seccomp/proxy.json at <kubelet root>/seccomp/portcullis/proxy.json"
+  fi
+}
+
+deploy() {
+  install_crds
+  install_seccomp_profile
+  echo "deploying the operator ($IMG, proxies $PROXY_IMG)"
+  k kustomize "$ROOT/config/default" \
+    | sed -e "s|image: portcullis:latest|image: $IMG|" \
+          -e "s|--proxy-image=portcullis-proxy:latest|--proxy-image=$PROXY_IMG|" \
+          -e "s|--agent-image=portcullis:latest|--agent-image=$IMG|" \
+    | k apply --server-side --force-conflicts -f - >/dev/null
+  # A re-deploy of the same tag with a new binary needs new pods.
+  k -n "$NAMESPACE" rollout restart deployment/portcullis-operator >/dev/null
+  k -n "$NAMESPACE" rollout status deployment/portcullis-operator --timeout=180s
+}
+
+undeploy() {
+  k delete namespace "$NAMESPACE" --ignore-not-found --wait=true
+  k delete clusterrole,clusterrolebinding portcullis-operator --ignore-not-found
+}
+
+uninstall() {
+  undeploy
+  k delete --ignore-not-found -k "$ROOT/config/crd"
+  k delete --ignore-not-found -f "$(gateway_api_crds)"
+}
+
+case ${1:-} in
+  install) install_crds ;;
+  deploy|undeploy|uninstall) "$1" ;;
+  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
