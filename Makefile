@@ -22,7 +22,8 @@ build: ## Build every binary (release).
 .PHONY: test
 test: ## Run all tests that need no cluster (unit, table and loopback integration tests).
 	hack/ensure-tools.sh test
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --exclude portcullis-e2e
+	$(CARGO) test --locked -p portcullis-e2e --lib --bins
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings as errors.
@@ -60,6 +61,10 @@ demo: ## Standalone mode on config/samples/standalone: a 95/5 canary over HTTP a
 .PHONY: cluster-up
 cluster-up: ## Start a real single-node Kubernetes (built from source, cached); kubeconfig in ~/.cache/portcullis/kubeconfig.
 	hack/local-cluster/up.sh
+
+.PHONY: e2e
+e2e: ## End-to-end suite: images, local cluster (unless KUBECONFIG is set), deploy, e2e tests, teardown.
+	hack/e2e.sh
 
 .PHONY: images
 images: ## Build the operator and proxy images without Docker and import them into the local cluster.

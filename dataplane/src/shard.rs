@@ -91,6 +91,11 @@ pub struct Shard {
     pub pool: Pool,
     rng: Cell<u64>,
     pub counters: CoreCounters,
+    /// Fired when termination is announced (SIGTERM, before the drain delay): every response
+    /// from then on says `connection: close`, but an idle keep-alive connection is left alone,
+    /// because closing it could race a request the client is sending right now.
+    pub closing: Signal,
+    /// Fired when the listeners close: idle connections are closed too.
     pub drain: Signal,
     pub access_log: Option<AccessLog>,
     ticket_key: TicketKey,
@@ -113,6 +118,7 @@ impl Shard {
             pool: Pool::default(),
             rng: Cell::new(seed(id)),
             counters,
+            closing: Signal::default(),
             drain: Signal::default(),
             access_log: access_log.then(AccessLog::default),
             ticket_key,
@@ -215,11 +221,12 @@ async fn run(
             }
             ShardCommand::CollectStats => ShardReply::Stats(shard.counters.copy(shard.id)),
             ShardCommand::Announce => {
-                shard.drain.fire();
+                shard.closing.fire();
                 ShardReply::Announced
             }
             ShardCommand::Drain { deadline } => {
                 listeners.clear();
+                shard.closing.fire();
                 shard.drain.fire();
                 while shard.counters.active_connections.get() > 0 && Instant::now() < deadline {
                     Timer::new(Duration::from_millis(20)).await;

@@ -177,8 +177,8 @@ async fn read_head<T: Transport>(
         }
         io.set_read_timeout(Some(wait));
         let limit = settings.max_header_bytes + 1;
-        // Between requests a drain closes the connection at once; a new connection still gets
-        // its first request answered (while draining it is told `connection: close`).
+        // Between requests a drain (the listeners closing) closes the connection at once; a new
+        // connection still gets its first request answered, told `connection: close`.
         let read = if conn.rx.is_empty() && conn.served > 0 {
             if shard.drain.is_fired() {
                 return HeadRead::Closed;
@@ -247,7 +247,7 @@ async fn handle<T: Transport>(
     let client_version = conn.head.version;
     let head_request = conn.head.is_head(conn.rx.data());
     let mut keep_alive = conn.head.keep_alive
-        && !shard.drain.is_fired()
+        && !shard.closing.is_fired()
         && (settings.max_requests_per_connection == 0
             || conn.served < settings.max_requests_per_connection);
     if shard.access_log.is_some() {
@@ -607,7 +607,7 @@ impl Exchange<'_> {
         let out_framing = client_framing(conn.response.framing, client_version);
         // A drain that began while the upstream was working closes this connection too.
         let keep_alive = self.keep_alive
-            && !self.shard.drain.is_fired()
+            && !self.shard.closing.is_fired()
             && out_framing != OutFraming::UntilClose;
         serialize::client_response(
             &mut conn.out,
