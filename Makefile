@@ -66,6 +66,10 @@ cluster-up: ## Start a real single-node Kubernetes (built from source, cached); 
 e2e: ## End-to-end suite: images, local cluster (unless KUBECONFIG is set), deploy, e2e tests, teardown.
 	hack/e2e.sh
 
+.PHONY: conformance
+conformance: ## Upstream Gateway API conformance suite on the local cluster; report in conformance/reports/.
+	hack/conformance.sh $(ARGS)
+
 .PHONY: e2e-kind
 e2e-kind: ## The e2e suite on kind (needs Docker, kind, kubectl; not runnable on our build machines).
 	hack/kind/e2e.sh

@@ -127,7 +127,7 @@ pub fn run(options: Options) -> Result<(), String> {
         .map_err(|e| format!("starting the control thread: {e}"))?;
     let result = control
         .join()
-        .map_err(|e| format!("control thread failed: {e}"))
+        .map_err(|e| executor_failure("control thread failed", &e))
         .and_then(|r| r);
     for handle in core_handles {
         let _ = handle.join();
@@ -156,6 +156,23 @@ async fn start(
     }
     spawn_local(control::admin::serve(control.clone(), admin_socket)).detach();
     Ok(())
+}
+
+/// An executor's error, with the likely cause when its io_uring rings could not be created.
+fn executor_failure(what: &str, error: &glommio::GlommioError<()>) -> String {
+    let out_of_locked_memory = matches!(error,
+        glommio::GlommioError::IoError(e) if e.raw_os_error() == Some(libc::ENOMEM));
+    if out_of_locked_memory {
+        format!(
+            "{what}: {error}. The kernel charges io_uring memory to the user's locked-memory \
+             limit (RLIMIT_MEMLOCK), summed over every process of this UID on the machine, and \
+             about 240 KiB per executor is needed: run fewer proxies under this UID (the \
+             operator gives each Gateway's proxies a UID of their own), fewer --cores, or raise \
+             the memlock limit"
+        )
+    } else {
+        format!("{what}: {error}")
+    }
 }
 
 /// Fails early, with the fix, when the machine cannot run the proxy.

@@ -45,7 +45,13 @@ pub const LAST_GOOD_MAX_BYTES: usize = 1000 * 1024;
 const RUN_DIR: &str = "/var/run/portcullis";
 const LAST_GOOD_DIR: &str = "/etc/portcullis/last-good";
 const TOKEN_DIR: &str = "/var/run/secrets/portcullis";
-const USER: i64 = 65532;
+/// Proxy pods run under a UID of their own per Gateway, in [PROXY_UID_BASE, PROXY_UID_BASE +
+/// PROXY_UID_SPAN): the kernel charges io_uring rings and registered buffers to the user's
+/// locked-memory budget (RLIMIT_MEMLOCK, 8 MiB on most nodes), summed over every process of that
+/// UID on the node. One proxy needs about 240 KiB per executor, so with one shared UID a node
+/// runs out after about a dozen small proxies and further ones cannot start.
+const PROXY_UID_BASE: i64 = 100_000;
+const PROXY_UID_SPAN: i64 = 2_000_000_000;
 const DEFAULT_DRAIN_SECONDS: i32 = 30;
 /// Seconds a terminating proxy keeps accepting (not ready, closing connections) so endpoint
 /// removal reaches every node before its listeners close.
@@ -252,6 +258,16 @@ pub fn listener_ports(output: &GatewayOutput) -> Vec<u16> {
     ports
 }
 
+/// The UID (and GID) the proxy pods of the Gateway `namespace/name` run under; see
+/// PROXY_UID_BASE.
+pub fn proxy_uid(gateway: &str) -> i64 {
+    let digest = Sha256::digest(gateway.as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    let offset = u64::from_be_bytes(head) % PROXY_UID_SPAN.unsigned_abs();
+    PROXY_UID_BASE + offset.cast_signed()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn deployment(
     name: &str,
@@ -271,6 +287,7 @@ fn deployment(
     let mut pod_annotations = annotations.clone();
     pod_annotations.extend(pod.annotations.clone().unwrap_or_default());
     let drain = proxy.drain_timeout_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS);
+    let uid = proxy_uid(gateway);
 
     let mut proxy_args = vec![
         format!("--control-socket={RUN_DIR}/control.sock"),
@@ -372,9 +389,9 @@ fn deployment(
         "enableServiceLinks": false,
         "securityContext": {
             "runAsNonRoot": true,
-            "runAsUser": USER,
-            "runAsGroup": USER,
-            "fsGroup": USER,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
             // The agent runs under the runtime's profile; the proxy container overrides it.
             "seccompProfile": {"type": "RuntimeDefault"},
             // Listener ports below 1024 without NET_BIND_SERVICE.

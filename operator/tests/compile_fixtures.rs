@@ -43,9 +43,9 @@ struct ExpectedGateway {
     conditions: BTreeMap<String, String>,
     #[serde(default)]
     listeners: BTreeMap<String, ExpectedListener>,
-    /// false: the Gateway must have no config.
+    /// false: the Gateway's proxies must serve no listener (its config has no ports).
     #[serde(default)]
-    config: Option<bool>,
+    serves: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,13 +155,14 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             &expected_gateway.conditions,
             &mut problems,
         );
-        if let Some(expect_config) = expected_gateway.config
-            && gateway.config.is_some() != expect_config
+        let serves = gateway
+            .config
+            .as_ref()
+            .is_some_and(|config| !config.ports.is_empty());
+        if let Some(expect_serves) = expected_gateway.serves
+            && serves != expect_serves
         {
-            problems.push(format!(
-                "Gateway {key}: config present = {}",
-                gateway.config.is_some()
-            ));
+            problems.push(format!("Gateway {key}: serves listeners = {serves}"));
         }
         for (listener_name, expected_listener) in &expected_gateway.listeners {
             let Some(listener) = gateway.listeners.iter().find(|l| l.name == *listener_name) else {

@@ -13,6 +13,8 @@ impl<T: Read + Write + Send> Stream for T {}
 
 pub struct Client {
     stream: Box<dyn Stream>,
+    /// The TCP socket under `stream`, for its timeouts.
+    socket: TcpStream,
     buf: Vec<u8>,
     /// Protocol negotiated by ALPN (TLS only).
     pub alpn: Option<Vec<u8>>,
@@ -61,6 +63,7 @@ impl Client {
             .unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
+            socket: stream.try_clone().expect("clone the client socket"),
             stream: Box::new(stream),
             buf: Vec::new(),
             alpn: None,
@@ -92,6 +95,7 @@ impl Client {
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned());
         Ok(Client {
+            socket: stream.try_clone()?,
             stream: Box::new(rustls::StreamOwned::new(connection, stream)),
             buf: Vec::new(),
             alpn,
@@ -236,20 +240,27 @@ impl Client {
     /// Whether the server closed the connection (reads EOF within `wait`).
     pub fn is_closed(&mut self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
-        while Instant::now() < deadline {
+        let saved = self.socket.read_timeout().ok().flatten();
+        let closed = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            let _ = self.socket.set_read_timeout(Some(left));
             match self.fill() {
-                Ok(0) => return true,
+                Ok(0) => break true,
                 Ok(_) => continue,
                 Err(e)
                     if e.kind() == std::io::ErrorKind::WouldBlock
                         || e.kind() == std::io::ErrorKind::TimedOut =>
                 {
-                    return false;
+                    break false;
                 }
-                Err(_) => return true,
+                Err(_) => break true,
             }
-        }
-        false
+        };
+        let _ = self.socket.set_read_timeout(saved);
+        closed
     }
 
     /// Bytes received but not yet part of a parsed response.

@@ -11,7 +11,9 @@ use super::gateways::{GatewayState, Protocol};
 use super::{GatewayOutput, ListenerOutput};
 
 impl GatewayState {
-    /// The Gateway's status and, when it is accepted, its config.
+    /// The Gateway's status and its config. A Gateway that is not accepted gets a config with
+    /// no listeners: its proxies run, become ready and serve nothing, which is what its status
+    /// says, and they pick up the Gateway's listeners as soon as it is fixed.
     pub fn finish(self) -> GatewayOutput {
         let conditions = self.conditions();
         let listeners = self
@@ -25,7 +27,11 @@ impl GatewayState {
             })
             .collect();
         let accepted = conditions.first().is_some_and(|c| c.is_true());
-        let config = accepted.then(|| self.config());
+        let config = Some(if accepted {
+            self.config()
+        } else {
+            self.config_without_listeners()
+        });
         GatewayOutput {
             class_name: self.class_name,
             conditions,
@@ -35,14 +41,19 @@ impl GatewayState {
         }
     }
 
-    /// The proxy config: programmable listeners grouped by port, their routes in tie-break
-    /// order, and the backends and certificates they use, each once and sorted by name.
-    pub fn config(&self) -> CompiledConfig {
+    fn config_without_listeners(&self) -> CompiledConfig {
         let mut config = CompiledConfig::empty(0);
         config.gateway = GatewayIdentity {
             namespace: self.key.namespace.clone(),
             name: self.key.name.clone(),
         };
+        config
+    }
+
+    /// The proxy config: programmable listeners grouped by port, their routes in tie-break
+    /// order, and the backends and certificates they use, each once and sorted by name.
+    pub fn config(&self) -> CompiledConfig {
+        let mut config = self.config_without_listeners();
         let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
         let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
         let mut certificates: BTreeMap<String, Certificate> = BTreeMap::new();

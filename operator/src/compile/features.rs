@@ -5,7 +5,9 @@
 pub fn supported() -> Vec<&'static str> {
     let mut features = vec![
         "Gateway",
+        "GatewayAddressEmpty",
         "GatewayHTTPListenerIsolation",
+        "GatewayInfrastructurePropagation",
         "GatewayPort8080",
         "HTTPRoute",
         "HTTPRoute303RedirectStatusCode",
@@ -13,6 +15,8 @@ pub fn supported() -> Vec<&'static str> {
         "HTTPRoute308RedirectStatusCode",
         "HTTPRouteBackendProtocolWebSocket",
         "HTTPRouteBackendRequestHeaderModification",
+        "HTTPRouteBackendTimeout",
+        "HTTPRouteDestinationPortMatching",
         "HTTPRouteHostRewrite",
         "HTTPRouteMethodMatching",
         "HTTPRouteNamedRouteRule",
@@ -21,6 +25,7 @@ pub fn supported() -> Vec<&'static str> {
         "HTTPRoutePathRewrite",
         "HTTPRoutePortRedirect",
         "HTTPRouteQueryParamMatching",
+        "HTTPRouteRequestTimeout",
         "HTTPRouteResponseHeaderModification",
         "HTTPRouteSchemeRedirect",
         "ReferenceGrant",

@@ -175,8 +175,11 @@ pub struct GatewayState {
     pub key: ObjectKey,
     pub generation: i64,
     pub class_name: String,
-    /// Accepted=False for the Gateway itself (class not accepted, bad parametersRef).
+    /// Accepted=False for the Gateway itself (class not accepted, bad parametersRef,
+    /// unsupported address type).
     pub rejected: Option<Problem>,
+    /// Programmed=False/AddressNotAssigned: spec.addresses asks for one we cannot give.
+    pub address_not_assigned: Option<String>,
     pub listeners: Vec<ListenerState>,
     pub parameters: GatewayParametersSpec,
 }
@@ -216,6 +219,14 @@ pub fn gateways(
                 ),
             }
         };
+        let (rejected, address_not_assigned) = match (rejected, requested_addresses(gateway)) {
+            (Some(rejected), _) => (Some(rejected), None),
+            (None, Ok(())) => (None, None),
+            (None, Err(AddressProblem::UnsupportedType(message))) => {
+                (Some((reasons::UNSUPPORTED_ADDRESS, message)), None)
+            }
+            (None, Err(AddressProblem::NotAssignable(message))) => (None, Some(message)),
+        };
         let mut listeners: Vec<ListenerState> = gateway
             .spec
             .listeners
@@ -230,12 +241,39 @@ pub fn gateways(
                 generation,
                 class_name: gateway.spec.gateway_class_name.clone(),
                 rejected,
+                address_not_assigned,
                 listeners,
                 parameters,
             },
         );
     }
     out
+}
+
+enum AddressProblem {
+    UnsupportedType(String),
+    NotAssignable(String),
+}
+
+/// `spec.addresses`: the Gateway's address is its Service's, so an entry of type IPAddress
+/// without a value (let the implementation choose) is honoured; an address with a value would
+/// need a Service with that exact address, which the operator does not request.
+fn requested_addresses(gateway: &Gateway) -> Result<(), AddressProblem> {
+    for address in gateway.spec.addresses.iter().flatten() {
+        let kind = address.r#type.as_deref().unwrap_or("IPAddress");
+        if kind != "IPAddress" {
+            return Err(AddressProblem::UnsupportedType(format!(
+                "address type {kind:?} is not supported (IPAddress is)"
+            )));
+        }
+        if let Some(value) = address.value.as_deref().filter(|v| !v.is_empty()) {
+            return Err(AddressProblem::NotAssignable(format!(
+                "static address {value} cannot be assigned: the Gateway's address is the one \
+                 its Service gets; remove the value to accept it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn gateway_parameters(
@@ -596,23 +634,32 @@ impl GatewayState {
                 g,
             )
         };
-        let programmed = if accepted.is_true() && programmable {
-            Condition::new(
-                types::PROGRAMMED,
-                Status::True,
-                reasons::PROGRAMMED,
-                "Gateway is programmed",
-                g,
-            )
-        } else {
-            Condition::new(
-                types::PROGRAMMED,
-                Status::False,
-                reasons::INVALID,
-                "no listener can be programmed",
-                g,
-            )
-        };
+        let programmed =
+            if let (true, Some(message)) = (accepted.is_true(), &self.address_not_assigned) {
+                Condition::new(
+                    types::PROGRAMMED,
+                    Status::False,
+                    reasons::ADDRESS_NOT_ASSIGNED,
+                    message.clone(),
+                    g,
+                )
+            } else if accepted.is_true() && programmable {
+                Condition::new(
+                    types::PROGRAMMED,
+                    Status::True,
+                    reasons::PROGRAMMED,
+                    "Gateway is programmed",
+                    g,
+                )
+            } else {
+                Condition::new(
+                    types::PROGRAMMED,
+                    Status::False,
+                    reasons::INVALID,
+                    "no listener can be programmed",
+                    g,
+                )
+            };
         vec![accepted, programmed]
     }
 

@@ -107,8 +107,8 @@ pub struct GatewayOutput {
     /// operator keeps it Pending until a proxy has acknowledged the config.
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerOutput>,
-    /// The config for this Gateway's proxies (generation 0; the pusher assigns generations),
-    /// or None when the Gateway is not accepted.
+    /// The config for this Gateway's proxies (generation 0; the pusher assigns generations);
+    /// without listeners when the Gateway is not accepted.
     #[serde(skip)]
     pub config: Option<CompiledConfig>,
     /// GatewayParameters: the class defaults with the Gateway's override merged over them.

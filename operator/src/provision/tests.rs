@@ -146,6 +146,10 @@ fn deployment_is_hardened_and_wired() {
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(pod["serviceAccountName"], "edge-portcullis");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let uid = pod["securityContext"]["runAsUser"].as_i64().unwrap();
+    assert_eq!(uid, super::proxy_uid("infra/edge"));
+    assert_eq!(pod["securityContext"]["runAsGroup"], uid);
+    assert_eq!(pod["securityContext"]["fsGroup"], uid);
     assert_eq!(
         pod["securityContext"]["seccompProfile"]["type"],
         "RuntimeDefault"
@@ -323,4 +327,25 @@ fn seccomp_modes() {
             "RuntimeDefault"
         );
     }
+}
+
+#[test]
+fn each_gateway_gets_a_stable_uid_of_its_own() {
+    // io_uring memory is charged per UID on the node; Gateways must not share one budget.
+    let uids: std::collections::BTreeSet<i64> = (0..1000)
+        .map(|i| super::proxy_uid(&format!("team-{}/gw-{i}", i % 7)))
+        .collect();
+    assert!(
+        uids.len() >= 999,
+        "{} distinct UIDs for 1000 Gateways",
+        uids.len()
+    );
+    for uid in &uids {
+        assert!(
+            (100_000..=i64::from(i32::MAX)).contains(uid),
+            "{uid} out of range"
+        );
+    }
+    assert_eq!(super::proxy_uid("a/b"), super::proxy_uid("a/b"));
+    assert_ne!(super::proxy_uid("a/b"), super::proxy_uid("b/a"));
 }
