@@ -274,6 +274,26 @@ impl Cluster {
         .await
     }
 
+    /// Reasons of the Events (events.k8s.io) about object `name` of `kind` in `ns`.
+    pub async fn event_reasons(&self, ns: &str, kind: &str, name: &str) -> Vec<String> {
+        let about = |e: &k8s_openapi::api::events::v1::Event| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        };
+        self.api::<k8s_openapi::api::events::v1::Event>(ns)
+            .list(&kube::api::ListParams::default())
+            .await
+            .map(|list| {
+                list.items
+                    .into_iter()
+                    .filter(about)
+                    .filter_map(|e| e.reason)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The pods of Deployment-managed `selector` (`key=value,...`) in `ns`.
     pub async fn pods(&self, ns: &str, selector: &str) -> Vec<k8s_openapi::api::core::v1::Pod> {
         self.api::<k8s_openapi::api::core::v1::Pod>(ns)

@@ -1,5 +1,6 @@
 //! Scenario 3: a listener that allows only its own namespace refuses an app team's route
-//! (NotAllowedByListeners); admitting the app namespace by label makes it accepted and served.
+//! (NotAllowedByListeners, also as a Warning event); admitting the app namespace by label makes
+//! it accepted (and says so in an event) and served.
 
 use portcullis_e2e::cluster::serving;
 use portcullis_e2e::{eventually, objects, suffix};
@@ -45,6 +46,14 @@ async fn a_route_is_refused_until_allowed_routes_admits_its_namespace() {
     })
     .await;
     assert_eq!(refused.reason, "NotAllowedByListeners");
+    eventually("a Warning event about the refusal", STATUS, || async {
+        let reasons = cluster.event_reasons(&app.name, "HTTPRoute", "web").await;
+        Ok(reasons
+            .iter()
+            .any(|r| r == "NotAllowedByListeners")
+            .then_some(()))
+    })
+    .await;
     let address = cluster
         .programmed_address(&infra.name, "shared", READY)
         .await;
@@ -67,6 +76,11 @@ async fn a_route_is_refused_until_allowed_routes_admits_its_namespace() {
     })
     .await;
     assert_eq!(accepted.reason, "Accepted");
+    eventually("an event about the acceptance", STATUS, || async {
+        let reasons = cluster.event_reasons(&app.name, "HTTPRoute", "web").await;
+        Ok(reasons.iter().any(|r| r == "Accepted").then_some(()))
+    })
+    .await;
     let echo = serving(&address, "web.example.com", READY).await;
     assert_eq!(echo.namespace, app.name);
     assert_eq!(echo.host, "web.example.com");

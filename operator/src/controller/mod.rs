@@ -11,6 +11,7 @@
 //! [`APPLIED_ANNOTATION`], written by the replica the pod's agent is connected to), so the
 //! leader knows it whichever replica serves the stream, and after a restart too.
 
+pub mod events;
 pub mod leader;
 pub mod status;
 pub mod stores;
@@ -25,6 +26,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use portcullis_api::gateway_api::gateway::{Gateway, GatewayStatusAddresses};
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
@@ -85,7 +87,15 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
     info!("watches synced");
     let mut leader = leader::start(client.clone(), settings.lease.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: compile::CONTROLLER_NAME.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
     let mut state = Reconciler {
+        recorder,
         client,
         hub,
         ca_pem,
@@ -119,6 +129,7 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
 
 struct Reconciler {
     client: Client,
+    recorder: Recorder,
     hub: ConfigHub,
     ca_pem: Option<String>,
     metrics: Arc<Metrics>,
@@ -434,7 +445,21 @@ impl Reconciler {
                 continue;
             }
             let api: Api<GatewayClass> = Api::all(self.client.clone());
-            failures += patch_status(&api, existing, &new).await;
+            let written = patch_status(&api, existing, &new).await;
+            failures += usize::from(written == Written::Failed);
+            if written != Written::Yes {
+                continue;
+            }
+            let before = existing
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_deref());
+            let notices = events::condition_changes(
+                None,
+                before.unwrap_or_default(),
+                new.conditions.as_deref().unwrap_or_default(),
+            );
+            self.publish(existing, &notices).await;
         }
         for (key, gateway) in &output.gateways {
             let Some(existing) = input.gateways.iter().find(|g| ObjectKey::of(*g) == *key) else {
@@ -457,7 +482,21 @@ impl Reconciler {
                 continue;
             }
             let api: Api<Gateway> = Api::namespaced(self.client.clone(), &key.namespace);
-            failures += patch_status(&api, existing, &new).await;
+            let written = patch_status(&api, existing, &new).await;
+            failures += usize::from(written == Written::Failed);
+            if written != Written::Yes {
+                continue;
+            }
+            let before = existing
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_deref());
+            let notices = events::condition_changes(
+                None,
+                before.unwrap_or_default(),
+                new.conditions.as_deref().unwrap_or_default(),
+            );
+            self.publish(existing, &notices).await;
         }
         for (key, route) in &output.http_routes {
             let Some(existing) = input.http_routes.iter().find(|r| ObjectKey::of(*r) == *key)
@@ -473,9 +512,31 @@ impl Reconciler {
                 continue;
             }
             let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.namespace);
-            failures += patch_status(&api, existing, &new).await;
+            let written = patch_status(&api, existing, &new).await;
+            failures += usize::from(written == Written::Failed);
+            if written != Written::Yes {
+                continue;
+            }
+            let notices = events::route_changes(&key.namespace, existing.status.as_ref(), &new);
+            self.publish(existing, &notices).await;
         }
         failures
+    }
+
+    /// Events are best effort: a failure is logged and never holds up the pass.
+    async fn publish<K>(&self, object: &K, notices: &[events::Notice])
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        if notices.is_empty() {
+            return;
+        }
+        let reference = object.object_ref(&());
+        for notice in notices {
+            if let Err(e) = self.recorder.publish(&notice.to_event(), &reference).await {
+                warn!(object = ?reference.name, error = %e, "publishing an event failed");
+            }
+        }
     }
 
     /// Served once a ready proxy pod of the Gateway applied its current config.
@@ -504,7 +565,16 @@ impl Reconciler {
     }
 }
 
-async fn patch_status<K>(api: &Api<K>, existing: &K, status: &impl Serialize) -> usize
+/// What became of a status write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// The object changed meanwhile; the next pass writes a fresh status.
+    Stale,
+    Failed,
+}
+
+async fn patch_status<K>(api: &Api<K>, existing: &K, status: &impl Serialize) -> Written
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -522,11 +592,11 @@ where
         )
         .await
     {
-        Ok(_) => 0,
-        Err(kube::Error::Api(e)) if e.code == 409 => 0,
+        Ok(_) => Written::Yes,
+        Err(kube::Error::Api(e)) if e.code == 409 => Written::Stale,
         Err(e) => {
             warn!(object = %existing.name_any(), error = %e, "status update failed");
-            1
+            Written::Failed
         }
     }
 }

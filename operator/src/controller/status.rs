@@ -211,7 +211,10 @@ pub fn route_status(
 }
 
 /// ParentRefs compare with API defaults applied (group and kind may be omitted).
-fn same_parent(a: &HttpRouteStatusParentsParentRef, b: &HttpRouteStatusParentsParentRef) -> bool {
+pub fn same_parent(
+    a: &HttpRouteStatusParentsParentRef,
+    b: &HttpRouteStatusParentsParentRef,
+) -> bool {
     let group = |r: &HttpRouteStatusParentsParentRef| {
         r.group
             .clone()
