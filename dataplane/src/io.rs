@@ -141,6 +141,9 @@ pub struct RecvBuf {
 
 /// Bytes read per syscall when the buffer has to grow.
 const READ_CHUNK: usize = 16 * 1024;
+/// What an idle keep-alive connection keeps, and reads into while it waits for the next
+/// request: most request heads fit, and thousands of idle connections stay cheap.
+pub const IDLE_READ_CHUNK: usize = 4 * 1024;
 
 impl RecvBuf {
     pub fn new() -> Self {
@@ -174,12 +177,30 @@ impl RecvBuf {
         }
     }
 
+    /// For an idle connection: drops a buffer that grew past [`IDLE_READ_CHUNK`] (a large
+    /// head or body), so waiting costs little memory.
+    pub fn shrink_when_idle(&mut self) {
+        if self.is_empty() && self.buf.len() > IDLE_READ_CHUNK {
+            self.buf = Vec::new();
+        }
+    }
+
     /// Reads once from `io`, appending. Returns the number of bytes read (0 = EOF).
     /// `limit` caps how many unconsumed bytes the buffer may hold.
     pub async fn fill<R: AsyncRead + Unpin>(
         &mut self,
         io: &mut R,
         limit: usize,
+    ) -> io::Result<usize> {
+        self.fill_at_most(io, limit, READ_CHUNK).await
+    }
+
+    /// [`Self::fill`], reading at most `chunk` bytes.
+    pub async fn fill_at_most<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        limit: usize,
+        chunk: usize,
     ) -> io::Result<usize> {
         let unconsumed = self.len();
         if unconsumed >= limit {
@@ -193,7 +214,7 @@ impl RecvBuf {
             self.start = 0;
             self.end = unconsumed;
         }
-        let want = (limit - unconsumed).min(READ_CHUNK);
+        let want = (limit - unconsumed).min(chunk);
         if self.buf.len() - self.end < want {
             self.buf.resize(self.end + want, 0);
         }
@@ -206,6 +227,30 @@ impl RecvBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_buffer_is_small() {
+        futures_lite::future::block_on(async {
+            let big = vec![b'x'; 40 * 1024];
+            let mut source: &[u8] = &big;
+            let mut rx = RecvBuf::new();
+            while rx.fill(&mut source, 64 * 1024).await.unwrap() > 0 {}
+            let grown = rx.buf.len();
+            assert!(grown > IDLE_READ_CHUNK);
+            rx.shrink_when_idle();
+            assert_eq!(rx.buf.len(), grown, "data still unread: kept");
+            assert_eq!(rx.len(), 40 * 1024);
+            rx.consume(rx.len());
+            rx.shrink_when_idle();
+            assert_eq!(rx.buf.capacity(), 0);
+            let mut next: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+            rx.fill_at_most(&mut next, 64 * 1024, IDLE_READ_CHUNK)
+                .await
+                .unwrap();
+            assert_eq!(rx.data(), b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(rx.buf.len(), IDLE_READ_CHUNK);
+        });
+    }
 
     #[test]
     fn fills_consumes_and_compacts() {

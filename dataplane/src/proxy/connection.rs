@@ -19,7 +19,7 @@ use crate::http::Version;
 use crate::http::chunked::{self, ChunkedDecoder, Decoded};
 use crate::http::request::{self, HeadLimits, RequestError, RequestFraming, RequestHead};
 use crate::http::response::{self, ResponseFraming, ResponseHead};
-use crate::io::{RecvBuf, Transport, send};
+use crate::io::{IDLE_READ_CHUNK, RecvBuf, Transport, send};
 use crate::metrics::{RouteCounters, UpstreamError, increment};
 use crate::proxy::redirect::{self, Origin};
 use crate::proxy::serialize::{
@@ -183,11 +183,17 @@ async fn read_head<T: Transport>(
             if shard.drain.is_fired() {
                 return HeadRead::Closed;
             }
+            conn.rx.shrink_when_idle();
+            shrink_when_idle(&mut conn.out);
+            shrink_when_idle(&mut conn.scratch);
             let rx = &mut conn.rx;
-            let read = future::or(async { Some(rx.fill(io, limit).await) }, async {
-                shard.drain.wait().await;
-                None
-            })
+            let read = future::or(
+                async { Some(rx.fill_at_most(io, limit, IDLE_READ_CHUNK).await) },
+                async {
+                    shard.drain.wait().await;
+                    None
+                },
+            )
             .await;
             match read {
                 Some(read) => read,
@@ -504,6 +510,13 @@ async fn discard_body<T: Transport>(
                 }
             }
         }
+    }
+}
+
+/// Drops a per-connection scratch buffer that grew past what an idle connection keeps.
+fn shrink_when_idle(buf: &mut Vec<u8>) {
+    if buf.capacity() > IDLE_READ_CHUNK {
+        *buf = Vec::new();
     }
 }
 
