@@ -51,16 +51,17 @@ if [ -z "${KUBECONFIG:-}" ]; then
   (cd conformance && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$bin/echo-basic" \
     sigs.k8s.io/gateway-api/conformance/echo-basic)
   # Every echo-basic tag the pinned suite's manifests name runs this one build of its source.
+  suite_dir=$(cd conformance && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)
   mapfile -t echo_images < <(grep -rhoE 'registry\.k8s\.io/gateway-api/echo-basic:[^"[:space:]]+' \
-    "$(cd conformance && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)" | sort -u)
+    "$suite_dir" | sort -u)
   aliases=()
   for image in "${echo_images[@]:1}"; do aliases+=(-a "$image"); done
   hack/local-cluster/import-image.sh "${aliases[@]}" "${echo_images[0]}" "$bin/echo-basic"
   # The base manifests run coredns for the UDPRoute tests (a profile we do not claim); its pod
   # must still be Ready for the suite to start. Built from the coredns module at the tag the
   # manifests name.
-  coredns_image=$(grep -rhoE 'registry\.k8s\.io/coredns/coredns:v[0-9.]+' \
-    "$(cd conformance && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)/base" | sort -u | head -1)
+  coredns_image=$(grep -rhoE 'registry\.k8s\.io/coredns/coredns:v[0-9.]+' "$suite_dir/base" \
+    | sort -u | head -1)
   coredns_version=${coredns_image##*:}
   if [ ! -x "$bin/coredns-$coredns_version" ]; then
     GOBIN=$bin/gobin CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' "github.com/coredns/coredns@$coredns_version"

@@ -86,6 +86,15 @@ pub fn condition_changes(
     notices
 }
 
+/// Notices for an object's own conditions (a GatewayClass's or a Gateway's), before and after
+/// a status write; absent conditions count as none.
+pub fn object_changes(
+    before: Option<&[KubeCondition]>,
+    after: Option<&[KubeCondition]>,
+) -> Vec<Notice> {
+    condition_changes(None, before.unwrap_or_default(), after.unwrap_or_default())
+}
+
 /// Notices for a route's parents of our controller, each scoped to its parent.
 pub fn route_changes(
     route_namespace: &str,

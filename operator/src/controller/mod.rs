@@ -454,11 +454,7 @@ impl Reconciler {
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_deref());
-            let notices = events::condition_changes(
-                None,
-                before.unwrap_or_default(),
-                new.conditions.as_deref().unwrap_or_default(),
-            );
+            let notices = events::object_changes(before, new.conditions.as_deref());
             self.publish(existing, &notices).await;
         }
         for (key, gateway) in &output.gateways {
@@ -491,11 +487,7 @@ impl Reconciler {
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_deref());
-            let notices = events::condition_changes(
-                None,
-                before.unwrap_or_default(),
-                new.conditions.as_deref().unwrap_or_default(),
-            );
+            let notices = events::object_changes(before, new.conditions.as_deref());
             self.publish(existing, &notices).await;
         }
         for (key, route) in &output.http_routes {
