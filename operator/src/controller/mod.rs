@@ -28,9 +28,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
-use portcullis_api::gateway_api::gateway::{Gateway, GatewayStatusAddresses};
-use portcullis_api::gateway_api::gatewayclass::GatewayClass;
-use portcullis_api::gateway_api::httproute::HttpRoute;
+use portcullis_api::gateway_api::gateway::{Gateway, GatewayStatus, GatewayStatusAddresses};
+use portcullis_api::gateway_api::gatewayclass::{GatewayClass, GatewayClassStatus};
+use portcullis_api::gateway_api::httproute::{HttpRoute, HttpRouteStatus};
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -437,25 +437,16 @@ impl Reconciler {
                 continue;
             };
             let new = status::class_status(existing.status.as_ref(), class, &now);
-            if existing
-                .status
-                .as_ref()
-                .is_some_and(|s| status::same_status(s, &new))
-            {
-                continue;
-            }
             let api: Api<GatewayClass> = Api::all(self.client.clone());
-            let written = patch_status(&api, existing, &new).await;
-            failures += usize::from(written == Written::Failed);
-            if written != Written::Yes {
-                continue;
-            }
-            let before = existing
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_deref());
-            let notices = events::object_changes(before, new.conditions.as_deref());
-            self.publish(existing, &notices).await;
+            let notices = |old: Option<&GatewayClassStatus>, new: &GatewayClassStatus| {
+                events::object_changes(
+                    old.and_then(|s| s.conditions.as_deref()),
+                    new.conditions.as_deref(),
+                )
+            };
+            failures += self
+                .write_status(&api, existing, existing.status.as_ref(), &new, notices)
+                .await;
         }
         for (key, gateway) in &output.gateways {
             let Some(existing) = input.gateways.iter().find(|g| ObjectKey::of(*g) == *key) else {
@@ -470,25 +461,16 @@ impl Reconciler {
                 &addresses,
                 &now,
             );
-            if existing
-                .status
-                .as_ref()
-                .is_some_and(|s| status::same_status(s, &new))
-            {
-                continue;
-            }
             let api: Api<Gateway> = Api::namespaced(self.client.clone(), &key.namespace);
-            let written = patch_status(&api, existing, &new).await;
-            failures += usize::from(written == Written::Failed);
-            if written != Written::Yes {
-                continue;
-            }
-            let before = existing
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_deref());
-            let notices = events::object_changes(before, new.conditions.as_deref());
-            self.publish(existing, &notices).await;
+            let notices = |old: Option<&GatewayStatus>, new: &GatewayStatus| {
+                events::object_changes(
+                    old.and_then(|s| s.conditions.as_deref()),
+                    new.conditions.as_deref(),
+                )
+            };
+            failures += self
+                .write_status(&api, existing, existing.status.as_ref(), &new, notices)
+                .await;
         }
         for (key, route) in &output.http_routes {
             let Some(existing) = input.http_routes.iter().find(|r| ObjectKey::of(*r) == *key)
@@ -496,23 +478,43 @@ impl Reconciler {
                 continue;
             };
             let new = status::route_status(existing.status.as_ref(), route, &now);
-            if existing
-                .status
-                .as_ref()
-                .is_some_and(|s| status::same_status(s, &new))
-            {
-                continue;
-            }
             let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.namespace);
-            let written = patch_status(&api, existing, &new).await;
-            failures += usize::from(written == Written::Failed);
-            if written != Written::Yes {
-                continue;
-            }
-            let notices = events::route_changes(&key.namespace, existing.status.as_ref(), &new);
-            self.publish(existing, &notices).await;
+            let notices = |old: Option<&HttpRouteStatus>, new: &HttpRouteStatus| {
+                events::route_changes(&key.namespace, old, new)
+            };
+            failures += self
+                .write_status(&api, existing, existing.status.as_ref(), &new, notices)
+                .await;
         }
         failures
+    }
+
+    /// Writes `new` over `old` unless they are the same, then publishes the Events for what
+    /// changed. Returns 1 when the write failed (0 when it went through or the object had
+    /// moved on; the next pass writes a fresh status then).
+    async fn write_status<K, S>(
+        &self,
+        api: &Api<K>,
+        existing: &K,
+        old: Option<&S>,
+        new: &S,
+        notices: impl FnOnce(Option<&S>, &S) -> Vec<events::Notice>,
+    ) -> usize
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        S: Serialize,
+    {
+        if old.is_some_and(|old| status::same_status(old, new)) {
+            return 0;
+        }
+        match patch_status(api, existing, new).await {
+            Written::Yes => {
+                self.publish(existing, &notices(old, new)).await;
+                0
+            }
+            Written::Stale => 0,
+            Written::Failed => 1,
+        }
     }
 
     /// Events are best effort: a failure is logged and never holds up the pass.
