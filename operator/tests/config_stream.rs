@@ -4,14 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{PORTCULLIS, proxy_bin};
 
 use portcullis_api::CompiledConfig;
 use portcullis_operator::compile::{ObjectKey, compile};
@@ -26,35 +29,10 @@ use portcullis_operator::distribute::server::{
 };
 use portcullis_operator::objects::{Loaded, load_str};
 
-const PORTCULLIS: &str = env!("CARGO_BIN_EXE_portcullis");
 const POD: &str = "gw-portcullis-abc";
 const POD_UID: &str = "uid-1";
 const TOKEN: &str = "token-of-gw";
 const OTHER_GATEWAY_TOKEN: &str = "token-of-other";
-
-/// `portcullis-proxy` next to `portcullis`; built once if missing (as in tests/standalone.rs).
-fn proxy_bin() -> &'static Path {
-    static PROXY: OnceLock<PathBuf> = OnceLock::new();
-    PROXY.get_or_init(|| {
-        let dir = Path::new(PORTCULLIS).parent().unwrap();
-        let proxy = dir.join("portcullis-proxy");
-        if !proxy.is_file() {
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-            let mut build = Command::new(env!("CARGO"));
-            build
-                .current_dir(workspace)
-                .args(["build", "-p", "portcullis-dataplane", "--bin"])
-                .arg("portcullis-proxy");
-            if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo build");
-            assert!(status.success(), "building portcullis-proxy failed");
-            assert!(proxy.is_file(), "{} missing after build", proxy.display());
-        }
-        proxy
-    })
-}
 
 use portcullis_testkit::free_port;
 

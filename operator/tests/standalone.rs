@@ -3,40 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const PORTCULLIS: &str = env!("CARGO_BIN_EXE_portcullis");
-
-/// `portcullis-proxy` next to `portcullis`; built once if missing (cargo builds the binaries of
-/// the package under test only, and the dataplane is merely a dev-dependency here).
-fn proxy_bin() -> &'static Path {
-    static PROXY: OnceLock<PathBuf> = OnceLock::new();
-    PROXY.get_or_init(|| {
-        let dir = Path::new(PORTCULLIS).parent().unwrap();
-        let proxy = dir.join("portcullis-proxy");
-        if !proxy.is_file() {
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-            let mut build = Command::new(env!("CARGO"));
-            build
-                .current_dir(workspace)
-                .args(["build", "-p", "portcullis-dataplane", "--bin"])
-                .arg("portcullis-proxy");
-            if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo build");
-            assert!(status.success(), "building portcullis-proxy failed");
-            assert!(proxy.is_file(), "{} missing after build", proxy.display());
-        }
-        proxy
-    })
-}
+use support::{PORTCULLIS, proxy_bin};
 
 use portcullis_testkit::free_port;
 
