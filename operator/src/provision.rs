@@ -36,11 +36,12 @@ pub const CA_CONFIGMAP: &str = "portcullis-ca";
 pub const ADMIN_PORT: u16 = 19000;
 /// Annotation on the last-good Secret: the content hash (hex) of the config it holds.
 pub const CONTENT_HASH_ANNOTATION: &str = "portcullis.dev/content-hash";
-/// Key of the last-good Secret holding the CompiledConfig JSON.
-pub const LAST_GOOD_KEY: &str = "config.json";
+/// Key of the last-good Secret holding the CompiledConfig JSON, gzipped.
+pub const LAST_GOOD_KEY: &str = "config.json.gz";
 /// Type of the last-good Secret.
 pub const LAST_GOOD_SECRET_TYPE: &str = "portcullis.dev/last-good-config";
-/// The API server refuses Secrets over 1 MiB; leave room for the metadata.
+/// The API server refuses Secrets over 1 MiB; leave room for the metadata. The limit applies
+/// to the compressed config.
 pub const LAST_GOOD_MAX_BYTES: usize = 1000 * 1024;
 const RUN_DIR: &str = "/var/run/portcullis";
 const LAST_GOOD_DIR: &str = "/etc/portcullis/last-good";
@@ -108,10 +109,10 @@ pub fn last_good_secret_name(name: &str) -> String {
     format!("{name}-last-good")
 }
 
-/// The last-good Secret for `provisioned`'s Gateway holding `json` (a CompiledConfig) whose
-/// content hash is `hash_hex`. It carries the same labels and owner as the other objects, so it
+/// The last-good Secret for `provisioned`'s Gateway holding `gzipped` (a gzipped
+/// CompiledConfig) whose content hash is `hash_hex`. It carries the same labels and owner as the other objects, so it
 /// goes away with the Gateway.
-pub fn last_good_secret(provisioned: &Provisioned, json: Vec<u8>, hash_hex: &str) -> Secret {
+pub fn last_good_secret(provisioned: &Provisioned, gzipped: Vec<u8>, hash_hex: &str) -> Secret {
     let mut metadata = provisioned.service_account.metadata.clone();
     metadata.name = Some(last_good_secret_name(&provisioned.name));
     metadata
@@ -121,7 +122,7 @@ pub fn last_good_secret(provisioned: &Provisioned, json: Vec<u8>, hash_hex: &str
     Secret {
         metadata,
         type_: Some(LAST_GOOD_SECRET_TYPE.into()),
-        data: Some([(LAST_GOOD_KEY.to_string(), ByteString(json))].into()),
+        data: Some([(LAST_GOOD_KEY.to_string(), ByteString(gzipped))].into()),
         ..Secret::default()
     }
 }

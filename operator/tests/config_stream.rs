@@ -20,6 +20,7 @@ use portcullis_api::CompiledConfig;
 use portcullis_operator::compile::{ObjectKey, compile};
 use portcullis_operator::distribute::agent::LAST_GOOD_FILE;
 use portcullis_operator::distribute::ca::{CertificateAuthority, ServingCertificate};
+use portcullis_operator::distribute::gzip;
 use portcullis_operator::distribute::hub::{ConfigHub, PodReport};
 use portcullis_operator::distribute::proto::agent_message::Message;
 use portcullis_operator::distribute::proto::config_stream_client::ConfigStreamClient;
@@ -848,12 +849,9 @@ fn a_new_pod_starts_from_the_bootstrap_file_while_the_operator_is_down() {
     let pod = Pod::new();
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     // What the operator wrote into the Gateway's last-good Secret, as the kubelet mounts it.
-    let bootstrap = pod.dir.0.join("last-good.json");
-    std::fs::write(
-        &bootstrap,
-        serde_json::to_vec(&config(&[pod.gateway_port], &a)).unwrap(),
-    )
-    .unwrap();
+    let bootstrap = pod.dir.0.join("config.json.gz");
+    let json = serde_json::to_vec(&config(&[pod.gateway_port], &a)).unwrap();
+    std::fs::write(&bootstrap, gzip::compress(&json).unwrap()).unwrap();
     let _proxy = pod.proxy();
     let agent = pod.agent_with(&["--bootstrap-file".as_ref(), bootstrap.as_os_str()]);
     wait_for_backend(pod.gateway_port, "a");
@@ -881,8 +879,12 @@ fn a_corrupt_or_missing_bootstrap_file_is_ignored() {
     let a = Backend::start("a");
     let corrupt = pod.dir.0.join("corrupt.json");
     std::fs::write(&corrupt, b"{\"not\": \"a config\"").unwrap();
+    let truncated = pod.dir.0.join("truncated.json.gz");
+    let json = serde_json::to_vec(&config(&[pod.gateway_port], &a)).unwrap();
+    let gzipped = gzip::compress(&json).unwrap();
+    std::fs::write(&truncated, &gzipped[..gzipped.len() / 2]).unwrap();
     let missing = pod.dir.0.join("missing.json");
-    for bootstrap in [corrupt, missing] {
+    for bootstrap in [corrupt, truncated, missing] {
         let hub = synced_hub(config(&[pod.gateway_port], &a));
         let _server = pod.server(&hub);
         let _proxy = pod.proxy();

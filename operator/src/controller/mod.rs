@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 
 use crate::compile::{self, Input, ObjectKey, Output};
 use crate::distribute::ca::ca_configmap;
+use crate::distribute::gzip;
 use crate::distribute::hub::ConfigHub;
 use crate::provision::{self, FIELD_MANAGER, GATEWAY_NAME_LABEL, ProvisionSettings};
 use crate::telemetry::{ControllerLabel, Metrics};
@@ -107,6 +108,11 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
     };
     state.secrets = Some(SecretCache::new(state.client.clone()));
     let mut was_leader = false;
+    // A pass whose writes failed is followed by another after a backoff even when nothing
+    // changes; otherwise a transient API error would stand until the idle tick.
+    const IDLE: Duration = Duration::from_secs(30);
+    const FIRST_RETRY: Duration = Duration::from_millis(250);
+    let mut retry = FIRST_RETRY;
     loop {
         let is_leader = *leader.borrow_and_update();
         if is_leader != was_leader {
@@ -115,12 +121,20 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
             was_leader = is_leader;
         }
         state.metrics.leader.set(i64::from(is_leader));
-        state.pass(&stores, is_leader).await;
+        let failures = state.pass(&stores, is_leader).await;
+        let wait = if failures > 0 {
+            let wait = retry;
+            retry = (retry * 2).min(IDLE);
+            wait
+        } else {
+            retry = FIRST_RETRY;
+            IDLE
+        };
         tokio::select! {
             _ = changed.notified() => {}
             _ = state.hub.reported() => {}
             _ = leader.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         // Coalesce a burst of events into one pass.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -142,7 +156,8 @@ struct Reconciler {
 }
 
 impl Reconciler {
-    async fn pass(&mut self, stores: &Stores, is_leader: bool) {
+    /// One pass; returns how many writes failed.
+    async fn pass(&mut self, stores: &Stores, is_leader: bool) -> usize {
         let started = Instant::now();
         let wanted = stores.referenced_secrets();
         let secrets = match self.secrets.as_mut() {
@@ -174,28 +189,31 @@ impl Reconciler {
         let pods = stores.proxy_pods.state();
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
         self.hub.forget_pods(&|pod| live.contains(&pod.uid));
-        self.record_applied(&pods).await;
+        // Every replica annotates the pods it streams to; the leader also writes the cluster.
+        let mut failures = self.record_applied(&pods).await;
 
         let label = ControllerLabel {
             controller: "gateway",
         };
         self.metrics.reconciles.get_or_create(&label).inc();
         if is_leader {
-            let mut failures = 0;
             failures += self.provision(stores, &input, &output).await;
             failures += self.write_statuses(stores, &input, &output).await;
-            if failures > 0 {
-                self.metrics.reconcile_errors.get_or_create(&label).inc();
-            }
+        }
+        if failures > 0 {
+            self.metrics.reconcile_errors.get_or_create(&label).inc();
         }
         self.metrics
             .reconcile_seconds
             .get_or_create(&label)
             .observe(started.elapsed().as_secs_f64());
+        failures
     }
 
     /// Writes, on each proxy pod whose agent reports to this replica, which config it serves.
-    async fn record_applied(&mut self, pods: &[Arc<Pod>]) {
+    /// Returns how many writes failed.
+    async fn record_applied(&mut self, pods: &[Arc<Pod>]) -> usize {
+        let mut failures = 0;
         for pod in pods {
             let (Some(namespace), Some(uid)) = (pod.namespace(), pod.uid()) else {
                 continue;
@@ -234,10 +252,12 @@ impl Reconciler {
                     self.annotated.insert(uid, hash);
                 }
                 Err(e) => {
+                    failures += 1;
                     warn!(pod = %pod.name_any(), error = %e, "recording the applied config failed")
                 }
             }
         }
+        failures
     }
 
     /// Applies each Gateway's ServiceAccount, Deployment, Service, last-good Secret and its
@@ -373,19 +393,22 @@ impl Reconciler {
                 return 0;
             }
         }
-        let json = match serde_json::to_vec(&*current.config) {
-            Ok(json) => json,
+        let gzipped = match serde_json::to_vec(&*current.config)
+            .map_err(std::io::Error::from)
+            .and_then(|json| gzip::compress(&json))
+        {
+            Ok(gzipped) => gzipped,
             Err(e) => {
-                warn!(gateway = %key, error = %e, "serializing the last good config failed");
+                warn!(gateway = %key, error = %e, "encoding the last good config failed");
                 return 1;
             }
         };
-        if json.len() > provision::LAST_GOOD_MAX_BYTES {
-            warn!(gateway = %key, bytes = json.len(),
-                "the config is too large for a Secret; new proxy pods wait for the operator");
+        if gzipped.len() > provision::LAST_GOOD_MAX_BYTES {
+            warn!(gateway = %key, bytes = gzipped.len(),
+                "the config is too large for a Secret even gzipped; new proxy pods wait for the operator");
             return 0;
         }
-        let secret = provision::last_good_secret(provisioned, json, &hash);
+        let secret = provision::last_good_secret(provisioned, gzipped, &hash);
         self.apply(
             Api::<Secret>::namespaced(self.client.clone(), &provisioned.namespace),
             &secret,

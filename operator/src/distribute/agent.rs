@@ -33,6 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use super::control_client;
+use super::gzip;
 use super::hub::PodId;
 use super::proto::agent_message::Message;
 use super::proto::config_stream_client::ConfigStreamClient;
@@ -184,9 +185,20 @@ pub fn load_last_good(state_dir: &Path) -> Result<Option<LastGood>> {
     }
 }
 
+/// The largest config a bootstrap file may decompress to.
+const BOOTSTRAP_MAX_BYTES: u64 = 64 << 20;
+
 /// The bootstrap config, if there is a usable one (it is optional, so any failure only warns).
+/// The last-good Secret holds it gzipped; plain JSON is accepted too.
 fn load_bootstrap(path: &Path) -> Option<LastGood> {
-    match std::fs::read(path) {
+    let read = std::fs::read(path).and_then(|bytes| {
+        if gzip::is_gzip(&bytes) {
+            gzip::decompress(&bytes, BOOTSTRAP_MAX_BYTES)
+        } else {
+            Ok(bytes)
+        }
+    });
+    match read {
         Ok(json) => match LastGood::parse(json) {
             Ok(last_good) => {
                 tracing::info!(file = %path.display(), generation = last_good.generation,

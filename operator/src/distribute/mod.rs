@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod ca;
 pub mod control_client;
+pub mod gzip;
 pub mod hub;
 pub mod proto;
 pub mod server;

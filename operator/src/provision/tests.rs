@@ -227,7 +227,7 @@ fn deployment_is_hardened_and_wired() {
         "edge-portcullis-last-good"
     );
     assert_eq!(last_good["secret"]["optional"], true);
-    assert!(agent_args.contains("--bootstrap-file=/etc/portcullis/last-good/config.json"));
+    assert!(agent_args.contains("--bootstrap-file=/etc/portcullis/last-good/config.json.gz"));
     assert!(
         agent["volumeMounts"]
             .to_string()
@@ -238,7 +238,7 @@ fn deployment_is_hardened_and_wired() {
 #[test]
 fn the_last_good_secret_is_owned_labelled_and_annotated() {
     let p = rendered("edge");
-    let secret = last_good_secret(&p, b"{}".to_vec(), "abcd");
+    let secret = last_good_secret(&p, b"gzipped".to_vec(), "abcd");
     assert_eq!(
         secret.metadata.name.as_deref(),
         Some("edge-portcullis-last-good")
@@ -258,7 +258,7 @@ fn the_last_good_secret_is_owned_labelled_and_annotated() {
         (owner.kind.as_str(), owner.name.as_str()),
         ("Gateway", "edge")
     );
-    assert_eq!(secret.data.unwrap()[LAST_GOOD_KEY].0, b"{}");
+    assert_eq!(secret.data.unwrap()[LAST_GOOD_KEY].0, b"gzipped");
 }
 
 #[test]

@@ -1,4 +1,7 @@
-//! Helpers shared by the operator's integration tests that run real binaries.
+//! Helpers shared by the operator's integration tests that run real binaries, and the
+//! in-process fake Kubernetes API server ([`fake_api`]) the controller tests run against.
+
+pub mod fake_api;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
