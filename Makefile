@@ -24,11 +24,13 @@ test: ## Run all tests that need no cluster (unit, table and loopback integratio
 	hack/ensure-tools.sh test
 	$(CARGO) test --workspace --locked --exclude portcullis-e2e
 	$(CARGO) test --locked -p portcullis-e2e --lib --bins
+	$(CARGO) test --locked -p portcullis-dataplane --features fault-injection --test panic_containment
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --locked -p portcullis-dataplane --all-targets --features fault-injection -- -D warnings
 
 .PHONY: fmt
 fmt: ## Format the code.
@@ -103,3 +105,9 @@ cluster-down: ## Stop the local cluster and remove everything it created (safe w
 .PHONY: bench
 bench: ## Benchmark the proxy against nginx and direct-to-backend on this machine.
 	bench/run.sh
+
+##@ Hardening
+
+.PHONY: fuzz
+fuzz: ## Fuzz the proxy (parsers, connection engine, config frames, router); FUZZ_SECONDS per target (60), FUZZ_JOBS (1).
+	hack/fuzz.sh

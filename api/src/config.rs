@@ -342,6 +342,11 @@ pub struct ProxySettings {
     pub max_connections_per_core: usize,
     /// 0 means unlimited.
     pub max_requests_per_connection: u64,
+    /// A request body or a response that averages fewer bytes per second than this, counted
+    /// from its start once the grace period is over, is aborted: an idle timeout alone lets a
+    /// client trickle a byte every few seconds and hold the connection forever. 0 disables.
+    pub min_data_rate_bytes_per_s: u64,
+    pub min_data_rate_grace_ms: u64,
 }
 
 impl Default for ProxySettings {
@@ -358,6 +363,9 @@ impl Default for ProxySettings {
             upstream_max_idle_per_endpoint: 64,
             max_connections_per_core: 10_000,
             max_requests_per_connection: 0,
+            // Kestrel's defaults: slower than any real client, faster than a slowloris.
+            min_data_rate_bytes_per_s: 240,
+            min_data_rate_grace_ms: 5_000,
         }
     }
 }

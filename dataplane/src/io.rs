@@ -170,6 +170,13 @@ impl RecvBuf {
         }
     }
 
+    /// Appends bytes read elsewhere.
+    pub fn append(&mut self, bytes: &[u8]) {
+        self.buf.truncate(self.end);
+        self.buf.extend_from_slice(bytes);
+        self.end = self.buf.len();
+    }
+
     /// Releases the memory of an empty buffer (idle keep-alive connections hold none).
     pub fn release_if_empty(&mut self) {
         if self.is_empty() && self.buf.capacity() > 0 {

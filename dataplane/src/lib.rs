@@ -10,6 +10,11 @@
 pub mod access_log;
 pub mod cli;
 pub mod control;
+pub mod fault;
+// Fuzz entry points and their harness: built for the fuzz crate and the unit tests only.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod log;

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::FutureExt;
+use futures_lite::{AsyncWriteExt, FutureExt};
 use futures_rustls::TlsAcceptor;
 use glommio::channels::shared_channel::{
     ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
@@ -25,7 +25,7 @@ use portcullis_api::config::PortProtocol;
 use crate::access_log::{self, AccessLog};
 use crate::io::TlsSocket;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
-use crate::proxy::connection::{ConnInfo, serve};
+use crate::proxy::connection::{ConnInfo, linger, serve};
 use crate::proxy::upstream::Pool;
 use crate::route::Snapshot;
 use crate::signal::Signal;
@@ -87,7 +87,7 @@ impl Installed {
 
 pub struct Shard {
     pub id: usize,
-    installed: RefCell<Rc<Installed>>,
+    pub(crate) installed: RefCell<Rc<Installed>>,
     pub pool: Pool,
     rng: Cell<u64>,
     pub counters: CoreCounters,
@@ -99,10 +99,12 @@ pub struct Shard {
     pub drain: Signal,
     pub access_log: Option<AccessLog>,
     ticket_key: TicketKey,
+    /// Over-limit connections being answered with a 503 right now.
+    refusing: Cell<u64>,
 }
 
 impl Shard {
-    fn new(id: usize, ticket_key: TicketKey, access_log: bool) -> Result<Self, String> {
+    pub(crate) fn new(id: usize, ticket_key: TicketKey, access_log: bool) -> Result<Self, String> {
         let empty = Arc::new(Snapshot::build(&CompiledConfig::empty(0))?);
         let counters = CoreCounters::default();
         let installed = Installed {
@@ -122,6 +124,7 @@ impl Shard {
             drain: Signal::default(),
             access_log: access_log.then(AccessLog::default),
             ticket_key,
+            refusing: Cell::new(0),
         })
     }
 
@@ -142,7 +145,7 @@ impl Shard {
 
     /// Builds this core's companions to `snapshot` (TLS configs, cursors, counters), then
     /// swaps them in. Nothing changes when building fails.
-    fn build(&self, snapshot: Arc<Snapshot>) -> Result<Installed, String> {
+    pub(crate) fn build(&self, snapshot: Arc<Snapshot>) -> Result<Installed, String> {
         let mut tls = HashMap::new();
         for port in &snapshot.ports {
             if port.protocol == PortProtocol::Https {
@@ -329,7 +332,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: u16) {
         let settings_limit = shard.current().snapshot.settings.max_connections_per_core as u64;
         if shard.counters.active_connections.get() >= settings_limit {
             increment(&shard.counters.connections_rejected);
-            drop(stream);
+            refuse(&shard, stream, port);
             continue;
         }
         increment(&shard.counters.connections_accepted);
@@ -353,6 +356,37 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: u16) {
     }
 }
 
+/// Connections over the limit that are being answered at once, at most.
+const MAX_REFUSING: u64 = 256;
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\
+    retry-after: 1\r\nconnection: close\r\n\r\n";
+
+/// Answers a connection over the per-core limit with a 503 on plaintext ports, so a client
+/// learns why instead of seeing a reset. On TLS ports a 503 would first need a handshake, the
+/// very work being shed, and a flood of refusals must not itself pile up: those are closed.
+fn refuse(shard: &Rc<Shard>, stream: TcpStream, port: u16) {
+    let plaintext = shard
+        .current()
+        .snapshot
+        .port(port)
+        .is_some_and(|table| table.protocol == PortProtocol::Http);
+    let refusing = &shard.refusing;
+    if !plaintext || refusing.get() >= MAX_REFUSING {
+        return;
+    }
+    refusing.set(refusing.get() + 1);
+    let shard = shard.clone();
+    spawn_local(async move {
+        let mut stream = stream;
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        if stream.write_all(REFUSAL).await.is_ok() {
+            linger(&mut stream).await;
+        }
+        shard.refusing.set(shard.refusing.get().saturating_sub(1));
+    })
+    .detach();
+}
+
 async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
     let _ = stream.set_nodelay(true);
     let Ok(peer) = stream.peer_addr() else {
@@ -370,7 +404,9 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
                 tls: false,
             };
             drop(installed);
-            serve(shard, stream, info).await;
+            // Boxed apart, so a plaintext connection does not carry the TLS branch's larger
+            // state, and the accept loop's task stays small.
+            Box::pin(serve(shard, stream, info)).await;
         }
         PortProtocol::Https => {
             let Some(acceptor) = installed.tls.get(&port).cloned() else {
@@ -378,7 +414,7 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
             };
             let timeout = Duration::from_millis(installed.snapshot.settings.header_read_timeout_ms);
             drop(installed);
-            let handshake = async { acceptor.accept(TlsSocket::new(stream)).await.ok() };
+            let handshake = Box::pin(async { acceptor.accept(TlsSocket::new(stream)).await.ok() });
             let deadline = async {
                 Timer::new(timeout).await;
                 None
@@ -390,7 +426,7 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
                         peer,
                         tls: true,
                     };
-                    serve(shard, tls, info).await;
+                    Box::pin(serve(shard, tls, info)).await;
                 }
                 None => increment(&shard.counters.tls_handshake_errors),
             }

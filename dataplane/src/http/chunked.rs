@@ -2,8 +2,10 @@
 //!
 //! httparse's chunk-size parser accepts an empty size line and bare LF inside extensions, so
 //! the proxy decodes chunked bodies itself and re-encodes them canonically upstream. Anything
-//! outside the grammar is an error: empty or over-long sizes, whitespace around the size, bare
-//! CR or LF, control characters in extensions, oversized extensions or trailers.
+//! outside the grammar is an error: empty or over-long sizes, whitespace before the size or
+//! after it unless an extension follows (`chunk-size BWS ";"` is allowed), bare CR or LF,
+//! control characters in extensions, trailer lines that are not `token ":" value`, oversized
+//! extensions or trailers.
 
 /// Longest chunk-extension text accepted per chunk.
 pub const MAX_EXTENSION_BYTES: usize = 4 * 1024;
@@ -47,6 +49,8 @@ enum State {
     Size {
         digits: usize,
     },
+    /// Whitespace after the size: only a ';' may follow (RFC 9112 §7.1.1 BWS).
+    SizeBws,
     /// After ';': reading extension bytes until CR.
     Extension,
     /// Saw CR after the size line; expect LF.
@@ -59,7 +63,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerLineStart,
-    /// Inside a trailer field line.
+    /// Inside a trailer field name, before its colon.
+    TrailerName,
+    /// Inside a trailer field value.
     TrailerLine,
     TrailerLf,
     /// Saw CR on an empty line ending the trailer section; expect LF.
@@ -116,7 +122,22 @@ impl ChunkedDecoder {
                         self.extension_bytes = 0;
                         self.state = State::Extension;
                     }
+                    b' ' | b'\t' if digits > 0 => {
+                        self.extension_bytes = 1;
+                        self.state = State::SizeBws;
+                    }
                     b'\r' if digits > 0 => self.state = State::SizeLf,
+                    _ => return Err(ChunkedError::InvalidSize),
+                },
+                // The whitespace counts against the extension limit.
+                State::SizeBws => match b {
+                    b' ' | b'\t' => {
+                        self.extension_bytes += 1;
+                        if self.extension_bytes > MAX_EXTENSION_BYTES {
+                            return Err(ChunkedError::ExtensionTooLong);
+                        }
+                    }
+                    b';' => self.state = State::Extension,
                     _ => return Err(ChunkedError::InvalidSize),
                 },
                 State::Extension => match b {
@@ -178,7 +199,18 @@ impl ChunkedDecoder {
                     match b {
                         b'\r' => self.state = State::EndLf,
                         // A field line must start with a token character (no obs-fold).
-                        _ if crate::http::is_token_byte(b) => self.state = State::TrailerLine,
+                        _ if crate::http::is_token_byte(b) => self.state = State::TrailerName,
+                        _ => return Err(ChunkedError::InvalidTrailer),
+                    }
+                }
+                // field-name ":" with nothing between name and colon (RFC 9112 §5.1). A line
+                // that is no field line (a request line, say) is an error, not a trailer to
+                // drop: dropping it would let the decoder run past the end of the message.
+                State::TrailerName => {
+                    self.count_trailer()?;
+                    match b {
+                        b':' => self.state = State::TrailerLine,
+                        _ if crate::http::is_token_byte(b) => {}
                         _ => return Err(ChunkedError::InvalidTrailer),
                     }
                 }
@@ -372,6 +404,65 @@ mod tests {
             decode_all(&input, 100).map(|_| ()),
             Err(ChunkedError::TrailerTooLong)
         );
+    }
+
+    #[test]
+    fn whitespace_after_the_size_only_before_an_extension() {
+        for input in [
+            &b"5 ;a=b\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\t ;a\r\nhello\r\n0 ;last\r\n\r\n",
+        ] {
+            for step in 1..=input.len() {
+                assert_eq!(
+                    decode_all(input, step),
+                    Ok(Some(b"hello".to_vec())),
+                    "{:?} step {step}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+        for input in [&b"5 \r\nhello\r\n"[..], b"5 x\r\n", b"5 5\r\n", b"5\t\r\n"] {
+            assert_eq!(
+                decode_all(input, input.len()),
+                Err(ChunkedError::InvalidSize),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let mut input = b"5".to_vec();
+        input.extend(std::iter::repeat_n(b' ', MAX_EXTENSION_BYTES + 1));
+        input.extend_from_slice(b";\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(
+            decode_all(&input, 64).map(|_| ()),
+            Err(ChunkedError::ExtensionTooLong)
+        );
+    }
+
+    #[test]
+    fn trailer_lines_must_be_field_lines() {
+        let input = b"1\r\nx\r\n0\r\nA: b\r\nC:\r\nD-e_f:\tg h\r\n\r\n";
+        for step in 1..=input.len() {
+            assert_eq!(
+                decode_all(input, step),
+                Ok(Some(b"x".to_vec())),
+                "step {step}"
+            );
+        }
+        for input in [
+            &b"0\r\nno-colon\r\n\r\n"[..],
+            b"0\r\nA : b\r\n\r\n",
+            b"0\r\nA\t: b\r\n\r\n",
+            b"0\r\nX(A): b\r\n\r\n",
+            // A pipelined request where the empty line ending the trailers should have been.
+            b"0\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode_all(input, input.len()),
+                Err(ChunkedError::InvalidTrailer),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 
     #[test]

@@ -274,7 +274,9 @@ pub fn parse(
         // "http://host?query": the path is empty and the query follows the authority.
         return Err(RequestError::InvalidTarget);
     }
-    if buf[head.path.clone()].contains(&b'#') {
+    // No fragment, in the path or the query (RFC 9112 §3.2), and ASCII only: a URI has no raw
+    // non-ASCII bytes (RFC 3986 §2), and the next hop may decode them differently.
+    if target_bytes.iter().any(|&b| b == b'#' || !b.is_ascii()) {
         return Err(RequestError::InvalidTarget);
     }
 
@@ -284,6 +286,7 @@ pub fn parse(
     let mut connection_keep_alive = false;
     let mut connection_upgrade = false;
     let mut has_upgrade_header = false;
+    let mut h2c_offered = false;
     let mut host_header: Option<Range<usize>> = None;
 
     for header in request.headers.iter() {
@@ -339,7 +342,13 @@ pub fn parse(
                     return Err(RequestError::UnsupportedExpectation);
                 }
             }
-            HeaderKind::Upgrade => has_upgrade_header = true,
+            HeaderKind::Upgrade => {
+                has_upgrade_header = true;
+                // RFC 9113 §3.1 deprecates the h2c upgrade. Passing it on would let a client
+                // open an HTTP/2 tunnel to the upstream that no route sees (h2c smuggling), so a
+                // request offering it is handled as a plain request.
+                h2c_offered |= split_list(value_raw).any(|p| p.eq_ignore_ascii_case(b"h2c"));
+            }
             _ => {}
         }
         head.headers.push(HeaderSpan { name, value, kind });
@@ -356,6 +365,8 @@ pub fn parse(
     };
 
     head.host = match (authority_from_target, host_header) {
+        // RFC 9112 §3.2: every HTTP/1.1 request needs Host, absolute-form ones too.
+        (Some(_), None) if version == Version::Http11 => return Err(RequestError::MissingHost),
         (Some(authority), _) => Some(authority),
         (None, Some(host)) => Some(host),
         (None, None) if version == Version::Http11 => return Err(RequestError::MissingHost),
@@ -366,7 +377,8 @@ pub fn parse(
         Version::Http11 => !connection_close,
         Version::Http10 => connection_keep_alive && !connection_close,
     };
-    head.upgrade = connection_upgrade && has_upgrade_header && version == Version::Http11;
+    head.upgrade =
+        connection_upgrade && has_upgrade_header && !h2c_offered && version == Version::Http11;
     Ok(true)
 }
 
@@ -386,7 +398,12 @@ fn transfer_coding(value: &[u8]) -> Result<RequestFraming, RequestError> {
     match codings.as_slice() {
         [] => Err(RequestError::Malformed),
         [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(RequestFraming::Chunked),
-        [.., last] if last.eq_ignore_ascii_case(b"chunked") => {
+        // RFC 9112 §6.1: chunked is applied at most once; an earlier chunked is a framing error
+        // (400), not a coding we merely lack (501).
+        [earlier @ .., last]
+            if last.eq_ignore_ascii_case(b"chunked")
+                && !earlier.iter().any(|c| c.eq_ignore_ascii_case(b"chunked")) =>
+        {
             Err(RequestError::UnsupportedTransferCoding)
         }
         _ if codings.iter().any(|c| c.eq_ignore_ascii_case(b"chunked")) => {
@@ -479,13 +496,17 @@ fn memchr_newline(buf: &[u8]) -> Option<usize> {
     buf.iter().position(|&b| b == b'\n')
 }
 
-/// Whether the request line ends in something shaped like "HTTP/x.y", so a version httparse
-/// rejects is answered 505 rather than 400.
+/// Whether the request line is `method SP target SP HTTP/x.y`, so a version httparse rejects
+/// is answered 505 rather than 400. A line with more than two spaces ("GET /a b HTTP/1.1") is
+/// malformed, not a version problem.
 fn looks_like_http_version(buf: &[u8]) -> bool {
     let line_end = memchr_newline(buf).unwrap_or(buf.len());
     let line = buf[..line_end]
         .strip_suffix(b"\r")
         .unwrap_or(&buf[..line_end]);
+    if line.iter().filter(|&&b| b == b' ').count() != 2 {
+        return false;
+    }
     let Some(space) = line.iter().rposition(|&b| b == b' ') else {
         return false;
     };

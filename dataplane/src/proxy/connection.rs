@@ -21,6 +21,7 @@ use crate::http::request::{self, HeadLimits, RequestError, RequestFraming, Reque
 use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::io::{IDLE_READ_CHUNK, RecvBuf, Transport, send};
 use crate::metrics::{RouteCounters, UpstreamError, increment};
+use crate::proxy::min_rate::MinRate;
 use crate::proxy::redirect::{self, Origin};
 use crate::proxy::serialize::{
     self, HeaderEdits, OutFraming, Persistence, UpstreamRequest, client_framing,
@@ -40,6 +41,9 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 /// Unconsumed bytes a receive buffer may hold while a body streams through it.
 const BODY_BUFFER: usize = 16 * 1024;
+/// How long a keep-alive connection waits for its next request with a receive buffer before
+/// it parks without one.
+const PARK_AFTER: Duration = Duration::from_millis(250);
 /// Body bytes already buffered that go out in the same write as the head.
 const COALESCE_BYTES: usize = 16 * 1024;
 
@@ -130,7 +134,12 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
         }
         conn.served += 1;
         let started = Instant::now();
-        match handle(&shard, &installed, &mut io, &mut conn, &info, started).await {
+        // The exchange's state (upstream, parsers, nested futures: kilobytes) lives on the heap
+        // only while a request is in flight, so an idle connection's task stays small.
+        let exchange = Box::pin(handle(
+            &shard, &installed, &mut io, &mut conn, &info, started,
+        ));
+        match exchange.await {
             Next::KeepAlive => continue,
             Next::Close => return,
             Next::Linger => {
@@ -159,12 +168,23 @@ async fn read_head<T: Transport>(
     let header_timeout = Duration::from_millis(settings.header_read_timeout_ms);
     let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
     let mut deadline: Option<Instant> = None;
+    // Bytes of the buffer already looked at. The head is parsed again only when a line has
+    // ended since (or a limit is crossed): re-parsing on every read would let a client that
+    // sends its head a byte at a time make the proxy scan it quadratically.
+    let mut scanned = 0;
     loop {
         if !conn.rx.is_empty() {
-            match request::parse(conn.rx.data(), &limits, &mut conn.head) {
-                Ok(true) => return HeadRead::Ready,
-                Ok(false) => {}
-                Err(error) => return HeadRead::Invalid(error),
+            let data = conn.rx.data();
+            let line_ended = data[scanned.min(data.len())..].contains(&b'\n');
+            let over_limit = data.len() > limits.max_header_bytes
+                || (data.len() > limits.max_request_line_bytes + 1 && !data.contains(&b'\n'));
+            scanned = data.len();
+            if line_ended || over_limit {
+                match request::parse(data, &limits, &mut conn.head) {
+                    Ok(true) => return HeadRead::Ready,
+                    Ok(false) => {}
+                    Err(error) => return HeadRead::Invalid(error),
+                }
             }
             deadline.get_or_insert_with(|| Instant::now() + header_timeout);
         }
@@ -183,12 +203,10 @@ async fn read_head<T: Transport>(
             if shard.drain.is_fired() {
                 return HeadRead::Closed;
             }
-            conn.rx.shrink_when_idle();
             shrink_when_idle(&mut conn.out);
             shrink_when_idle(&mut conn.scratch);
-            let rx = &mut conn.rx;
             let read = future::or(
-                async { Some(rx.fill_at_most(io, limit, IDLE_READ_CHUNK).await) },
+                async { Some(wait_for_next_request(io, conn, limit, wait).await) },
                 async {
                     shard.drain.wait().await;
                     None
@@ -210,6 +228,41 @@ async fn read_head<T: Transport>(
             }
             Err(_) => return HeadRead::Closed,
         }
+    }
+}
+
+/// Reads the start of the next request on a keep-alive connection, waiting up to `wait`. A busy
+/// client's next request comes within [`PARK_AFTER`] and is read straight into the buffer;
+/// after that the connection parks: the buffer is freed and a one-byte read waits instead
+/// (glommio waits for readiness without a buffer of its own), so idle connections cost
+/// next to nothing.
+async fn wait_for_next_request<T: Transport>(
+    io: &mut T,
+    conn: &mut Downstream,
+    limit: usize,
+    wait: Duration,
+) -> std::io::Result<usize> {
+    conn.rx.shrink_when_idle();
+    if wait <= PARK_AFTER {
+        return conn.rx.fill_at_most(io, limit, IDLE_READ_CHUNK).await;
+    }
+    io.set_read_timeout(Some(PARK_AFTER));
+    match conn.rx.fill_at_most(io, limit, IDLE_READ_CHUNK).await {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut && conn.rx.is_empty() => {
+            // Every per-connection buffer goes; the next request allocates afresh.
+            conn.rx.release_if_empty();
+            conn.head = RequestHead::default();
+            conn.response = ResponseHead::default();
+            conn.out = Vec::new();
+            conn.scratch = Vec::new();
+            conn.log_line = Vec::new();
+            io.set_read_timeout(Some(wait - PARK_AFTER));
+            let mut first = [0u8; 1];
+            let n = io.read(&mut first).await?;
+            conn.rx.append(&first[..n]);
+            Ok(n)
+        }
+        other => other,
     }
 }
 
@@ -248,6 +301,7 @@ async fn handle<T: Transport>(
 ) -> Next {
     let snapshot = &installed.snapshot;
     let settings = &snapshot.settings;
+    crate::fault::on_request(conn.head.path(conn.rx.data()));
     let plan = plan(shard, installed, conn, info);
     let head_len = conn.head.head_len;
     let client_version = conn.head.version;
@@ -476,13 +530,13 @@ async fn discard_body<T: Transport>(
         // waiting for a body that will not come, and close afterwards (RFC 9110 §10.1.1).
         return false;
     }
-    io.set_read_timeout(Some(Duration::from_millis(settings.body_idle_timeout_ms)));
+    let mut rate = MinRate::start(settings, Instant::now());
     match head.framing {
         RequestFraming::None => true,
         RequestFraming::Length(n) if n > DISCARD_LIMIT => false,
         RequestFraming::Length(mut remaining) => {
             while remaining > 0 {
-                if rx.is_empty() && !matches!(rx.fill(io, BODY_BUFFER).await, Ok(n) if n > 0) {
+                if rx.is_empty() && fill_body(io, rx, &mut rate).await.is_err() {
                     return false;
                 }
                 let take = (rx.len() as u64).min(remaining);
@@ -495,7 +549,7 @@ async fn discard_body<T: Transport>(
             let mut decoder = ChunkedDecoder::new();
             let mut total = 0u64;
             loop {
-                if rx.is_empty() && !matches!(rx.fill(io, BODY_BUFFER).await, Ok(n) if n > 0) {
+                if rx.is_empty() && fill_body(io, rx, &mut rate).await.is_err() {
                     return false;
                 }
                 let Ok((consumed, decoded)) = decoder.decode(rx.data()) else {
@@ -522,11 +576,12 @@ fn shrink_when_idle(buf: &mut Vec<u8>) {
 
 /// After the last response: stop sending, then read and drop what the client still sends
 /// for a moment, so closing does not reset the connection before the response is read.
-async fn linger<T: Transport>(io: &mut T) {
+pub(crate) async fn linger<T: Transport>(io: &mut T) {
     let _ = io.close().await;
     io.set_read_timeout(Some(LINGER));
     let deadline = Instant::now() + LINGER;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would sit in every connection's future, idle or not.
+    let mut sink = vec![0u8; 4096];
     let mut total = 0;
     while total < LINGER_BYTES && Instant::now() < deadline {
         match io.read(&mut sink).await {
@@ -643,22 +698,25 @@ impl Exchange<'_> {
             upstream.rx.consume(take);
             upstream_framing = ResponseFraming::Length(n - take as u64);
         }
-        io.set_write_timeout(Some(Duration::from_millis(
-            self.settings.body_idle_timeout_ms,
-        )));
-        if send(io, &conn.out).await.is_err() {
+        let mut rate = MinRate::start(self.settings, Instant::now());
+        if send_paced(io, &conn.out, &mut rate).await.is_err() {
             return (status, Next::Close);
         }
-        match self
+        let relayed = self
             .relay_response_body(
                 io,
                 &mut upstream,
-                upstream_framing,
-                out_framing,
+                (upstream_framing, out_framing),
                 &mut conn.out,
+                &mut rate,
             )
-            .await
-        {
+            .await;
+        // Later local answers on this connection wait no longer than the idle timeout, not
+        // whatever the rate left over.
+        io.set_write_timeout(Some(Duration::from_millis(
+            self.settings.body_idle_timeout_ms,
+        )));
+        match relayed {
             Ok(()) => {
                 if reusable {
                     self.shard
@@ -754,9 +812,7 @@ impl Exchange<'_> {
         framing: RequestFraming,
         scratch: &mut Vec<u8>,
     ) -> Result<(), Failure> {
-        io.set_read_timeout(Some(Duration::from_millis(
-            self.settings.body_idle_timeout_ms,
-        )));
+        let mut rate = MinRate::start(self.settings, Instant::now());
         upstream
             .stream
             .set_write_timeout(Some(Duration::from_millis(
@@ -768,7 +824,7 @@ impl Exchange<'_> {
             RequestFraming::Length(mut remaining) => {
                 while remaining > 0 {
                     if rx.is_empty() {
-                        fill_from_client(io, rx).await?;
+                        fill_body(io, rx, &mut rate).await?;
                     }
                     let take = (rx.len() as u64).min(remaining) as usize;
                     upstream_write(self.shard, &mut upstream.stream, &rx.data()[..take]).await?;
@@ -781,7 +837,7 @@ impl Exchange<'_> {
                 let mut decoder = ChunkedDecoder::new();
                 loop {
                     if rx.is_empty() {
-                        fill_from_client(io, rx).await?;
+                        fill_body(io, rx, &mut rate).await?;
                     }
                     let (consumed, decoded) = decoder
                         .decode(rx.data())
@@ -869,9 +925,9 @@ impl Exchange<'_> {
         &self,
         io: &mut T,
         upstream: &mut UpstreamConn,
-        from: ResponseFraming,
-        to: OutFraming,
+        (from, to): (ResponseFraming, OutFraming),
         out: &mut Vec<u8>,
+        rate: &mut MinRate,
     ) -> Result<(), ()> {
         let idle = Duration::from_millis(self.settings.body_idle_timeout_ms);
         let _ = upstream.stream.set_read_timeout(Some(idle));
@@ -884,9 +940,7 @@ impl Exchange<'_> {
                         self.fill_from_upstream(upstream).await?;
                     }
                     let take = (upstream.rx.len() as u64).min(remaining) as usize;
-                    send(io, &upstream.rx.data()[..take])
-                        .await
-                        .map_err(|_| ())?;
+                    send_paced(io, &upstream.rx.data()[..take], rate).await?;
                     upstream.rx.consume(take);
                     remaining -= take as u64;
                 }
@@ -903,13 +957,13 @@ impl Exchange<'_> {
                     })?;
                     match decoded {
                         Decoded::Data { start, end } => {
-                            write_body_piece(io, out, &upstream.rx.data()[start..end], chunk_out)
-                                .await?;
+                            let piece = &upstream.rx.data()[start..end];
+                            write_body_piece(io, out, piece, chunk_out, rate).await?;
                         }
                         Decoded::Done => {
                             upstream.rx.consume(consumed);
                             if chunk_out {
-                                send(io, chunked::LAST_CHUNK).await.map_err(|_| ())?;
+                                send_paced(io, chunked::LAST_CHUNK, rate).await?;
                             }
                             return Ok(());
                         }
@@ -923,7 +977,7 @@ impl Exchange<'_> {
                     match upstream.rx.fill(&mut upstream.stream, BODY_BUFFER).await {
                         Ok(0) => {
                             if chunk_out {
-                                send(io, chunked::LAST_CHUNK).await.map_err(|_| ())?;
+                                send_paced(io, chunked::LAST_CHUNK, rate).await?;
                             }
                             return Ok(());
                         }
@@ -934,7 +988,7 @@ impl Exchange<'_> {
                         }
                     }
                 }
-                write_body_piece(io, out, upstream.rx.data(), chunk_out).await?;
+                write_body_piece(io, out, upstream.rx.data(), chunk_out, rate).await?;
                 let n = upstream.rx.len();
                 upstream.rx.consume(n);
             },
@@ -994,9 +1048,21 @@ impl Exchange<'_> {
     }
 }
 
-async fn fill_from_client<T: Transport>(io: &mut T, rx: &mut RecvBuf) -> Result<(), Failure> {
+/// Reads more of a request body, no slower than the minimum data rate allows.
+async fn fill_body<T: Transport>(
+    io: &mut T,
+    rx: &mut RecvBuf,
+    rate: &mut MinRate,
+) -> Result<(), Failure> {
+    let Some(wait) = rate.next_wait(Instant::now()) else {
+        return Err(Failure::Status(408));
+    };
+    io.set_read_timeout(Some(wait));
     match rx.fill(io, BODY_BUFFER).await {
-        Ok(n) if n > 0 => Ok(()),
+        Ok(n) if n > 0 => {
+            rate.record(n);
+            Ok(())
+        }
         Ok(_) => Err(Failure::ClientGone),
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(Failure::Status(408)),
         Err(_) => Err(Failure::ClientGone),
@@ -1027,6 +1093,7 @@ async fn write_body_piece<T: Transport>(
     out: &mut Vec<u8>,
     data: &[u8],
     chunk: bool,
+    rate: &mut MinRate,
 ) -> Result<(), ()> {
     if data.is_empty() {
         return Ok(());
@@ -1036,10 +1103,19 @@ async fn write_body_piece<T: Transport>(
         chunked::write_chunk_header(out, data.len());
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
-        send(io, out).await.map_err(|_| ())
+        send_paced(io, out, rate).await
     } else {
-        send(io, data).await.map_err(|_| ())
+        send_paced(io, data, rate).await
     }
+}
+
+/// Sends response bytes to a client that must read them no slower than the minimum rate.
+async fn send_paced<T: Transport>(io: &mut T, bytes: &[u8], rate: &mut MinRate) -> Result<(), ()> {
+    let wait = rate.next_wait(Instant::now()).ok_or(())?;
+    io.set_write_timeout(Some(wait));
+    send(io, bytes).await.map_err(|_| ())?;
+    rate.record(bytes.len());
+    Ok(())
 }
 
 /// Relays bytes both ways after a 101 until either side closes. Bytes the client sent after

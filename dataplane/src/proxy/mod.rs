@@ -1,6 +1,7 @@
 //! The HTTP/1.1 proxy engine that runs on each core.
 
 pub mod connection;
+pub mod min_rate;
 pub mod redirect;
 pub mod serialize;
 pub mod upstream;

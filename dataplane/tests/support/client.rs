@@ -263,6 +263,18 @@ impl Client {
         closed
     }
 
+    /// Whether the server sent something (or closed) that was not read yet; never blocks.
+    pub fn has_data(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let _ = self.socket.set_nonblocking(true);
+        let mut byte = [0u8; 1];
+        let ready = !matches!(self.socket.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let _ = self.socket.set_nonblocking(false);
+        ready
+    }
+
     /// Bytes received but not yet part of a parsed response.
     pub fn pending(&self) -> &[u8] {
         &self.buf

@@ -237,3 +237,90 @@ fn authorities() {
     );
     assert_eq!(split_host_port(b"[::1]"), (&b"[::1]"[..], None));
 }
+
+#[test]
+fn only_a_well_formed_request_line_gets_505() {
+    for raw in [
+        &b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"[..],
+        b"GET / HTTP/0.9\r\nHost: a\r\n\r\n",
+    ] {
+        assert_eq!(parse_err(raw), RequestError::UnsupportedVersion);
+    }
+    // A space inside the target or a doubled delimiter leaves a line that merely ends in a
+    // version: it is malformed (400), not a version the proxy refuses (505).
+    for raw in [
+        &b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"GE T / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a b c HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        assert_eq!(
+            parse_err(raw),
+            RequestError::Malformed,
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+}
+
+#[test]
+fn targets_are_ascii_without_a_fragment() {
+    for raw in [
+        &b"GET /a?b=1#frag HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /q?name=\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET http://a/\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        assert_eq!(
+            parse_err(raw),
+            RequestError::InvalidTarget,
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    let raw = b"GET /caf%C3%A9?n=%C3%A9 HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(parse_ok(raw).path(raw), b"/caf%C3%A9");
+}
+
+#[test]
+fn absolute_form_on_http11_still_needs_host() {
+    assert_eq!(
+        parse_err(b"GET http://a/p HTTP/1.1\r\n\r\n"),
+        RequestError::MissingHost
+    );
+    let raw = b"GET http://a/p HTTP/1.0\r\n\r\n";
+    assert_eq!(parse_ok(raw).host(raw), b"a");
+}
+
+#[test]
+fn chunked_twice_is_a_framing_error_not_an_unknown_coding() {
+    for value in [
+        "chunked, chunked",
+        "chunked,chunked",
+        "gzip, chunked, chunked",
+    ] {
+        let raw = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {value}\r\n\r\n");
+        assert_eq!(
+            parse_err(raw.as_bytes()),
+            RequestError::ChunkedNotFinal,
+            "{value}"
+        );
+    }
+    let raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+    assert_eq!(parse_err(raw), RequestError::UnsupportedTransferCoding);
+}
+
+#[test]
+fn h2c_upgrades_are_not_passed_on() {
+    for upgrade in ["h2c", "H2C", "websocket, h2c"] {
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+        );
+        assert!(!parse_ok(raw.as_bytes()).upgrade, "{upgrade}");
+    }
+    let raw = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert!(!parse_ok(raw).upgrade);
+    let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert!(parse_ok(raw).upgrade);
+}

@@ -1,0 +1,227 @@
+//! Connection limits and slow clients over real loopback sockets: the head must arrive in
+//! time, bodies and responses must keep a minimum rate, idle connections close, each core
+//! holds a bounded number of connections (the rest get a 503), and a connection serves a
+//! bounded number of requests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use portcullis_api::config::ProxySettings;
+use support::config::{route, rule, to};
+use support::{Backend, Client, ConfigBuilder, Proxy, free_port};
+
+/// One backend behind a catch-all route, one core, with `settings` edited by `edit`.
+fn start(edit: impl FnOnce(&mut ProxySettings)) -> (Backend, Proxy, u16) {
+    let backend = Backend::start("b");
+    let port = free_port();
+    let config = ConfigBuilder::new(1)
+        .backend("ns/b:80", &[&backend])
+        .http_port(
+            port,
+            "http",
+            vec![route(
+                "ns/r",
+                &[],
+                vec![rule(vec![], vec![to("ns/b:80", 1)])],
+            )],
+        )
+        .settings(edit)
+        .build();
+    let proxy = Proxy::start_with(&config, &["--cores", "1"]);
+    (backend, proxy, port)
+}
+
+/// Sends `pieces` one by one, `gap` apart, until the proxy answers; returns when the answer
+/// came (since the first piece) and the answer's status.
+fn trickle(client: &mut Client, pieces: &[&[u8]], gap: Duration) -> (Duration, u16) {
+    let started = Instant::now();
+    for piece in pieces {
+        if client.send(piece).is_err() {
+            break;
+        }
+        std::thread::sleep(gap);
+        if client.has_data() {
+            break;
+        }
+    }
+    let response = client.read_response(false).expect("an answer");
+    (started.elapsed(), response.status)
+}
+
+#[test]
+fn a_head_that_trickles_in_gets_408_at_the_header_timeout() {
+    let (backend, _proxy, port) = start(|s| s.header_read_timeout_ms = 1_000);
+    let mut client = Client::connect(port);
+    let lines: Vec<Vec<u8>> = std::iter::once(b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec())
+        .chain((0..40).map(|i| format!("X-Slow-{i}: v\r\n").into_bytes()))
+        .collect();
+    let pieces: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+    let (elapsed, status) = trickle(&mut client, &pieces, Duration::from_millis(100));
+    assert_eq!(status, 408);
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(2),
+        "answered after {elapsed:?}"
+    );
+    assert!(client.is_closed(Duration::from_secs(3)));
+    assert_eq!(backend.request_count(), 0);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
+    let (_backend, _proxy, port) = start(|s| s.idle_timeout_ms = 500);
+    let mut client = Client::connect(port);
+    assert_eq!(client.get("a", "/").status, 200);
+    let started = Instant::now();
+    assert!(client.is_closed(Duration::from_secs(3)));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_millis(1_500),
+        "closed after {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_body_below_the_minimum_rate_gets_408_and_the_connection_closes() {
+    let (backend, _proxy, port) = start(|s| {
+        s.min_data_rate_bytes_per_s = 100;
+        s.min_data_rate_grace_ms = 1_000;
+    });
+    let mut client = Client::connect(port);
+    // 1 byte every 200 ms is 5 B/s; 100 B/s after a 1 s grace cuts it off at about 1 s.
+    let mut pieces: Vec<&[u8]> =
+        vec![b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n"];
+    pieces.extend(std::iter::repeat_n(&b"x"[..], 50));
+    let (elapsed, status) = trickle(&mut client, &pieces, Duration::from_millis(200));
+    assert_eq!(status, 408);
+    assert!(elapsed < Duration::from_millis(2_500), "after {elapsed:?}");
+    assert!(client.is_closed(Duration::from_secs(3)));
+    assert!(
+        backend.requests().iter().all(|r| r.path != "/slow"),
+        "a partial body was taken for a whole request"
+    );
+}
+
+#[test]
+fn a_body_above_the_minimum_rate_is_forwarded_however_long_it_takes() {
+    let (backend, _proxy, port) = start(|s| {
+        s.min_data_rate_bytes_per_s = 100;
+        s.min_data_rate_grace_ms = 200;
+    });
+    let mut client = Client::connect(port);
+    client
+        .send(b"POST /steady HTTP/1.1\r\nHost: a\r\nContent-Length: 600\r\n\r\n")
+        .unwrap();
+    // 60 bytes every 200 ms is 300 B/s, for 2 s: longer than the grace, above the minimum.
+    for _ in 0..10 {
+        client.send(&[b'y'; 60]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let response = client.read_response(false).unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["body_len"], 600);
+    assert_eq!(backend.request_count(), 1);
+}
+
+#[test]
+fn a_client_that_reads_too_slowly_is_cut_off() {
+    let (_backend, _proxy, port) = start(|s| {
+        s.min_data_rate_bytes_per_s = 1 << 20;
+        s.min_data_rate_grace_ms = 500;
+    });
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /bytes/67108864 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    // Read 16 KiB every 100 ms (160 KiB/s) against a minimum of 1 MiB/s.
+    let started = Instant::now();
+    let mut received = 0usize;
+    let mut chunk = [0u8; 16384];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still connected after {received} bytes"
+        );
+    }
+    assert!(received < 64 << 20, "the whole response was delivered");
+}
+
+#[test]
+fn connections_over_the_per_core_limit_get_503() {
+    let (_backend, proxy, port) = start(|s| s.max_connections_per_core = 2);
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(port)).collect();
+    for client in &mut held {
+        assert_eq!(client.get("a", "/").status, 200);
+    }
+    let mut extra = Client::connect(port);
+    extra.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let response = extra.read_response(false).unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(extra.is_closed(Duration::from_secs(3)));
+
+    // A freed slot is taken again.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut next = Client::connect(port);
+    assert_eq!(next.get("a", "/").status, 200);
+    let (_, metrics) = proxy.admin_get("/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "portcullis_connections_rejected_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_connection_serves_at_most_max_requests_then_closes() {
+    let (_backend, _proxy, port) = start(|s| s.max_requests_per_connection = 3);
+    let mut client = Client::connect(port);
+    for i in 1..=3 {
+        let response = client.get("a", "/");
+        assert_eq!(response.status, 200);
+        let expected = if i == 3 { Some("close") } else { None };
+        assert_eq!(response.header("connection"), expected, "request {i}");
+    }
+    assert!(client.is_closed(Duration::from_secs(3)));
+}
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_is_parsed_once_per_line_and_answered() {
+    let (backend, _proxy, port) = start(|_| {});
+    let mut client = Client::connect(port);
+    let raw = b"GET /bytewise HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nX-Two: 2\r\n\r\n";
+    for byte in raw {
+        client.send(&[*byte]).unwrap();
+    }
+    assert_eq!(client.read_response(false).unwrap().status, 200);
+    assert!(backend.requests().iter().any(|r| r.path == "/bytewise"));
+
+    // A bad request line is refused as soon as it ends, not when the head would.
+    let mut client = Client::connect(port);
+    for byte in b"GET /a b c HTTP/1.1\r\n" {
+        client.send(&[*byte]).unwrap();
+    }
+    let response = client.read_response(false).unwrap();
+    assert_eq!(response.status, 400);
+}

@@ -1,0 +1,106 @@
+//! A panic on one connection's request path closes that connection only: the core keeps
+//! running, its other connections keep their keep-alive sessions, and new connections are
+//! served. The fault is injected through the `fault-injection` feature (src/fault.rs); run
+//! with `cargo test -p portcullis-dataplane --features fault-injection --test panic_containment`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use portcullis_dataplane::fault::PANIC_PATH;
+use support::config::{route, rule, to};
+use support::{Backend, Client, ConfigBuilder, Proxy, free_port};
+
+fn metric(proxy: &Proxy, name: &str) -> u64 {
+    let (status, body) = proxy.admin_get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
+#[test]
+fn a_panicking_request_closes_only_its_own_connection() {
+    let backend = Backend::start("b");
+    let port = free_port();
+    let config = ConfigBuilder::new(1)
+        .backend("ns/b:80", &[&backend])
+        .http_port(
+            port,
+            "http",
+            vec![route(
+                "ns/r",
+                &[],
+                vec![rule(vec![], vec![to("ns/b:80", 1)])],
+            )],
+        )
+        .build();
+    // One core: every connection below lives on the core that takes the panic.
+    let proxy = Proxy::start_with(&config, &["--cores", "1"]);
+
+    let mut bystanders: Vec<Client> = (0..8).map(|_| Client::connect(port)).collect();
+    for client in &mut bystanders {
+        assert_eq!(client.get("a", "/before").status, 200);
+    }
+    // A request whose body is still in flight when the fault hits: its upstream exchange is
+    // the one state a panic could leave half done.
+    let mut streaming = Client::connect(port);
+    streaming
+        .send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+
+    let mut victim = Client::connect(port);
+    let path = String::from_utf8(PANIC_PATH.to_vec()).unwrap();
+    victim
+        .send(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .unwrap();
+    assert!(
+        victim.is_closed(Duration::from_secs(5)),
+        "the panicking connection stayed open"
+    );
+    assert!(
+        victim.pending().is_empty(),
+        "a response came back on the panicking connection: {:?}",
+        String::from_utf8_lossy(victim.pending())
+    );
+
+    // Everyone else carries on, on the same connections.
+    streaming.send(b"world").unwrap();
+    let response = streaming.read_response(false).unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["body"], "helloworld");
+    for client in &mut bystanders {
+        assert_eq!(client.get("a", "/after").status, 200);
+    }
+    let mut fresh = Client::connect(port);
+    assert_eq!(fresh.get("a", "/fresh").status, 200);
+
+    // It happens again and again without wearing the core down.
+    for _ in 0..20 {
+        let mut victim = Client::connect(port);
+        victim
+            .send(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        assert!(victim.is_closed(Duration::from_secs(5)));
+    }
+    for client in &mut bystanders {
+        assert_eq!(client.get("a", "/still").status, 200);
+    }
+
+    assert_eq!(metric(&proxy, "portcullis_connection_panics_total"), 21);
+    assert_eq!(metric(&proxy, "portcullis_cores"), 1);
+    // The panicked connections were released: only the live clients remain.
+    assert_eq!(
+        metric(&proxy, "portcullis_active_connections"),
+        bystanders.len() as u64 + 2
+    );
+    assert!(
+        backend
+            .requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/__portcullis")),
+        "the faulting request reached the backend"
+    );
+}
