@@ -7,6 +7,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::os::fd::AsRawFd;
+
 use glommio::net::TcpStream;
 
 /// A bidirectional byte stream whose reads and writes can time out.
@@ -17,6 +19,12 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     fn set_write_timeout(&self, timeout: Option<Duration>);
     /// Whether writes are buffered and need a flush to reach the socket (TLS).
     const BUFFERED: bool;
+    /// Bytes written that the peer has not acknowledged yet.
+    fn unacknowledged(&self) -> u64 {
+        0
+    }
+    /// Closing resets the connection rather than leaving queued data to a peer not reading it.
+    fn reset_on_close(&self) {}
 }
 
 impl Transport for TcpStream {
@@ -30,6 +38,14 @@ impl Transport for TcpStream {
     }
 
     const BUFFERED: bool = false;
+
+    fn unacknowledged(&self) -> u64 {
+        crate::sys::unacknowledged_bytes(self.as_raw_fd())
+    }
+
+    fn reset_on_close(&self) {
+        crate::sys::reset_on_close(self.as_raw_fd());
+    }
 }
 
 impl Transport for futures_rustls::server::TlsStream<TlsSocket> {
@@ -42,6 +58,14 @@ impl Transport for futures_rustls::server::TlsStream<TlsSocket> {
     }
 
     const BUFFERED: bool = true;
+
+    fn unacknowledged(&self) -> u64 {
+        Transport::unacknowledged(&self.get_ref().0.stream)
+    }
+
+    fn reset_on_close(&self) {
+        Transport::reset_on_close(&self.get_ref().0.stream);
+    }
 }
 
 /// The TCP stream under a TLS session. rustls hands over all pending records as one vectored

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncWriteExt, FutureExt, future};
 use futures_rustls::TlsAcceptor;
 use glommio::channels::shared_channel::{
     ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
@@ -332,7 +332,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: u16) {
         let settings_limit = shard.current().snapshot.settings.max_connections_per_core as u64;
         if shard.counters.active_connections.get() >= settings_limit {
             increment(&shard.counters.connections_rejected);
-            refuse(&shard, stream, port);
+            refuse(&shard, stream, port).await;
             continue;
         }
         increment(&shard.counters.connections_accepted);
@@ -356,32 +356,38 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: u16) {
     }
 }
 
-/// Connections over the limit that are being answered at once, at most.
+/// Refused connections lingering (reading what the client still sends, so the close does not
+/// reset the 503 away), at most; beyond that they are closed right after the 503.
 const MAX_REFUSING: u64 = 256;
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\
     retry-after: 1\r\nconnection: close\r\n\r\n";
 
 /// Answers a connection over the per-core limit with a 503 on plaintext ports, so a client
 /// learns why instead of seeing a reset. On TLS ports a 503 would first need a handshake, the
-/// very work being shed, and a flood of refusals must not itself pile up: those are closed.
-fn refuse(shard: &Rc<Shard>, stream: TcpStream, port: u16) {
+/// very work being shed: those are closed. The 503 goes out at once with one non-blocking
+/// send (a fresh socket always has room for it), so every refused client gets it however
+/// many arrive together; only the lingering afterwards is capped.
+async fn refuse(shard: &Rc<Shard>, mut stream: TcpStream, port: u16) {
     let plaintext = shard
         .current()
         .snapshot
         .port(port)
         .is_some_and(|table| table.protocol == PortProtocol::Http);
+    if !plaintext {
+        return;
+    }
+    let sent = future::poll_once(stream.write(REFUSAL)).await;
+    if !matches!(sent, Some(Ok(n)) if n == REFUSAL.len()) {
+        return;
+    }
     let refusing = &shard.refusing;
-    if !plaintext || refusing.get() >= MAX_REFUSING {
+    if refusing.get() >= MAX_REFUSING {
         return;
     }
     refusing.set(refusing.get() + 1);
     let shard = shard.clone();
     spawn_local(async move {
-        let mut stream = stream;
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        if stream.write_all(REFUSAL).await.is_ok() {
-            linger(&mut stream).await;
-        }
+        linger(&mut stream).await;
         shard.refusing.set(shard.refusing.get().saturating_sub(1));
     })
     .detach();

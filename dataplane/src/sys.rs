@@ -87,6 +87,40 @@ pub fn idle_socket_state(fd: RawFd) -> IdleSocket {
     }
 }
 
+/// Bytes written to a TCP socket that its peer has not acknowledged yet (SIOCOUTQ): what a
+/// slow reader has not taken, however much the kernel accepted.
+pub fn unacknowledged_bytes(fd: RawFd) -> u64 {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int into `queued`, which we own; on a descriptor
+    // that is not a TCP socket the call fails and nothing is written.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+    if rc < 0 {
+        0
+    } else {
+        u64::try_from(queued).unwrap_or(0)
+    }
+}
+
+/// Makes closing `fd` reset the connection (SO_LINGER 0) instead of leaving unsent data queued
+/// in the kernel for a peer that is not reading it.
+pub fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from `linger`, which lives for the
+    // call; a failure leaves the socket as it was, which is harmless here.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +147,43 @@ mod tests {
     #[test]
     fn memlock_limit_reads() {
         let _ = memlock_limit().unwrap();
+    }
+
+    #[test]
+    fn unacknowledged_bytes_count_what_the_peer_has_not_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        // A receiver that never reads: its buffers fill, and the rest stays queued here.
+        client
+            .set_nonblocking(true)
+            .and_then(|_| server.set_nonblocking(true))
+            .unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut written = 0usize;
+        while let Ok(n) = server.write(&chunk) {
+            written += n;
+        }
+        let queued = unacknowledged_bytes(server.as_raw_fd());
+        assert!(
+            queued > 0 && queued as usize <= written,
+            "{queued} of {written}"
+        );
+        assert_eq!(unacknowledged_bytes(client.as_raw_fd()), 0);
+        assert_eq!(unacknowledged_bytes(-1), 0);
+    }
+
+    #[test]
+    fn reset_on_close_resets_instead_of_finishing() {
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        reset_on_close(server.as_raw_fd());
+        drop(server);
+        let mut buf = [0u8; 8];
+        let error = client.read(&mut buf).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
     }
 
     #[test]

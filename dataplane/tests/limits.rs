@@ -225,3 +225,78 @@ fn a_head_sent_a_byte_at_a_time_is_parsed_once_per_line_and_answered() {
     let response = client.read_response(false).unwrap();
     assert_eq!(response.status, 400);
 }
+
+#[test]
+fn a_client_that_stops_reading_is_reset_once_the_grace_is_over() {
+    // The kernel takes megabytes into the socket's buffers before a write blocks; those bytes
+    // must not count as delivered, or the idle timeout (60 s here) would be the only limit.
+    // The client reads nothing: at 64 KiB/s, what its small receive buffer acknowledged buys
+    // well under a second after the 1 s grace.
+    let (_backend, _proxy, port) = start(|s| {
+        s.min_data_rate_bytes_per_s = 64 * 1024;
+        s.min_data_rate_grace_ms = 1_000;
+    });
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut stream: TcpStream = socket.into();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /bytes/67108864 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    let asked = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    // A reset discards what the client had not read yet; a graceful close would deliver it.
+    let mut big = vec![0u8; 1 << 20];
+    let outcome = loop {
+        match stream.read(&mut big) {
+            Ok(0) => break "eof",
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("{e} after {:?}", asked.elapsed()),
+        }
+    };
+    assert_eq!(outcome, "reset");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "cut off after {:?}",
+        asked.elapsed()
+    );
+}
+
+#[test]
+fn every_connection_of_a_burst_over_the_limit_is_told_503() {
+    let (_backend, proxy, port) = start(|s| s.max_connections_per_core = 1);
+    let mut held = Client::connect(port);
+    assert_eq!(held.get("a", "/").status, 200);
+    // More refusals at once than the proxy lingers on (256).
+    let burst: Vec<TcpStream> = (0..400)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut told = 0;
+    for mut stream in burst {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        if answer.starts_with(b"HTTP/1.1 503 ") {
+            told += 1;
+        }
+    }
+    assert_eq!(told, 400);
+    assert_eq!(held.get("a", "/").status, 200);
+    let (_, metrics) = proxy.admin_get("/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "portcullis_connections_rejected_total 400"),
+        "{metrics}"
+    );
+}

@@ -1054,7 +1054,7 @@ async fn fill_body<T: Transport>(
     rx: &mut RecvBuf,
     rate: &mut MinRate,
 ) -> Result<(), Failure> {
-    let Some(wait) = rate.next_wait(Instant::now()) else {
+    let Some(wait) = rate.next_wait(Instant::now(), 0) else {
         return Err(Failure::Status(408));
     };
     io.set_read_timeout(Some(wait));
@@ -1110,11 +1110,38 @@ async fn write_body_piece<T: Transport>(
 }
 
 /// Sends response bytes to a client that must read them no slower than the minimum rate.
+/// Only bytes the client acknowledged count: a slow reader's socket buffers accept megabytes
+/// it never reads. Each partial write re-checks the rate, so trickling progress does not
+/// extend the deadline. A client cut off is reset, so the kernel drops what it queued.
 async fn send_paced<T: Transport>(io: &mut T, bytes: &[u8], rate: &mut MinRate) -> Result<(), ()> {
-    let wait = rate.next_wait(Instant::now()).ok_or(())?;
-    io.set_write_timeout(Some(wait));
-    send(io, bytes).await.map_err(|_| ())?;
-    rate.record(bytes.len());
+    let mut sent = 0;
+    while sent < bytes.len() || (T::BUFFERED && sent == bytes.len()) {
+        // A fresh body has nothing in flight; skip the syscall for the common small response.
+        let undelivered = if rate.recorded() > 0 {
+            io.unacknowledged()
+        } else {
+            0
+        };
+        let Some(wait) = rate.next_wait(Instant::now(), undelivered) else {
+            io.reset_on_close();
+            return Err(());
+        };
+        io.set_write_timeout(Some(wait));
+        if sent == bytes.len() {
+            // Buffered transports (TLS): push out what the writes left in the session.
+            return io.flush().await.map_err(|_| ());
+        }
+        match io.write(&bytes[sent..]).await {
+            Ok(0) | Err(_) => {
+                io.reset_on_close();
+                return Err(());
+            }
+            Ok(n) => {
+                sent += n;
+                rate.record(n);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -31,13 +31,15 @@ impl MinRate {
     }
 
     /// How long the next read or write may wait for the peer; `None` once the body has
-    /// fallen below the minimum rate.
-    pub fn next_wait(&self, now: Instant) -> Option<Duration> {
+    /// fallen below the minimum rate. `undelivered` is how many of the recorded bytes the peer
+    /// has not taken yet: what a slow reader's kernel buffers accepted buys no time.
+    pub fn next_wait(&self, now: Instant, undelivered: u64) -> Option<Duration> {
         if self.bytes_per_s == 0 {
             return Some(self.idle);
         }
+        let delivered = self.bytes.saturating_sub(undelivered);
         // The time the bytes so far have bought, in whole nanoseconds (u128: no overflow).
-        let earned_ns = u128::from(self.bytes) * 1_000_000_000 / u128::from(self.bytes_per_s);
+        let earned_ns = u128::from(delivered) * 1_000_000_000 / u128::from(self.bytes_per_s);
         let earned = Duration::from_nanos(u64::try_from(earned_ns).unwrap_or(u64::MAX));
         let Some(deadline) = self.start.checked_add(self.grace.saturating_add(earned)) else {
             return Some(self.idle);
@@ -48,6 +50,11 @@ impl MinRate {
         } else {
             Some(left.min(self.idle))
         }
+    }
+
+    /// Bytes recorded so far.
+    pub fn recorded(&self) -> u64 {
+        self.bytes
     }
 
     pub fn record(&mut self, bytes: usize) {
@@ -72,12 +79,12 @@ mod tests {
     fn waits_are_bounded_by_the_grace_period_before_any_byte() {
         let t0 = Instant::now();
         let rate = MinRate::start(&settings(240, 5_000, 60_000), t0);
-        assert_eq!(rate.next_wait(t0), Some(Duration::from_secs(5)));
+        assert_eq!(rate.next_wait(t0, 0), Some(Duration::from_secs(5)));
         assert_eq!(
-            rate.next_wait(t0 + Duration::from_secs(4)),
+            rate.next_wait(t0 + Duration::from_secs(4), 0),
             Some(Duration::from_secs(1))
         );
-        assert_eq!(rate.next_wait(t0 + Duration::from_secs(5)), None);
+        assert_eq!(rate.next_wait(t0 + Duration::from_secs(5), 0), None);
     }
 
     #[test]
@@ -87,10 +94,10 @@ mod tests {
         rate.record(250);
         // 1 s grace + 2.5 s for 250 bytes at 100 B/s.
         assert_eq!(
-            rate.next_wait(t0 + Duration::from_secs(3)),
+            rate.next_wait(t0 + Duration::from_secs(3), 0),
             Some(Duration::from_millis(500))
         );
-        assert_eq!(rate.next_wait(t0 + Duration::from_millis(3_500)), None);
+        assert_eq!(rate.next_wait(t0 + Duration::from_millis(3_500), 0), None);
     }
 
     #[test]
@@ -98,7 +105,7 @@ mod tests {
         let t0 = Instant::now();
         let mut rate = MinRate::start(&settings(1, 5_000, 2_000), t0);
         rate.record(1_000_000);
-        assert_eq!(rate.next_wait(t0), Some(Duration::from_secs(2)));
+        assert_eq!(rate.next_wait(t0, 0), Some(Duration::from_secs(2)));
     }
 
     #[test]
@@ -107,7 +114,24 @@ mod tests {
         let t0 = Instant::now();
         let mut rate = MinRate::start(&settings(240, 5_000, 60_000), t0);
         rate.record(24);
-        assert_eq!(rate.next_wait(t0 + Duration::from_secs(10)), None);
+        assert_eq!(rate.next_wait(t0 + Duration::from_secs(10), 0), None);
+    }
+
+    #[test]
+    fn bytes_the_peer_has_not_taken_buy_no_time() {
+        // A slow reader's socket accepted 1 MB; it has read 100 bytes of it.
+        let t0 = Instant::now();
+        let mut rate = MinRate::start(&settings(240, 5_000, 60_000), t0);
+        rate.record(1_000_000);
+        assert_eq!(
+            rate.next_wait(t0 + Duration::from_secs(60), 0),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(rate.next_wait(t0 + Duration::from_secs(6), 999_900), None);
+        assert!(
+            rate.next_wait(t0 + Duration::from_secs(5), 999_900)
+                .is_some()
+        );
     }
 
     #[test]
@@ -115,7 +139,7 @@ mod tests {
         let t0 = Instant::now();
         let rate = MinRate::start(&settings(0, 0, 7_000), t0);
         assert_eq!(
-            rate.next_wait(t0 + Duration::from_secs(3600)),
+            rate.next_wait(t0 + Duration::from_secs(3600), 0),
             Some(Duration::from_secs(7))
         );
     }
@@ -126,6 +150,6 @@ mod tests {
         let mut rate = MinRate::start(&settings(1, u64::MAX, 1_000), t0);
         rate.record(usize::MAX);
         rate.record(usize::MAX);
-        assert_eq!(rate.next_wait(t0), Some(Duration::from_secs(1)));
+        assert_eq!(rate.next_wait(t0, 0), Some(Duration::from_secs(1)));
     }
 }
