@@ -111,3 +111,11 @@ bench: ## Benchmark the proxy against nginx and direct-to-backend on this machin
 .PHONY: fuzz
 fuzz: ## Fuzz the proxy (parsers, connection engine, config frames, router); FUZZ_SECONDS per target (60), FUZZ_JOBS (1).
 	hack/fuzz.sh
+
+.PHONY: slow-clients
+slow-clients: ## slowhttptest slow headers/body/read, 1 000 connections each, with a latency probe; results in bench/results/hardening/.
+	python3 bench/hardening/slow_clients.py
+
+.PHONY: overload
+overload: ## Twice the saturating load for DURATION s (300) plus a connection flood; recovery time; results in bench/results/hardening/.
+	python3 bench/hardening/overload.py
