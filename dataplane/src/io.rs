@@ -2,13 +2,12 @@
 //! receive buffer every connection reads into.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use std::os::fd::AsRawFd;
-
 use glommio::net::TcpStream;
 
 /// A bidirectional byte stream whose reads and writes can time out.

@@ -99,7 +99,7 @@ pub struct Shard {
     pub drain: Signal,
     pub access_log: Option<AccessLog>,
     ticket_key: TicketKey,
-    /// Over-limit connections being answered with a 503 right now.
+    /// Over-limit connections lingering after their 503.
     refusing: Cell<u64>,
 }
 
