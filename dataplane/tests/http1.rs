@@ -21,19 +21,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(3);
 fn start_one(name: &str) -> (Backend, Proxy, u16) {
     let backend = Backend::start(name);
     let port = free_port();
-    let config = ConfigBuilder::new(1)
-        .backend("ns/b:80", &[&backend])
-        .http_port(
-            port,
-            "http",
-            vec![route(
-                "ns/r",
-                &[],
-                vec![rule(vec![], vec![to("ns/b:80", 1)])],
-            )],
-        )
-        .build();
-    let proxy = Proxy::start(&config);
+    let proxy = Proxy::start(&ConfigBuilder::catch_all(&backend, port).build());
     (backend, proxy, port)
 }
 

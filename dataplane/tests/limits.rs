@@ -12,24 +12,13 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use portcullis_api::config::ProxySettings;
-use support::config::{route, rule, to};
 use support::{Backend, Client, ConfigBuilder, Proxy, free_port};
 
 /// One backend behind a catch-all route, one core, with `settings` edited by `edit`.
 fn start(edit: impl FnOnce(&mut ProxySettings)) -> (Backend, Proxy, u16) {
     let backend = Backend::start("b");
     let port = free_port();
-    let config = ConfigBuilder::new(1)
-        .backend("ns/b:80", &[&backend])
-        .http_port(
-            port,
-            "http",
-            vec![route(
-                "ns/r",
-                &[],
-                vec![rule(vec![], vec![to("ns/b:80", 1)])],
-            )],
-        )
+    let config = ConfigBuilder::catch_all(&backend, port)
         .settings(edit)
         .build();
     let proxy = Proxy::start_with(&config, &["--cores", "1"]);

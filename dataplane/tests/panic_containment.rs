@@ -10,7 +10,6 @@ mod support;
 use std::time::Duration;
 
 use portcullis_dataplane::fault::PANIC_PATH;
-use support::config::{route, rule, to};
 use support::{Backend, Client, ConfigBuilder, Proxy, free_port};
 
 fn metric(proxy: &Proxy, name: &str) -> u64 {
@@ -25,18 +24,7 @@ fn metric(proxy: &Proxy, name: &str) -> u64 {
 fn a_panicking_request_closes_only_its_own_connection() {
     let backend = Backend::start("b");
     let port = free_port();
-    let config = ConfigBuilder::new(1)
-        .backend("ns/b:80", &[&backend])
-        .http_port(
-            port,
-            "http",
-            vec![route(
-                "ns/r",
-                &[],
-                vec![rule(vec![], vec![to("ns/b:80", 1)])],
-            )],
-        )
-        .build();
+    let config = ConfigBuilder::catch_all(&backend, port).build();
     // One core: every connection below lives on the core that takes the panic.
     let proxy = Proxy::start_with(&config, &["--cores", "1"]);
 

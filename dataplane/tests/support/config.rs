@@ -21,6 +21,20 @@ impl ConfigBuilder {
         self.config
     }
 
+    /// The simplest proxy: `backend` (as `ns/b:80`) behind one catch-all route on an HTTP
+    /// `port`, listener `http`.
+    pub fn catch_all(backend: &Backend, port: u16) -> Self {
+        Self::new(1).backend("ns/b:80", &[backend]).http_port(
+            port,
+            "http",
+            vec![route(
+                "ns/r",
+                &[],
+                vec![rule(vec![], vec![to("ns/b:80", 1)])],
+            )],
+        )
+    }
+
     /// Adds an HTTP port with one listener (no hostname) named `listener`.
     pub fn http_port(mut self, port: u16, listener: &str, routes: Vec<HttpRoute>) -> Self {
         self.config.ports.push(Port {
