@@ -35,6 +35,9 @@ BACKENDS = [("127.0.0.1", 18090, "a", 90), ("127.0.0.2", 18090, "b", 10)]
 PLAIN_PORT = {"portcullis": 18101, "nginx": 18102, "haproxy": 18103}
 TLS_PORT = {"portcullis": 18201, "nginx": 18202, "haproxy": 18203}
 ADMIN_PORT = 18199
+# oha (open loop at a fixed rate, corrects coordinated omission); hack/ensure-tools.sh bench
+# installs it here with cargo.
+OHA = os.path.expanduser("~/.cache/portcullis/tools/bin/oha")
 PROXY_CPU = "1"
 LOAD_CPU = "0"
 
@@ -304,6 +307,26 @@ def wrk(url, seconds, connections, extra=()):
     return int(m.group(1)) if m else 0, total_errors
 
 
+def fixed_rate_latency(url, rate, seconds, connections):
+    """Open-loop latency at `rate` requests/s (oha with latency correction: a request that
+    should have been sent while the generator waited counts from its scheduled time, so a
+    stall shows in the tail instead of hiding as coordinated omission). Returns
+    (p50 ms, p99 ms, achieved req/s, failed requests)."""
+    out = run(["taskset", "-c", LOAD_CPU, OHA, "-z", f"{seconds}s", "-q", str(rate),
+               "-c", str(connections), "--latency-correction", "--no-tui", "--worker-threads", "1",
+               "-H", "Host: bench.local", "--output-format", "json", url]).stdout
+    result = json.loads(out)
+    summary, percentiles = result.get("summary", {}), result.get("latencyPercentiles", {})
+    codes = result.get("statusCodeDistribution", {})
+    failed = sum(n for code, n in codes.items() if not str(code).startswith("2"))
+    failed += sum(result.get("errorDistribution", {}).values())
+
+    def ms(v):
+        return v * 1000 if isinstance(v, (int, float)) else None
+
+    return ms(percentiles.get("p50")), ms(percentiles.get("p99")), summary.get("requestsPerSec"), failed
+
+
 def measure(system, url, seconds, connections, extra=()):
     """(requests, errors, proxy CPU seconds) for one wrk run."""
     before = system.cpu() if system else 0.0
@@ -482,6 +505,20 @@ def main():
                 print(f"run {run_index + 1} {name:10s} TLS handshakes: {requests / args.seconds:9.0f} conn/s, "
                       f"errors {errors}, {requests / max(cpu, 1e-9):.0f} handshakes per CPU-second", flush=True)
 
+        # Latency at a fixed rate: about half of nginx's closed-loop plaintext capacity measured
+        # above, the same offered load for every system, interleaved like the CPU runs.
+        nginx_capacity = median([req / args.seconds for req, _, _ in results["nginx"]["plain"]])
+        rate = max(1000, int(nginx_capacity * 0.5 / 100) * 100)
+        latency = {name: [] for name in order}
+        for run_index in range(args.runs):
+            for name in order:
+                system = systems.get(name)
+                url = direct_url if system is None else f"http://127.0.0.1:{system.plain_port}/"
+                p50, p99, achieved, failed = fixed_rate_latency(url, rate, args.seconds, args.connections)
+                latency[name].append((p50, p99, achieved, failed))
+                print(f"run {run_index + 1} {name:10s} fixed rate {rate}/s: p50 {p50:.3f} ms, "
+                      f"p99 {p99:.3f} ms, achieved {achieved:.0f}/s, failed {failed}", flush=True)
+
         # Idle memory: once per system (it is a size, not a rate), client pinned with the load.
         idle = {name: {} for name in order if name != "direct"}
         os.sched_setaffinity(0, {int(LOAD_CPU)})
@@ -554,9 +591,16 @@ def main():
         })
         metrics["failed_requests_during_swaps"]["note"] = (
             f"{pushed} pushes during a 30 s wrk run of {swap_requests} requests")
-        for name in ["p99_ms_fixed_rate"]:
-            metrics[name] = {"portcullis": None, "nginx": None, "haproxy": None, "direct": None,
-                             "ratio_to_nginx": None, "note": "not measured by this version of the suite"}
+        metric("p99_ms_fixed_rate", {name: median([r[1] for r in latency[name]]) for name in order})
+        metric("p50_ms_fixed_rate", {name: median([r[0] for r in latency[name]]) for name in order})
+        achieved = {name: median([r[2] for r in latency[name]]) for name in order}
+        failed = {name: sum(r[3] for r in latency[name]) for name in order}
+        for name in ["p99_ms_fixed_rate", "p50_ms_fixed_rate"]:
+            metrics[name]["note"] = (
+                f"oha -q {rate} (half of nginx's median closed-loop plaintext req/s) "
+                f"--latency-correction -c {args.connections}, {args.seconds} s per run; achieved req/s "
+                + ", ".join(f"{n} {a:.0f}" for n, a in achieved.items() if a is not None)
+                + "; failed " + ", ".join(f"{n} {f}" for n, f in failed.items()))
 
         sha = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
         report = {

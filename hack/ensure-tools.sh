@@ -36,3 +36,13 @@ if ((${#need_apt[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+# oha (the open-loop, fixed-rate load generator) has no Debian package: cargo builds it once
+# into the tools cache, outside the repository, where later runs find it.
+if [ "${1}" = bench ]; then
+  tools="${HOME}/.cache/portcullis/tools"
+  if [ ! -x "${tools}/bin/oha" ]; then
+    echo "==> cargo install oha --locked --root ${tools}"
+    cargo install oha --locked --root "${tools}" --quiet
+  fi
+fi

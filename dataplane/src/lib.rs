@@ -20,6 +20,7 @@ pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod ring_setup;
 pub mod route;
 pub mod shard;
 pub mod signal;
@@ -118,6 +119,13 @@ pub fn run(options: Options) -> Result<(), String> {
                     replies: replies.connect().await,
                 });
             }
+            // Every core has answered, so every ring exists.
+            let (cooperative, refused) = ring_setup::cooperative_rings();
+            info!(
+                "io_uring rings created",
+                "cooperative_task_run" = cooperative.to_string(),
+                "kernel_refused_cooperative" = refused.to_string()
+            );
             let control = Rc::new(Control::new(cores, bind_address));
             let result = start(&control, initial, control_socket, admin_socket).await;
             if result.is_ok() {
