@@ -60,8 +60,30 @@ pub fn validate(config: &CompiledConfig) -> Result<(), ValidationError> {
 
 #[derive(Default)]
 struct Validator {
-    path: Vec<String>,
+    /// Where the validator is, spelled out only when something fails: a config with 10 000
+    /// routes would otherwise format a path string for every element it visits.
+    path: Vec<Segment>,
     first_error: Option<ValidationError>,
+}
+
+#[derive(Clone, Copy)]
+enum Segment {
+    /// `name` as written, e.g. `settings` or `.path`.
+    Field(&'static str),
+    /// `.name`, for a field named at run time.
+    Setting(&'static str),
+    /// `list[index]`, e.g. `.routes[3]`.
+    Index(&'static str, usize),
+}
+
+impl std::fmt::Display for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Segment::Field(name) => f.write_str(name),
+            Segment::Setting(name) => write!(f, ".{name}"),
+            Segment::Index(list, index) => write!(f, "{list}[{index}]"),
+        }
+    }
 }
 
 impl Validator {
@@ -71,21 +93,25 @@ impl Validator {
             let message: String = message.into();
             let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
             self.first_error = Some(ValidationError {
-                path: self.path.concat(),
+                path: self.path.iter().map(Segment::to_string).collect(),
                 message,
             });
         }
     }
 
-    fn within<F: FnOnce(&mut Self)>(&mut self, segment: String, f: F) {
+    fn within<F: FnOnce(&mut Self)>(&mut self, segment: Segment, f: F) {
         self.path.push(segment);
         f(self);
         self.path.pop();
     }
 
+    fn at<F: FnOnce(&mut Self)>(&mut self, list: &'static str, index: usize, f: F) {
+        self.within(Segment::Index(list, index), f)
+    }
+
     fn config(&mut self, config: &CompiledConfig) {
         if config.schema_version != SCHEMA_VERSION {
-            self.within("schema_version".into(), |v| {
+            self.within(Segment::Field("schema_version"), |v| {
                 v.fail(format!(
                     "schema version {} is not supported (this proxy reads {SCHEMA_VERSION})",
                     config.schema_version
@@ -93,9 +119,9 @@ impl Validator {
             });
             return;
         }
-        self.within("settings".into(), |v| v.settings(&config.settings));
+        self.within(Segment::Field("settings"), |v| v.settings(&config.settings));
         if config.ports.len() > MAX_PORTS {
-            self.within("ports".into(), |v| {
+            self.within(Segment::Field("ports"), |v| {
                 v.fail(format!(
                     "{} ports exceed the limit of {MAX_PORTS}",
                     config.ports.len()
@@ -105,7 +131,7 @@ impl Validator {
 
         let mut certificate_names = HashSet::new();
         for (i, certificate) in config.certificates.iter().enumerate() {
-            self.within(format!("certificates[{i}]"), |v| {
+            self.at("certificates", i, |v| {
                 if certificate.name.is_empty() {
                     v.fail("name is empty");
                 }
@@ -123,7 +149,7 @@ impl Validator {
 
         let mut backend_names = HashSet::new();
         for (i, backend) in config.backends.iter().enumerate() {
-            self.within(format!("backends[{i}]"), |v| {
+            self.at("backends", i, |v| {
                 if backend.name.is_empty() {
                     v.fail("name is empty");
                 }
@@ -132,7 +158,7 @@ impl Validator {
                 }
                 for (j, endpoint) in backend.endpoints.iter().enumerate() {
                     if endpoint.port() == 0 {
-                        v.within(format!(".endpoints[{j}]"), |v| v.fail("port 0"));
+                        v.at(".endpoints", j, |v| v.fail("port 0"));
                     }
                 }
             });
@@ -141,7 +167,7 @@ impl Validator {
         let mut ports = HashSet::new();
         let mut listener_names = HashSet::new();
         for (i, port) in config.ports.iter().enumerate() {
-            self.within(format!("ports[{i}]"), |v| {
+            self.at("ports", i, |v| {
                 if port.port == 0 {
                     v.fail("port 0 cannot be bound");
                 }
@@ -175,21 +201,21 @@ impl Validator {
         ];
         for (name, value) in positive {
             if value == 0 {
-                self.within(format!(".{name}"), |v| v.fail("must be greater than 0"));
+                self.within(Segment::Setting(name), |v| v.fail("must be greater than 0"));
             }
         }
         if s.max_header_count > 1024 {
-            self.within(".max_header_count".into(), |v| {
+            self.within(Segment::Field(".max_header_count"), |v| {
                 v.fail("must be at most 1024")
             });
         }
         if s.max_header_bytes > 1 << 20 {
-            self.within(".max_header_bytes".into(), |v| {
+            self.within(Segment::Field(".max_header_bytes"), |v| {
                 v.fail("must be at most 1 MiB")
             });
         }
         if s.max_request_line_bytes > s.max_header_bytes {
-            self.within(".max_request_line_bytes".into(), |v| {
+            self.within(Segment::Field(".max_request_line_bytes"), |v| {
                 v.fail("must not exceed max_header_bytes")
             });
         }
@@ -207,7 +233,7 @@ impl Validator {
         }
         let mut hostnames = HashSet::new();
         for (i, listener) in port.listeners.iter().enumerate() {
-            self.within(format!(".listeners[{i}]"), |v| {
+            self.at(".listeners", i, |v| {
                 if listener.name.is_empty() {
                     v.fail("name is empty");
                 }
@@ -216,7 +242,7 @@ impl Validator {
                 }
                 let key = listener.hostname.as_deref().map(str::to_ascii_lowercase);
                 if let Some(hostname) = &listener.hostname {
-                    v.within(".hostname".into(), |v| v.hostname(hostname));
+                    v.within(Segment::Field(".hostname"), |v| v.hostname(hostname));
                 }
                 if !hostnames.insert(key) {
                     v.fail(format!(
@@ -236,7 +262,7 @@ impl Validator {
                 }
                 for (j, name) in listener.certificates.iter().enumerate() {
                     if !certificates.contains(name.as_str()) {
-                        v.within(format!(".certificates[{j}]"), |v| {
+                        v.at(".certificates", j, |v| {
                             v.fail(format!("unknown certificate {name:?}"))
                         });
                     }
@@ -248,7 +274,7 @@ impl Validator {
                     ));
                 }
                 for (j, route) in listener.routes.iter().enumerate() {
-                    v.within(format!(".routes[{j}]"), |v| v.route(route, backends));
+                    v.at(".routes", j, |v| v.route(route, backends));
                 }
             });
         }
@@ -259,10 +285,10 @@ impl Validator {
             self.fail("name is empty");
         }
         for (i, hostname) in route.hostnames.iter().enumerate() {
-            self.within(format!(".hostnames[{i}]"), |v| v.hostname(hostname));
+            self.at(".hostnames", i, |v| v.hostname(hostname));
         }
         for (i, rule) in route.rules.iter().enumerate() {
-            self.within(format!(".rules[{i}]"), |v| {
+            self.at(".rules", i, |v| {
                 v.rule(rule, &|name: &str| backends.contains(name))
             });
         }
@@ -270,7 +296,7 @@ impl Validator {
 
     fn rule(&mut self, rule: &RouteRule, backends: &dyn Fn(&str) -> bool) {
         for (i, m) in rule.matches.iter().enumerate() {
-            self.within(format!(".matches[{i}]"), |v| v.route_match(m));
+            self.at(".matches", i, |v| v.route_match(m));
         }
         let all_prefix = rule.matches.is_empty()
             || rule
@@ -280,18 +306,18 @@ impl Validator {
         let mut has_redirect = false;
         let mut has_rewrite = false;
         for (i, filter) in rule.filters.iter().enumerate() {
-            self.within(format!(".filters[{i}]"), |v| v.filter(filter, all_prefix));
+            self.at(".filters", i, |v| v.filter(filter, all_prefix));
             has_redirect |= matches!(filter, Filter::RequestRedirect(_));
             has_rewrite |= matches!(filter, Filter::UrlRewrite(_));
         }
         if has_redirect && has_rewrite {
-            self.within(".filters".into(), |v| {
+            self.within(Segment::Field(".filters"), |v| {
                 v.fail("RequestRedirect and URLRewrite cannot be combined")
             });
         }
         let mut total: u64 = 0;
         for (i, backend) in rule.backends.iter().enumerate() {
-            self.within(format!(".backends[{i}]"), |v| {
+            self.at(".backends", i, |v| {
                 if backend.weight > MAX_WEIGHT {
                     v.fail(format!("weight {} exceeds {MAX_WEIGHT}", backend.weight));
                 }
@@ -302,7 +328,7 @@ impl Validator {
                     v.fail(format!("unknown backend {name:?}"));
                 }
                 for (j, filter) in backend.filters.iter().enumerate() {
-                    v.within(format!(".filters[{j}]"), |v| match filter {
+                    v.at(".filters", j, |v| match filter {
                         Filter::RequestHeaderModifier(m) => {
                             v.header_modifier(m, Direction::Request)
                         }
@@ -319,25 +345,25 @@ impl Validator {
             && ms > 0
             && backend_ms > ms
         {
-            self.within(".timeouts".into(), |v| {
+            self.within(Segment::Field(".timeouts"), |v| {
                 v.fail("backend_request_ms must not exceed request_ms")
             });
         }
     }
 
     fn route_match(&mut self, m: &RouteMatch) {
-        self.within(".path".into(), |v| match &m.path {
+        self.within(Segment::Field(".path"), |v| match &m.path {
             PathMatch::Exact(p) | PathMatch::PathPrefix(p) => v.absolute_path(p),
             PathMatch::RegularExpression(r) => v.regex(r),
         });
         for (i, h) in m.headers.iter().enumerate() {
-            self.within(format!(".headers[{i}]"), |v| {
+            self.at(".headers", i, |v| {
                 v.header_name(&h.name);
                 v.string_match(&h.value);
             });
         }
         for (i, q) in m.query_params.iter().enumerate() {
-            self.within(format!(".query_params[{i}]"), |v| {
+            self.at(".query_params", i, |v| {
                 if q.name.is_empty() {
                     v.fail("name is empty");
                 }
@@ -347,7 +373,7 @@ impl Validator {
         if let Some(method) = &m.method
             && !is_token(method)
         {
-            self.within(".method".into(), |v| {
+            self.within(Segment::Field(".method"), |v| {
                 v.fail(format!("invalid method {method:?}"))
             });
         }
@@ -412,7 +438,7 @@ impl Validator {
     fn header_modifier(&mut self, m: &HeaderModifier, direction: Direction) {
         let mut seen = HashMap::new();
         for (i, h) in m.set.iter().enumerate() {
-            self.within(format!(".set[{i}]"), |v| {
+            self.at(".set", i, |v| {
                 v.header_name(&h.name);
                 v.header_value(&h.value);
                 v.modifiable(&h.name, direction, Operation::Set);
@@ -422,14 +448,14 @@ impl Validator {
             });
         }
         for (i, h) in m.add.iter().enumerate() {
-            self.within(format!(".add[{i}]"), |v| {
+            self.at(".add", i, |v| {
                 v.header_name(&h.name);
                 v.header_value(&h.value);
                 v.modifiable(&h.name, direction, Operation::AddOrRemove);
             });
         }
         for (i, name) in m.remove.iter().enumerate() {
-            self.within(format!(".remove[{i}]"), |v| {
+            self.at(".remove", i, |v| {
                 v.header_name(name);
                 v.modifiable(name, direction, Operation::AddOrRemove);
             });

@@ -280,9 +280,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(generation) = generation {
                 compiled.generation = generation;
             }
-            match control_client::push(&socket, &compiled, Duration::from_secs(timeout))? {
+            // Timed from encoding to the reply: what a push costs a sender that holds the
+            // config (reading and decoding the file above is this command's own business).
+            let started = std::time::Instant::now();
+            let reply = control_client::push(&socket, &compiled, Duration::from_secs(timeout))?;
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            match reply {
                 Reply::Ack { generation } => {
                     println!("ACK {generation}");
+                    eprintln!("push -> ACK in {elapsed_ms:.1} ms");
                     Ok(ExitCode::SUCCESS)
                 }
                 Reply::Nack { reason } => {

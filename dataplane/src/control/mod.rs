@@ -34,6 +34,10 @@ use crate::route::Snapshot;
 use crate::shard::{ShardCommand, ShardReply};
 use crate::{error, info, warn};
 
+/// How long a replaced config outlives its replacement on the control thread: long enough for
+/// the ACK to leave first.
+const RETIRE_AFTER: Duration = Duration::from_millis(50);
+
 /// A worker core as the control thread sees it.
 pub struct CoreLink {
     pub commands: ConnectedSender<ShardCommand>,
@@ -181,7 +185,9 @@ impl Control {
                     ));
                 }
                 if config.generation == current {
-                    return if config.content_hash() == active.snapshot.content_hash {
+                    // Hashed only here: a re-sent generation is rare, and hashing every
+                    // config would add a full serialization to each swap.
+                    return if config.content_hash() == active.config.content_hash() {
                         Ok(None)
                     } else {
                         Err(format!(
@@ -198,10 +204,19 @@ impl Control {
             return Err(reason + &rollback);
         }
         let generation = config.generation;
-        self.state.borrow_mut().active = Some(Active {
+        let retired = self.state.borrow_mut().active.replace(Active {
             config: Rc::new(config),
             snapshot,
         });
+        // Freeing a large config's tables takes as long as a good part of building them; the
+        // sender waits for its ACK, not for that.
+        if let Some(retired) = retired {
+            spawn_local(async move {
+                Timer::new(RETIRE_AFTER).await;
+                drop(retired);
+            })
+            .detach();
+        }
         Ok(Some(generation))
     }
 

@@ -25,7 +25,6 @@ use table::ListenerTable;
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
-    pub content_hash: [u8; 32],
     pub settings: ProxySettings,
     pub ports: Vec<PortTable>,
     pub backends: Vec<BackendTable>,
@@ -138,7 +137,6 @@ impl Snapshot {
 
         Ok(Snapshot {
             generation: config.generation,
-            content_hash: config.content_hash(),
             settings: config.settings.clone(),
             ports,
             backends,
