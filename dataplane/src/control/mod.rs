@@ -32,7 +32,7 @@ use portcullis_api::frame::{FrameError, FrameHeader, HEADER_BYTES, Reply};
 use crate::metrics::{ControlStats, CoreStats};
 use crate::route::Snapshot;
 use crate::shard::{ShardCommand, ShardReply};
-use crate::{error, info, warn};
+use crate::{debug, error, info, warn};
 
 /// How long a replaced config outlives its replacement on the control thread: long enough for
 /// the ACK to leave first.
@@ -198,11 +198,19 @@ impl Control {
             }
             state.active.as_ref().map(|a| a.snapshot.clone())
         };
+        let started = Instant::now();
         let snapshot = Arc::new(Snapshot::build(&config)?);
+        let built = Instant::now();
         if let Err(reason) = self.install_everywhere(&snapshot).await {
             let rollback = self.roll_back(previous.as_ref()).await;
             return Err(reason + &rollback);
         }
+        debug!(
+            "config installed",
+            "generation" = config.generation,
+            "build_ms" = ms(built - started),
+            "install_ms" = ms(built.elapsed())
+        );
         let generation = config.generation;
         let retired = self.state.borrow_mut().active.replace(Active {
             config: Rc::new(config),
@@ -367,17 +375,30 @@ async fn control_connection(control: Rc<Control>, mut stream: UnixStream) {
                 return;
             }
         };
+        let started = Instant::now();
         let mut payload = vec![0u8; header.payload_len as usize];
         if stream.read_exact(&mut payload).await.is_err() {
             return;
         }
+        let received = Instant::now();
         let decoded = header.decode_payload(&payload);
         drop(payload);
+        debug!(
+            "config frame received",
+            "bytes" = header.payload_len,
+            "receive_ms" = ms(received - started),
+            "decode_ms" = ms(received.elapsed())
+        );
         let reply = control.apply(decoded).await;
         if stream.write_all(reply.to_line().as_bytes()).await.is_err() {
             return;
         }
     }
+}
+
+/// Milliseconds to two decimals, for logs.
+fn ms(duration: Duration) -> String {
+    format!("{:.2}", duration.as_secs_f64() * 1000.0)
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
