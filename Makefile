@@ -106,6 +106,12 @@ cluster-down: ## Stop the local cluster and remove everything it created (safe w
 bench: ## Benchmark the proxy against nginx and direct-to-backend on this machine.
 	bench/run.sh
 
+.PHONY: scaling
+scaling: ## Throughput with 1, 2, 4, … cores, Portcullis vs nginx (bench/scaling.sh; --package for other machines).
+	hack/ensure-tools.sh bench
+	$(CARGO) build --release --quiet -p portcullis-dataplane
+	bench/scaling.sh $(ARGS)
+
 ##@ Hardening
 
 .PHONY: fuzz
