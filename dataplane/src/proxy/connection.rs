@@ -1054,18 +1054,32 @@ async fn fill_body<T: Transport>(
     rx: &mut RecvBuf,
     rate: &mut MinRate,
 ) -> Result<(), Failure> {
-    let Some(wait) = rate.next_wait(Instant::now(), 0) else {
-        return Err(Failure::Status(408));
-    };
-    io.set_read_timeout(Some(wait));
-    match rx.fill(io, BODY_BUFFER).await {
-        Ok(n) if n > 0 => {
-            rate.record(n);
-            Ok(())
+    rate.resume(Instant::now());
+    let result = fill_body_timed(io, rx, rate).await;
+    rate.pause(Instant::now());
+    result
+}
+
+async fn fill_body_timed<T: Transport>(
+    io: &mut T,
+    rx: &mut RecvBuf,
+    rate: &mut MinRate,
+) -> Result<(), Failure> {
+    loop {
+        let Some(wait) = rate.next_wait(Instant::now(), 0) else {
+            return Err(Failure::Status(408));
+        };
+        io.set_read_timeout(Some(wait));
+        match rx.fill(io, BODY_BUFFER).await {
+            Ok(n) if n > 0 => {
+                rate.record(n);
+                return Ok(());
+            }
+            Ok(_) => return Err(Failure::ClientGone),
+            // The wait was a recheck of the rate; a timed-out read consumed nothing.
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Err(Failure::ClientGone),
         }
-        Ok(_) => Err(Failure::ClientGone),
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(Failure::Status(408)),
-        Err(_) => Err(Failure::ClientGone),
     }
 }
 
@@ -1111,11 +1125,31 @@ async fn write_body_piece<T: Transport>(
 
 /// Sends response bytes to a client that must read them no slower than the minimum rate.
 /// Only bytes the client acknowledged count: a slow reader's socket buffers accept megabytes
-/// it never reads. Each partial write re-checks the rate, so trickling progress does not
-/// extend the deadline. A client cut off is reset, so the kernel drops what it queued.
+/// it never reads. Every wait is a recheck of the rate (see `min_rate`), so a write that
+/// times out is tried again unless the client has fallen behind. A client cut off is reset,
+/// so the kernel drops what it queued.
+///
+/// A timed-out plain write sent nothing. A TLS write may have taken plaintext into the session
+/// before its socket write timed out, so retrying it could send bytes twice: TLS flushes the
+/// session before each write (a flush that times out leaves its records queued and is safe
+/// to retry), and a write then meets a socket with no stale wait behind it.
 async fn send_paced<T: Transport>(io: &mut T, bytes: &[u8], rate: &mut MinRate) -> Result<(), ()> {
+    rate.resume(Instant::now());
+    let result = send_paced_timed(io, bytes, rate).await;
+    rate.pause(Instant::now());
+    result
+}
+
+async fn send_paced_timed<T: Transport>(
+    io: &mut T,
+    bytes: &[u8],
+    rate: &mut MinRate,
+) -> Result<(), ()> {
     let mut sent = 0;
-    while sent < bytes.len() || (T::BUFFERED && sent == bytes.len()) {
+    loop {
+        if sent == bytes.len() && !T::BUFFERED {
+            return Ok(());
+        }
         // A fresh body has nothing in flight; skip the syscall for the common small response.
         let undelivered = if rate.recorded() > 0 {
             io.unacknowledged()
@@ -1127,22 +1161,31 @@ async fn send_paced<T: Transport>(io: &mut T, bytes: &[u8], rate: &mut MinRate) 
             return Err(());
         };
         io.set_write_timeout(Some(wait));
+        if T::BUFFERED {
+            match io.flush().await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(_) => {
+                    io.reset_on_close();
+                    return Err(());
+                }
+            }
+        }
         if sent == bytes.len() {
-            // Buffered transports (TLS): push out what the writes left in the session.
-            return io.flush().await.map_err(|_| ());
+            return Ok(());
         }
         match io.write(&bytes[sent..]).await {
-            Ok(0) | Err(_) => {
-                io.reset_on_close();
-                return Err(());
-            }
-            Ok(n) => {
+            Ok(n) if n > 0 => {
                 sent += n;
                 rate.record(n);
             }
+            Err(e) if !T::BUFFERED && e.kind() == std::io::ErrorKind::TimedOut => {}
+            Ok(_) | Err(_) => {
+                io.reset_on_close();
+                return Err(());
+            }
         }
     }
-    Ok(())
 }
 
 /// Relays bytes both ways after a 101 until either side closes. Bytes the client sent after

@@ -6,6 +6,7 @@
 //! - `/close/N`: a response of N bytes delimited by closing the connection (no length).
 //! - `/sleep/MS`: wait MS milliseconds, then echo.
 //! - `/bytes/N`: a Content-Length response of N bytes.
+//! - `/events/N/MS`: a chunked stream of N events (`data: i`), one every MS milliseconds.
 //! - `/ws`: answer an Upgrade with 101 and then echo raw bytes.
 //! - anything else: JSON `{"backend", "method", "path", "headers", "body_len", "body"}`.
 //!
@@ -223,6 +224,23 @@ fn serve_connection(
                 if method != "HEAD" {
                     writer.write_all(&pattern(n))?;
                 }
+            }
+            Some("events") => {
+                write!(
+                    writer,
+                    "HTTP/1.1 200 OK\r\n{common}content-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                )?;
+                writer.flush()?;
+                let gap = Duration::from_millis(number(2).unwrap_or(100));
+                for i in 0..number(1).unwrap_or(3) {
+                    if i > 0 {
+                        std::thread::sleep(gap);
+                    }
+                    let event = format!("data: {i}\n\n");
+                    write!(writer, "{:x}\r\n{event}\r\n", event.len())?;
+                    writer.flush()?;
+                }
+                writer.write_all(b"0\r\n\r\n")?;
             }
             Some("sleep") => {
                 std::thread::sleep(Duration::from_millis(number(1).unwrap_or(100)));
