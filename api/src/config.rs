@@ -353,9 +353,11 @@ pub struct ProxySettings {
     pub max_connections_per_core: usize,
     /// 0 means unlimited.
     pub max_requests_per_connection: u64,
-    /// A request body or a response that averages fewer bytes per second than this, counted
-    /// from its start once the grace period is over, is aborted: an idle timeout alone lets a
-    /// client trickle a byte every few seconds and hold the connection forever. 0 disables.
+    /// A request body or a response whose client delivers fewer bytes per second than this,
+    /// averaged over the last grace period of waiting for it, is aborted once the first grace
+    /// period is over: an idle timeout alone lets a client trickle a byte every few seconds
+    /// and hold the connection forever. Time spent waiting for the upstream does not count.
+    /// 0 disables.
     pub min_data_rate_bytes_per_s: u64,
     pub min_data_rate_grace_ms: u64,
 }
