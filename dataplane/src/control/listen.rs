@@ -8,11 +8,19 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Accept backlog per socket; each core has its own socket per port.
 const BACKLOG: i32 = 4096;
 
+/// Unsent bytes a client connection may queue in the kernel before a write waits
+/// (TCP_NOTSENT_LOWAT, inherited by accepted sockets). Without it the kernel takes megabytes per
+/// connection: a thousand slow readers cost gigabytes of socket memory and stalled the core
+/// while it copied them, and the minimum rate saw them late. Bytes in flight are not limited,
+/// so a fast client's throughput is not either.
+pub const CLIENT_NOTSENT_LOWAT: u32 = 128 * 1024;
+
 /// A listening socket for `port` that other sockets of this process can share
 /// (SO_REUSEPORT): the kernel spreads connections over the cores' sockets.
 pub fn reuse_port_listener(address: IpAddr, port: u16) -> std::io::Result<OwnedFd> {
     let socket = new_socket(SocketAddr::new(address, port))?;
     socket.set_reuse_port(true)?;
+    socket.set_tcp_notsent_lowat(CLIENT_NOTSENT_LOWAT)?;
     bind_and_listen(socket, SocketAddr::new(address, port))
 }
 
@@ -44,6 +52,16 @@ fn bind_and_listen(socket: Socket, address: SocketAddr) -> std::io::Result<Owned
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_client_sockets_inherit_the_unsent_bytes_limit() {
+        let listener = Socket::from(reuse_port_listener(IpAddr::from([127, 0, 0, 1]), 0).unwrap());
+        listener.set_nonblocking(false).unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(address.as_socket().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(accepted.tcp_notsent_lowat().unwrap(), CLIENT_NOTSENT_LOWAT);
+    }
 
     #[test]
     fn reuse_port_sockets_share_and_exclusive_ones_do_not() {
