@@ -3,10 +3,6 @@
 //! The operator (and standalone mode) produce it from Gateway API objects; the proxy consumes
 //! only this. Nothing here refers back to Kubernetes: Services are already endpoints, Secrets
 //! are already PEM, and attachment and hostname intersection are already decided.
-//!
-//! Empty lists and unset options are left out of the JSON (they decode to the same value):
-//! a 10 000-route config is then about a third smaller, and every push encodes, checksums
-//! and decodes all of it.
 
 use std::net::SocketAddr;
 
@@ -26,11 +22,11 @@ pub struct CompiledConfig {
     #[serde(default)]
     pub gateway: GatewayIdentity,
     /// One entry per bound port; Gateway listeners that share a port are merged into one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub ports: Vec<Port>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub backends: Vec<Backend>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub certificates: Vec<Certificate>,
     #[serde(default)]
     pub settings: ProxySettings,
@@ -107,13 +103,13 @@ pub struct Port {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub hostname: Option<String>,
     /// Names of entries in `CompiledConfig::certificates`; required on HTTPS ports.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub certificates: Vec<String>,
     /// Routes in tie-break order: oldest first, then by "namespace/name".
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub routes: Vec<HttpRoute>,
 }
 
@@ -124,7 +120,7 @@ pub struct HttpRoute {
     pub name: String,
     /// Effective hostnames (already intersected with the listener's); empty means any host
     /// the listener accepts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub hostnames: Vec<String>,
     pub rules: Vec<RouteRule>,
 }
@@ -132,17 +128,17 @@ pub struct HttpRoute {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub name: Option<String>,
     /// Empty means one match on path prefix "/".
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub matches: Vec<RouteMatch>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub filters: Vec<Filter>,
     /// Empty means every request matched by this rule is answered 500, as Gateway API requires.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub backends: Vec<WeightedBackend>,
-    #[serde(default, skip_serializing_if = "RuleTimeouts::is_unset")]
+    #[serde(default)]
     pub timeouts: RuleTimeouts,
 }
 
@@ -150,18 +146,11 @@ pub struct RouteRule {
 #[serde(deny_unknown_fields)]
 pub struct RuleTimeouts {
     /// Whole request, from the first byte of the request head to the end of the response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub request_ms: Option<u64>,
     /// One upstream attempt, from connecting to the end of the response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub backend_request_ms: Option<u64>,
-}
-
-impl RuleTimeouts {
-    /// No timeout set: the rule uses the proxy's defaults.
-    pub fn is_unset(&self) -> bool {
-        self.request_ms.is_none() && self.backend_request_ms.is_none()
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,11 +158,11 @@ impl RuleTimeouts {
 pub struct RouteMatch {
     #[serde(default)]
     pub path: PathMatch,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub headers: Vec<HeaderMatch>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub query_params: Vec<QueryParamMatch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub method: Option<String>,
 }
 
@@ -228,11 +217,11 @@ pub enum Filter {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderModifier {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub set: Vec<HeaderValue>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub add: Vec<HeaderValue>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub remove: Vec<String>,
 }
 
@@ -246,13 +235,13 @@ pub struct HeaderValue {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestRedirect {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub scheme: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub path: Option<PathModifier>,
     #[serde(default = "default_redirect_status")]
     pub status_code: u16,
@@ -265,9 +254,9 @@ fn default_redirect_status() -> u16 {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UrlRewrite {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub path: Option<PathModifier>,
 }
 
@@ -286,7 +275,7 @@ pub struct WeightedBackend {
     pub target: BackendTarget,
     /// Applied only to requests sent to this backend (RequestHeaderModifier,
     /// ResponseHeaderModifier).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub filters: Vec<Filter>,
 }
 
@@ -354,9 +343,9 @@ pub struct ProxySettings {
     /// 0 means unlimited.
     pub max_requests_per_connection: u64,
     /// A request body or a response whose client delivers fewer bytes per second than this,
-    /// averaged over the last grace period of waiting for it, is aborted once the first grace
-    /// period is over: an idle timeout alone lets a client trickle a byte every few seconds
-    /// and hold the connection forever. Time spent waiting for the upstream does not count.
+    /// averaged from its start, is aborted once the grace period is over: an idle timeout
+    /// alone lets a client trickle a byte every few seconds and hold the connection forever.
+    /// Only time spent waiting for the client counts, not time waiting for the upstream.
     /// 0 disables.
     pub min_data_rate_bytes_per_s: u64,
     pub min_data_rate_grace_ms: u64,

@@ -283,6 +283,22 @@ fn content_hash_ignores_generation_only() {
     assert_ne!(a.content_hash(), b.content_hash());
 }
 
+#[test]
+fn content_hash_of_a_known_config_is_pinned() {
+    // Operators and agents of different versions compare this hash (the agent rejects an
+    // update whose hash it computes differently), so a change to the serialized form, such
+    // as leaving out empty fields, breaks mixed-version rollouts. Change it only together
+    // with SCHEMA_VERSION.
+    let hex: String = base()
+        .content_hash()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, PINNED_BASE_HASH);
+}
+
+const PINNED_BASE_HASH: &str = "2d53cf85adc4aecdcc18bd4a633e1d576ba0aa81e60b1a6663c40ef18ddb324d";
+
 proptest::proptest! {
     /// Serialization is deterministic: the same config always gives the same bytes.
     #[test]
