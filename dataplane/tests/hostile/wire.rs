@@ -8,29 +8,7 @@ use std::time::{Duration, Instant};
 /// How long the client waits for a response, or for the proxy to close.
 pub const WAIT: Duration = Duration::from_secs(4);
 
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    /// Lowercased names.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether the response announces that the connection closes.
-    pub fn closes(&self) -> bool {
-        self.headers.iter().any(|(n, v)| {
-            n == "connection" && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
-        })
-    }
-}
+pub use crate::support::Response;
 
 pub struct Conn {
     stream: TcpStream,

@@ -40,6 +40,13 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether the response announces that the connection closes.
+    pub fn closes(&self) -> bool {
+        self.headers.iter().any(|(n, v)| {
+            n == "connection" && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
+    }
+
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
