@@ -85,6 +85,13 @@ pub enum PortProtocol {
     Http,
     #[serde(rename = "HTTPS")]
     Https,
+    /// TLS streams routed by SNI to TCP backends (TLSRoute): passed through untouched, or
+    /// terminated here, per listener.
+    #[serde(rename = "TLS")]
+    Tls,
+    /// TCP connections forwarded whole to TCP backends (TCPRoute).
+    #[serde(rename = "TCP")]
+    Tcp,
 }
 
 /// A listening port and the Gateway listeners that share it.
@@ -111,6 +118,35 @@ pub struct Listener {
     /// Routes in tie-break order: oldest first, then by "namespace/name".
     #[serde(default)]
     pub routes: Vec<HttpRoute>,
+    /// TLS ports only: hand the client's TLS stream to the backend unopened (the backend
+    /// holds the certificate) instead of terminating it with `certificates`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub passthrough: bool,
+    /// TLS and TCP ports, instead of `routes`: the TLSRoutes or TCPRoutes, in tie-break
+    /// order. A TCP port has one listener, and its first route takes every connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream_routes: Vec<StreamRoute>,
+}
+
+// New fields are left out while unset, so configs without them hash as they always did.
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A route of whole connections on one listener (TLSRoute, TCPRoute): connections whose SNI
+/// matches `hostnames` (always, for TCP) go to one of the weighted backends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRoute {
+    /// "namespace/name", used in metrics and logs.
+    pub name: String,
+    /// Effective hostnames (already intersected with the listener's); empty means any server
+    /// name the listener accepts, and connections without SNI.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Empty, or all weights zero: connections are refused.
+    #[serde(default)]
+    pub backends: Vec<WeightedBackend>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

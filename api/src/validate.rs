@@ -231,6 +231,9 @@ impl Validator {
         if port.listeners.is_empty() {
             self.fail("a port needs at least one listener");
         }
+        if port.protocol == PortProtocol::Tcp && port.listeners.len() > 1 {
+            self.fail("a TCP port has exactly one listener: nothing tells its connections apart");
+        }
         let mut hostnames = HashSet::new();
         for (i, listener) in port.listeners.iter().enumerate() {
             self.at(".listeners", i, |v| {
@@ -251,15 +254,7 @@ impl Validator {
                         listener.hostname.as_deref().unwrap_or("(any)")
                     ));
                 }
-                match port.protocol {
-                    PortProtocol::Https if listener.certificates.is_empty() => {
-                        v.fail("an HTTPS listener needs at least one certificate")
-                    }
-                    PortProtocol::Http if !listener.certificates.is_empty() => {
-                        v.fail("an HTTP listener cannot carry certificates")
-                    }
-                    _ => {}
-                }
+                v.listener_kind(port.protocol, listener);
                 for (j, name) in listener.certificates.iter().enumerate() {
                     if !certificates.contains(name.as_str()) {
                         v.at(".certificates", j, |v| {
@@ -276,17 +271,96 @@ impl Validator {
                 for (j, route) in listener.routes.iter().enumerate() {
                     v.at(".routes", j, |v| v.route(route, backends));
                 }
+                if listener.stream_routes.len() > MAX_ROUTES_PER_LISTENER {
+                    v.fail(format!(
+                        "{} TLS routes exceed the limit of {MAX_ROUTES_PER_LISTENER}",
+                        listener.stream_routes.len()
+                    ));
+                }
+                for (j, route) in listener.stream_routes.iter().enumerate() {
+                    v.at(".stream_routes", j, |v| v.tls_route(route, backends));
+                }
+            });
+        }
+    }
+
+    /// What a listener may carry on a port of `protocol`: certificates where TLS is
+    /// terminated, HTTP routes on HTTP(S) ports, TLS routes and passthrough on TLS ports.
+    fn listener_kind(&mut self, protocol: PortProtocol, listener: &Listener) {
+        let http = matches!(protocol, PortProtocol::Http | PortProtocol::Https);
+        if http && !listener.stream_routes.is_empty() {
+            self.fail("TLS and TCP routes can only attach to TLS and TCP ports");
+        }
+        if !http && !listener.routes.is_empty() {
+            self.fail("a TLS or TCP listener carries stream routes, not HTTP routes");
+        }
+        if listener.passthrough && protocol != PortProtocol::Tls {
+            self.fail("passthrough is only possible on a TLS port");
+        }
+        match protocol {
+            PortProtocol::Https if listener.certificates.is_empty() => {
+                self.fail("an HTTPS listener needs at least one certificate")
+            }
+            PortProtocol::Http | PortProtocol::Tcp if !listener.certificates.is_empty() => {
+                self.fail("a plaintext listener cannot carry certificates")
+            }
+            PortProtocol::Tls => match (listener.passthrough, listener.certificates.is_empty()) {
+                (true, false) => self.fail(
+                    "a passthrough listener cannot carry certificates: the backend terminates TLS",
+                ),
+                (false, true) => {
+                    self.fail("a TLS listener that terminates TLS needs at least one certificate")
+                }
+                _ => {}
+            },
+            PortProtocol::Tcp => {
+                // Nothing in a TCP connection names a host.
+                if listener.hostname.is_some() {
+                    self.fail("a TCP listener has no hostname");
+                }
+                if listener
+                    .stream_routes
+                    .iter()
+                    .any(|r| !r.hostnames.is_empty())
+                {
+                    self.fail("TCP routes have no hostnames");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What every route kind needs: a name, and hostnames that are hostnames.
+    fn route_identity(&mut self, name: &str, hostnames: &[String]) {
+        if name.is_empty() {
+            self.fail("name is empty");
+        }
+        for (i, hostname) in hostnames.iter().enumerate() {
+            self.at(".hostnames", i, |v| v.hostname(hostname));
+        }
+    }
+
+    fn tls_route(&mut self, route: &StreamRoute, backends: &HashSet<&str>) {
+        self.route_identity(&route.name, &route.hostnames);
+        for (i, backend) in route.backends.iter().enumerate() {
+            self.at(".backends", i, |v| {
+                if backend.weight > MAX_WEIGHT {
+                    v.fail(format!("weight {} exceeds {MAX_WEIGHT}", backend.weight));
+                }
+                if let BackendTarget::Backend(name) = &backend.target
+                    && !backends.contains(name.as_str())
+                {
+                    v.fail(format!("unknown backend {name:?}"));
+                }
+                if !backend.filters.is_empty() {
+                    v.fail("a TLS route's backends take no HTTP filters");
+                }
             });
         }
     }
 
     fn route(&mut self, route: &HttpRoute, backends: &HashSet<&str>) {
-        if route.name.is_empty() {
-            self.fail("name is empty");
-        }
-        for (i, hostname) in route.hostnames.iter().enumerate() {
-            self.at(".hostnames", i, |v| v.hostname(hostname));
-        }
+        self.route_identity(&route.name, &route.hostnames);
         for (i, rule) in route.rules.iter().enumerate() {
             self.at(".rules", i, |v| {
                 v.rule(rule, &|name: &str| backends.contains(name))

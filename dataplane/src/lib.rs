@@ -4,6 +4,7 @@
 //! - [`proxy`]: the HTTP/1.1 engine a connection runs (routing, forwarding, filters).
 //! - [`http`]: message syntax (parsing, framing, chunked coding).
 //! - [`route`]: the immutable routing snapshot of one config generation.
+//! - [`l4`]: TLS ports: connections routed by SNI, passed through or terminated, spliced.
 //! - [`tls`]: rustls termination, per-core configs, shared-key session tickets.
 //! - [`control`]: the control thread (config socket, swaps, admin endpoint, drain).
 
@@ -17,6 +18,7 @@ pub mod fault;
 pub mod fuzzing;
 pub mod http;
 pub mod io;
+pub mod l4;
 pub mod log;
 pub mod metrics;
 pub mod proxy;

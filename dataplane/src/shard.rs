@@ -148,7 +148,12 @@ impl Shard {
     pub(crate) fn build(&self, snapshot: Arc<Snapshot>) -> Result<Installed, String> {
         let mut tls = HashMap::new();
         for port in &snapshot.ports {
-            if port.protocol == PortProtocol::Https {
+            let terminates = match port.protocol {
+                PortProtocol::Https => true,
+                PortProtocol::Tls => port.listeners.iter().any(|l| !l.passthrough),
+                PortProtocol::Http | PortProtocol::Tcp => false,
+            };
+            if terminates {
                 let config = server_config(port, &snapshot, &self.ticket_key)
                     .map_err(|e| format!("port {}: {e}", port.port))?;
                 tls.insert(port.port, TlsAcceptor::from(config));
@@ -436,6 +441,10 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
                 }
                 None => increment(&shard.counters.tls_handshake_errors),
             }
+        }
+        protocol @ (PortProtocol::Tls | PortProtocol::Tcp) => {
+            drop(installed);
+            Box::pin(crate::l4::serve_stream_port(shard, stream, port, protocol)).await;
         }
     }
 }

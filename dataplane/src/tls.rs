@@ -11,7 +11,7 @@ use std::sync::Arc;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use portcullis_api::certificate::{self, ParsedCertificate};
-use portcullis_api::config::Certificate;
+use portcullis_api::config::{Certificate, PortProtocol};
 use rustls::server::{ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
@@ -191,7 +191,10 @@ pub fn server_config(
         .map_err(|e| format!("TLS versions: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { listeners }));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // A TLS port forwards whatever protocol runs inside; only HTTPS ports speak HTTP/1.1.
+    if port.protocol == PortProtocol::Https {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.ticketer = Arc::new(SharedKeyTicketer::new(ticket_key)?);
     // One ticket per full handshake is enough to resume once; each extra ticket costs the

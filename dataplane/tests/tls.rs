@@ -14,17 +14,13 @@ use std::time::{Duration, Instant};
 use portcullis_api::CompiledConfig;
 use portcullis_api::config::{Listener, PortProtocol};
 use portcullis_api::frame::Reply;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SignatureAlgorithm,
-};
 use rustls::DigitallySignedStruct;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, RootCertStore, SignatureScheme, SupportedProtocolVersion};
-use support::client::tls_client_config;
+use support::certs::{Ca, Leaf};
 use support::config::{listener, route, rule, to};
 use support::{Backend, Client, ConfigBuilder, Proxy, free_port};
 
@@ -32,61 +28,7 @@ use support::{Backend, Client, ConfigBuilder, Proxy, free_port};
 // Certificates
 // ---------------------------------------------------------------------------------------------
 
-/// A test certificate authority.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-}
-
 impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Portcullis Test CA");
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf certificate for `names` (DNS names or IP addresses) with a fresh ECDSA P-256 key.
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        self.leaf_with(names, &rcgen::PKCS_ECDSA_P256_SHA256)
-    }
-
-    /// A leaf certificate for `names` with a fresh RSA-2048 key (aws-lc-rs generates RSA keys).
-    fn rsa_leaf(&self, names: &[&str]) -> Leaf {
-        self.leaf_with(names, &rcgen::PKCS_RSA_SHA256)
-    }
-
-    fn leaf_with(&self, names: &[&str], alg: &'static SignatureAlgorithm) -> Leaf {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        let key = KeyPair::generate_for(alg).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    /// A client config trusting this CA, offering `alpn`.
-    fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-        tls_client_config(std::slice::from_ref(&self.der), alpn)
-    }
-
     /// A client config trusting this CA, offering http/1.1, restricted to one TLS version.
     fn client_with_version(&self, version: &'static SupportedProtocolVersion) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
@@ -121,13 +63,6 @@ impl Ca {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }
-}
-
-/// A leaf certificate and its key.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
 }
 
 fn provider() -> Arc<CryptoProvider> {

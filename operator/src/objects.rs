@@ -14,6 +14,8 @@ const KINDS: &[(&str, &str)] = &[
     ("gateway.networking.k8s.io", "GatewayClass"),
     ("gateway.networking.k8s.io", "Gateway"),
     ("gateway.networking.k8s.io", "HTTPRoute"),
+    ("gateway.networking.k8s.io", "TLSRoute"),
+    ("gateway.networking.k8s.io", "TCPRoute"),
     ("gateway.networking.k8s.io", "ReferenceGrant"),
     ("portcullis.dev", "GatewayParameters"),
     ("", "Namespace"),
@@ -151,6 +153,12 @@ fn add(document: serde_json::Value, source: &str, loaded: &mut Loaded) -> Result
         "Gateway" => input.gateways.push(parse(document, &kind, &name, source)?),
         "HTTPRoute" => input
             .http_routes
+            .push(parse(document, &kind, &name, source)?),
+        "TLSRoute" => input
+            .tls_routes
+            .push(parse(document, &kind, &name, source)?),
+        "TCPRoute" => input
+            .tcp_routes
             .push(parse(document, &kind, &name, source)?),
         "ReferenceGrant" => input
             .reference_grants

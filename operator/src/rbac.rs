@@ -31,6 +31,8 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "gatewayclasses",
                 "gateways",
                 "httproutes",
+                "tlsroutes",
+                "tcproutes",
                 "referencegrants",
             ],
             READ,
@@ -41,6 +43,8 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "gatewayclasses/status",
                 "gateways/status",
                 "httproutes/status",
+                "tlsroutes/status",
+                "tcproutes/status",
             ],
             &["get", "patch", "update"],
         ),
@@ -104,6 +108,8 @@ mod tests {
         ),
         ("gateway.networking.k8s.io", "gateways", "get|list|watch"),
         ("gateway.networking.k8s.io", "httproutes", "get|list|watch"),
+        ("gateway.networking.k8s.io", "tlsroutes", "get|list|watch"),
+        ("gateway.networking.k8s.io", "tcproutes", "get|list|watch"),
         (
             "gateway.networking.k8s.io",
             "referencegrants",
@@ -122,6 +128,16 @@ mod tests {
         (
             "gateway.networking.k8s.io",
             "httproutes/status",
+            "get|patch|update",
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "tlsroutes/status",
+            "get|patch|update",
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "tcproutes/status",
             "get|patch|update",
         ),
         ("portcullis.dev", "gatewayparameters", "get|list|watch"),

@@ -32,6 +32,8 @@ pub enum RowKind {
     Gateway,
     Listener,
     HttpRoute,
+    TlsRoute,
+    TcpRoute,
     RouteParent,
 }
 
@@ -42,6 +44,8 @@ impl RowKind {
             RowKind::Gateway => "Gateway",
             RowKind::Listener => "  listener",
             RowKind::HttpRoute => "HTTPRoute",
+            RowKind::TlsRoute => "TLSRoute",
+            RowKind::TcpRoute => "TCPRoute",
             RowKind::RouteParent => "  parent",
         }
     }
@@ -107,7 +111,13 @@ pub fn rows(output: &Output) -> Vec<Row> {
         gateway_rows(key, gateway, &mut rows);
     }
     for (key, route) in &output.http_routes {
-        route_rows(key, route, &mut rows);
+        route_rows(RowKind::HttpRoute, key, route, &mut rows);
+    }
+    for (key, route) in &output.tls_routes {
+        route_rows(RowKind::TlsRoute, key, route, &mut rows);
+    }
+    for (key, route) in &output.tcp_routes {
+        route_rows(RowKind::TcpRoute, key, route, &mut rows);
     }
     rows
 }
@@ -141,10 +151,11 @@ fn gateway_rows(key: &ObjectKey, gateway: &GatewayOutput, rows: &mut Vec<Row>) {
     }
 }
 
-fn route_rows(key: &ObjectKey, route: &RouteOutput, rows: &mut Vec<Row>) {
+fn route_rows(kind: RowKind, key: &ObjectKey, route: &RouteOutput, rows: &mut Vec<Row>) {
+    let label = kind.label();
     rows.push(Row {
-        kind: RowKind::HttpRoute,
-        key: format!("HTTPRoute {key}"),
+        kind,
+        key: format!("{label} {key}"),
         name: key.to_string(),
         conditions: Vec::new(),
         extra: String::new(),
@@ -153,7 +164,7 @@ fn route_rows(key: &ObjectKey, route: &RouteOutput, rows: &mut Vec<Row>) {
         let name = parent_name(&key.namespace, &parent.parent_ref);
         rows.push(Row {
             kind: RowKind::RouteParent,
-            key: format!("HTTPRoute {key} parent {name}"),
+            key: format!("{label} {key} parent {name}"),
             name,
             conditions: parent.conditions.clone(),
             extra: String::new(),
@@ -296,6 +307,10 @@ pub fn to_yaml(output: &Output) -> Result<String> {
         gateway_classes: &'a BTreeMap<String, ClassOutput>,
         gateways: BTreeMap<String, &'a GatewayOutput>,
         http_routes: BTreeMap<String, &'a RouteOutput>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        tls_routes: BTreeMap<String, &'a RouteOutput>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        tcp_routes: BTreeMap<String, &'a RouteOutput>,
     }
     let view = View {
         gateway_classes: &output.gateway_classes,
@@ -306,6 +321,16 @@ pub fn to_yaml(output: &Output) -> Result<String> {
             .collect(),
         http_routes: output
             .http_routes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        tls_routes: output
+            .tls_routes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        tcp_routes: output
+            .tcp_routes
             .iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
@@ -342,11 +367,26 @@ pub fn notes(loaded: &Loaded, output: &Output) -> Vec<String> {
         };
         notes.push(format!("Gateway {key} not checked: {why}"));
     }
-    for route in &input.http_routes {
-        let key = ObjectKey::of(route);
-        if !output.http_routes.contains_key(&key) {
+    let unattached = input
+        .http_routes
+        .iter()
+        .map(|r| ("HTTPRoute", ObjectKey::of(r), &output.http_routes))
+        .chain(
+            input
+                .tls_routes
+                .iter()
+                .map(|r| ("TLSRoute", ObjectKey::of(r), &output.tls_routes)),
+        )
+        .chain(
+            input
+                .tcp_routes
+                .iter()
+                .map(|r| ("TCPRoute", ObjectKey::of(r), &output.tcp_routes)),
+        );
+    for (kind, key, statuses) in unattached {
+        if !statuses.contains_key(&key) {
             notes.push(format!(
-                "HTTPRoute {key} not checked: no parentRef names a Portcullis Gateway among the inputs"
+                "{kind} {key} not checked: no parentRef names a Portcullis Gateway among the inputs"
             ));
         }
     }
@@ -523,5 +563,56 @@ spec:
         assert!(notes[0].contains("ConfigMap settings"), "{notes:?}");
         assert!(notes[1].contains("GatewayClass unknown is not among the inputs"));
         assert!(notes[2].starts_with("HTTPRoute app/stray not checked"));
+    }
+
+    const TLS: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: db, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [db.example.com]
+  rules: [{backendRefs: [{name: missing, port: 5432}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: stray, namespace: infra}
+spec:
+  parentRefs: [{name: elsewhere}]
+  hostnames: [x.example.com]
+  rules: [{backendRefs: [{name: missing, port: 5432}]}]
+"#;
+
+    #[test]
+    fn tls_routes_get_rows_yaml_and_notes() {
+        let loaded = load(TLS);
+        let output = compile(&loaded.input);
+        let rows = rows(&output);
+        let route = rows
+            .iter()
+            .find(|r| r.key == "TLSRoute infra/db parent infra/gw")
+            .expect("a row for the TLSRoute's parent");
+        assert!(!route.is_ok(), "the unresolved backend is a problem");
+        assert!(rows.iter().any(|r| r.key == "TLSRoute infra/db"));
+        let yaml = to_yaml(&output).unwrap();
+        assert!(yaml.contains("tlsRoutes:"), "{yaml}");
+        let notes = notes(&loaded, &output);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("TLSRoute infra/stray not checked")),
+            "{notes:?}"
+        );
     }
 }

@@ -12,11 +12,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use portcullis_api::config::PortProtocol;
 use portcullis_api::frame;
 use portcullis_dataplane::http::request::{HeadLimits, RequestHead, parse};
 use portcullis_dataplane::route::Snapshot;
 use portcullis_dataplane::route::host::{MAX_HOST_LEN, normalize};
 use portcullis_dataplane::route::matcher::RequestView;
+use portcullis_dataplane::route::table::BackendChoice;
 use portcullis_operator::compile::{self, Condition, Output};
 use portcullis_operator::objects::{Loaded, load_paths};
 use serde::Deserialize;
@@ -62,13 +64,19 @@ struct ExpectedListener {
 struct ExpectedRequest {
     gateway: String,
     port: u16,
+    /// The Host header; on a TLS port, the SNI ("" for none).
     host: String,
+    #[serde(default = "root")]
     path: String,
     #[serde(default = "get")]
     method: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     expect: Decision,
+}
+
+fn root() -> String {
+    "/".into()
 }
 
 fn get() -> String {
@@ -202,18 +210,20 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
         let route = output
             .http_routes
             .iter()
+            .chain(&output.tls_routes)
+            .chain(&output.tcp_routes)
             .find(|(k, _)| k.to_string() == *route_key)
             .map(|(_, r)| r);
         if expected_route.as_str() == Some("none") {
             if route.is_some() {
                 problems.push(format!(
-                    "HTTPRoute {route_key} has a status but should have none"
+                    "route {route_key} has a status but should have none"
                 ));
             }
             continue;
         }
         let Some(route) = route else {
-            problems.push(format!("HTTPRoute {route_key} has no status"));
+            problems.push(format!("route {route_key} has no status"));
             continue;
         };
         let parents: BTreeMap<String, BTreeMap<String, String>> =
@@ -226,7 +236,7 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             };
         if parents.len() != route.parents.len() {
             problems.push(format!(
-                "HTTPRoute {route_key}: {} parent statuses (expected {})",
+                "route {route_key}: {} parent statuses (expected {})",
                 route.parents.len(),
                 parents.len()
             ));
@@ -238,13 +248,13 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
                 .find(|p| parent_label(route_key, p) == *parent_key);
             match found {
                 Some(parent) => check_conditions(
-                    &format!("HTTPRoute {route_key} parent {parent_key}"),
+                    &format!("route {route_key} parent {parent_key}"),
                     &parent.conditions,
                     conditions,
                     &mut problems,
                 ),
                 None => problems.push(format!(
-                    "HTTPRoute {route_key}: no parent status {parent_key} (have {:?})",
+                    "route {route_key}: no parent status {parent_key} (have {:?})",
                     route
                         .parents
                         .iter()
@@ -344,6 +354,8 @@ fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String
         match kind {
             "GatewayClass" => input.gateway_classes.iter().find_map(|o| find(&o.metadata)),
             "Gateway" => input.gateways.iter().find_map(|o| find(&o.metadata)),
+            "TLSRoute" => input.tls_routes.iter().find_map(|o| find(&o.metadata)),
+            "TCPRoute" => input.tcp_routes.iter().find_map(|o| find(&o.metadata)),
             _ => input.http_routes.iter().find_map(|o| find(&o.metadata)),
         }
         .unwrap_or(-1)
@@ -373,6 +385,16 @@ fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String
             check("HTTPRoute", key.to_string(), &parent.conditions);
         }
     }
+    for (key, route) in &output.tls_routes {
+        for parent in &route.parents {
+            check("TLSRoute", key.to_string(), &parent.conditions);
+        }
+    }
+    for (key, route) in &output.tcp_routes {
+        for parent in &route.parents {
+            check("TCPRoute", key.to_string(), &parent.conditions);
+        }
+    }
 }
 
 fn check_determinism(loaded: &Loaded, output: &Output, problems: &mut Vec<String>) {
@@ -384,6 +406,8 @@ fn check_determinism(loaded: &Loaded, output: &Output, problems: &mut Vec<String
     let mut reversed = loaded.input.clone();
     reversed.gateways.reverse();
     reversed.http_routes.reverse();
+    reversed.tls_routes.reverse();
+    reversed.tcp_routes.reverse();
     reversed.services.reverse();
     reversed.endpoint_slices.reverse();
     reversed.reference_grants.reverse();
@@ -407,6 +431,13 @@ fn check_request(
     request: &ExpectedRequest,
     problems: &mut Vec<String>,
 ) {
+    if snapshot
+        .port(request.port)
+        .is_some_and(|p| matches!(p.protocol, PortProtocol::Tls | PortProtocol::Tcp))
+    {
+        check_tls_connection(what, snapshot, request, problems);
+        return;
+    }
     let mut raw = format!(
         "{} {} HTTP/1.1\r\nHost: {}\r\n",
         request.method, request.path, request.host
@@ -457,21 +488,7 @@ fn check_request(
             rule.route_name
         ));
     }
-    let shares: Vec<String> = rule
-        .backends
-        .shares
-        .iter()
-        .zip(rule.backends.cumulative.iter().scan(0u64, |prev, c| {
-            let weight = c - *prev;
-            *prev = *c;
-            Some(weight)
-        }))
-        .filter(|(_, weight)| *weight > 0)
-        .map(|(share, _)| match &share.target {
-            Ok(index) => snapshot.backends[*index as usize].name.to_string(),
-            Err(_) => "invalid".to_string(),
-        })
-        .collect();
+    let shares = weighted_shares(snapshot, &rule.backends);
     match expect.status {
         Some(404) => problems.push(format!(
             "{what}: matched route {} (expected 404)",
@@ -517,5 +534,70 @@ fn check_request(
                 "{what}: endpoints {actual:?} (expected {endpoints:?})"
             ));
         }
+    }
+}
+
+/// The backends of `choice` with a non-zero weight ("invalid" for unresolved references).
+fn weighted_shares(snapshot: &Snapshot, choice: &BackendChoice) -> Vec<String> {
+    choice
+        .shares
+        .iter()
+        .zip(choice.cumulative.iter().scan(0u64, |prev, c| {
+            let weight = c - *prev;
+            *prev = *c;
+            Some(weight)
+        }))
+        .filter(|(_, weight)| *weight > 0)
+        .map(|(share, _)| match &share.target {
+            Ok(index) => snapshot.backends[*index as usize].name.to_string(),
+            Err(_) => "invalid".to_string(),
+        })
+        .collect()
+}
+
+/// A connection to a TLS port with SNI `request.host` ("" for none), or to a TCP port (host
+/// ""): which listener and route take it, and which backends it may go to. 404 stands for
+/// "refused: no route".
+fn check_tls_connection(
+    what: &str,
+    snapshot: &Snapshot,
+    request: &ExpectedRequest,
+    problems: &mut Vec<String>,
+) {
+    let server_name = (!request.host.is_empty()).then(|| request.host.to_ascii_lowercase());
+    let found = snapshot
+        .port(request.port)
+        .and_then(|p| p.select_for_sni(server_name.as_deref()))
+        .and_then(|l| l.stream_routes.find(server_name.as_deref()));
+    let expect = &request.expect;
+    let Some(route) = found else {
+        if expect.status != Some(404) {
+            problems.push(format!(
+                "{what}: no stream route matched (expected {expect:?})"
+            ));
+        }
+        return;
+    };
+    if expect.status == Some(404) {
+        problems.push(format!(
+            "{what}: matched stream route {} (expected none)",
+            route.name
+        ));
+    }
+    if let Some(expected) = &expect.route
+        && &*route.name != expected
+    {
+        problems.push(format!(
+            "{what}: matched stream route {} (expected {expected})",
+            route.name
+        ));
+    }
+    let shares = weighted_shares(snapshot, &route.backends);
+    if let Some(backends) = &expect.backends
+        && &shares != backends
+    {
+        problems.push(format!(
+            "{what}: backends {shares:?} (expected {backends:?})"
+        ));
     }
 }

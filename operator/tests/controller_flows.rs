@@ -936,3 +936,76 @@ async fn events_report_acceptance_and_refusals() {
     );
     controller.finish();
 }
+
+/// TLSRoutes and TCPRoutes get their statuses written through the same merge as HTTPRoutes,
+/// and attach to the Gateway's TLS and TCP listeners only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_tcp_routes_get_statuses() {
+    let fake = FakeApi::new();
+    fake.create(gateway_class(CLASS, CONTROLLER_NAME));
+    fake.create(namespace(NS));
+    fake.create(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": NS},
+        "spec": {
+            "gatewayClassName": CLASS,
+            "listeners": [
+                {"name": "tls", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+                {"name": "tcp", "port": 5432, "protocol": "TCP"},
+            ],
+        },
+    }));
+    backend(&fake, "echo");
+    fake.create(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "TLSRoute",
+        "metadata": {"name": "db-tls", "namespace": NS},
+        "spec": {
+            "parentRefs": [{"name": "gw"}],
+            "hostnames": ["db.example.com"],
+            "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}],
+        },
+    }));
+    fake.create(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "TCPRoute",
+        "metadata": {"name": "db-tcp", "namespace": NS},
+        "spec": {
+            "parentRefs": [{"name": "gw", "sectionName": "tcp"}],
+            "rules": [{"backendRefs": [{"name": "missing", "port": 5432}]}],
+        },
+    }));
+    let controller = start(&fake, "portcullis-0");
+
+    let parent_condition = |kind: &str, name: &str, type_: &str| {
+        let parents = fake.get(kind, NS, name)?["status"]["parents"].clone();
+        let ours = parents
+            .as_array()?
+            .iter()
+            .find(|p| p["controllerName"] == CONTROLLER_NAME)?
+            .clone();
+        condition(&ours["conditions"], type_)
+    };
+    let tls = wait_for(&fake, "TLSRoute Accepted", || {
+        parent_condition("TLSRoute", "db-tls", "Accepted")
+    })
+    .await;
+    assert!(is(&tls, "True", "Accepted"), "{tls}");
+    let tcp = wait_for(&fake, "TCPRoute ResolvedRefs", || {
+        parent_condition("TCPRoute", "db-tcp", "ResolvedRefs")
+    })
+    .await;
+    assert!(is(&tcp, "False", "BackendNotFound"), "{tcp}");
+    assert_eq!(
+        fake.get("TCPRoute", NS, "db-tcp").unwrap()["status"]["parents"][0]["parentRef"]["sectionName"],
+        "tcp",
+        "the spec's parentRef is echoed"
+    );
+    wait_for(&fake, "one route on each listener", || {
+        let listeners = fake.get("Gateway", NS, "gw")?["status"]["listeners"].clone();
+        (listeners[0]["attachedRoutes"] == 1 && listeners[1]["attachedRoutes"] == 1).then_some(())
+    })
+    .await;
+    controller.finish();
+}

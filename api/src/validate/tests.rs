@@ -39,9 +39,139 @@ fn base() -> CompiledConfig {
                     ..Default::default()
                 }],
             }],
+            passthrough: false,
+            stream_routes: vec![],
         }],
     });
     config
+}
+
+/// `base` with its port turned into a TLS passthrough port carrying one TLS route.
+fn tls_base() -> CompiledConfig {
+    let mut config = base();
+    config.ports[0].protocol = PortProtocol::Tls;
+    let listener = &mut config.ports[0].listeners[0];
+    listener.routes.clear();
+    listener.passthrough = true;
+    listener.stream_routes = vec![StreamRoute {
+        name: "default/db".into(),
+        hostnames: vec!["db.example.com".into()],
+        backends: vec![WeightedBackend {
+            weight: 1,
+            target: BackendTarget::Backend("default/web:80".into()),
+            filters: vec![],
+        }],
+    }];
+    config
+}
+
+#[test]
+fn tls_base_is_valid() {
+    assert_eq!(validate(&tls_base()), Ok(()));
+    let mut tcp = tls_base();
+    tcp.ports[0].protocol = PortProtocol::Tcp;
+    tcp.ports[0].listeners[0].passthrough = false;
+    tcp.ports[0].listeners[0].stream_routes[0].hostnames.clear();
+    assert_eq!(validate(&tcp), Ok(()));
+}
+
+#[test]
+fn invalid_tls_ports_are_reported_with_their_path() {
+    type Breaker = fn(&mut CompiledConfig);
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        (
+            "HTTP route on a TLS port",
+            |c| c.ports[0].listeners[0].routes = base().ports[0].listeners[0].routes.clone(),
+            "ports[0].listeners[0]",
+        ),
+        (
+            "passthrough with a certificate",
+            |c| c.ports[0].listeners[0].certificates = vec!["x".into()],
+            "ports[0].listeners[0]",
+        ),
+        (
+            "termination without a certificate",
+            |c| c.ports[0].listeners[0].passthrough = false,
+            "ports[0].listeners[0]",
+        ),
+        (
+            "TLS route on an HTTP port",
+            |c| c.ports[0].protocol = PortProtocol::Http,
+            "ports[0].listeners[0]",
+        ),
+        (
+            "unknown backend",
+            |c| {
+                c.ports[0].listeners[0].stream_routes[0].backends[0].target =
+                    BackendTarget::Backend("nope".into())
+            },
+            "ports[0].listeners[0].stream_routes[0].backends[0]",
+        ),
+        (
+            "HTTP filter on a TLS backend",
+            |c| {
+                c.ports[0].listeners[0].stream_routes[0].backends[0].filters =
+                    vec![Filter::RequestHeaderModifier(HeaderModifier::default())]
+            },
+            "ports[0].listeners[0].stream_routes[0].backends[0]",
+        ),
+        (
+            "bad TLS route hostname",
+            |c| c.ports[0].listeners[0].stream_routes[0].hostnames[0] = "a b".into(),
+            "ports[0].listeners[0].stream_routes[0].hostnames[0]",
+        ),
+        (
+            "hostname on a TCP listener",
+            |c| {
+                c.ports[0].protocol = PortProtocol::Tcp;
+                c.ports[0].listeners[0].passthrough = false;
+                c.ports[0].listeners[0].stream_routes[0].hostnames.clear();
+                c.ports[0].listeners[0].hostname = Some("db.example.com".into());
+            },
+            "ports[0].listeners[0]",
+        ),
+        (
+            "hostnames on a TCP route",
+            |c| {
+                c.ports[0].protocol = PortProtocol::Tcp;
+                c.ports[0].listeners[0].passthrough = false;
+            },
+            "ports[0].listeners[0]",
+        ),
+        (
+            "two listeners on a TCP port",
+            |c| {
+                c.ports[0].protocol = PortProtocol::Tcp;
+                c.ports[0].listeners[0].passthrough = false;
+                c.ports[0].listeners[0].stream_routes[0].hostnames.clear();
+                let mut second = c.ports[0].listeners[0].clone();
+                second.name = "second".into();
+                second.hostname = Some("x.example.com".into());
+                c.ports[0].listeners.push(second);
+            },
+            "ports[0]",
+        ),
+    ];
+    for (name, breaker, path) in cases {
+        let mut config = tls_base();
+        breaker(&mut config);
+        let error = validate(&config).expect_err(name);
+        assert_eq!(error.path, path, "{name}: {error}");
+    }
+}
+
+#[test]
+fn configs_without_stream_routes_serialize_without_the_new_fields() {
+    let json = serde_json::to_string(&base()).unwrap();
+    assert!(
+        !json.contains("passthrough") && !json.contains("stream_routes"),
+        "{json}"
+    );
+    let json = serde_json::to_string(&tls_base()).unwrap();
+    assert!(
+        json.contains("\"passthrough\":true") && json.contains("stream_routes"),
+        "{json}"
+    );
 }
 
 fn rule(config: &mut CompiledConfig) -> &mut RouteRule {

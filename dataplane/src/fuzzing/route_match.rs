@@ -3,7 +3,7 @@
 use std::cell::OnceCell;
 
 use portcullis_api::CompiledConfig;
-use portcullis_api::config::{HttpRoute, Listener};
+use portcullis_api::config::Listener;
 
 use super::request_head::default_limits;
 use crate::http::request::{self, RequestHead};
@@ -104,7 +104,7 @@ impl RouteFixture {
 fn entry_host_patterns(listener: &Listener) -> Vec<Vec<HostPattern>> {
     let mut out = Vec::new();
     for route in &listener.routes {
-        let patterns = route_patterns(route);
+        let patterns = HostPattern::all_of(&route.hostnames);
         for rule in &route.rules {
             for _ in 0..rule.matches.len().max(1) {
                 out.push(patterns.clone());
@@ -112,18 +112,6 @@ fn entry_host_patterns(listener: &Listener) -> Vec<Vec<HostPattern>> {
         }
     }
     out
-}
-
-fn route_patterns(route: &HttpRoute) -> Vec<HostPattern> {
-    if route.hostnames.is_empty() {
-        vec![HostPattern::Any]
-    } else {
-        route
-            .hostnames
-            .iter()
-            .map(|h| HostPattern::parse(Some(h)))
-            .collect()
-    }
 }
 
 thread_local! {

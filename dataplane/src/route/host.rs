@@ -25,6 +25,18 @@ impl HostPattern {
         }
     }
 
+    /// A route's hostnames as patterns; no hostnames means any host.
+    pub fn all_of(hostnames: &[String]) -> Vec<HostPattern> {
+        if hostnames.is_empty() {
+            vec![HostPattern::Any]
+        } else {
+            hostnames
+                .iter()
+                .map(|h| HostPattern::parse(Some(h)))
+                .collect()
+        }
+    }
+
     /// `host` must be normalized (see [`normalize`]).
     pub fn matches(&self, host: &str) -> bool {
         match self {

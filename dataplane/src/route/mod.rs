@@ -7,6 +7,7 @@
 
 pub mod host;
 pub mod matcher;
+pub mod stream_route;
 pub mod table;
 
 use std::collections::HashMap;

@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use portcullis_api::config::{
     BackendTarget, Filter, HeaderModifier, HttpRoute, Listener, PathModifier, RouteRule,
+    WeightedBackend,
 };
 
 use super::host::HostPattern;
 use super::matcher::{CompiledMatch, PathMatcher, RequestView, prefix_matches};
+use super::stream_route::StreamRouteTable;
 
 pub type EntryId = u32;
 
@@ -285,8 +287,12 @@ impl RuleIndex {
 pub struct ListenerTable {
     pub name: Arc<str>,
     pub hostname: HostPattern,
-    /// Indices into the snapshot's certificates (HTTPS only).
+    /// Indices into the snapshot's certificates (HTTPS, and TLS listeners that terminate).
     pub certificates: Vec<u32>,
+    /// TLS ports: the client's TLS stream goes to the backend unopened.
+    pub passthrough: bool,
+    /// TLS ports: the routes, chosen by SNI.
+    pub stream_routes: StreamRouteTable,
     /// Counters for requests on this listener that matched no route.
     pub no_route_stat_slot: u32,
     pub entries: Vec<Entry>,
@@ -320,6 +326,13 @@ impl ListenerTable {
                 .iter()
                 .filter_map(|c| certificate_index.get(c.as_str()).copied())
                 .collect(),
+            passthrough: listener.passthrough,
+            stream_routes: StreamRouteTable::build(
+                &listener.name,
+                &listener.stream_routes,
+                backend_index,
+                stat_slot,
+            )?,
             no_route_stat_slot: stat_slot(&listener.name, ""),
             entries: Vec::new(),
             rules: Vec::new(),
@@ -354,15 +367,7 @@ impl ListenerTable {
     ) -> Result<(), String> {
         let route_name: Arc<str> = route.name.as_str().into();
         let slot = stat_slot(&self.name, &route.name);
-        let patterns: Vec<HostPattern> = if route.hostnames.is_empty() {
-            vec![HostPattern::Any]
-        } else {
-            route
-                .hostnames
-                .iter()
-                .map(|h| HostPattern::parse(Some(h)))
-                .collect()
-        };
+        let patterns = HostPattern::all_of(&route.hostnames);
         for (rule_index, rule) in route.rules.iter().enumerate() {
             let compiled = compile_rule(rule, route_name.clone(), slot, backend_index)
                 .map_err(|e| format!("rules[{rule_index}]: {e}"))?;
@@ -485,8 +490,18 @@ fn compile_rule(
             }
         }
     }
+    compiled.backends = backend_choice(&rule.backends, backend_index)?;
+    Ok(compiled)
+}
+
+/// The weighted shares of `backends`, with their per-backend header filters.
+pub fn backend_choice(
+    backends: &[WeightedBackend],
+    backend_index: &HashMap<&str, u32>,
+) -> Result<BackendChoice, String> {
+    let mut choice = BackendChoice::default();
     let mut running = 0u64;
-    for backend in &rule.backends {
+    for backend in backends {
         let target = match &backend.target {
             BackendTarget::Backend(name) => match backend_index.get(name.as_str()) {
                 Some(index) => Ok(*index),
@@ -511,10 +526,10 @@ fn compile_rule(
             }
         }
         running += u64::from(backend.weight);
-        compiled.backends.cumulative.push(running);
-        compiled.backends.shares.push(share);
+        choice.cumulative.push(running);
+        choice.shares.push(share);
     }
-    Ok(compiled)
+    Ok(choice)
 }
 
 #[cfg(test)]

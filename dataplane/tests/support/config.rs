@@ -45,6 +45,8 @@ impl ConfigBuilder {
                 hostname: None,
                 certificates: vec![],
                 routes,
+                passthrough: false,
+                stream_routes: vec![],
             }],
         });
         self
@@ -106,6 +108,8 @@ pub fn listener(
         hostname: hostname.map(Into::into),
         certificates: certificates.iter().map(|c| c.to_string()).collect(),
         routes,
+        passthrough: false,
+        stream_routes: vec![],
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod backend;
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod proxy;

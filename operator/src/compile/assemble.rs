@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use portcullis_api::CompiledConfig;
 use portcullis_api::config::{
-    Backend, Certificate, GatewayIdentity, HttpRoute, Listener, Port, PortProtocol,
+    Backend, Certificate, GatewayIdentity, HttpRoute, Listener, Port, PortProtocol, StreamRoute,
 };
 
 use super::gateways::{GatewayState, Protocol};
@@ -60,21 +60,39 @@ impl GatewayState {
         for listener in self.listeners.iter().filter(|l| l.programmable()) {
             let protocol = match listener.protocol {
                 Some(Protocol::Https) => PortProtocol::Https,
-                _ => PortProtocol::Http,
+                Some(Protocol::Tls) => PortProtocol::Tls,
+                Some(Protocol::Tcp) => PortProtocol::Tcp,
+                Some(Protocol::Http) | None => PortProtocol::Http,
             };
             for certificate in &listener.certificates {
                 certificates.insert(certificate.name.clone(), certificate.clone());
             }
-            let mut routes = Vec::with_capacity(listener.attachments.len());
+            let mut routes = Vec::new();
+            let mut stream_routes = Vec::new();
             for attachment in &listener.attachments {
                 for backend in &attachment.translated.backends {
                     backends.insert(backend.name.clone(), backend.clone());
                 }
-                routes.push(HttpRoute {
-                    name: attachment.route.to_string(),
-                    hostnames: attachment.hostnames.clone(),
-                    rules: attachment.translated.rules.clone(),
-                });
+                let name = attachment.route.to_string();
+                let hostnames = attachment.hostnames.clone();
+                if matches!(protocol, PortProtocol::Tls | PortProtocol::Tcp) {
+                    stream_routes.push(StreamRoute {
+                        name,
+                        hostnames,
+                        backends: attachment
+                            .translated
+                            .rules
+                            .iter()
+                            .flat_map(|r| r.backends.iter().cloned())
+                            .collect(),
+                    });
+                } else {
+                    routes.push(HttpRoute {
+                        name,
+                        hostnames,
+                        rules: attachment.translated.rules.clone(),
+                    });
+                }
             }
             ports
                 .entry(listener.port)
@@ -93,6 +111,8 @@ impl GatewayState {
                         .map(|c| c.name.clone())
                         .collect(),
                     routes,
+                    passthrough: listener.passthrough,
+                    stream_routes,
                 });
         }
         config.ports = ports.into_values().collect();

@@ -27,6 +27,9 @@ pub struct Referrer<'a> {
     pub namespace: &'a str,
     pub group: &'a str,
     pub kind: &'a str,
+    /// The route speaks the backend's application protocol (HTTPRoute), so the Service
+    /// port's appProtocol must be one the proxy speaks; a TLSRoute only forwards bytes.
+    pub speaks_app_protocol: bool,
 }
 
 /// Resolves a Service reference to its ready endpoints. The error is the route's
@@ -93,12 +96,16 @@ pub fn resolve(
             format!("Service {key} has no port {port}"),
         ));
     };
-    let protocol = app_protocol(&service_port).map_err(|message| {
-        (
-            reasons::UNSUPPORTED_PROTOCOL,
-            format!("Service {key} port {port}: {message}"),
-        )
-    })?;
+    let protocol = if referrer.speaks_app_protocol {
+        app_protocol(&service_port).map_err(|message| {
+            (
+                reasons::UNSUPPORTED_PROTOCOL,
+                format!("Service {key} port {port}: {message}"),
+            )
+        })?
+    } else {
+        BackendProtocol::default()
+    };
     Ok(Backend {
         name: backend_name(&key, port),
         protocol,

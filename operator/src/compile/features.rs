@@ -29,6 +29,10 @@ pub fn supported() -> Vec<&'static str> {
         "HTTPRouteResponseHeaderModification",
         "HTTPRouteSchemeRedirect",
         "ReferenceGrant",
+        "TCPRoute",
+        "TLSRoute",
+        "TLSRouteModeMixed",
+        "TLSRouteModeTerminate",
     ];
     features.sort_unstable();
     features

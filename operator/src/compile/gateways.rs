@@ -23,6 +23,8 @@ use super::{
 };
 
 pub const HTTP_ROUTE: &str = "HTTPRoute";
+pub const TLS_ROUTE: &str = "TLSRoute";
+pub const TCP_ROUTE: &str = "TCPRoute";
 
 /// Statuses of our GatewayClasses, with their (valid) parameters.
 pub fn classes(index: &Index<'_>) -> BTreeMap<String, ClassOutput> {
@@ -92,6 +94,22 @@ pub fn classes(index: &Index<'_>) -> BTreeMap<String, ClassOutput> {
 pub enum Protocol {
     Http,
     Https,
+    /// TLS streams routed by SNI (TLSRoute); `ListenerState::passthrough` says whether TLS is
+    /// terminated. Passthrough and terminating TLS listeners may share a port.
+    Tls,
+    /// TCP connections forwarded whole (TCPRoute); nothing in them names a host.
+    Tcp,
+}
+
+impl Protocol {
+    /// The one route kind a listener of this protocol serves.
+    pub fn route_kind(self) -> &'static str {
+        match self {
+            Protocol::Http | Protocol::Https => HTTP_ROUTE,
+            Protocol::Tls => TLS_ROUTE,
+            Protocol::Tcp => TCP_ROUTE,
+        }
+    }
 }
 
 /// Which namespaces may attach routes to a listener.
@@ -121,8 +139,10 @@ pub struct ListenerState {
     pub unresolved: Option<Problem>,
     pub supported_kinds: Vec<RouteKind>,
     pub allowed_namespaces: AllowedNamespaces,
-    /// Usable certificates (HTTPS).
+    /// Usable certificates (HTTPS, and TLS listeners in Terminate mode).
     pub certificates: Vec<Certificate>,
+    /// A TLS listener in Passthrough mode: the backend terminates TLS.
+    pub passthrough: bool,
     pub attachments: Vec<Attachment>,
 }
 
@@ -138,6 +158,8 @@ impl ListenerState {
             && match self.protocol {
                 Some(Protocol::Http) => true,
                 Some(Protocol::Https) => !self.certificates.is_empty(),
+                Some(Protocol::Tls) => self.passthrough || !self.certificates.is_empty(),
+                Some(Protocol::Tcp) => true,
                 None => false,
             }
     }
@@ -316,19 +338,30 @@ fn listener(index: &Index<'_>, gateway_namespace: &str, spec: &GatewayListeners)
         supported_kinds: Vec::new(),
         allowed_namespaces: AllowedNamespaces::Same,
         certificates: Vec::new(),
+        passthrough: false,
         attachments: Vec::new(),
     };
     state.protocol = match spec.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
+        "TLS" => Some(Protocol::Tls),
+        "TCP" => {
+            // The API ignores a TCP listener's hostname; so do conflicts and routing.
+            state.hostname = None;
+            Some(Protocol::Tcp)
+        }
         other => {
             state.not_accepted = Some((
                 reasons::UNSUPPORTED_PROTOCOL,
-                format!("protocol {other:?} is not supported (HTTP and HTTPS are)"),
+                format!("protocol {other:?} is not supported (HTTP, HTTPS, TLS and TCP are)"),
             ));
             return state;
         }
     };
+    let route_kind = state
+        .protocol
+        .map(Protocol::route_kind)
+        .unwrap_or(HTTP_ROUTE);
     if state.port == 0 {
         state.not_accepted = Some((
             reasons::UNSUPPORTED_VALUE,
@@ -337,18 +370,18 @@ fn listener(index: &Index<'_>, gateway_namespace: &str, spec: &GatewayListeners)
         return state;
     }
 
-    // Route kinds: HTTPRoute unless the listener restricts them.
+    // Route kinds: the protocol's kind unless the listener restricts them.
     let requested = spec.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref());
     match requested {
-        None => state.supported_kinds.push(http_route_kind()),
-        Some(kinds) if kinds.is_empty() => state.supported_kinds.push(http_route_kind()),
+        None => state.supported_kinds.push(route_kind_of(route_kind)),
+        Some(kinds) if kinds.is_empty() => state.supported_kinds.push(route_kind_of(route_kind)),
         Some(kinds) => {
             let mut invalid = Vec::new();
             for kind in kinds {
                 let group = kind.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && kind.kind == HTTP_ROUTE {
-                    if !state.supported_kinds.contains(&http_route_kind()) {
-                        state.supported_kinds.push(http_route_kind());
+                if group == GATEWAY_GROUP && kind.kind == route_kind {
+                    if !state.supported_kinds.contains(&route_kind_of(route_kind)) {
+                        state.supported_kinds.push(route_kind_of(route_kind));
                     }
                 } else {
                     invalid.push(format!("{}/{}", group, kind.kind));
@@ -383,16 +416,26 @@ fn listener(index: &Index<'_>, gateway_namespace: &str, spec: &GatewayListeners)
         }
     };
 
-    if state.protocol == Some(Protocol::Https) {
-        tls(index, gateway_namespace, spec, &mut state);
+    match state.protocol {
+        Some(Protocol::Https) => tls(index, gateway_namespace, spec, &mut state),
+        Some(Protocol::Tls) => {
+            let mode = spec.tls.as_ref().and_then(|t| t.mode.clone());
+            if mode == Some(GatewayListenersTlsMode::Passthrough) {
+                // The backend holds the certificate; certificateRefs have nothing to do.
+                state.passthrough = true;
+            } else {
+                tls(index, gateway_namespace, spec, &mut state);
+            }
+        }
+        Some(Protocol::Http | Protocol::Tcp) | None => {}
     }
     state
 }
 
-fn http_route_kind() -> RouteKind {
+fn route_kind_of(kind: &str) -> RouteKind {
     RouteKind {
         group: GATEWAY_GROUP.into(),
-        kind: HTTP_ROUTE.into(),
+        kind: kind.into(),
     }
 }
 
@@ -409,7 +452,8 @@ fn nothing_selector() -> GatewayListenersAllowedRoutesNamespacesSelector {
     }
 }
 
-/// Resolves an HTTPS listener's certificateRefs.
+/// Resolves the certificateRefs of a listener that terminates TLS (HTTPS, or TLS in
+/// Terminate mode).
 fn tls(
     index: &Index<'_>,
     gateway_namespace: &str,
@@ -417,7 +461,9 @@ fn tls(
     state: &mut ListenerState,
 ) {
     let tls = spec.tls.as_ref();
-    if tls.and_then(|t| t.mode.clone()) == Some(GatewayListenersTlsMode::Passthrough) {
+    if state.protocol == Some(Protocol::Https)
+        && tls.and_then(|t| t.mode.clone()) == Some(GatewayListenersTlsMode::Passthrough)
+    {
         state.not_accepted = Some((
             reasons::UNSUPPORTED_VALUE,
             "HTTPS listeners terminate TLS; Passthrough needs protocol TLS".into(),
@@ -430,7 +476,7 @@ fn tls(
     if references.is_empty() {
         state.unresolved = Some((
             reasons::INVALID_CERTIFICATE_REF,
-            "an HTTPS listener needs tls.certificateRefs".into(),
+            "a listener that terminates TLS needs tls.certificateRefs".into(),
         ));
         return;
     }

@@ -13,6 +13,7 @@ pub mod gateways;
 pub mod hostnames;
 pub mod refs;
 pub mod routes;
+pub mod stream_routes;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,6 +25,8 @@ use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
 use portcullis_api::gateway_api::httproute::HttpRoute;
 use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
+use portcullis_api::gateway_api::tcproute::TcpRoute;
+use portcullis_api::gateway_api::tlsroute::TlsRoute;
 use portcullis_api::v1alpha1::{GatewayParameters, GatewayParametersSpec};
 use serde::Serialize;
 
@@ -40,6 +43,8 @@ pub struct Input {
     pub gateway_classes: Vec<GatewayClass>,
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
+    pub tls_routes: Vec<TlsRoute>,
+    pub tcp_routes: Vec<TcpRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
     pub namespaces: Vec<Namespace>,
     pub services: Vec<Service>,
@@ -87,6 +92,10 @@ pub struct Output {
     pub gateways: BTreeMap<ObjectKey, GatewayOutput>,
     /// Every HTTPRoute with at least one parentRef to such a Gateway.
     pub http_routes: BTreeMap<ObjectKey, RouteOutput>,
+    /// Every TLSRoute with at least one parentRef to such a Gateway.
+    pub tls_routes: BTreeMap<ObjectKey, RouteOutput>,
+    /// Every TCPRoute with at least one parentRef to such a Gateway.
+    pub tcp_routes: BTreeMap<ObjectKey, RouteOutput>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -242,6 +251,8 @@ pub fn compile(input: &Input) -> Output {
     let gateway_classes = gateways::classes(&index);
     let mut states = gateways::gateways(&index, &gateway_classes);
     let http_routes = routes::attach_http_routes(&index, &mut states);
+    let tls_routes = stream_routes::attach_tls_routes(&index, &mut states);
+    let tcp_routes = stream_routes::attach_tcp_routes(&index, &mut states);
     let gateways = states
         .into_iter()
         .map(|(key, state)| (key, state.finish()))
@@ -250,6 +261,8 @@ pub fn compile(input: &Input) -> Output {
         gateway_classes,
         gateways,
         http_routes,
+        tls_routes,
+        tcp_routes,
     }
 }
 

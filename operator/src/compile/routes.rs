@@ -76,6 +76,28 @@ pub struct TranslatedRoute {
     pub rejected: Option<Problem>,
 }
 
+impl TranslatedRoute {
+    /// The config target for a resolved backendRef, keeping the backend (once) or, when it did
+    /// not resolve, the first problem for ResolvedRefs.
+    pub fn target(&mut self, resolved: Result<Backend, Problem>) -> BackendTarget {
+        match resolved {
+            Ok(backend) => {
+                let name = backend.name.clone();
+                if !self.backends.iter().any(|b| b.name == name) {
+                    self.backends.push(backend);
+                }
+                BackendTarget::Backend(name)
+            }
+            Err((reason, message)) => {
+                if self.unresolved.is_none() {
+                    self.unresolved = Some((reason, message.clone()));
+                }
+                BackendTarget::Invalid(message)
+            }
+        }
+    }
+}
+
 /// Attaches every HTTPRoute to the listeners its parentRefs select and returns route statuses.
 pub fn attach_http_routes(
     index: &Index<'_>,
@@ -83,89 +105,119 @@ pub fn attach_http_routes(
 ) -> BTreeMap<ObjectKey, RouteOutput> {
     let mut out = BTreeMap::new();
     for route in by_age(&index.input.http_routes) {
-        let key = ObjectKey::of(route);
-        let generation = generation(route);
-        let mut translated: Option<Rc<TranslatedRoute>> = None;
-        let mut parents = Vec::new();
-        for parent in route.spec.parent_refs.iter().flatten() {
-            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
-            let kind = parent.kind.as_deref().unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || kind != "Gateway" {
-                continue;
-            }
-            let gateway_key = ObjectKey::new(
-                parent
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| key.namespace.clone()),
-                parent.name.clone(),
-            );
-            let Some(gateway) = gateways.get_mut(&gateway_key) else {
-                continue; // not a Gateway of ours: not ours to report on
-            };
-            let translation = translated
-                .get_or_insert_with(|| Rc::new(translate(index, route)))
-                .clone();
-            let route_hostnames = route.spec.hostnames.clone().unwrap_or_default();
-            let accepted = attach(index, gateway, &key, &route_hostnames, parent, &translation);
-            let mut conditions = vec![accepted];
-            conditions.push(match &translation.unresolved {
-                Some((reason, message)) => Condition::new(
-                    types::RESOLVED_REFS,
-                    Status::False,
-                    reason,
-                    message.clone(),
-                    generation,
-                ),
-                None => Condition::new(
-                    types::RESOLVED_REFS,
-                    Status::True,
-                    reasons::RESOLVED_REFS,
-                    "all backendRefs are resolved",
-                    generation,
-                ),
-            });
-            if !translation.dropped.is_empty() && translation.rejected.is_none() {
-                conditions.push(Condition::new(
-                    types::PARTIALLY_INVALID,
-                    Status::True,
-                    reasons::UNSUPPORTED_VALUE,
-                    format!("Dropped Rule(s): {}", translation.dropped.join("; ")),
-                    generation,
-                ));
-            }
-            for condition in &mut conditions {
-                condition.observed_generation = generation;
-            }
-            parents.push(RouteParentOutput {
-                parent_ref: ParentRef {
-                    group: parent.group.clone(),
-                    kind: parent.kind.clone(),
-                    namespace: parent.namespace.clone(),
-                    name: parent.name.clone(),
-                    section_name: parent.section_name.clone(),
-                    port: parent.port,
-                },
-                controller_name: super::CONTROLLER_NAME,
-                conditions,
-            });
-        }
-        if !parents.is_empty() {
-            out.insert(key, RouteOutput { parents });
+        let spec = RouteSpec {
+            key: ObjectKey::of(route),
+            kind: HTTP_ROUTE,
+            generation: generation(route),
+            hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
+            parent_refs: route.spec.parent_refs.as_deref().unwrap_or_default(),
+        };
+        if let Some(output) = attach_route(index, gateways, &spec, || translate(index, route)) {
+            out.insert(spec.key, output);
         }
     }
     out
+}
+
+/// What attachment needs of a route of any kind.
+pub struct RouteSpec<'r> {
+    pub key: ObjectKey,
+    /// HTTPRoute, TLSRoute: a listener must list it among its supported kinds.
+    pub kind: &'static str,
+    pub generation: i64,
+    pub hostnames: &'r [String],
+    pub parent_refs: &'r [HttpRouteParentRefs],
+}
+
+/// Attaches one route to the listeners its parentRefs select. `translate` runs once, when
+/// the first parentRef names one of our Gateways. None when no parentRef does.
+pub fn attach_route(
+    index: &Index<'_>,
+    gateways: &mut BTreeMap<ObjectKey, GatewayState>,
+    route: &RouteSpec<'_>,
+    translate: impl FnOnce() -> TranslatedRoute,
+) -> Option<RouteOutput> {
+    let key = &route.key;
+    let generation = route.generation;
+    let mut translate = Some(translate);
+    let mut translated: Option<Rc<TranslatedRoute>> = None;
+    let mut parents = Vec::new();
+    for parent in route.parent_refs {
+        let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = parent.kind.as_deref().unwrap_or("Gateway");
+        if group != GATEWAY_GROUP || kind != "Gateway" {
+            continue;
+        }
+        let gateway_key = ObjectKey::new(
+            parent
+                .namespace
+                .clone()
+                .unwrap_or_else(|| key.namespace.clone()),
+            parent.name.clone(),
+        );
+        let Some(gateway) = gateways.get_mut(&gateway_key) else {
+            continue; // not a Gateway of ours: not ours to report on
+        };
+        let translation = match (&translated, translate.take()) {
+            (Some(done), _) => done.clone(),
+            (None, Some(translate)) => translated.insert(Rc::new(translate())).clone(),
+            (None, None) => continue,
+        };
+        let accepted = attach(index, gateway, route, parent, &translation);
+        let mut conditions = vec![accepted];
+        conditions.push(match &translation.unresolved {
+            Some((reason, message)) => Condition::new(
+                types::RESOLVED_REFS,
+                Status::False,
+                reason,
+                message.clone(),
+                generation,
+            ),
+            None => Condition::new(
+                types::RESOLVED_REFS,
+                Status::True,
+                reasons::RESOLVED_REFS,
+                "all backendRefs are resolved",
+                generation,
+            ),
+        });
+        if !translation.dropped.is_empty() && translation.rejected.is_none() {
+            conditions.push(Condition::new(
+                types::PARTIALLY_INVALID,
+                Status::True,
+                reasons::UNSUPPORTED_VALUE,
+                format!("Dropped Rule(s): {}", translation.dropped.join("; ")),
+                generation,
+            ));
+        }
+        for condition in &mut conditions {
+            condition.observed_generation = generation;
+        }
+        parents.push(RouteParentOutput {
+            parent_ref: ParentRef {
+                group: parent.group.clone(),
+                kind: parent.kind.clone(),
+                namespace: parent.namespace.clone(),
+                name: parent.name.clone(),
+                section_name: parent.section_name.clone(),
+                port: parent.port,
+            },
+            controller_name: super::CONTROLLER_NAME,
+            conditions,
+        });
+    }
+    (!parents.is_empty()).then_some(RouteOutput { parents })
 }
 
 /// Attaches the route to the listeners `parent` selects and returns its Accepted condition.
 fn attach(
     index: &Index<'_>,
     gateway: &mut GatewayState,
-    route: &ObjectKey,
-    route_hostnames: &[String],
+    spec: &RouteSpec<'_>,
     parent: &HttpRouteParentRefs,
     translated: &Rc<TranslatedRoute>,
 ) -> Condition {
+    let route = &spec.key;
     let generation = 0; // stamped by the caller
     let selected: Vec<usize> = gateway
         .listeners
@@ -197,12 +249,12 @@ fn attach(
         let listener = &gateway.listeners[i];
         // Attachment depends only on allowedRoutes and the parentRef, not on the listener's
         // own status (ListenerStatus.AttachedRoutes); only programmable listeners serve.
-        if !listener.allows_kind(GATEWAY_GROUP, HTTP_ROUTE)
+        if !listener.allows_kind(GATEWAY_GROUP, spec.kind)
             || !listener.allows_namespace(index, &gateway.key.namespace, &route.namespace)
         {
             continue;
         }
-        match hostnames::effective(listener.hostname.as_deref(), route_hostnames) {
+        match hostnames::effective(listener.hostname.as_deref(), spec.hostnames) {
             Some(hosts) => matched.push((i, hosts)),
             None => {
                 reason = reasons::NO_MATCHING_LISTENER_HOSTNAME;
@@ -258,6 +310,7 @@ pub fn translate(index: &Index<'_>, route: &HttpRoute) -> TranslatedRoute {
         namespace: &namespace,
         group: GATEWAY_GROUP,
         kind: HTTP_ROUTE,
+        speaks_app_protocol: true,
     };
     let default_rule = [HttpRouteRules::default()];
     let rules: &[HttpRouteRules] = match &route.spec.rules {
@@ -451,19 +504,7 @@ fn translate_rule(
                 }
                 BackendTarget::Invalid(problem)
             }
-            (Ok(backend), None, None) => {
-                let name = backend.name.clone();
-                if !out.backends.iter().any(|b| b.name == name) {
-                    out.backends.push(backend);
-                }
-                BackendTarget::Backend(name)
-            }
-            (Err((reason, message)), None, None) => {
-                if out.unresolved.is_none() {
-                    out.unresolved = Some((reason, message.clone()));
-                }
-                BackendTarget::Invalid(message)
-            }
+            (resolved, None, None) => out.target(resolved),
         };
         weighted.push(WeightedBackend {
             weight,

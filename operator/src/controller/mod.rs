@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::compile::{self, Input, ObjectKey, Output};
+use crate::compile::{self, Input, ObjectKey, Output, RouteOutput};
 use crate::distribute::ca::ca_configmap;
 use crate::distribute::gzip;
 use crate::distribute::hub::ConfigHub;
@@ -507,6 +507,60 @@ impl Reconciler {
             };
             failures += self
                 .write_status(&api, existing, existing.status.as_ref(), &new, notices)
+                .await;
+        }
+        failures += self
+            .write_same_shape_route_statuses(&output.tls_routes, &input.tls_routes, |r| {
+                r.status.as_ref()
+            })
+            .await;
+        failures += self
+            .write_same_shape_route_statuses(&output.tcp_routes, &input.tcp_routes, |r| {
+                r.status.as_ref()
+            })
+            .await;
+        failures
+    }
+
+    /// Statuses of a route kind whose status has HTTPRoute's shape (TLSRoute, TCPRoute): one
+    /// merge serves every kind, through a JSON round trip.
+    async fn write_same_shape_route_statuses<K, S>(
+        &self,
+        outputs: &BTreeMap<ObjectKey, RouteOutput>,
+        objects: &[K],
+        status_of: impl Fn(&K) -> Option<&S>,
+    ) -> usize
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        S: Serialize + serde::de::DeserializeOwned,
+    {
+        let now = Time(Timestamp::now());
+        let mut failures = 0;
+        for (key, route) in outputs {
+            let Some(existing) = objects.iter().find(|r| ObjectKey::of(*r) == *key) else {
+                continue;
+            };
+            let old: Option<HttpRouteStatus> = match status_of(existing) {
+                None => None,
+                Some(current) => match status::same_shape(current) {
+                    Some(converted) => Some(converted),
+                    None => continue,
+                },
+            };
+            let merged = status::route_status(old.as_ref(), route, &now);
+            let Some(new) = status::same_shape::<_, S>(&merged) else {
+                continue;
+            };
+            let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
+            let notices = |old: Option<&S>, new: &S| {
+                let old: Option<HttpRouteStatus> = old.and_then(status::same_shape);
+                status::same_shape(new)
+                    .map(|new| events::route_changes(&key.namespace, old.as_ref(), &new))
+                    .unwrap_or_default()
+            };
+            failures += self
+                .write_status(&api, existing, status_of(existing), &new, notices)
                 .await;
         }
         failures

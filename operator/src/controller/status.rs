@@ -230,6 +230,13 @@ pub fn same_parent(
         && a.port == b.port
 }
 
+/// `value` re-read as another type of the same JSON shape (TLSRoute and HTTPRoute statuses).
+pub fn same_shape<A: serde::Serialize, B: serde::de::DeserializeOwned>(value: &A) -> Option<B> {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
 /// Statuses equal apart from transition times (which only move when a status changes).
 pub fn same_status<T: serde::Serialize>(a: &T, b: &T) -> bool {
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
@@ -397,5 +404,16 @@ mod tests {
             same_status(&status, &again),
             "re-rendering an unchanged route changes nothing"
         );
+
+        // A TLSRoute's status is merged through the same shape and comes back unchanged.
+        use portcullis_api::gateway_api::tlsroute::TlsRouteStatus;
+        let as_tls: TlsRouteStatus = same_shape(&status).expect("the shapes agree");
+        assert_eq!(as_tls.parents.len(), 2);
+        assert_eq!(
+            as_tls.parents[1].parent_ref.section_name.as_deref(),
+            Some("http")
+        );
+        let back: HttpRouteStatus = same_shape(&as_tls).expect("and back");
+        assert_eq!(back, status);
     }
 }

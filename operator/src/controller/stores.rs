@@ -20,6 +20,8 @@ use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
 use portcullis_api::gateway_api::httproute::HttpRoute;
 use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
+use portcullis_api::gateway_api::tcproute::TcpRoute;
+use portcullis_api::gateway_api::tlsroute::TlsRoute;
 use portcullis_api::v1alpha1::GatewayParameters;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -34,6 +36,8 @@ pub struct Stores {
     pub gateway_classes: Store<GatewayClass>,
     pub gateways: Store<Gateway>,
     pub http_routes: Store<HttpRoute>,
+    pub tls_routes: Store<TlsRoute>,
+    pub tcp_routes: Store<TcpRoute>,
     pub reference_grants: Store<ReferenceGrant>,
     pub gateway_parameters: Store<GatewayParameters>,
     pub namespaces: Store<Namespace>,
@@ -60,6 +64,16 @@ impl Stores {
                 &changed,
             ),
             http_routes: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            tls_routes: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
+            tcp_routes: watch(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
@@ -108,6 +122,8 @@ impl Stores {
             self.gateway_classes.wait_until_ready().await,
             self.gateways.wait_until_ready().await,
             self.http_routes.wait_until_ready().await,
+            self.tls_routes.wait_until_ready().await,
+            self.tcp_routes.wait_until_ready().await,
             self.reference_grants.wait_until_ready().await,
             self.gateway_parameters.wait_until_ready().await,
             self.namespaces.wait_until_ready().await,
@@ -166,6 +182,8 @@ impl Stores {
             gateway_classes: cloned(&self.gateway_classes),
             gateways: cloned(&self.gateways),
             http_routes: cloned(&self.http_routes),
+            tls_routes: cloned(&self.tls_routes),
+            tcp_routes: cloned(&self.tcp_routes),
             reference_grants: cloned(&self.reference_grants),
             namespaces: cloned(&self.namespaces),
             services: cloned(&self.services),

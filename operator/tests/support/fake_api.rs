@@ -124,6 +124,20 @@ pub const RESOURCES: &[ResourceType] = &[
     rt(
         "gateway.networking.k8s.io",
         "v1",
+        "tlsroutes",
+        "TLSRoute",
+        true,
+    ),
+    rt(
+        "gateway.networking.k8s.io",
+        "v1",
+        "tcproutes",
+        "TCPRoute",
+        true,
+    ),
+    rt(
+        "gateway.networking.k8s.io",
+        "v1",
         "referencegrants",
         "ReferenceGrant",
         true,

@@ -1,0 +1,130 @@
+//! Ports that carry whole connections rather than HTTP requests: TLS ports (TLSRoute), routed
+//! by the server name of their ClientHello, and TCP ports (TCPRoute), whose one listener's
+//! first route takes every connection.
+//!
+//! A passthrough listener replays the ClientHello to the backend and then copies bytes both
+//! ways without looking at them: the backend terminates TLS. A terminating listener finishes
+//! the handshake here with its certificates and copies the decrypted stream to the backend.
+//! A TCP port copies from the first byte. Each connection is counted on its route like a
+//! request: 2xx once spliced, 5xx when no backend could take it.
+
+pub mod client_hello;
+pub mod splice;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncWriteExt, FutureExt};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use portcullis_api::config::PortProtocol;
+
+use crate::io::TlsSocket;
+use crate::metrics::increment;
+use crate::proxy::upstream::UpstreamConn;
+use crate::shard::Shard;
+use client_hello::{ClientHello, read_client_hello};
+use splice::{Prefixed, splice};
+
+/// Serves one connection on a TLS or TCP port.
+pub async fn serve_stream_port(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    port: u16,
+    protocol: PortProtocol,
+) {
+    let header_timeout =
+        Duration::from_millis(shard.current().snapshot.settings.header_read_timeout_ms);
+    let ClientHello { bytes, server_name } = if protocol == PortProtocol::Tls {
+        let hello = async { Some(read_client_hello(&mut stream).await) }
+            .or(async {
+                Timer::new(header_timeout).await;
+                None
+            })
+            .await;
+        match hello {
+            Some(Ok(hello)) => hello,
+            Some(Err(_)) | None => {
+                increment(&shard.counters.tls_handshake_errors);
+                return;
+            }
+        }
+    } else {
+        ClientHello {
+            bytes: Vec::new(),
+            server_name: None,
+        }
+    };
+
+    // Route on the tables current now; they are released before the long copy.
+    let installed = shard.current();
+    let settings = installed.snapshot.settings.clone();
+    let Some(listener) = installed
+        .snapshot
+        .port(port)
+        .and_then(|table| table.select_for_sni(server_name.as_deref()))
+    else {
+        return;
+    };
+    let Some(route) = listener.stream_routes.find(server_name.as_deref()) else {
+        installed.stats[listener.no_route_stat_slot as usize].record(404);
+        return;
+    };
+    let counters = installed.stats[route.stat_slot as usize].clone();
+    let backend = match route.backends.pick(shard.random()).map(|s| &s.target) {
+        Some(Ok(backend)) => *backend as usize,
+        // No backends, zero weights or an invalid reference: refused, as HTTP answers 500.
+        Some(Err(_)) | None => {
+            counters.record(500);
+            return;
+        }
+    };
+    let Some(endpoint) = installed.next_endpoint(backend) else {
+        counters.record(503);
+        return;
+    };
+    let passthrough = listener.passthrough;
+    let acceptor = installed.tls.get(&port).cloned();
+    drop(installed);
+
+    let connect_timeout = Duration::from_millis(settings.upstream_connect_timeout_ms);
+    let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
+    if passthrough || protocol == PortProtocol::Tcp {
+        let Ok(mut upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
+            counters.record(502);
+            return;
+        };
+        if !bytes.is_empty() && upstream.stream.write_all(&bytes).await.is_err() {
+            counters.record(502);
+            return;
+        }
+        counters.record(200);
+        splice(stream, upstream.stream, idle_timeout).await;
+        return;
+    }
+
+    let Some(acceptor) = acceptor else {
+        counters.record(500);
+        return;
+    };
+    let handshake = Box::pin(async {
+        acceptor
+            .accept(Prefixed::new(bytes, TlsSocket::new(stream)))
+            .await
+            .ok()
+    });
+    let deadline = async {
+        Timer::new(header_timeout).await;
+        None
+    };
+    let Some(tls) = handshake.or(deadline).await else {
+        increment(&shard.counters.tls_handshake_errors);
+        return;
+    };
+    let Ok(upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
+        counters.record(502);
+        return;
+    };
+    counters.record(200);
+    splice(tls, upstream.stream, idle_timeout).await;
+}

@@ -1,0 +1,177 @@
+//! Copying bytes both ways between a client and a backend until both sides are done.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::future::{self, FutureExt};
+use futures_lite::io::{self as lite_io, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::timer::Timer;
+
+/// Per-direction copy buffer.
+const CHUNK: usize = 16 * 1024;
+
+/// How a splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Both sides closed their sending half.
+    Closed,
+    /// One side failed (reset, broken pipe): the other was dropped.
+    Failed,
+    /// Nothing moved either way for the idle timeout.
+    Idle,
+}
+
+/// Bytes moved each way and how the splice ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Spliced {
+    pub to_upstream: u64,
+    pub to_client: u64,
+    pub ended: Ended,
+}
+
+/// Copies `client` → `upstream` and `upstream` → `client` concurrently. A side that finishes
+/// sending gets its peer's write half shut down (half-close), and the other direction goes on;
+/// an error on either side ends both.
+pub async fn splice<C, U>(client: C, upstream: U, idle_timeout: Duration) -> Spliced
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_rx, mut client_tx) = lite_io::split(client);
+    let (mut upstream_rx, mut upstream_tx) = lite_io::split(upstream);
+    let activity = Cell::new(Instant::now());
+    let to_upstream = Cell::new(0u64);
+    let to_client = Cell::new(0u64);
+    let copying = future::try_zip(
+        copy_then_close(&mut client_rx, &mut upstream_tx, &activity, &to_upstream),
+        copy_then_close(&mut upstream_rx, &mut client_tx, &activity, &to_client),
+    );
+    let ended = async {
+        match copying.await {
+            Ok(_) => Ended::Closed,
+            Err(_) => Ended::Failed,
+        }
+    }
+    .or(async {
+        loop {
+            let quiet = activity.get().elapsed();
+            if quiet >= idle_timeout {
+                return Ended::Idle;
+            }
+            Timer::new(idle_timeout - quiet).await;
+        }
+    })
+    .await;
+    Spliced {
+        to_upstream: to_upstream.get(),
+        to_client: to_client.get(),
+        ended,
+    }
+}
+
+async fn copy_then_close<R, W>(
+    from: &mut R,
+    to: &mut W,
+    activity: &Cell<Instant>,
+    moved: &Cell<u64>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        activity.set(Instant::now());
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        activity.set(Instant::now());
+        moved.set(moved.get() + n as u64);
+    }
+    // The peer sees EOF (a TLS close_notify first, where we terminate) and may still answer.
+    to.close().await
+}
+
+/// `prefix` (bytes already read off `inner`), then the rest of `inner`; writes go to `inner`.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    position: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            position: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.position < this.prefix.len() {
+            let rest = &this.prefix[this.position..];
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            this.position += n;
+            if this.position == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.position = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_lite::future::block_on;
+
+    use super::*;
+
+    #[test]
+    fn prefixed_reads_the_prefix_first_in_small_pieces() {
+        let mut stream = Prefixed::new(b"hello ".to_vec(), &b"world"[..]);
+        let mut out = Vec::new();
+        let mut piece = [0u8; 4];
+        loop {
+            let n = block_on(stream.read(&mut piece)).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(out, b"hello world");
+    }
+}

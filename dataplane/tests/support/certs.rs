@@ -1,0 +1,75 @@
+//! A test certificate authority issuing leaf certificates (rcgen), for TLS tests.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SignatureAlgorithm,
+};
+use rustls::ClientConfig;
+use rustls::pki_types::CertificateDer;
+
+use super::client::tls_client_config;
+
+/// A test certificate authority.
+pub struct Ca {
+    pub issuer: Issuer<'static, KeyPair>,
+    pub der: CertificateDer<'static>,
+}
+
+impl Ca {
+    pub fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Portcullis Test CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate for `names` (DNS names or IP addresses) with a fresh ECDSA P-256 key.
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    /// A leaf certificate for `names` with a fresh RSA-2048 key (aws-lc-rs generates RSA keys).
+    pub fn rsa_leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, &rcgen::PKCS_RSA_SHA256)
+    }
+
+    pub fn leaf_with(&self, names: &[&str], alg: &'static SignatureAlgorithm) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let key = KeyPair::generate_for(alg).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A client config trusting this CA, offering `alpn`.
+    pub fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        tls_client_config(std::slice::from_ref(&self.der), alpn)
+    }
+}
+
+/// A leaf certificate and its key.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
