@@ -8,6 +8,7 @@
 #                 with a loopback upstream
 #   config_frame  control-socket frame decoder, config validation and table build
 #   route_match   the route matcher against a fixed table, with a brute-force reference
+#   client_hello  the ClientHello reader of TLS ports (records, extensions, SNI)
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per target (default 60)
@@ -32,7 +33,7 @@ cd "$FUZZ_DIR"
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 JOBS=${FUZZ_JOBS:-1}
 SANITIZER=${FUZZ_SANITIZER:-address}
-ALL_TARGETS="request_head chunked connection config_frame route_match"
+ALL_TARGETS="request_head chunked connection config_frame route_match client_hello"
 TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
 
 # cargo-fuzz 0.13 builds on rustc 1.95; --locked keeps its dependencies at tested versions.

@@ -385,6 +385,18 @@ pub struct ProxySettings {
     /// 0 disables.
     pub min_data_rate_bytes_per_s: u64,
     pub min_data_rate_grace_ms: u64,
+    /// A TLS or TCP connection (TLSRoute, TCPRoute) with no byte moving either way for this
+    /// long is closed. Long, as for Envoy's TCP proxy: database and pooled connections idle
+    /// for minutes between queries. Left out of the JSON at its default, so configs that do
+    /// not set it hash as before it existed.
+    #[serde(skip_serializing_if = "is_default_stream_idle_timeout")]
+    pub stream_idle_timeout_ms: u64,
+}
+
+const DEFAULT_STREAM_IDLE_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+fn is_default_stream_idle_timeout(value: &u64) -> bool {
+    *value == DEFAULT_STREAM_IDLE_TIMEOUT_MS
 }
 
 impl Default for ProxySettings {
@@ -404,6 +416,7 @@ impl Default for ProxySettings {
             // Kestrel's defaults: slower than any real client, faster than a slowloris.
             min_data_rate_bytes_per_s: 240,
             min_data_rate_grace_ms: 5_000,
+            stream_idle_timeout_ms: DEFAULT_STREAM_IDLE_TIMEOUT_MS,
         }
     }
 }

@@ -193,6 +193,7 @@ impl Validator {
             ("idle_timeout_ms", s.idle_timeout_ms),
             ("body_idle_timeout_ms", s.body_idle_timeout_ms),
             ("upstream_connect_timeout_ms", s.upstream_connect_timeout_ms),
+            ("stream_idle_timeout_ms", s.stream_idle_timeout_ms),
             ("upstream_idle_timeout_ms", s.upstream_idle_timeout_ms),
             (
                 "max_connections_per_core",

@@ -4,7 +4,8 @@
 //! - [`proxy`]: the HTTP/1.1 engine a connection runs (routing, forwarding, filters).
 //! - [`http`]: message syntax (parsing, framing, chunked coding).
 //! - [`route`]: the immutable routing snapshot of one config generation.
-//! - [`l4`]: TLS ports: connections routed by SNI, passed through or terminated, spliced.
+//! - [`l4`]: TLS and TCP ports: whole connections routed (by SNI on TLS), passed through or
+//!   terminated, spliced.
 //! - [`tls`]: rustls termination, per-core configs, shared-key session tickets.
 //! - [`control`]: the control thread (config socket, swaps, admin endpoint, drain).
 

@@ -457,3 +457,130 @@ fn a_tcp_port_forwards_bytes_unchanged_to_its_first_route() {
         "only the oldest route takes connections"
     );
 }
+
+/// A TCP port in front of a backend listening at `backend` (one route, `ns/r`).
+fn tcp_proxy(
+    backend: &str,
+    settings: impl FnOnce(&mut portcullis_api::config::ProxySettings),
+) -> (Proxy, u16) {
+    let port = free_port();
+    let config = ConfigBuilder::new(1)
+        .backend_at("ns/b:1", &[backend])
+        .port(
+            port,
+            PortProtocol::Tcp,
+            vec![tcp_listener(
+                "tcp",
+                vec![stream_route("ns/r", &[], &[("ns/b:1", 1)])],
+            )],
+        )
+        .settings(settings)
+        .build();
+    (Proxy::start(&config), port)
+}
+
+#[test]
+fn a_reset_on_one_side_reaches_the_other_as_a_reset() {
+    // A backend that reads a little and then resets its connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 16];
+            let _ = stream.read(&mut buf);
+            let socket = socket2::SockRef::from(&stream);
+            socket.set_linger(Some(Duration::ZERO)).unwrap();
+            drop(stream);
+        }
+    });
+    let (proxy, port) = tcp_proxy(&addr, |_| {});
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 16];
+    let outcome = client.read(&mut buf);
+    assert!(
+        matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "a cut-off stream must not look complete: {outcome:?}"
+    );
+    // Counted once on its route, as spliced.
+    assert_eq!(
+        proxy.metric(
+            "portcullis_requests_total",
+            "route=\"ns/r\",status_class=\"2xx\""
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn idle_streams_slow_hellos_and_oversized_hellos_are_closed() {
+    let backend = EchoBackend::start("echo", None);
+    let (proxy, port) = tcp_proxy(&backend.endpoint(), |s| {
+        s.stream_idle_timeout_ms = 300;
+        s.header_read_timeout_ms = 300;
+    });
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    idle.write_all(b"one\n").unwrap();
+    let mut answer = [0u8; 64];
+    let n = idle.read(&mut answer).unwrap();
+    assert_eq!(&answer[..n], b"echo sni=- one\n");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    drop(proxy);
+
+    // On a TLS port the hello has the header-read timeout, and a bounded size.
+    let ca = Ca::new();
+    let cert = ca.leaf(&["db.example.com"]);
+    let tls_backend = EchoBackend::start("db", Some(&cert));
+    let port = free_port();
+    let config = ConfigBuilder::new(1)
+        .backend_at("ns/db:1", &[&tls_backend.endpoint()])
+        .port(
+            port,
+            PortProtocol::Tls,
+            vec![tls_listener(
+                "tls",
+                None,
+                &[],
+                vec![stream_route("ns/db", &[], &[("ns/db:1", 1)])],
+            )],
+        )
+        .settings(|s| s.header_read_timeout_ms = 300)
+        .build();
+    let _proxy = Proxy::start(&config);
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(&[22, 3, 1, 0, 200, 1]).unwrap(); // a hello that never completes
+    let started = std::time::Instant::now();
+    let _ = slow.read_to_end(&mut Vec::new());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "slow hello held"
+    );
+
+    let mut huge = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A record sequence that keeps announcing more hello, beyond the 16 KiB bound.
+    let mut records = vec![22, 3, 1, 0, 4, 1, 0, 0x3f, 0xff];
+    while records.len() < 20 * 1024 {
+        records.extend_from_slice(&[22, 3, 1, 0, 1, 0]);
+    }
+    let _ = huge.write_all(&records);
+    let _ = huge.read_to_end(&mut Vec::new());
+    assert_eq!(
+        tls_backend.connection_count(),
+        0,
+        "nothing reached the backend"
+    );
+}

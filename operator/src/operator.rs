@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use crate::compile::{CONTROLLER_NAME, ObjectKey};
-use crate::controller::{self, Settings, leader::LeaseSettings, stores::Stores};
+use crate::controller::stores::{OptionalKinds, Stores};
+use crate::controller::{self, Settings, leader::LeaseSettings};
 use crate::distribute::ca::{self, ServingCertificate};
 use crate::distribute::hub::ConfigHub;
 use crate::distribute::server::{
@@ -47,7 +48,8 @@ pub async fn run(options: Options) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let changed = Arc::new(Notify::new());
-    let stores = Stores::start(&client, changed.clone());
+    let optional = OptionalKinds::discover(&client).await;
+    let stores = Stores::start(&client, changed.clone(), optional);
 
     let authority = Arc::new(ca::load_or_create(&client, &options.namespace).await?);
     let names = vec![

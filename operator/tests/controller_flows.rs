@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use portcullis_operator::compile::{CONTROLLER_NAME, ObjectKey, features};
 use portcullis_operator::controller::leader::LeaseSettings;
-use portcullis_operator::controller::stores::Stores;
+use portcullis_operator::controller::stores::{OptionalKinds, Stores};
 use portcullis_operator::controller::{self, APPLIED_ANNOTATION, Parts, Settings};
 use portcullis_operator::distribute::hub::{ConfigHub, PodId};
 use portcullis_operator::provision::{
@@ -73,11 +73,18 @@ fn settings(identity: &str) -> Settings {
     }
 }
 
+/// The optional route kinds the fake serves, discovered as the operator does at start.
+fn optional_kinds(client: &kube::Client) -> OptionalKinds {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(OptionalKinds::discover(client))
+    })
+}
+
 fn start(fake: &FakeApi, identity: &str) -> Controller {
     init_logging();
     let client = fake.client();
     let changed = Arc::new(Notify::new());
-    let stores = Stores::start(&client, changed.clone());
+    let stores = Stores::start(&client, changed.clone(), optional_kinds(&client));
     let hub = ConfigHub::new();
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
@@ -1007,5 +1014,37 @@ async fn tls_and_tcp_routes_get_statuses() {
         (listeners[0]["attachedRoutes"] == 1 && listeners[1]["attachedRoutes"] == 1).then_some(())
     })
     .await;
+    controller.finish();
+}
+
+/// A cluster whose Gateway API bundle lacks TLSRoute and TCPRoute: the operator does not wait
+/// for lists it cannot get, and HTTPRoutes are served as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_optional_route_crds_do_not_block_the_rest() {
+    let fake = FakeApi::new();
+    fake.uninstall("TLSRoute");
+    fake.uninstall("TCPRoute");
+    seed_gateway(&fake);
+    fake.create(route(NS, "web", "echo"));
+    let client = fake.client();
+    assert_eq!(
+        optional_kinds(&client),
+        OptionalKinds {
+            tls_routes: false,
+            tcp_routes: false
+        }
+    );
+    let controller = start(&fake, "portcullis-0");
+    let accepted = wait_for(&fake, "HTTPRoute Accepted", || {
+        route_condition(&fake, NS, "web", "Accepted")
+    })
+    .await;
+    assert!(is(&accepted, "True", "Accepted"), "{accepted}");
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !r.path.contains("tlsroutes") && !r.path.contains("tcproutes")),
+        "no list or watch of a kind the cluster does not serve"
+    );
     controller.finish();
 }

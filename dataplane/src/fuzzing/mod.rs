@@ -8,6 +8,7 @@
 //! | `connection`   | `[flags, split, client bytes…]`: one downstream connection, see below |
 //! | `config_frame` | a control-socket frame (starts with `PCFG`) or a bare JSON payload    |
 //! | `route_match`  | a request head, or `method\0host\0target\0name\0value\0…`             |
+//! | `client_hello` | the first bytes of a connection to a TLS port (SNI reader)            |
 //!
 //! Every target panics when an invariant breaks; a panic is a finding. Seeds come from
 //! [`seeds()`]: hand-written files in `dataplane/fuzz/seeds/<target>/`, the `raw` requests of
@@ -34,6 +35,7 @@
 //! bytes at a time (pseudo-random, seeded by n).
 
 mod chunked;
+mod client_hello;
 mod config_frame;
 mod connection;
 mod request_head;
@@ -42,6 +44,7 @@ mod seeds;
 mod upstream;
 
 pub use chunked::chunked;
+pub use client_hello::{client_hello, rustls_hellos};
 pub use config_frame::config_frame;
 pub use connection::connection;
 pub use request_head::request_head;
@@ -52,12 +55,13 @@ pub use seeds::{
 };
 
 /// The fuzz targets, by name (the cargo-fuzz target and corpus directory names).
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "request_head",
     "chunked",
     "connection",
     "config_frame",
     "route_match",
+    "client_hello",
 ];
 
 /// The entry function of a target.
@@ -68,6 +72,7 @@ pub fn entry(target: &str) -> Option<fn(&[u8])> {
         "connection" => connection,
         "config_frame" => config_frame,
         "route_match" => route_match,
+        "client_hello" => client_hello,
         _ => return None,
     })
 }

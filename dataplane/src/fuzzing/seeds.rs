@@ -78,6 +78,12 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             seeds.extend(hand);
             seeds.extend(hostile_raws());
         }
+        "client_hello" => {
+            seeds.extend(hand);
+            seeds.extend(super::rustls_hellos());
+            // Plain HTTP on a TLS port.
+            seeds.extend(hostile_raws().into_iter().take(8));
+        }
         "chunked" => {
             seeds.extend(hand);
             for raw in hostile_raws() {

@@ -1,17 +1,19 @@
 //! Reading a TLS ClientHello off a connection without answering it, to learn its SNI.
 //!
-//! rustls' `Acceptor` parses the hello (it knows every record and extension rule), while
-//! every byte read is kept so the whole stream can be replayed: to the backend when TLS
-//! passes through, or to our own rustls session when it terminates here.
+//! Only the framing and the server_name extension are read: the records, the one handshake
+//! message they carry, and its extension list. Nothing else is judged, so a passthrough
+//! listener forwards any hello its backend may accept (TLS 1.0 clients without
+//! signature_algorithms included); where TLS terminates, rustls then checks the whole hello.
+//! Every byte read is kept so the stream can be replayed: to the backend when TLS passes
+//! through, or to our own rustls session when it terminates here.
 
 use futures_lite::{AsyncRead, AsyncReadExt};
-use rustls::server::Acceptor;
 
 use crate::route::host::{MAX_HOST_LEN, normalize};
 
-/// A ClientHello spans at most a few records; anything longer is not one we serve. Generous
-/// for post-quantum key shares (~1.2 KiB) and long extension lists.
-pub const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024;
+/// Real hellos, post-quantum key shares included, stay under 2 KiB; beyond this bound a
+/// connection is not one we serve, and each waiting connection holds at most this much.
+pub const MAX_CLIENT_HELLO_BYTES: usize = 16 * 1024;
 
 /// Everything read up to and including the ClientHello, and its normalized server name.
 #[derive(Debug)]
@@ -20,14 +22,14 @@ pub struct ClientHello {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HelloError {
     #[error("connection closed before a complete ClientHello")]
     Closed,
     #[error("reading the ClientHello: {0}")]
-    Io(#[from] std::io::Error),
+    Io(String),
     #[error("not a TLS ClientHello: {0}")]
-    Malformed(rustls::Error),
+    Malformed(&'static str),
     #[error("ClientHello longer than {MAX_CLIENT_HELLO_BYTES} bytes")]
     TooLong,
     #[error("server name {0:?} is not a host name")]
@@ -38,41 +40,183 @@ pub enum HelloError {
 pub async fn read_client_hello<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<ClientHello, HelloError> {
-    let mut acceptor = Acceptor::default();
     let mut bytes = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 2048];
     loop {
-        let n = stream.read(&mut chunk).await?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| HelloError::Io(e.to_string()))?;
         if n == 0 {
             return Err(HelloError::Closed);
         }
-        if bytes.len() + n > MAX_CLIENT_HELLO_BYTES {
+        bytes.extend_from_slice(&chunk[..n]);
+        if let Some(server_name) = server_name(&bytes)? {
+            return Ok(ClientHello { bytes, server_name });
+        }
+        if bytes.len() >= MAX_CLIENT_HELLO_BYTES {
             return Err(HelloError::TooLong);
         }
-        bytes.extend_from_slice(&chunk[..n]);
-        let mut unread = &chunk[..n];
-        while !unread.is_empty() {
-            // The acceptor buffers at most one record's worth ahead; parse between reads.
-            let consumed = acceptor.read_tls(&mut unread)?;
-            match acceptor.accept() {
-                Ok(Some(accepted)) => {
-                    let server_name = match accepted.client_hello().server_name() {
-                        Some(name) => {
-                            let mut buf = [0u8; MAX_HOST_LEN + 1];
-                            let normalized = normalize(name.as_bytes(), &mut buf)
-                                .ok_or_else(|| HelloError::BadServerName(name.to_string()))?;
-                            Some(normalized.to_string())
-                        }
-                        None => None,
-                    };
-                    return Ok(ClientHello { bytes, server_name });
-                }
-                Ok(None) if consumed == 0 => return Err(HelloError::TooLong),
-                Ok(None) => {}
-                Err((error, _alert)) => return Err(HelloError::Malformed(error)),
-            }
-        }
     }
+}
+
+const HANDSHAKE_RECORD: u8 = 22;
+const CLIENT_HELLO: u8 = 1;
+const SERVER_NAME_EXTENSION: u16 = 0;
+const HOST_NAME: u8 = 0;
+/// A record's payload is at most 2^14 bytes (RFC 8446 §5.1).
+const MAX_RECORD_PAYLOAD: usize = 1 << 14;
+
+/// The server name of the ClientHello at the start of `bytes`: `Ok(None)` while the hello is
+/// incomplete, `Ok(Some(None))` for a complete hello without SNI.
+pub fn server_name(bytes: &[u8]) -> Result<Option<Option<String>>, HelloError> {
+    // Reassemble the handshake message from as many records as it spans.
+    let mut message = Vec::new();
+    let mut rest = bytes;
+    let body = loop {
+        if let Some(needed) = handshake_length(&message)?
+            && message.len() >= needed
+        {
+            break &message[4..needed];
+        }
+        let Some(header) = rest.get(..5) else {
+            return Ok(None);
+        };
+        if header[0] != HANDSHAKE_RECORD {
+            return Err(HelloError::Malformed(
+                "the first record is not a handshake record",
+            ));
+        }
+        if header[1] != 3 {
+            return Err(HelloError::Malformed("unknown record version"));
+        }
+        let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if length == 0 || length > MAX_RECORD_PAYLOAD {
+            return Err(HelloError::Malformed("record length out of range"));
+        }
+        let Some(payload) = rest.get(5..5 + length) else {
+            return Ok(None);
+        };
+        message.extend_from_slice(payload);
+        rest = &rest[5 + length..];
+    };
+    parse_client_hello(body).map(Some)
+}
+
+/// The whole handshake message's length (header included) once its header is there.
+fn handshake_length(message: &[u8]) -> Result<Option<usize>, HelloError> {
+    let Some(header) = message.get(..4) else {
+        return Ok(None);
+    };
+    if header[0] != CLIENT_HELLO {
+        return Err(HelloError::Malformed(
+            "the first handshake message is not a ClientHello",
+        ));
+    }
+    let length =
+        usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
+    if length + 4 > MAX_CLIENT_HELLO_BYTES {
+        return Err(HelloError::TooLong);
+    }
+    Ok(Some(length + 4))
+}
+
+/// A cursor over a length-prefixed structure; every read checks the bounds.
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], HelloError> {
+        if self.data.len() < n {
+            return Err(HelloError::Malformed(
+                "a length runs past the end of the hello",
+            ));
+        }
+        let (head, tail) = self.data.split_at(n);
+        self.data = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, HelloError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, HelloError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// A vector with a one-byte length prefix.
+    fn vec8(&mut self) -> Result<&'a [u8], HelloError> {
+        let n = usize::from(self.u8()?);
+        self.take(n)
+    }
+
+    /// A vector with a two-byte length prefix.
+    fn vec16(&mut self) -> Result<&'a [u8], HelloError> {
+        let n = usize::from(self.u16()?);
+        self.take(n)
+    }
+}
+
+fn parse_client_hello(body: &[u8]) -> Result<Option<String>, HelloError> {
+    let mut hello = Reader { data: body };
+    let _legacy_version = hello.u16()?;
+    let _random = hello.take(32)?;
+    if hello.vec8()?.len() > 32 {
+        return Err(HelloError::Malformed("session id longer than 32 bytes"));
+    }
+    let _cipher_suites = hello.vec16()?;
+    let _compression_methods = hello.vec8()?;
+    if hello.data.is_empty() {
+        return Ok(None); // a hello without extensions (SSL 3.0 style)
+    }
+    let mut extensions = Reader {
+        data: hello.vec16()?,
+    };
+    if !hello.data.is_empty() {
+        return Err(HelloError::Malformed("bytes after the extensions"));
+    }
+    let mut found = None;
+    while !extensions.data.is_empty() {
+        let kind = extensions.u16()?;
+        let data = extensions.vec16()?;
+        if kind != SERVER_NAME_EXTENSION {
+            continue;
+        }
+        if found.is_some() {
+            return Err(HelloError::Malformed("two server_name extensions"));
+        }
+        found = Some(host_name(data)?);
+    }
+    Ok(found.flatten())
+}
+
+/// The host_name entry of a server_name extension, normalized.
+fn host_name(extension: &[u8]) -> Result<Option<String>, HelloError> {
+    let mut names = Reader {
+        data: Reader { data: extension }.vec16()?,
+    };
+    while !names.data.is_empty() {
+        let kind = names.u8()?;
+        let name = names.vec16()?;
+        if kind != HOST_NAME {
+            continue;
+        }
+        let text = std::str::from_utf8(name)
+            .ok()
+            // A host name: no spaces or controls, and no port (SNI carries none).
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+            .ok_or_else(|| HelloError::BadServerName(String::from_utf8_lossy(name).into()))?;
+        let mut buf = [0u8; MAX_HOST_LEN + 1];
+        // "." normalizes to nothing: not a name either.
+        let normalized = normalize(text.as_bytes(), &mut buf)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| HelloError::BadServerName(text.into()))?;
+        return Ok(Some(normalized.to_string()));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -97,6 +241,42 @@ mod tests {
         let mut out = Vec::new();
         client.write_tls(&mut out).unwrap();
         out
+    }
+
+    /// A hand-built hello: `extensions` as (type, data), in records of at most `record` bytes.
+    fn hello_with(extensions: &[(u16, Vec<u8>)], record: usize) -> Vec<u8> {
+        let mut body = vec![3, 1];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0); // no session id
+        body.extend_from_slice(&[0, 2, 0x00, 0x2f]); // one cipher suite
+        body.extend_from_slice(&[1, 0]); // null compression
+        let mut list = Vec::new();
+        for (kind, data) in extensions {
+            list.extend_from_slice(&kind.to_be_bytes());
+            list.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            list.extend_from_slice(data);
+        }
+        body.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        body.extend_from_slice(&list);
+        let mut message = vec![CLIENT_HELLO];
+        message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        message.extend_from_slice(&body);
+        let mut out = Vec::new();
+        for piece in message.chunks(record) {
+            out.extend_from_slice(&[HANDSHAKE_RECORD, 3, 1]);
+            out.extend_from_slice(&(piece.len() as u16).to_be_bytes());
+            out.extend_from_slice(piece);
+        }
+        out
+    }
+
+    fn sni(name: &[u8]) -> (u16, Vec<u8>) {
+        let mut entry = vec![HOST_NAME];
+        entry.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        entry.extend_from_slice(name);
+        let mut data = (entry.len() as u16).to_be_bytes().to_vec();
+        data.extend_from_slice(&entry);
+        (SERVER_NAME_EXTENSION, data)
     }
 
     /// Hands out `data` a few bytes at a time, as a slow network would.
@@ -140,24 +320,66 @@ mod tests {
     fn a_hello_without_sni_has_no_server_name() {
         // rustls sends no SNI to an IP address.
         let hello = hello_from_client("192.0.2.7");
-        let read = block_on(read_client_hello(&mut &hello[..])).unwrap();
-        assert_eq!(read.server_name, None);
+        assert_eq!(server_name(&hello), Ok(Some(None)));
+        assert_eq!(server_name(&hello_with(&[], 1000)), Ok(Some(None)));
+    }
+
+    #[test]
+    fn legacy_hellos_and_hellos_split_over_records_are_read() {
+        // A TLS 1.0 style hello: no signature_algorithms, SNI only.
+        let legacy = hello_with(&[sni(b"legacy.example.com")], 1000);
+        assert_eq!(
+            server_name(&legacy),
+            Ok(Some(Some("legacy.example.com".into())))
+        );
+        // The same message in 10-byte records.
+        let split = hello_with(&[(0x1234, vec![9; 40]), sni(b"a.example.com")], 10);
+        assert_eq!(server_name(&split), Ok(Some(Some("a.example.com".into()))));
+        for end in 0..split.len() {
+            assert_eq!(
+                server_name(&split[..end]),
+                Ok(None),
+                "prefix of {end} bytes"
+            );
+        }
     }
 
     #[test]
     fn rejects_what_is_not_a_client_hello() {
-        let error = block_on(read_client_hello(&mut &b"GET / HTTP/1.1\r\n\r\n"[..])).unwrap_err();
-        assert!(matches!(error, HelloError::Malformed(_)), "{error}");
+        let not_tls = server_name(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(
+            matches!(not_tls, Err(HelloError::Malformed(_))),
+            "{not_tls:?}"
+        );
         let hello = hello_from_client("a.example");
         let error = block_on(read_client_hello(&mut &hello[..hello.len() - 1])).unwrap_err();
-        assert!(matches!(error, HelloError::Closed), "{error}");
-        // A record header announcing an endless handshake message.
-        let mut endless = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
-        endless.resize(MAX_CLIENT_HELLO_BYTES * 2, 0);
-        let error = block_on(read_client_hello(&mut &endless[..])).unwrap_err();
-        assert!(
-            matches!(error, HelloError::TooLong | HelloError::Malformed(_)),
-            "{error}"
-        );
+        assert_eq!(error, HelloError::Closed);
+        // A handshake message announcing 16 MiB.
+        let endless = [HANDSHAKE_RECORD, 3, 1, 0, 4, CLIENT_HELLO, 0xff, 0xff, 0xff];
+        assert_eq!(server_name(&endless), Err(HelloError::TooLong));
+        // Records that never complete a message stop at the size bound.
+        let mut records = Vec::new();
+        records.extend_from_slice(&[HANDSHAKE_RECORD, 3, 1, 0, 4, CLIENT_HELLO, 0, 0x3f, 0xff]);
+        while records.len() < MAX_CLIENT_HELLO_BYTES + 100 {
+            records.extend_from_slice(&[HANDSHAKE_RECORD, 3, 1, 0, 1, 0]);
+        }
+        let error = block_on(read_client_hello(&mut &records[..])).unwrap_err();
+        assert_eq!(error, HelloError::TooLong);
+        // Lengths that run past the message, a duplicate SNI, names that are not host names.
+        let mut truncated = hello_with(&[sni(b"a.example.com")], 1000);
+        truncated[9 + 38 + 1] = 0xff; // cipher suites length
+        assert!(matches!(
+            server_name(&truncated),
+            Err(HelloError::Malformed(_))
+        ));
+        let twice = hello_with(&[sni(b"a.example.com"), sni(b"b.example.com")], 1000);
+        assert!(matches!(server_name(&twice), Err(HelloError::Malformed(_))));
+        for bad in [&b"a b"[..], b"", b".", b"a.com:443", b"\xff"] {
+            let error = server_name(&hello_with(&[sni(bad)], 1000));
+            assert!(
+                matches!(error, Err(HelloError::BadServerName(_))),
+                "{bad:?}: {error:?}"
+            );
+        }
     }
 }

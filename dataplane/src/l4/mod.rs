@@ -11,8 +11,9 @@
 pub mod client_hello;
 pub mod splice;
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
@@ -33,12 +34,13 @@ pub async fn serve_stream_port(
     port: u16,
     protocol: PortProtocol,
 ) {
-    let header_timeout =
-        Duration::from_millis(shard.current().snapshot.settings.header_read_timeout_ms);
+    // The hello and, where TLS terminates here, the whole handshake share one deadline.
+    let handshake_deadline = Instant::now()
+        + Duration::from_millis(shard.current().snapshot.settings.header_read_timeout_ms);
     let ClientHello { bytes, server_name } = if protocol == PortProtocol::Tls {
         let hello = async { Some(read_client_hello(&mut stream).await) }
             .or(async {
-                Timer::new(header_timeout).await;
+                Timer::new(handshake_deadline.saturating_duration_since(Instant::now())).await;
                 None
             })
             .await;
@@ -64,6 +66,7 @@ pub async fn serve_stream_port(
         .port(port)
         .and_then(|table| table.select_for_sni(server_name.as_deref()))
     else {
+        installed.unmatched.record(404);
         return;
     };
     let Some(route) = listener.stream_routes.find(server_name.as_deref()) else {
@@ -88,7 +91,8 @@ pub async fn serve_stream_port(
     drop(installed);
 
     let connect_timeout = Duration::from_millis(settings.upstream_connect_timeout_ms);
-    let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
+    let idle_timeout = Duration::from_millis(settings.stream_idle_timeout_ms);
+    let client_fd = stream.as_raw_fd();
     if passthrough || protocol == PortProtocol::Tcp {
         let Ok(mut upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
             counters.record(502);
@@ -99,7 +103,14 @@ pub async fn serve_stream_port(
             return;
         }
         counters.record(200);
-        splice(stream, upstream.stream, idle_timeout).await;
+        let upstream_fd = upstream.stream.as_raw_fd();
+        splice(
+            stream,
+            upstream.stream,
+            idle_timeout,
+            [client_fd, upstream_fd],
+        )
+        .await;
         return;
     }
 
@@ -114,7 +125,7 @@ pub async fn serve_stream_port(
             .ok()
     });
     let deadline = async {
-        Timer::new(header_timeout).await;
+        Timer::new(handshake_deadline.saturating_duration_since(Instant::now())).await;
         None
     };
     let Some(tls) = handshake.or(deadline).await else {
@@ -126,5 +137,6 @@ pub async fn serve_stream_port(
         return;
     };
     counters.record(200);
-    splice(tls, upstream.stream, idle_timeout).await;
+    let upstream_fd = upstream.stream.as_raw_fd();
+    splice(tls, upstream.stream, idle_timeout, [client_fd, upstream_fd]).await;
 }

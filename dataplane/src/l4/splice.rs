@@ -1,6 +1,7 @@
 //! Copying bytes both ways between a client and a backend until both sides are done.
 
 use std::cell::Cell;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 use futures_lite::future::{self, FutureExt};
 use futures_lite::io::{self as lite_io, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::timer::Timer;
+
+use crate::sys::reset_on_close;
 
 /// Per-direction copy buffer.
 const CHUNK: usize = 16 * 1024;
@@ -32,9 +35,15 @@ pub struct Spliced {
 }
 
 /// Copies `client` → `upstream` and `upstream` → `client` concurrently. A side that finishes
-/// sending gets its peer's write half shut down (half-close), and the other direction goes on;
-/// an error on either side ends both.
-pub async fn splice<C, U>(client: C, upstream: U, idle_timeout: Duration) -> Spliced
+/// sending gets its peer's write half shut down (half-close), and the other direction goes on.
+/// An error on either side ends both with a reset on both sockets (`sockets`: the client's and
+/// the upstream's descriptors), so a peer never mistakes a cut-off stream for a complete one.
+pub async fn splice<C, U>(
+    client: C,
+    upstream: U,
+    idle_timeout: Duration,
+    sockets: [RawFd; 2],
+) -> Spliced
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -64,6 +73,12 @@ where
         }
     })
     .await;
+    if ended == Ended::Failed {
+        // Set before the streams close below.
+        for fd in sockets {
+            reset_on_close(fd);
+        }
+    }
     Spliced {
         to_upstream: to_upstream.get(),
         to_client: to_client.get(),
@@ -88,7 +103,16 @@ where
             break;
         }
         activity.set(Instant::now());
-        to.write_all(&buf[..n]).await?;
+        let mut unsent = &buf[..n];
+        while !unsent.is_empty() {
+            // Each partial write counts as activity: a slow reader is not an idle one.
+            let written = to.write(unsent).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            unsent = &unsent[written..];
+            activity.set(Instant::now());
+        }
         to.flush().await?;
         activity.set(Instant::now());
         moved.set(moved.get() + n as u64);

@@ -541,15 +541,19 @@ impl Reconciler {
             let Some(existing) = objects.iter().find(|r| ObjectKey::of(*r) == *key) else {
                 continue;
             };
-            let old: Option<HttpRouteStatus> = match status_of(existing) {
-                None => None,
-                Some(current) => match status::same_shape(current) {
-                    Some(converted) => Some(converted),
-                    None => continue,
-                },
-            };
+            // A status that does not read back (another controller's odd entry) is rebuilt
+            // from ours alone rather than never written again.
+            let old: Option<HttpRouteStatus> = status_of(existing).and_then(|current| {
+                let converted = status::same_shape(current);
+                if converted.is_none() {
+                    warn!(route = %key, "the route's status does not parse; rewriting it");
+                }
+                converted
+            });
             let merged = status::route_status(old.as_ref(), route, &now);
             let Some(new) = status::same_shape::<_, S>(&merged) else {
+                warn!(route = %key, "the route status does not fit its kind's type; not written");
+                failures += 1;
                 continue;
             };
             let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);

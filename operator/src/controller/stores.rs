@@ -30,6 +30,54 @@ use tracing::warn;
 use crate::compile::{CONTROLLER_NAME, Input, ObjectKey};
 use crate::provision::{MANAGED_BY, MANAGED_BY_LABEL};
 
+/// Route kinds whose CRDs a cluster may lack (older or provider-managed Gateway API bundles).
+/// A missing kind is not watched: its store is empty and ready, so the operator still serves
+/// every other kind instead of waiting forever for a list the API server cannot give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalKinds {
+    pub tls_routes: bool,
+    pub tcp_routes: bool,
+}
+
+impl OptionalKinds {
+    /// Asks the API server's discovery which of them it serves. When discovery itself fails,
+    /// every kind is assumed present: its watch then retries until the API answers.
+    pub async fn discover(client: &Client) -> OptionalKinds {
+        let all = OptionalKinds {
+            tls_routes: true,
+            tcp_routes: true,
+        };
+        let resources = match client
+            .list_api_group_resources("gateway.networking.k8s.io/v1")
+            .await
+        {
+            Ok(list) => list.resources,
+            Err(e) => {
+                warn!(error = %e, "API discovery failed; assuming TLSRoute and TCPRoute are served");
+                return all;
+            }
+        };
+        let served = |plural: &str| resources.iter().any(|r| r.name == plural);
+        let found = OptionalKinds {
+            tls_routes: served("tlsroutes"),
+            tcp_routes: served("tcproutes"),
+        };
+        for (present, kind) in [
+            (found.tls_routes, "TLSRoute"),
+            (found.tcp_routes, "TCPRoute"),
+        ] {
+            if !present {
+                warn!(
+                    kind,
+                    "the cluster does not serve gateway.networking.k8s.io/v1 {kind}; not watching \
+                     it (install the Gateway API v1.6 CRDs and restart the operator to use it)"
+                );
+            }
+        }
+        found
+    }
+}
+
 /// The watched state of the cluster.
 #[derive(Clone)]
 pub struct Stores {
@@ -50,7 +98,7 @@ pub struct Stores {
 
 impl Stores {
     /// Starts every watch; each event notifies `changed`.
-    pub fn start(client: &Client, changed: Arc<Notify>) -> Stores {
+    pub fn start(client: &Client, changed: Arc<Notify>, optional: OptionalKinds) -> Stores {
         let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
         Stores {
             gateway_classes: watch(
@@ -68,16 +116,22 @@ impl Stores {
                 watcher::Config::default(),
                 &changed,
             ),
-            tls_routes: watch(
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                &changed,
-            ),
-            tcp_routes: watch(
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                &changed,
-            ),
+            tls_routes: match optional.tls_routes {
+                true => watch(
+                    Api::all(client.clone()),
+                    watcher::Config::default(),
+                    &changed,
+                ),
+                false => empty_and_ready(),
+            },
+            tcp_routes: match optional.tcp_routes {
+                true => watch(
+                    Api::all(client.clone()),
+                    watcher::Config::default(),
+                    &changed,
+                ),
+                false => empty_and_ready(),
+            },
             reference_grants: watch(
                 Api::all(client.clone()),
                 watcher::Config::default(),
@@ -200,6 +254,17 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store.state().iter().map(|o| (**o).clone()).collect()
+}
+
+/// A store for a kind the cluster does not serve: no objects, and ready at once.
+fn empty_and_ready<K>() -> Store<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
 }
 
 fn watch<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>

@@ -269,6 +269,8 @@ struct State {
     requests: Vec<RecordedRequest>,
     faults: Vec<Fault>,
     unknown: Vec<String>,
+    /// Kinds whose CRD is "not installed": left out of discovery, their paths answer 404.
+    uninstalled: BTreeSet<&'static str>,
 }
 
 struct Inner {
@@ -467,6 +469,12 @@ impl FakeApi {
             .collect()
     }
 
+    /// Takes `kind` out of the API, as a cluster without its CRD: discovery leaves it out and
+    /// its paths answer 404 NotFound.
+    pub fn uninstall(&self, kind: &'static str) {
+        self.lock().uninstalled.insert(kind);
+    }
+
     /// Requests the fake did not know how to serve (answered 404).
     pub fn unknown(&self) -> Vec<String> {
         self.lock().unknown.clone()
@@ -560,6 +568,17 @@ impl FakeApi {
         state.faults.retain(|f| f.remaining > 0);
         let outcome = match (fault, route) {
             (Some(code), _) => Err(error(code, "InternalError", "injected failure")),
+            (None, Some(route)) if state.uninstalled.contains(route.rt.kind) => Err(error(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )),
+            (None, None) if parts.method == Method::GET => {
+                match discovery(&recorded.path, &state.uninstalled) {
+                    Some(list) => Ok(Reply::Json((StatusCode::OK, list))),
+                    None => Err(unknown(&mut state, &recorded, "no such resource path")),
+                }
+            }
             (None, None) => Err(unknown(&mut state, &recorded, "no such resource path")),
             (None, Some(route)) => state.handle(&route, &recorded, &self),
         };
@@ -703,6 +722,43 @@ struct Route {
     namespace: Option<String>,
     name: Option<String>,
     subresource: Option<String>,
+}
+
+/// The APIResourceList of `/apis/<group>/<version>` (or `/api/v1`), without `uninstalled`.
+fn discovery(path: &str, uninstalled: &BTreeSet<&'static str>) -> Option<Value> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version) = match segments.as_slice() {
+        ["api", version] => ("", *version),
+        ["apis", group, version] => (*group, *version),
+        _ => return None,
+    };
+    let resources: Vec<Value> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version && !uninstalled.contains(r.kind))
+        .map(|r| {
+            json!({
+                "name": r.plural,
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            })
+        })
+        .collect();
+    if resources.is_empty() {
+        return None;
+    }
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": resources,
+    }))
 }
 
 fn parse_path(path: &str) -> Option<Route> {

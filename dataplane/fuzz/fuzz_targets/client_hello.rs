@@ -1,0 +1,3 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portcullis_dataplane::fuzzing::client_hello(data));
