@@ -24,6 +24,10 @@ func TestConformance(t *testing.T) {
 	// conformant data plane must still converge within MaxTimeToConsistency (left at its
 	// upstream value), but pods and Gateways take longer to come up than on a larger CI box.
 	opts.TimeoutConfig.NamespacesMustBeReady = 600 * time.Second
+	// GatewayObservedGenerationBump spends this one budget on waiting for every Gateway and
+	// pod of the shared namespace to be ready (about 45 pods with the TLS and TCP profiles)
+	// before it reads its own Gateway; on two cores that wait alone has taken 78 s.
+	opts.TimeoutConfig.LatestObservedGenerationSet = 180 * time.Second
 	opts.Hook = dumpStateOnFailure
 	conformance.RunConformanceWithOptions(t, opts)
 }

@@ -24,13 +24,14 @@ use portcullis_api::config::PortProtocol;
 
 use crate::access_log::{self, AccessLog};
 use crate::io::TlsSocket;
+use crate::l4::open_streams::OpenStreams;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
 use crate::proxy::connection::{ConnInfo, linger, serve};
 use crate::proxy::upstream::Pool;
 use crate::route::Snapshot;
 use crate::signal::Signal;
 use crate::tls::{TicketKey, server_config};
-use crate::{IO_MEMORY, error, warn};
+use crate::{IO_MEMORY, error, info, warn};
 
 /// What the control thread asks of a core.
 pub enum ShardCommand {
@@ -101,6 +102,8 @@ pub struct Shard {
     ticket_key: TicketKey,
     /// Over-limit connections lingering after their 503.
     refusing: Cell<u64>,
+    /// Spliced TLS and TCP connections, checked against every config installed.
+    pub open_streams: Rc<OpenStreams>,
 }
 
 impl Shard {
@@ -125,6 +128,7 @@ impl Shard {
             access_log: access_log.then(AccessLog::default),
             ticket_key,
             refusing: Cell::new(0),
+            open_streams: Rc::new(OpenStreams::default()),
         })
     }
 
@@ -303,6 +307,14 @@ fn install(
         .collect();
     shard.pool.retain_endpoints(&endpoints);
     *shard.installed.borrow_mut() = Rc::new(installed);
+    let revoked = shard.open_streams.revoke_disallowed(&snapshot);
+    if revoked > 0 {
+        info!(
+            "connections closed: the new config no longer routes them",
+            "core" = shard.id,
+            "connections" = revoked
+        );
+    }
     listeners.retain(|port, _| wanted.contains(port));
     for (port, listener) in new_listeners {
         listeners.insert(

@@ -1,7 +1,7 @@
 //! Ports that carry whole connections, over real sockets. TLS ports (TLSRoute): routing by
 //! SNI, passthrough to a backend that holds the certificate, termination with the listener's
 //! certificate, both modes on one port, half-close, weighted backends, refusals, and a spliced
-//! connection that outlives a config swap. TCP ports (TCPRoute): the first route takes every
+//! connection that outlives a config swap only while the new config still routes it. TCP ports (TCPRoute): the first route takes every
 //! connection, bytes pass unchanged both ways, half-close.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -336,7 +336,7 @@ fn connections_no_listener_or_route_serves_are_refused() {
 }
 
 #[test]
-fn a_spliced_connection_outlives_a_config_swap() {
+fn config_swaps_keep_spliced_connections_they_still_allow_and_cut_the_others() {
     let setup = mixed_setup();
     let client_config = setup.ca.client(&[]);
     let mut passthrough =
@@ -345,14 +345,30 @@ fn a_spliced_connection_outlives_a_config_swap() {
         LineClient::connect(setup.port, "tls.example.com", &client_config).unwrap();
     assert_eq!(passthrough.ask("before"), "db sni=db.example.com before");
 
-    // The next generation drops the db route; open connections keep their backend.
+    // A swap that still routes both (here: a new generation with one more endpoint) leaves
+    // them alone.
     let mut next = setup.config.clone();
     next.generation = 2;
-    next.ports[0].listeners[0].stream_routes.clear();
+    next.backends[0]
+        .endpoints
+        .push("127.0.0.1:9".parse().unwrap());
     assert_eq!(setup.proxy.push(&next), Reply::Ack { generation: 2 });
-
     assert_eq!(passthrough.ask("after"), "db sni=db.example.com after");
     assert_eq!(terminated.ask("after"), "plain sni=- after");
+
+    // One that drops the db route (as when its ReferenceGrant is revoked) cuts its open
+    // connection with a reset, and new ones are refused; the other route is untouched.
+    let mut next = setup.config.clone();
+    next.generation = 3;
+    next.ports[0].listeners[0].stream_routes.clear();
+    assert_eq!(setup.proxy.push(&next), Reply::Ack { generation: 3 });
+    let mut rest = [0u8; 64];
+    let outcome = passthrough.tls.read(&mut rest);
+    assert!(
+        matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "a revoked connection is reset: {outcome:?}"
+    );
+    assert_eq!(terminated.ask("still"), "plain sni=- still");
     assert!(
         LineClient::connect(setup.port, "db.example.com", &client_config).is_err(),
         "new connections follow the new config"

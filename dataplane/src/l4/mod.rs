@@ -9,6 +9,7 @@
 //! request: 2xx once spliced, 5xx when no backend could take it.
 
 pub mod client_hello;
+pub mod open_streams;
 pub mod splice;
 
 use std::os::fd::AsRawFd;
@@ -25,6 +26,7 @@ use crate::metrics::increment;
 use crate::proxy::upstream::UpstreamConn;
 use crate::shard::Shard;
 use client_hello::{ClientHello, read_client_hello};
+use open_streams::StreamKey;
 use splice::{Prefixed, splice};
 
 /// Serves one connection on a TLS or TCP port.
@@ -82,12 +84,25 @@ pub async fn serve_stream_port(
             return;
         }
     };
-    let Some(endpoint) = installed.next_endpoint(backend) else {
+    let (Some(endpoint), Some(backend_name)) = (
+        installed.next_endpoint(backend),
+        installed
+            .snapshot
+            .backends
+            .get(backend)
+            .map(|b| b.name.clone()),
+    ) else {
         counters.record(503);
         return;
     };
     let passthrough = listener.passthrough;
     let acceptor = installed.tls.get(&port).cloned();
+    let registration = shard.open_streams.register(StreamKey {
+        port,
+        listener: listener.name.clone(),
+        route: route.name.clone(),
+        backend: backend_name,
+    });
     drop(installed);
 
     let connect_timeout = Duration::from_millis(settings.upstream_connect_timeout_ms);
@@ -109,6 +124,7 @@ pub async fn serve_stream_port(
             upstream.stream,
             idle_timeout,
             [client_fd, upstream_fd],
+            registration.revoked.wait(),
         )
         .await;
         return;
@@ -138,5 +154,12 @@ pub async fn serve_stream_port(
     };
     counters.record(200);
     let upstream_fd = upstream.stream.as_raw_fd();
-    splice(tls, upstream.stream, idle_timeout, [client_fd, upstream_fd]).await;
+    splice(
+        tls,
+        upstream.stream,
+        idle_timeout,
+        [client_fd, upstream_fd],
+        registration.revoked.wait(),
+    )
+    .await;
 }

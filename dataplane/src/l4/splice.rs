@@ -1,6 +1,7 @@
 //! Copying bytes both ways between a client and a backend until both sides are done.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -24,6 +25,8 @@ pub enum Ended {
     Failed,
     /// Nothing moved either way for the idle timeout.
     Idle,
+    /// `stop` resolved: a new config no longer allows the connection.
+    Stopped,
 }
 
 /// Bytes moved each way and how the splice ended.
@@ -38,11 +41,14 @@ pub struct Spliced {
 /// sending gets its peer's write half shut down (half-close), and the other direction goes on.
 /// An error on either side ends both with a reset on both sockets (`sockets`: the client's and
 /// the upstream's descriptors), so a peer never mistakes a cut-off stream for a complete one.
+///
+/// When `stop` resolves first, both sockets are reset as well.
 pub async fn splice<C, U>(
     client: C,
     upstream: U,
     idle_timeout: Duration,
     sockets: [RawFd; 2],
+    stop: impl Future<Output = ()>,
 ) -> Spliced
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -72,8 +78,12 @@ where
             Timer::new(idle_timeout - quiet).await;
         }
     })
+    .or(async {
+        stop.await;
+        Ended::Stopped
+    })
     .await;
-    if ended == Ended::Failed {
+    if matches!(ended, Ended::Failed | Ended::Stopped) {
         // Set before the streams close below.
         for fd in sockets {
             reset_on_close(fd);

@@ -52,6 +52,11 @@ impl StreamRouteTable {
         self.routes.is_empty()
     }
 
+    /// The route named `name` ("namespace/name"), if this listener has it.
+    pub fn route(&self, name: &str) -> Option<&CompiledStreamRoute> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+
     /// The route for a connection whose SNI is `server_name` (normalized), if any.
     pub fn find(&self, server_name: Option<&str>) -> Option<&CompiledStreamRoute> {
         let mut best: Option<(&CompiledStreamRoute, usize)> = None;
