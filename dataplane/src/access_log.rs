@@ -1,4 +1,5 @@
-//! Opt-in JSON access log, one line per request on stdout.
+//! Opt-in JSON access log, one line per request (and per connection on TLS and TCP ports) on
+//! stdout.
 //!
 //! A connection builds its line while the request runs; the core appends finished lines to
 //! its own buffer, and a timer flushes that buffer in one write, so logging costs no syscall
@@ -8,12 +9,32 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use crate::http::request::RequestHead;
+use crate::l4::splice::Spliced;
 use crate::proxy::connection::ConnInfo;
 
 /// Flush when this much is buffered, even before the timer fires.
 const FLUSH_BYTES: usize = 64 * 1024;
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What the log says about one connection on a TLS or TCP port.
+#[derive(Debug, Default)]
+pub struct StreamEntry {
+    pub peer: Option<SocketAddr>,
+    pub port: u16,
+    /// "tls" or "tcp".
+    pub protocol: &'static str,
+    pub server_name: Option<String>,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<SocketAddr>,
+    /// As counted on the route (200 spliced, 404, 500, 502, 503); 400 for a hello or
+    /// handshake that failed; 0 before any verdict.
+    pub status: u16,
+    pub spliced: Option<Spliced>,
+}
 
 #[derive(Debug, Default)]
 pub struct AccessLog {
@@ -51,6 +72,50 @@ impl AccessLog {
         let mut buffer = self.buffer.borrow_mut();
         buffer.extend_from_slice(line);
         line.clear();
+        if buffer.len() >= FLUSH_BYTES {
+            Self::write_out(&mut buffer);
+        }
+    }
+
+    /// Queues the line of a finished connection on a TLS or TCP port.
+    pub fn stream(&self, entry: &StreamEntry, elapsed: Duration) {
+        let mut line = Vec::with_capacity(256);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let _ = write!(
+            line,
+            "{{\"ts\":{}.{:06},\"port\":{},\"protocol\":\"{}\"",
+            now.as_secs(),
+            now.subsec_micros(),
+            entry.port,
+            entry.protocol
+        );
+        if let Some(peer) = entry.peer {
+            let _ = write!(line, ",\"client\":\"{peer}\"");
+        }
+        if let Some(name) = &entry.server_name {
+            push_field(&mut line, "sni", name.as_bytes());
+        }
+        if let Some(route) = &entry.route {
+            push_field(&mut line, "route", route.as_bytes());
+        }
+        if let Some(upstream) = entry.upstream {
+            let _ = write!(line, ",\"upstream\":\"{upstream}\"");
+        }
+        let _ = write!(line, ",\"status\":{}", entry.status);
+        if let Some(spliced) = &entry.spliced {
+            let _ = write!(
+                line,
+                ",\"bytes_in\":{},\"bytes_out\":{},\"ended\":\"{}\"",
+                spliced.to_upstream,
+                spliced.to_client,
+                spliced.ended.as_str()
+            );
+        }
+        let _ = writeln!(line, ",\"duration_us\":{}}}", elapsed.as_micros());
+        let mut buffer = self.buffer.borrow_mut();
+        buffer.extend_from_slice(&line);
         if buffer.len() >= FLUSH_BYTES {
             Self::write_out(&mut buffer);
         }
@@ -112,5 +177,42 @@ mod tests {
         assert_eq!(record["method"], "GET");
         assert_eq!(record["host"], "h");
         assert_eq!(record["client"], "127.0.0.1:5000");
+    }
+
+    #[test]
+    fn stream_lines_are_json() {
+        use crate::l4::splice::Ended;
+        let log = AccessLog::default();
+        let entry = StreamEntry {
+            peer: Some("127.0.0.1:5000".parse().unwrap()),
+            port: 443,
+            protocol: "tls",
+            server_name: Some("db.\"example\".com".into()),
+            route: Some("ns/db".into()),
+            upstream: Some("10.0.0.1:5432".parse().unwrap()),
+            status: 200,
+            spliced: Some(Spliced {
+                to_upstream: 10,
+                to_client: 20,
+                ended: Ended::Closed,
+            }),
+        };
+        log.stream(&entry, Duration::from_micros(7));
+        log.stream(&StreamEntry::default(), Duration::ZERO);
+        let buffered = log.buffer.borrow().clone();
+        let lines: Vec<serde_json::Value> = buffered
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["sni"], "db.\"example\".com");
+        assert_eq!(lines[0]["route"], "ns/db");
+        assert_eq!(lines[0]["upstream"], "10.0.0.1:5432");
+        assert_eq!(lines[0]["bytes_in"], 10);
+        assert_eq!(lines[0]["bytes_out"], 20);
+        assert_eq!(lines[0]["ended"], "closed");
+        assert_eq!(lines[0]["duration_us"], 7);
+        assert_eq!(lines[1]["status"], 0);
+        assert!(lines[1].get("sni").is_none());
     }
 }

@@ -6,7 +6,8 @@
 //! ways without looking at them: the backend terminates TLS. A terminating listener finishes
 //! the handshake here with its certificates and copies the decrypted stream to the backend.
 //! A TCP port copies from the first byte. Each connection is counted on its route like a
-//! request: 2xx once spliced, 5xx when no backend could take it.
+//! request: 2xx once spliced, 5xx when no backend could take it; with the access log on, it
+//! gets one line when it ends.
 
 pub mod client_hello;
 pub mod open_streams;
@@ -21,20 +22,51 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use portcullis_api::config::PortProtocol;
 
+use crate::access_log::StreamEntry;
 use crate::io::TlsSocket;
-use crate::metrics::increment;
+use crate::metrics::{RouteCounters, increment};
 use crate::proxy::upstream::UpstreamConn;
 use crate::shard::Shard;
 use client_hello::{ClientHello, read_client_hello};
 use open_streams::StreamKey;
 use splice::{Prefixed, splice};
 
-/// Serves one connection on a TLS or TCP port.
+/// Serves one connection on a TLS or TCP port, and logs it when the access log is on.
 pub async fn serve_stream_port(
     shard: Rc<Shard>,
+    stream: TcpStream,
+    port: u16,
+    protocol: PortProtocol,
+) {
+    let started = Instant::now();
+    let mut entry = StreamEntry {
+        peer: stream.peer_addr().ok(),
+        port,
+        protocol: if protocol == PortProtocol::Tls {
+            "tls"
+        } else {
+            "tcp"
+        },
+        ..StreamEntry::default()
+    };
+    route_and_splice(&shard, stream, port, protocol, &mut entry).await;
+    if let Some(log) = &shard.access_log {
+        log.stream(&entry, started.elapsed());
+    }
+}
+
+/// Counts `status` on the route and notes it for the log.
+fn outcome(counters: &RouteCounters, entry: &mut StreamEntry, status: u16) {
+    counters.record(status);
+    entry.status = status;
+}
+
+async fn route_and_splice(
+    shard: &Rc<Shard>,
     mut stream: TcpStream,
     port: u16,
     protocol: PortProtocol,
+    entry: &mut StreamEntry,
 ) {
     // The hello and, where TLS terminates here, the whole handshake share one deadline.
     let handshake_deadline = Instant::now()
@@ -50,6 +82,7 @@ pub async fn serve_stream_port(
             Some(Ok(hello)) => hello,
             Some(Err(_)) | None => {
                 increment(&shard.counters.tls_handshake_errors);
+                entry.status = 400;
                 return;
             }
         }
@@ -61,6 +94,7 @@ pub async fn serve_stream_port(
     };
 
     // Route on the tables current now; they are released before the long copy.
+    entry.server_name = server_name.clone();
     let installed = shard.current();
     let settings = installed.snapshot.settings.clone();
     let Some(listener) = installed
@@ -68,19 +102,24 @@ pub async fn serve_stream_port(
         .port(port)
         .and_then(|table| table.select_for_sni(server_name.as_deref()))
     else {
-        installed.unmatched.record(404);
+        outcome(&installed.unmatched, entry, 404);
         return;
     };
     let Some(route) = listener.stream_routes.find(server_name.as_deref()) else {
-        installed.stats[listener.no_route_stat_slot as usize].record(404);
+        outcome(
+            &installed.stats[listener.no_route_stat_slot as usize],
+            entry,
+            404,
+        );
         return;
     };
+    entry.route = Some(route.name.clone());
     let counters = installed.stats[route.stat_slot as usize].clone();
     let backend = match route.backends.pick(shard.random()).map(|s| &s.target) {
         Some(Ok(backend)) => *backend as usize,
         // No backends, zero weights or an invalid reference: refused, as HTTP answers 500.
         Some(Err(_)) | None => {
-            counters.record(500);
+            outcome(&counters, entry, 500);
             return;
         }
     };
@@ -92,7 +131,7 @@ pub async fn serve_stream_port(
             .get(backend)
             .map(|b| b.name.clone()),
     ) else {
-        counters.record(503);
+        outcome(&counters, entry, 503);
         return;
     };
     let passthrough = listener.passthrough;
@@ -108,30 +147,33 @@ pub async fn serve_stream_port(
     let connect_timeout = Duration::from_millis(settings.upstream_connect_timeout_ms);
     let idle_timeout = Duration::from_millis(settings.stream_idle_timeout_ms);
     let client_fd = stream.as_raw_fd();
+    entry.upstream = Some(endpoint);
     if passthrough || protocol == PortProtocol::Tcp {
         let Ok(mut upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
-            counters.record(502);
+            outcome(&counters, entry, 502);
             return;
         };
         if !bytes.is_empty() && upstream.stream.write_all(&bytes).await.is_err() {
-            counters.record(502);
+            outcome(&counters, entry, 502);
             return;
         }
-        counters.record(200);
+        outcome(&counters, entry, 200);
         let upstream_fd = upstream.stream.as_raw_fd();
-        splice(
-            stream,
-            upstream.stream,
-            idle_timeout,
-            [client_fd, upstream_fd],
-            registration.revoked.wait(),
-        )
-        .await;
+        entry.spliced = Some(
+            splice(
+                stream,
+                upstream.stream,
+                idle_timeout,
+                [client_fd, upstream_fd],
+                registration.revoked.wait(),
+            )
+            .await,
+        );
         return;
     }
 
     let Some(acceptor) = acceptor else {
-        counters.record(500);
+        outcome(&counters, entry, 500);
         return;
     };
     let handshake = Box::pin(async {
@@ -146,20 +188,23 @@ pub async fn serve_stream_port(
     };
     let Some(tls) = handshake.or(deadline).await else {
         increment(&shard.counters.tls_handshake_errors);
+        entry.status = 400;
         return;
     };
     let Ok(upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
-        counters.record(502);
+        outcome(&counters, entry, 502);
         return;
     };
-    counters.record(200);
+    outcome(&counters, entry, 200);
     let upstream_fd = upstream.stream.as_raw_fd();
-    splice(
-        tls,
-        upstream.stream,
-        idle_timeout,
-        [client_fd, upstream_fd],
-        registration.revoked.wait(),
-    )
-    .await;
+    entry.spliced = Some(
+        splice(
+            tls,
+            upstream.stream,
+            idle_timeout,
+            [client_fd, upstream_fd],
+            registration.revoked.wait(),
+        )
+        .await,
+    );
 }

@@ -29,6 +29,17 @@ pub enum Ended {
     Stopped,
 }
 
+impl Ended {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Closed => "closed",
+            Ended::Failed => "failed",
+            Ended::Idle => "idle",
+            Ended::Stopped => "revoked",
+        }
+    }
+}
+
 /// Bytes moved each way and how the splice ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Spliced {
