@@ -13,11 +13,12 @@ pub mod client_hello;
 pub mod open_streams;
 pub mod splice;
 
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use portcullis_api::config::PortProtocol;
@@ -28,7 +29,7 @@ use crate::metrics::{RouteCounters, increment};
 use crate::proxy::upstream::UpstreamConn;
 use crate::shard::Shard;
 use client_hello::{ClientHello, read_client_hello};
-use open_streams::StreamKey;
+use open_streams::{Registration, StreamKey};
 use splice::{Prefixed, splice};
 
 /// Serves one connection on a TLS or TCP port, and logs it when the access log is on.
@@ -144,31 +145,19 @@ async fn route_and_splice(
     });
     drop(installed);
 
-    let connect_timeout = Duration::from_millis(settings.upstream_connect_timeout_ms);
-    let idle_timeout = Duration::from_millis(settings.stream_idle_timeout_ms);
-    let client_fd = stream.as_raw_fd();
+    let forward = Forward {
+        endpoint,
+        connect_timeout: Duration::from_millis(settings.upstream_connect_timeout_ms),
+        idle_timeout: Duration::from_millis(settings.stream_idle_timeout_ms),
+        client_fd: stream.as_raw_fd(),
+        registration,
+    };
     entry.upstream = Some(endpoint);
     if passthrough || protocol == PortProtocol::Tcp {
-        let Ok(mut upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
-            outcome(&counters, entry, 502);
-            return;
-        };
-        if !bytes.is_empty() && upstream.stream.write_all(&bytes).await.is_err() {
-            outcome(&counters, entry, 502);
-            return;
-        }
-        outcome(&counters, entry, 200);
-        let upstream_fd = upstream.stream.as_raw_fd();
-        entry.spliced = Some(
-            splice(
-                stream,
-                upstream.stream,
-                idle_timeout,
-                [client_fd, upstream_fd],
-                registration.revoked.wait(),
-            )
-            .await,
-        );
+        // The backend sees the connection from its first byte: the hello goes first.
+        forward
+            .connect_and_splice(stream, &bytes, &counters, entry)
+            .await;
         return;
     }
 
@@ -191,20 +180,51 @@ async fn route_and_splice(
         entry.status = 400;
         return;
     };
-    let Ok(upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
-        outcome(&counters, entry, 502);
-        return;
-    };
-    outcome(&counters, entry, 200);
-    let upstream_fd = upstream.stream.as_raw_fd();
-    entry.spliced = Some(
-        splice(
-            tls,
-            upstream.stream,
-            idle_timeout,
-            [client_fd, upstream_fd],
-            registration.revoked.wait(),
-        )
-        .await,
-    );
+    forward.connect_and_splice(tls, &[], &counters, entry).await;
+}
+
+/// Where a routed connection goes, and the limits it is copied under.
+struct Forward {
+    endpoint: SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// The client's TCP socket, reset together with the upstream one on an error.
+    client_fd: RawFd,
+    registration: Registration,
+}
+
+impl Forward {
+    /// Connects to the backend, sends `replay` (bytes already read from the client) and then
+    /// copies both ways until either side finishes or a new config revokes the route.
+    async fn connect_and_splice<C>(
+        self,
+        client: C,
+        replay: &[u8],
+        counters: &RouteCounters,
+        entry: &mut StreamEntry,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Ok(mut upstream) = UpstreamConn::connect(self.endpoint, self.connect_timeout).await
+        else {
+            outcome(counters, entry, 502);
+            return;
+        };
+        if !replay.is_empty() && upstream.stream.write_all(replay).await.is_err() {
+            outcome(counters, entry, 502);
+            return;
+        }
+        outcome(counters, entry, 200);
+        let upstream_fd = upstream.stream.as_raw_fd();
+        entry.spliced = Some(
+            splice(
+                client,
+                upstream.stream,
+                self.idle_timeout,
+                [self.client_fd, upstream_fd],
+                self.registration.revoked.wait(),
+            )
+            .await,
+        );
+    }
 }
