@@ -248,6 +248,61 @@ pub enum Filter {
     RequestRedirect(RequestRedirect),
     #[serde(rename = "URLRewrite")]
     UrlRewrite(UrlRewrite),
+    #[serde(rename = "CORS")]
+    Cors(Cors),
+    RequestMirror(RequestMirror),
+}
+
+/// Sends a copy of each sampled request to one endpoint of another backend and ignores its
+/// response. A rule may have several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMirror {
+    /// Name of an entry in `CompiledConfig::backends`.
+    pub backend: String,
+    /// The share of requests copied is numerator / denominator; by default, all of them.
+    #[serde(default = "whole")]
+    pub numerator: u32,
+    #[serde(default = "whole")]
+    pub denominator: u32,
+}
+
+fn whole() -> u32 {
+    100
+}
+
+/// Cross-origin resource sharing for a rule: the proxy answers preflight requests itself and
+/// adds the CORS headers to responses for allowed origins. Requests without an `Origin`, and
+/// requests from origins not allowed, are served as if the filter were absent (a preflight
+/// from an origin not allowed is answered 403).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// `*`, or origins `http(s)://host[:port]` whose host may be `*` or start with `*.`
+    /// (see [`crate::cors::OriginPattern`]).
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Methods, or `*` alone.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Request header names, or `*` alone.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response header names scripts may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_seconds: u32,
+}
+
+/// The Gateway API default for an unset `maxAge`.
+pub const DEFAULT_CORS_MAX_AGE_SECONDS: u32 = 5;
+
+fn default_cors_max_age() -> u32 {
+    DEFAULT_CORS_MAX_AGE_SECONDS
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

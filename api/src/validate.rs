@@ -14,6 +14,10 @@ pub const MAX_PORTS: usize = 64;
 pub const MAX_ROUTES_PER_LISTENER: usize = 100_000;
 pub const MAX_WEIGHT: u32 = 1_000_000;
 pub const MAX_REGEX_LEN: usize = 1024;
+/// Entries in each list of a CORS filter (the Gateway API allows 64).
+pub const MAX_CORS_LIST: usize = 64;
+/// RequestMirror filters per rule (a rule holds at most 16 filters of any kind).
+pub const MAX_MIRRORS: usize = 16;
 /// Compiled-size limit per regex, so a hostile pattern cannot blow up memory.
 pub const MAX_REGEX_COMPILED_BYTES: usize = 1 << 20;
 
@@ -380,14 +384,35 @@ impl Validator {
                 .all(|m| matches!(m.path, PathMatch::PathPrefix(_)));
         let mut has_redirect = false;
         let mut has_rewrite = false;
+        let mut cors_filters = 0;
+        let mut mirrors = 0;
         for (i, filter) in rule.filters.iter().enumerate() {
-            self.at(".filters", i, |v| v.filter(filter, all_prefix));
+            self.at(".filters", i, |v| {
+                v.filter(filter, all_prefix);
+                if let Filter::RequestMirror(m) = filter {
+                    mirrors += 1;
+                    if !backends(m.backend.as_str()) {
+                        v.fail(format!("unknown backend {:?}", m.backend));
+                    }
+                }
+            });
             has_redirect |= matches!(filter, Filter::RequestRedirect(_));
             has_rewrite |= matches!(filter, Filter::UrlRewrite(_));
+            cors_filters += usize::from(matches!(filter, Filter::Cors(_)));
         }
         if has_redirect && has_rewrite {
             self.within(Segment::Field(".filters"), |v| {
                 v.fail("RequestRedirect and URLRewrite cannot be combined")
+            });
+        }
+        if mirrors > MAX_MIRRORS {
+            self.within(Segment::Field(".filters"), |v| {
+                v.fail(format!("more than {MAX_MIRRORS} RequestMirror filters"))
+            });
+        }
+        if cors_filters > 1 {
+            self.within(Segment::Field(".filters"), |v| {
+                v.fail("a rule has at most one CORS filter")
             });
         }
         let mut total: u64 = 0;
@@ -493,6 +518,56 @@ impl Validator {
                     self.path_modifier(path, all_prefix);
                 }
             }
+            Filter::Cors(c) => self.cors(c),
+            Filter::RequestMirror(m) => {
+                if m.denominator == 0 || m.numerator > m.denominator {
+                    self.fail(format!(
+                        "mirror share {}/{} is not a fraction between 0 and 1",
+                        m.numerator, m.denominator
+                    ));
+                }
+            }
+        }
+    }
+
+    fn cors(&mut self, c: &Cors) {
+        self.within(Segment::Field(".allow_origins"), |v| {
+            if c.allow_origins.len() > MAX_CORS_LIST {
+                v.fail(format!("more than {MAX_CORS_LIST} origins"));
+            }
+            if c.allow_origins.len() > 1 && c.allow_origins.iter().any(|o| o == "*") {
+                v.fail("\"*\" cannot be combined with other origins");
+            }
+            for origin in &c.allow_origins {
+                if let Err(e) = crate::cors::OriginPattern::parse(origin) {
+                    v.fail(e);
+                }
+            }
+        });
+        for (field, list) in [
+            (".allow_methods", &c.allow_methods),
+            (".allow_headers", &c.allow_headers),
+            (".expose_headers", &c.expose_headers),
+        ] {
+            self.within(Segment::Field(field), |v| {
+                if list.len() > MAX_CORS_LIST {
+                    v.fail(format!("more than {MAX_CORS_LIST} entries"));
+                }
+                if list.len() > 1 && list.iter().any(|m| m == "*") {
+                    v.fail("\"*\" cannot be combined with other entries");
+                }
+                // Each entry is written into a response header: tokens only.
+                for entry in list {
+                    if !is_token(entry) {
+                        v.fail(format!("{entry:?} is not a method or header name"));
+                    }
+                }
+            });
+        }
+        if c.max_age_seconds == 0 {
+            self.within(Segment::Field(".max_age_seconds"), |v| {
+                v.fail("must be at least 1")
+            });
         }
     }
 

@@ -67,6 +67,20 @@ pub struct CoreCounters {
     pub tls_handshake_errors: Cell<u64>,
     pub invalid_requests: Cell<u64>,
     pub panics: Cell<u64>,
+    /// Shared with the core's detached mirror tasks.
+    pub mirrors: Rc<MirrorCounters>,
+}
+
+/// Copies sent by RequestMirror filters on one core.
+#[derive(Debug, Default)]
+pub struct MirrorCounters {
+    pub in_flight: Cell<u64>,
+    /// Copies whose backend answered (the answer itself is dropped).
+    pub completed: Cell<u64>,
+    /// Copies that could not be delivered: connect, write or read failed or timed out.
+    pub failed: Cell<u64>,
+    /// Copies never sent: too many in flight, a body over the copy limit, no endpoint.
+    pub skipped: Cell<u64>,
 }
 
 impl CoreCounters {
@@ -99,6 +113,12 @@ impl CoreCounters {
             tls_handshake_errors: self.tls_handshake_errors.get(),
             invalid_requests: self.invalid_requests.get(),
             panics: self.panics.get(),
+            mirrors: [
+                self.mirrors.completed.get(),
+                self.mirrors.failed.get(),
+                self.mirrors.skipped.get(),
+                self.mirrors.in_flight.get(),
+            ],
         }
     }
 }
@@ -119,6 +139,8 @@ pub struct CoreStats {
     pub tls_handshake_errors: u64,
     pub invalid_requests: u64,
     pub panics: u64,
+    /// Mirror copies completed, failed, skipped, and in flight now.
+    pub mirrors: [u64; 4],
 }
 
 /// Figures the control thread owns.
@@ -215,7 +237,26 @@ pub fn render(control: &ControlStats, cores: &[CoreStats]) -> String {
             kind.label()
         );
     }
+    header(
+        &mut out,
+        "portcullis_mirror_requests_total",
+        "counter",
+        "Request copies made by RequestMirror filters, by outcome.",
+    );
+    for (i, outcome) in ["completed", "failed", "skipped"].iter().enumerate() {
+        let total: u64 = cores.iter().map(|c| c.mirrors[i]).sum();
+        let _ = writeln!(
+            out,
+            "portcullis_mirror_requests_total{{outcome=\"{outcome}\"}} {total}"
+        );
+    }
     let simple = [
+        (
+            "portcullis_mirror_requests_in_flight",
+            "gauge",
+            "Request copies sent and not yet answered.",
+            sum(|c| c.mirrors[3]),
+        ),
         (
             "portcullis_active_connections",
             "gauge",

@@ -93,6 +93,8 @@ struct Decision {
     backends: Option<Vec<String>>,
     /// Endpoints of the single backend.
     endpoints: Option<Vec<String>>,
+    /// "backend numerator/denominator" for each RequestMirror filter of the rule, in order.
+    mirrors: Option<Vec<String>>,
 }
 
 #[test]
@@ -515,6 +517,21 @@ fn check_request(
         problems.push(format!(
             "{what}: backends {shares:?} (expected {backends:?})"
         ));
+    }
+    if let Some(mirrors) = &expect.mirrors {
+        let actual: Vec<String> = rule
+            .mirrors
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {}/{}",
+                    snapshot.backends[m.backend as usize].name, m.numerator, m.denominator
+                )
+            })
+            .collect();
+        if &actual != mirrors {
+            problems.push(format!("{what}: mirrors {actual:?} (expected {mirrors:?})"));
+        }
     }
     if let Some(endpoints) = &expect.endpoints {
         let actual: Vec<String> = rule

@@ -174,6 +174,38 @@ fn configs_without_stream_routes_serialize_without_the_new_fields() {
     );
 }
 
+fn cors(edit: fn(&mut Cors)) -> Filter {
+    let mut filter = Cors {
+        allow_origins: vec!["https://*.example.com".into()],
+        allow_methods: vec!["GET".into()],
+        allow_headers: vec!["*".into()],
+        expose_headers: vec![],
+        allow_credentials: true,
+        max_age_seconds: DEFAULT_CORS_MAX_AGE_SECONDS,
+    };
+    edit(&mut filter);
+    Filter::Cors(filter)
+}
+
+fn mirror(backend: &str, numerator: u32, denominator: u32) -> Filter {
+    Filter::RequestMirror(RequestMirror {
+        backend: backend.into(),
+        numerator,
+        denominator,
+    })
+}
+
+#[test]
+fn cors_and_mirror_filters_validate() {
+    let mut config = base();
+    rule(&mut config).filters = vec![
+        cors(|_| {}),
+        mirror("default/web:80", 20, 100),
+        mirror("default/web:80", 0, 1),
+    ];
+    assert_eq!(validate(&config), Ok(()));
+}
+
 fn rule(config: &mut CompiledConfig) -> &mut RouteRule {
     &mut config.ports[0].listeners[0].routes[0].rules[0]
 }
@@ -370,6 +402,59 @@ fn invalid_configs_are_reported_with_their_path() {
                 }
             },
             "ports[0].listeners[0].routes[0].rules[0].timeouts",
+        ),
+        (
+            "CORS origin without a scheme",
+            |c| rule(c).filters = vec![cors(|f| f.allow_origins = vec!["a.example".into()])],
+            "ports[0].listeners[0].routes[0].rules[0].filters[0].allow_origins",
+        ),
+        (
+            "CORS star among other origins",
+            |c| {
+                rule(c).filters = vec![cors(|f| {
+                    f.allow_origins = vec!["*".into(), "https://a.example".into()]
+                })]
+            },
+            "ports[0].listeners[0].routes[0].rules[0].filters[0].allow_origins",
+        ),
+        (
+            "CORS header name that would break the response head",
+            |c| {
+                rule(c).filters = vec![cors(|f| {
+                    f.expose_headers = vec!["x-a\r\nset-cookie: x=1".into()]
+                })]
+            },
+            "ports[0].listeners[0].routes[0].rules[0].filters[0].expose_headers",
+        ),
+        (
+            "CORS max age zero",
+            |c| rule(c).filters = vec![cors(|f| f.max_age_seconds = 0)],
+            "ports[0].listeners[0].routes[0].rules[0].filters[0].max_age_seconds",
+        ),
+        (
+            "two CORS filters",
+            |c| rule(c).filters = vec![cors(|_| {}), cors(|_| {})],
+            "ports[0].listeners[0].routes[0].rules[0].filters",
+        ),
+        (
+            "mirror to an unknown backend",
+            |c| rule(c).filters = vec![mirror("default/nope:80", 1, 2)],
+            "ports[0].listeners[0].routes[0].rules[0].filters[0]",
+        ),
+        (
+            "mirror share above one",
+            |c| rule(c).filters = vec![mirror("default/web:80", 3, 2)],
+            "ports[0].listeners[0].routes[0].rules[0].filters[0]",
+        ),
+        (
+            "mirror share over zero",
+            |c| rule(c).filters = vec![mirror("default/web:80", 0, 0)],
+            "ports[0].listeners[0].routes[0].rules[0].filters[0]",
+        ),
+        (
+            "mirror on a backend",
+            |c| rule(c).backends[0].filters = vec![mirror("default/web:80", 1, 1)],
+            "ports[0].listeners[0].routes[0].rules[0].backends[0].filters[0]",
         ),
     ];
     for (name, breaker, path) in cases {

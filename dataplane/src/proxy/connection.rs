@@ -22,11 +22,13 @@ use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::io::{IDLE_READ_CHUNK, RecvBuf, Transport, send};
 use crate::metrics::{RouteCounters, UpstreamError, increment};
 use crate::proxy::min_rate::MinRate;
+use crate::proxy::mirror::MirrorRequest;
 use crate::proxy::redirect::{self, Origin};
 use crate::proxy::serialize::{
     self, HeaderEdits, OutFraming, Persistence, UpstreamRequest, client_framing,
 };
 use crate::proxy::upstream::UpstreamConn;
+use crate::route::cors::{CorsPolicy, CorsReply, CorsRequest};
 use crate::route::host::{MAX_HOST_LEN, normalize};
 use crate::route::matcher::RequestView;
 use crate::route::table::{BackendShare, CompiledRule, HeaderOps};
@@ -70,6 +72,11 @@ struct Downstream {
     out: Vec<u8>,
     scratch: Vec<u8>,
     log_line: Vec<u8>,
+    /// The Origin (and, for a preflight, what it asks for) of a request whose rule has a
+    /// CORS filter that allows it.
+    cors: CorsRequest,
+    /// Copies of the current request for the rule's RequestMirror filters, until sent.
+    mirror: Option<Box<MirrorRequest>>,
     served: u64,
 }
 
@@ -107,7 +114,7 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
                     &mut io,
                     &mut conn.out,
                     408,
-                    &[],
+                    None,
                     Persistence::Close,
                     Version::Http11,
                     false,
@@ -122,7 +129,7 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
                     &mut io,
                     &mut conn.out,
                     error.status(),
-                    &[],
+                    None,
                     Persistence::Close,
                     Version::Http11,
                     false,
@@ -205,6 +212,7 @@ async fn read_head<T: Transport>(
             }
             shrink_when_idle(&mut conn.out);
             shrink_when_idle(&mut conn.scratch);
+            conn.cors.shrink_when_idle(IDLE_READ_CHUNK);
             let read = future::or(
                 async { Some(wait_for_next_request(io, conn, limit, wait).await) },
                 async {
@@ -271,18 +279,41 @@ enum Plan<'s> {
     Local {
         status: u16,
         counters: &'s RouteCounters,
+        /// The rule's CORS filter, when it allows the request's origin.
+        cors: Option<&'s CorsPolicy>,
+    },
+    /// A CORS preflight from an allowed origin, answered here.
+    Preflight {
+        counters: &'s RouteCounters,
+        cors: &'s CorsPolicy,
+        response_headers: &'s HeaderOps,
     },
     Redirect {
         status: u16,
         counters: &'s RouteCounters,
-        edits: HeaderEdits<'s>,
+        rule_headers: &'s HeaderOps,
+        cors: Option<&'s CorsPolicy>,
     },
     Forward {
         rule: &'s CompiledRule,
         share: &'s BackendShare,
         endpoint: SocketAddr,
         counters: &'s RouteCounters,
+        cors: Option<&'s CorsPolicy>,
     },
+}
+
+/// The CORS headers for a response to `request`, when its rule's filter allowed it.
+fn cors_reply<'a>(
+    policy: Option<&'a CorsPolicy>,
+    request: &'a CorsRequest,
+    preflight: bool,
+) -> Option<CorsReply<'a>> {
+    policy.map(|policy| CorsReply {
+        policy,
+        request,
+        preflight,
+    })
 }
 
 static NO_EDITS: HeaderOps = HeaderOps {
@@ -315,29 +346,48 @@ async fn handle<T: Transport>(
     }
 
     let (status, next) = match plan {
-        Plan::Local { status, counters } => {
-            conn.rx.consume(head_len);
-            let consumed = discard_body(io, &mut conn.rx, &conn.head, settings).await;
-            keep_alive &= consumed;
-            let persistence = persistence(keep_alive);
-            let sent = reply_local(
-                io,
-                &mut conn.out,
+        Plan::Local {
+            status,
+            counters,
+            cors,
+        } => {
+            let answer = LocalAnswer {
                 status,
-                &[],
-                persistence,
-                client_version,
+                rule_headers: &NO_EDITS,
+                cors,
+                preflight: false,
                 head_request,
-            )
-            .await;
+            };
+            let (sent, consumed) =
+                answer_locally(io, conn, answer, &mut keep_alive, settings).await;
             counters.record(status);
             (status, after_local(sent, keep_alive, consumed))
+        }
+        Plan::Preflight {
+            counters,
+            cors,
+            response_headers,
+        } => {
+            let answer = LocalAnswer {
+                status: 204,
+                rule_headers: response_headers,
+                cors: Some(cors),
+                preflight: true,
+                head_request,
+            };
+            let (sent, consumed) =
+                answer_locally(io, conn, answer, &mut keep_alive, settings).await;
+            counters.record(204);
+            (204, after_local(sent, keep_alive, consumed))
         }
         Plan::Redirect {
             status,
             counters,
-            edits,
+            rule_headers,
+            cors,
         } => {
+            let mut edits = HeaderEdits::new(rule_headers, &NO_EDITS);
+            edits.cors = cors_reply(cors, &conn.cors, false);
             // The Location was written to `scratch` while planning.
             conn.rx.consume(head_len);
             let consumed = discard_body(io, &mut conn.rx, &conn.head, settings).await;
@@ -362,12 +412,14 @@ async fn handle<T: Transport>(
             share,
             endpoint,
             counters,
+            cors,
         } => {
             let exchange = Exchange {
                 shard,
                 settings,
                 rule,
                 share,
+                cors,
                 endpoint,
                 keep_alive,
                 head_request,
@@ -410,6 +462,7 @@ fn plan<'s>(
     info: &ConnInfo,
 ) -> Plan<'s> {
     let snapshot = &installed.snapshot;
+    conn.mirror = None;
     let buf = conn.rx.data();
     let head = &conn.head;
     let mut host_buf = [0u8; MAX_HOST_LEN + 1];
@@ -419,6 +472,7 @@ fn plan<'s>(
         return Plan::Local {
             status: 404,
             counters: &installed.unmatched,
+            cors: None,
         };
     };
     let view = RequestView {
@@ -432,10 +486,44 @@ fn plan<'s>(
         return Plan::Local {
             status: 404,
             counters: &installed.stats[listener.no_route_stat_slot as usize],
+            cors: None,
         };
     };
     let rule = found.rule;
     let counters = &*installed.stats[rule.stat_slot as usize];
+    let mut cors = None;
+    if let Some(policy) = rule.cors.as_deref()
+        && let Some(request_origin) = head.header(buf, "origin")
+    {
+        let requested_method = head.header(buf, "access-control-request-method");
+        let allowed = policy.allows(request_origin);
+        match requested_method {
+            // A preflight never reaches the backend: the filter owns the answer.
+            Some(method) if view.method == b"OPTIONS" => {
+                if !allowed {
+                    return Plan::Local {
+                        status: 403,
+                        counters,
+                        cors: None,
+                    };
+                }
+                let requested_headers = head
+                    .header(buf, "access-control-request-headers")
+                    .unwrap_or_default();
+                conn.cors.capture(request_origin, method, requested_headers);
+                return Plan::Preflight {
+                    counters,
+                    cors: policy,
+                    response_headers: &rule.response_headers,
+                };
+            }
+            _ if allowed => {
+                conn.cors.capture(request_origin, b"", b"");
+                cors = Some(policy);
+            }
+            _ => {}
+        }
+    }
     if let Some(redirect_filter) = &rule.redirect {
         let origin = Origin {
             scheme: info.scheme(),
@@ -449,15 +537,14 @@ fn plan<'s>(
         return Plan::Redirect {
             status: redirect_filter.status,
             counters,
-            edits: HeaderEdits {
-                rule: &rule.response_headers,
-                backend: &NO_EDITS,
-            },
+            rule_headers: &rule.response_headers,
+            cors,
         };
     }
     let server_error = |counters| Plan::Local {
         status: 500,
         counters,
+        cors,
     };
     let Some(share) = rule.backends.pick(shard.random()) else {
         return server_error(counters);
@@ -470,6 +557,7 @@ fn plan<'s>(
         return Plan::Local {
             status: 503,
             counters,
+            cors,
         };
     };
 
@@ -486,34 +574,77 @@ fn plan<'s>(
     let request = UpstreamRequest {
         path: rewrite_path.map(|_| rewritten_path.as_slice()),
         host: rule.rewrite.as_ref().and_then(|r| r.hostname.as_deref()),
-        edits: HeaderEdits {
-            rule: &rule.request_headers,
-            backend: &share.request_headers,
-        },
+        edits: HeaderEdits::new(&rule.request_headers, &share.request_headers),
         peer: info.peer,
         tls: info.tls,
         endpoint,
     };
     serialize::upstream_request(&mut conn.out, buf, head, &request);
     conn.scratch = rewritten_path;
+    // An upgraded connection becomes a tunnel, which cannot be copied.
+    if !rule.mirrors.is_empty() && !head.upgrade {
+        conn.mirror =
+            MirrorRequest::prepare(shard, installed, &rule.mirrors, &conn.out).map(Box::new);
+    }
     Plan::Forward {
         rule,
         share,
         endpoint,
         counters,
+        cors,
     }
+}
+
+/// A response the proxy makes up for a routed request.
+struct LocalAnswer<'a> {
+    status: u16,
+    rule_headers: &'a HeaderOps,
+    /// The rule's CORS filter, when it allows the request's origin.
+    cors: Option<&'a CorsPolicy>,
+    preflight: bool,
+    head_request: bool,
+}
+
+/// Drops the request's body (up to a cap) and sends `answer`. Returns whether the answer
+/// went out and whether the body was fully read.
+async fn answer_locally<T: Transport>(
+    io: &mut T,
+    conn: &mut Downstream,
+    answer: LocalAnswer<'_>,
+    keep_alive: &mut bool,
+    settings: &ProxySettings,
+) -> (bool, bool) {
+    conn.rx.consume(conn.head.head_len);
+    let consumed = discard_body(io, &mut conn.rx, &conn.head, settings).await;
+    *keep_alive &= consumed;
+    let edits = cors_reply(answer.cors, &conn.cors, answer.preflight).map(|cors| HeaderEdits {
+        rule: answer.rule_headers,
+        backend: &NO_EDITS,
+        cors: Some(cors),
+    });
+    let sent = reply_local(
+        io,
+        &mut conn.out,
+        answer.status,
+        edits,
+        persistence(*keep_alive),
+        conn.head.version,
+        answer.head_request,
+    )
+    .await;
+    (sent, consumed)
 }
 
 async fn reply_local<T: Transport>(
     io: &mut T,
     out: &mut Vec<u8>,
     status: u16,
-    extra: &[(&[u8], &[u8])],
+    edits: Option<HeaderEdits<'_>>,
     persistence: Persistence,
     client: Version,
     head_request: bool,
 ) -> bool {
-    serialize::local_response(out, status, extra, None, persistence, client, head_request);
+    serialize::local_response(out, status, &[], edits, persistence, client, head_request);
     send(io, out).await.is_ok()
 }
 
@@ -597,10 +728,18 @@ struct Exchange<'a> {
     settings: &'a ProxySettings,
     rule: &'a CompiledRule,
     share: &'a BackendShare,
+    cors: Option<&'a CorsPolicy>,
     endpoint: SocketAddr,
     keep_alive: bool,
     head_request: bool,
     deadline: Option<Instant>,
+}
+
+/// Where a request body streams from, and who else gets a copy of it.
+struct BodyStream<'a> {
+    rx: &'a mut RecvBuf,
+    scratch: &'a mut Vec<u8>,
+    mirror: &'a mut Option<Box<MirrorRequest>>,
 }
 
 /// Why an exchange failed before a response head reached the client.
@@ -612,6 +751,16 @@ enum Failure {
 }
 
 impl Exchange<'_> {
+    /// Header edits for an error the proxy answers itself: only the CORS headers, so a
+    /// browser lets the page see the error.
+    fn error_edits<'r>(&'r self, request: &'r CorsRequest) -> Option<HeaderEdits<'r>> {
+        cors_reply(self.cors, request, false).map(|cors| HeaderEdits {
+            rule: &NO_EDITS,
+            backend: &NO_EDITS,
+            cors: Some(cors),
+        })
+    }
+
     async fn run<T: Transport>(&self, io: &mut T, conn: &mut Downstream) -> (u16, Next) {
         let head_len = conn.head.head_len;
         let framing = conn.head.framing;
@@ -654,6 +803,7 @@ impl Exchange<'_> {
         let edits = HeaderEdits {
             rule: &self.rule.response_headers,
             backend: &self.share.response_headers,
+            cors: cors_reply(self.cors, &conn.cors, false),
         };
         if status == 101 {
             serialize::client_response(
@@ -753,10 +903,16 @@ impl Exchange<'_> {
         let idle_timeout = Duration::from_millis(self.settings.upstream_idle_timeout_ms);
         let mut framing = conn.head.framing;
         let body_started = !conn.rx.is_empty();
+        if framing == RequestFraming::None {
+            self.launch_mirrors(&mut conn.mirror);
+        }
         if let RequestFraming::Length(n) = framing {
             // Body bytes that came with the head travel in the same write.
             let take = (n as usize).min(conn.rx.len()).min(COALESCE_BYTES);
             conn.out.extend_from_slice(&conn.rx.data()[..take]);
+            if let Some(mirror) = &mut conn.mirror {
+                mirror.tee(&conn.rx.data()[..take]);
+            }
             conn.rx.consume(take);
             framing = match n - take as u64 {
                 0 => RequestFraming::None,
@@ -782,10 +938,24 @@ impl Exchange<'_> {
             {
                 return Err(Failure::ClientGone);
             }
-            self.stream_request_body(io, &mut conn.rx, &mut upstream, framing, &mut conn.scratch)
+            let body = BodyStream {
+                rx: &mut conn.rx,
+                scratch: &mut conn.scratch,
+                mirror: &mut conn.mirror,
+            };
+            self.stream_request_body(io, body, &mut upstream, framing)
                 .await?;
         }
+        // With a body, the copies leave once all of it is in.
+        self.launch_mirrors(&mut conn.mirror);
         Ok(upstream)
+    }
+
+    fn launch_mirrors(&self, mirror: &mut Option<Box<MirrorRequest>>) {
+        if let Some(mirror) = mirror.take() {
+            let connect_timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
+            mirror.launch(&self.shard.counters.mirrors, connect_timeout);
+        }
     }
 
     async fn connect(&self) -> Result<UpstreamConn, Failure> {
@@ -807,11 +977,15 @@ impl Exchange<'_> {
     async fn stream_request_body<T: Transport>(
         &self,
         io: &mut T,
-        rx: &mut RecvBuf,
+        body: BodyStream<'_>,
         upstream: &mut UpstreamConn,
         framing: RequestFraming,
-        scratch: &mut Vec<u8>,
     ) -> Result<(), Failure> {
+        let BodyStream {
+            rx,
+            scratch,
+            mirror,
+        } = body;
         let mut rate = MinRate::start(self.settings, Instant::now());
         upstream
             .stream
@@ -828,6 +1002,9 @@ impl Exchange<'_> {
                     }
                     let take = (rx.len() as u64).min(remaining) as usize;
                     upstream_write(self.shard, &mut upstream.stream, &rx.data()[..take]).await?;
+                    if let Some(mirror) = mirror.as_mut() {
+                        mirror.tee(&rx.data()[..take]);
+                    }
                     rx.consume(take);
                     remaining -= take as u64;
                 }
@@ -849,11 +1026,17 @@ impl Exchange<'_> {
                             scratch.extend_from_slice(&rx.data()[start..end]);
                             scratch.extend_from_slice(b"\r\n");
                             upstream_write(self.shard, &mut upstream.stream, scratch).await?;
+                            if let Some(mirror) = mirror.as_mut() {
+                                mirror.tee(scratch);
+                            }
                         }
                         Decoded::Done => {
                             rx.consume(consumed);
                             upstream_write(self.shard, &mut upstream.stream, chunked::LAST_CHUNK)
                                 .await?;
+                            if let Some(mirror) = mirror.as_mut() {
+                                mirror.tee(chunked::LAST_CHUNK);
+                            }
                             return Ok(());
                         }
                         Decoded::NeedMore => {}
@@ -1031,7 +1214,7 @@ impl Exchange<'_> {
                     io,
                     &mut conn.out,
                     status,
-                    &[],
+                    self.error_edits(&conn.cors),
                     persistence(keep_alive),
                     conn.head.version,
                     self.head_request,

@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod min_rate;
+pub mod mirror;
 pub mod redirect;
 pub mod serialize;
 pub mod upstream;

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use crate::http::request::RequestHead;
 use crate::http::response::{ResponseFraming, ResponseHead};
 use crate::http::{HeaderKind, HeaderSpan, Version, reason_phrase};
+use crate::route::cors::CorsReply;
 use crate::route::table::{HeaderAction, HeaderOps};
 
 /// How the proxy frames the body it sends on.
@@ -20,17 +21,31 @@ pub enum OutFraming {
     UntilClose,
 }
 
-/// Header edits applied in order: the rule's filter, then the chosen backend's.
+/// Header edits applied in order: the rule's filter, then the chosen backend's, then (on
+/// responses to an allowed cross-origin request) the CORS headers.
 #[derive(Clone, Copy)]
 pub struct HeaderEdits<'a> {
     pub rule: &'a HeaderOps,
     pub backend: &'a HeaderOps,
+    pub cors: Option<CorsReply<'a>>,
 }
 
+/// Marks, in `appended`, that `Origin` went into an existing `Vary` header.
+const VARY_APPENDED: u32 = u32::MAX;
+
 impl<'a> HeaderEdits<'a> {
+    pub fn new(rule: &'a HeaderOps, backend: &'a HeaderOps) -> Self {
+        HeaderEdits {
+            rule,
+            backend,
+            cors: None,
+        }
+    }
+
     fn drops(&self, name: &[u8]) -> bool {
         self.rule.action(name) == HeaderAction::Drop
             || self.backend.action(name) == HeaderAction::Drop
+            || self.cors.is_some_and(|cors| cors.owns(name))
     }
 
     /// Writes an existing header with `add` values appended, or nothing if a filter drops it.
@@ -47,6 +62,14 @@ impl<'a> HeaderEdits<'a> {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
+        if let Some(cors) = self.cors
+            && cors.varies_by_origin()
+            && name.eq_ignore_ascii_case(b"vary")
+            && !appended.contains(&VARY_APPENDED)
+        {
+            out.extend_from_slice(b", Origin");
+            appended.push(VARY_APPENDED);
+        }
         let lower_matches = |op_lower: &[u8]| op_lower.eq_ignore_ascii_case(name);
         for (i, op) in self
             .rule
@@ -67,7 +90,10 @@ impl<'a> HeaderEdits<'a> {
     /// Writes `set` values, and `add` values whose header did not exist. Names in `written`
     /// were already written by the proxy itself and are left alone.
     fn write_new(&self, out: &mut Vec<u8>, appended: &[u32], written: &[&[u8]]) {
-        let free = |lower: &[u8]| !written.iter().any(|w| w.eq_ignore_ascii_case(lower));
+        let free = |lower: &[u8]| {
+            !written.iter().any(|w| w.eq_ignore_ascii_case(lower))
+                && !self.cors.is_some_and(|cors| cors.owns(lower))
+        };
         for op in &self.rule.set {
             // A backend filter that sets or removes the same header wins over the rule's.
             if self.backend.action(&op.lower) == HeaderAction::Keep && free(&op.lower) {
@@ -82,6 +108,9 @@ impl<'a> HeaderEdits<'a> {
             if !appended.contains(&(i as u32)) && !self.drops(&op.lower) && free(&op.lower) {
                 write_header(out, &op.name, &op.value);
             }
+        }
+        if let Some(cors) = self.cors {
+            cors.write(out, appended.contains(&VARY_APPENDED));
         }
     }
 

@@ -5,6 +5,7 @@
 //! so cores read it without locks; per-core mutable state (round-robin cursors, counters,
 //! TLS configs) lives in the core, not here.
 
+pub mod cors;
 pub mod host;
 pub mod matcher;
 pub mod stream_route;

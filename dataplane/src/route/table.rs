@@ -20,6 +20,7 @@ use portcullis_api::config::{
     WeightedBackend,
 };
 
+use super::cors::CorsPolicy;
 use super::host::HostPattern;
 use super::matcher::{CompiledMatch, PathMatcher, RequestView, prefix_matches};
 use super::stream_route::StreamRouteTable;
@@ -202,9 +203,28 @@ pub struct CompiledRule {
     pub response_headers: HeaderOps,
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
+    pub cors: Option<Box<CorsPolicy>>,
+    pub mirrors: Vec<MirrorTarget>,
     pub backends: BackendChoice,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+}
+
+/// A RequestMirror filter: copies numerator / denominator of the rule's requests to the
+/// backend at index `backend`.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorTarget {
+    pub backend: u32,
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl MirrorTarget {
+    /// Whether the request drawn as `random` is copied.
+    pub fn samples(&self, random: u64) -> bool {
+        self.numerator >= self.denominator
+            || random % u64::from(self.denominator.max(1)) < u64::from(self.numerator)
+    }
 }
 
 /// The rules for one host group, indexed by path.
@@ -453,6 +473,8 @@ fn compile_rule(
         response_headers: HeaderOps::default(),
         redirect: None,
         rewrite: None,
+        cors: None,
+        mirrors: Vec::new(),
         backends: BackendChoice::default(),
         request_timeout: rule
             .timeouts
@@ -488,6 +510,14 @@ fn compile_rule(
                     path: r.path.as_ref().map(PathRewrite::compile),
                 })
             }
+            Filter::Cors(c) => compiled.cors = Some(Box::new(CorsPolicy::compile(c)?)),
+            Filter::RequestMirror(m) => compiled.mirrors.push(MirrorTarget {
+                backend: *backend_index
+                    .get(m.backend.as_str())
+                    .ok_or_else(|| format!("unknown backend {:?}", m.backend))?,
+                numerator: m.numerator,
+                denominator: m.denominator,
+            }),
         }
     }
     compiled.backends = backend_choice(&rule.backends, backend_index)?;

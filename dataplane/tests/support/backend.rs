@@ -8,6 +8,7 @@
 //! - `/bytes/N`: a Content-Length response of N bytes.
 //! - `/events/N/MS`: a chunked stream of N events (`data: i`), one every MS milliseconds.
 //! - `/ws`: answer an Upgrade with 101 and then echo raw bytes.
+//! - `/own-cors`: an empty 200 with its own `access-control-allow-origin` and `vary`.
 //! - anything else: JSON `{"backend", "method", "path", "headers", "body_len", "body"}`.
 //!
 //! Every response carries `x-backend: <name>` and `x-connection: <n>` (which upstream
@@ -191,6 +192,13 @@ fn serve_connection(
                 if !no_body {
                     writer.write_all(body.as_bytes())?;
                 }
+            }
+            Some("own-cors") => {
+                write!(
+                    writer,
+                    "HTTP/1.1 200 OK\r\n{common}access-control-allow-origin: https://backend.example\r\n\
+                     vary: Accept-Encoding\r\ncontent-length: 0\r\n\r\n"
+                )?;
             }
             Some("chunked") => {
                 let n = number(1).unwrap_or(10) as usize;

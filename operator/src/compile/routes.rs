@@ -11,9 +11,9 @@ use std::rc::Rc;
 
 use kube::ResourceExt;
 use portcullis_api::config::{
-    Backend, BackendTarget, Filter, HeaderMatch, HeaderModifier, HeaderValue, PathMatch,
-    PathModifier, QueryParamMatch, RequestRedirect, RouteMatch, RouteRule, RuleTimeouts,
-    StringMatch, UrlRewrite, WeightedBackend,
+    Backend, BackendTarget, Cors, DEFAULT_CORS_MAX_AGE_SECONDS, Filter, HeaderMatch,
+    HeaderModifier, HeaderValue, PathMatch, PathModifier, QueryParamMatch, RequestMirror,
+    RequestRedirect, RouteMatch, RouteRule, RuleTimeouts, StringMatch, UrlRewrite, WeightedBackend,
 };
 use portcullis_api::gateway_api::httproute::*;
 use portcullis_api::validate::validate_rule;
@@ -341,6 +341,26 @@ pub fn translate(index: &Index<'_>, route: &HttpRoute) -> TranslatedRoute {
     out
 }
 
+/// The share of requests a RequestMirror copies, as numerator / denominator.
+fn mirror_share(m: &HttpRouteRulesFiltersRequestMirror) -> Result<(u32, u32), Problem> {
+    let (numerator, denominator) = match (m.percent, &m.fraction) {
+        (Some(_), Some(_)) => {
+            return Err(unsupported(
+                "a RequestMirror sets either percent or fraction, not both",
+            ));
+        }
+        (Some(percent), None) => (percent, 100),
+        (None, Some(fraction)) => (fraction.numerator, fraction.denominator.unwrap_or(100)),
+        (None, None) => (100, 100),
+    };
+    match (u32::try_from(numerator), u32::try_from(denominator)) {
+        (Ok(n), Ok(d)) if d > 0 && n <= d => Ok((n, d)),
+        _ => Err(unsupported(format!(
+            "RequestMirror share {numerator}/{denominator} is not between 0 and 1"
+        ))),
+    }
+}
+
 fn translate_rule(
     index: &Index<'_>,
     referrer: &Referrer<'_>,
@@ -432,10 +452,49 @@ fn translate_rule(
                 extension_ref = Some(name.unwrap_or_default());
             }
             HttpRouteRulesFiltersType::RequestMirror => {
-                return Err(unsupported("the RequestMirror filter is not supported"));
+                let m = filter
+                    .request_mirror
+                    .as_ref()
+                    .ok_or_else(missing("requestMirror"))?;
+                let (numerator, denominator) = mirror_share(m)?;
+                let reference = &m.backend_ref;
+                let resolved = backends::resolve(
+                    index,
+                    referrer,
+                    BackendRef {
+                        group: reference.group.as_deref(),
+                        kind: reference.kind.as_deref(),
+                        name: &reference.name,
+                        namespace: reference.namespace.as_deref(),
+                        port: reference.port,
+                    },
+                );
+                // A mirror that does not resolve is left out (and reported in ResolvedRefs);
+                // the rule keeps serving.
+                if let BackendTarget::Backend(backend) = out.target(resolved) {
+                    filters.push(Filter::RequestMirror(RequestMirror {
+                        backend,
+                        numerator,
+                        denominator,
+                    }));
+                }
             }
             HttpRouteRulesFiltersType::Cors => {
-                return Err(unsupported("the CORS filter is not supported"));
+                let c = filter.cors.as_ref().ok_or_else(missing("cors"))?;
+                filters.push(Filter::Cors(Cors {
+                    allow_origins: c.allow_origins.clone().unwrap_or_default(),
+                    allow_methods: c.allow_methods.clone().unwrap_or_default(),
+                    allow_headers: c.allow_headers.clone().unwrap_or_default(),
+                    expose_headers: c.expose_headers.clone().unwrap_or_default(),
+                    allow_credentials: c.allow_credentials.unwrap_or(false),
+                    max_age_seconds: match c.max_age {
+                        Some(seconds) => u32::try_from(seconds)
+                            .ok()
+                            .filter(|s| *s > 0)
+                            .ok_or_else(|| unsupported(format!("CORS maxAge {seconds}")))?,
+                        None => DEFAULT_CORS_MAX_AGE_SECONDS,
+                    },
+                }));
             }
         }
     }

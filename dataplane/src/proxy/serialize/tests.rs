@@ -48,10 +48,7 @@ fn request<'a>(edits: HeaderEdits<'a>) -> UpstreamRequest<'a> {
 #[test]
 fn upstream_requests_are_canonical() {
     let none = HeaderOps::default();
-    let edits = HeaderEdits {
-        rule: &none,
-        backend: &none,
-    };
+    let edits = HeaderEdits::new(&none, &none);
     let raw =
         b"POST /a?b=c HTTP/1.1\r\nHost: example.com\r\nX-A: 1\r\nConnection: keep-alive, X-Hop\r\n\
 X-Hop: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\
@@ -68,10 +65,7 @@ forwarded: for=10.1.2.3;proto=http;host=\"example.com\"\r\ncontent-length: 3\r\n
 #[test]
 fn chunked_and_rewritten_requests() {
     let none = HeaderOps::default();
-    let edits = HeaderEdits {
-        rule: &none,
-        backend: &none,
-    };
+    let edits = HeaderEdits::new(&none, &none);
     let raw = b"PUT /old HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n";
     let mut req = request(edits);
     req.path = Some(b"/new");
@@ -100,10 +94,7 @@ fn header_filters_apply_rule_then_backend() {
         &[("X-Add", "b"), ("X-New", "n")],
         &[],
     );
-    let edits = HeaderEdits {
-        rule: &rule,
-        backend: &backend,
-    };
+    let edits = HeaderEdits::new(&rule, &backend);
     let raw = b"GET / HTTP/1.1\r\nHost: h\r\nx-set: old\r\nX-REMOVE: gone\r\nx-add: orig\r\nX-Both: old\r\n\r\n";
     let text = upstream(raw, &request(edits));
     assert!(text.contains("x-add: orig,r,b\r\n"), "{text}");
@@ -121,10 +112,7 @@ fn header_filters_apply_rule_then_backend() {
 #[test]
 fn http10_requests_without_host_use_the_endpoint() {
     let none = HeaderOps::default();
-    let edits = HeaderEdits {
-        rule: &none,
-        backend: &none,
-    };
+    let edits = HeaderEdits::new(&none, &none);
     let text = upstream(b"GET / HTTP/1.0\r\n\r\n", &request(edits));
     assert!(
         text.starts_with("GET / HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"),
@@ -136,10 +124,7 @@ fn http10_requests_without_host_use_the_endpoint() {
 #[test]
 fn ipv6_clients_are_quoted_in_forwarded() {
     let none = HeaderOps::default();
-    let mut req = request(HeaderEdits {
-        rule: &none,
-        backend: &none,
-    });
+    let mut req = request(HeaderEdits::new(&none, &none));
     req.peer = "[2001:db8::1]:443".parse().unwrap();
     let text = upstream(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &req);
     assert!(
@@ -171,10 +156,7 @@ fn client_responses_drop_hop_by_hop_and_reframe() {
 Transfer-Encoding: chunked\r\nX-Kept: k\r\n\r\n";
     let text = client_text(
         raw,
-        HeaderEdits {
-            rule: &add,
-            backend: &none,
-        },
+        HeaderEdits::new(&add, &none),
         OutFraming::Chunked,
         Version::Http11,
         Persistence::KeepAlive,
@@ -186,10 +168,7 @@ Transfer-Encoding: chunked\r\nX-Kept: k\r\n\r\n";
     let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
     let text = client_text(
         raw,
-        HeaderEdits {
-            rule: &none,
-            backend: &none,
-        },
+        HeaderEdits::new(&none, &none),
         OutFraming::Length(5),
         Version::Http10,
         Persistence::KeepAlive,
@@ -200,10 +179,7 @@ Transfer-Encoding: chunked\r\nX-Kept: k\r\n\r\n";
     );
     let text = client_text(
         raw,
-        HeaderEdits {
-            rule: &none,
-            backend: &none,
-        },
+        HeaderEdits::new(&none, &none),
         OutFraming::Length(5),
         Version::Http11,
         Persistence::Close,
@@ -220,10 +196,7 @@ fn bodiless_responses_keep_their_declared_length() {
     let raw = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\nETag: x\r\n\r\n";
     let text = client_text(
         raw,
-        HeaderEdits {
-            rule: &none,
-            backend: &none,
-        },
+        HeaderEdits::new(&none, &none),
         OutFraming::None,
         Version::Http11,
         Persistence::KeepAlive,

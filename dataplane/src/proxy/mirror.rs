@@ -1,0 +1,153 @@
+//! RequestMirror: fire-and-forget copies of a request to other backends.
+//!
+//! A copy is the request as it goes to the primary backend (after the rule's filters), with
+//! `connection: close`, sent on its own connection from a detached task on the same core; its
+//! response is read and dropped. Copies never delay or fail the primary request. A request
+//! without a body is copied as soon as it is routed; a body is collected while it streams to
+//! the primary backend and the copies leave once it is complete. Limits keep mirroring from
+//! costing the core more than a bounded amount: copies in flight per core, body bytes per
+//! copy, and one deadline per copy.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use glommio::spawn_local;
+use glommio::timer::Timer;
+
+use crate::metrics::{MirrorCounters, increment};
+use crate::proxy::upstream::UpstreamConn;
+use crate::route::table::MirrorTarget;
+use crate::shard::{Installed, Shard};
+
+/// Copies in flight on one core; more are skipped (and counted) rather than queued.
+pub const MAX_IN_FLIGHT_PER_CORE: u64 = 1024;
+/// Body bytes a copy carries; a request with a bigger body is not copied.
+pub const MAX_COPY_BODY: usize = 64 * 1024;
+/// From connecting to the end of the copy's response.
+const COPY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The copies of one request, waiting for its body.
+#[derive(Debug)]
+pub struct MirrorRequest {
+    endpoints: Vec<SocketAddr>,
+    /// The head, then the body as it was framed for the primary backend.
+    bytes: Vec<u8>,
+    head_len: usize,
+    too_big: bool,
+}
+
+impl MirrorRequest {
+    /// Draws which of `mirrors` copy this request and picks an endpoint for each. `head` is
+    /// the request head serialized for the primary backend. None when nothing is copied.
+    pub fn prepare(
+        shard: &Shard,
+        installed: &Installed,
+        mirrors: &[MirrorTarget],
+        head: &[u8],
+    ) -> Option<MirrorRequest> {
+        let mut endpoints = Vec::new();
+        for mirror in mirrors {
+            if !mirror.samples(shard.random()) {
+                continue;
+            }
+            match installed.next_endpoint(mirror.backend as usize) {
+                Some(endpoint) => endpoints.push(endpoint),
+                None => increment(&shard.counters.mirrors.skipped),
+            }
+        }
+        if endpoints.is_empty() {
+            return None;
+        }
+        let head = head.strip_suffix(b"\r\n").unwrap_or(head);
+        let mut bytes = Vec::with_capacity(head.len() + 21);
+        bytes.extend_from_slice(head);
+        bytes.extend_from_slice(b"connection: close\r\n\r\n");
+        Some(MirrorRequest {
+            endpoints,
+            head_len: bytes.len(),
+            bytes,
+            too_big: false,
+        })
+    }
+
+    /// Adds body bytes sent to the primary backend.
+    pub fn tee(&mut self, piece: &[u8]) {
+        if self.too_big {
+            return;
+        }
+        if self.bytes.len() - self.head_len + piece.len() > MAX_COPY_BODY {
+            self.too_big = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        self.bytes.extend_from_slice(piece);
+    }
+
+    /// Sends the copies from detached tasks.
+    pub fn launch(self, counters: &Rc<MirrorCounters>, connect_timeout: Duration) {
+        if self.too_big {
+            for _ in &self.endpoints {
+                increment(&counters.skipped);
+            }
+            return;
+        }
+        let bytes: Rc<[u8]> = self.bytes.into();
+        for endpoint in self.endpoints {
+            if counters.in_flight.get() >= MAX_IN_FLIGHT_PER_CORE {
+                increment(&counters.skipped);
+                continue;
+            }
+            increment(&counters.in_flight);
+            spawn_local(copy(
+                endpoint,
+                bytes.clone(),
+                counters.clone(),
+                connect_timeout,
+            ))
+            .detach();
+        }
+    }
+}
+
+async fn copy(
+    endpoint: SocketAddr,
+    bytes: Rc<[u8]>,
+    counters: Rc<MirrorCounters>,
+    connect_timeout: Duration,
+) {
+    let delivered = deliver(endpoint, &bytes, connect_timeout)
+        .or(async {
+            Timer::new(COPY_DEADLINE).await;
+            false
+        })
+        .await;
+    counters
+        .in_flight
+        .set(counters.in_flight.get().saturating_sub(1));
+    increment(if delivered {
+        &counters.completed
+    } else {
+        &counters.failed
+    });
+}
+
+/// Sends `bytes` and reads the answer to its end (the backend closes after it).
+async fn deliver(endpoint: SocketAddr, bytes: &[u8], connect_timeout: Duration) -> bool {
+    let Ok(mut upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
+        return false;
+    };
+    if upstream.stream.write_all(bytes).await.is_err() {
+        return false;
+    }
+    let mut sink = vec![0u8; 4096];
+    let mut answered = false;
+    loop {
+        match upstream.stream.read(&mut sink).await {
+            Ok(0) => return answered,
+            Ok(_) => answered = true,
+            Err(_) => return false,
+        }
+    }
+}
