@@ -13,6 +13,7 @@ use crate::compile::Input;
 const KINDS: &[(&str, &str)] = &[
     ("gateway.networking.k8s.io", "GatewayClass"),
     ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "ListenerSet"),
     ("gateway.networking.k8s.io", "HTTPRoute"),
     ("gateway.networking.k8s.io", "TLSRoute"),
     ("gateway.networking.k8s.io", "TCPRoute"),
@@ -151,6 +152,9 @@ fn add(document: serde_json::Value, source: &str, loaded: &mut Loaded) -> Result
             .gateway_classes
             .push(parse(document, &kind, &name, source)?),
         "Gateway" => input.gateways.push(parse(document, &kind, &name, source)?),
+        "ListenerSet" => input
+            .listener_sets
+            .push(parse(document, &kind, &name, source)?),
         "HTTPRoute" => input
             .http_routes
             .push(parse(document, &kind, &name, source)?),

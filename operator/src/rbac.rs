@@ -30,6 +30,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &[
                 "gatewayclasses",
                 "gateways",
+                "listenersets",
                 "httproutes",
                 "tlsroutes",
                 "tcproutes",
@@ -42,6 +43,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &[
                 "gatewayclasses/status",
                 "gateways/status",
+                "listenersets/status",
                 "httproutes/status",
                 "tlsroutes/status",
                 "tcproutes/status",
@@ -107,6 +109,11 @@ mod tests {
             "get|list|watch",
         ),
         ("gateway.networking.k8s.io", "gateways", "get|list|watch"),
+        (
+            "gateway.networking.k8s.io",
+            "listenersets",
+            "get|list|watch",
+        ),
         ("gateway.networking.k8s.io", "httproutes", "get|list|watch"),
         ("gateway.networking.k8s.io", "tlsroutes", "get|list|watch"),
         ("gateway.networking.k8s.io", "tcproutes", "get|list|watch"),
@@ -123,6 +130,11 @@ mod tests {
         (
             "gateway.networking.k8s.io",
             "gateways/status",
+            "get|patch|update",
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "listenersets/status",
             "get|patch|update",
         ),
         (

@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::compile::conditions::types;
 use crate::compile::{
-    ClassOutput, Condition, GatewayOutput, ObjectKey, Output, ParentRef, RouteOutput, Status,
+    ClassOutput, Condition, GatewayOutput, ListenerOutput, ListenerSetOutput, ObjectKey, Output,
+    ParentRef, RouteOutput, Status,
 };
 use crate::objects::Loaded;
 
@@ -31,6 +32,7 @@ pub enum RowKind {
     GatewayClass,
     Gateway,
     Listener,
+    ListenerSet,
     HttpRoute,
     TlsRoute,
     TcpRoute,
@@ -43,6 +45,7 @@ impl RowKind {
             RowKind::GatewayClass => "GatewayClass",
             RowKind::Gateway => "Gateway",
             RowKind::Listener => "  listener",
+            RowKind::ListenerSet => "ListenerSet",
             RowKind::HttpRoute => "HTTPRoute",
             RowKind::TlsRoute => "TLSRoute",
             RowKind::TcpRoute => "TCPRoute",
@@ -89,7 +92,10 @@ impl Row {
 pub fn is_problem(kind: RowKind, condition: &Condition) -> bool {
     let must_be_true = match condition.type_ {
         types::ACCEPTED | types::RESOLVED_REFS => true,
-        types::PROGRAMMED => matches!(kind, RowKind::Gateway | RowKind::Listener),
+        types::PROGRAMMED => matches!(
+            kind,
+            RowKind::Gateway | RowKind::Listener | RowKind::ListenerSet
+        ),
         _ => false,
     };
     let must_not_be_true = matches!(
@@ -109,6 +115,9 @@ pub fn rows(output: &Output) -> Vec<Row> {
     }
     for (key, gateway) in &output.gateways {
         gateway_rows(key, gateway, &mut rows);
+    }
+    for (key, set) in &output.listener_sets {
+        listener_set_rows(key, set, &mut rows);
     }
     for (key, route) in &output.http_routes {
         route_rows(RowKind::HttpRoute, key, route, &mut rows);
@@ -140,10 +149,25 @@ fn gateway_rows(key: &ObjectKey, gateway: &GatewayOutput, rows: &mut Vec<Row>) {
         conditions: gateway.conditions.clone(),
         extra: String::new(),
     });
-    for listener in &gateway.listeners {
+    listener_rows(&format!("Gateway {key}"), &gateway.listeners, rows);
+}
+
+fn listener_set_rows(key: &ObjectKey, set: &ListenerSetOutput, rows: &mut Vec<Row>) {
+    rows.push(Row {
+        kind: RowKind::ListenerSet,
+        key: format!("ListenerSet {key}"),
+        name: key.to_string(),
+        conditions: set.conditions.clone(),
+        extra: format!("gateway={}", set.gateway),
+    });
+    listener_rows(&format!("ListenerSet {key}"), &set.listeners, rows);
+}
+
+fn listener_rows(owner: &str, listeners: &[ListenerOutput], rows: &mut Vec<Row>) {
+    for listener in listeners {
         rows.push(Row {
             kind: RowKind::Listener,
-            key: format!("Gateway {key} listener {}", listener.name),
+            key: format!("{owner} listener {}", listener.name),
             name: listener.name.clone(),
             conditions: listener.conditions.clone(),
             extra: format!("routes={}", listener.attached_routes),
@@ -306,6 +330,8 @@ pub fn to_yaml(output: &Output) -> Result<String> {
     struct View<'a> {
         gateway_classes: &'a BTreeMap<String, ClassOutput>,
         gateways: BTreeMap<String, &'a GatewayOutput>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        listener_sets: BTreeMap<String, &'a ListenerSetOutput>,
         http_routes: BTreeMap<String, &'a RouteOutput>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         tls_routes: BTreeMap<String, &'a RouteOutput>,
@@ -316,6 +342,11 @@ pub fn to_yaml(output: &Output) -> Result<String> {
         gateway_classes: &output.gateway_classes,
         gateways: output
             .gateways
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        listener_sets: output
+            .listener_sets
             .iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
@@ -366,6 +397,14 @@ pub fn notes(loaded: &Loaded, output: &Output) -> Vec<String> {
             None => format!("its GatewayClass {class} is not among the inputs"),
         };
         notes.push(format!("Gateway {key} not checked: {why}"));
+    }
+    for set in &input.listener_sets {
+        let key = ObjectKey::of(set);
+        if !output.listener_sets.contains_key(&key) {
+            notes.push(format!(
+                "ListenerSet {key} not checked: its parentRef names no Portcullis Gateway among the inputs"
+            ));
+        }
     }
     let unattached = input
         .http_routes

@@ -30,6 +30,10 @@ struct Expected {
     gateway_classes: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     gateways: BTreeMap<String, ExpectedGateway>,
+    /// ListenerSet → its conditions and listeners (`serves` does not apply), or "none" for a
+    /// ListenerSet that must have no status from us.
+    #[serde(default)]
+    listener_sets: BTreeMap<String, serde_json::Value>,
     /// Route → parent key ("ns/gw", "ns/gw/section", "ns/gw:port") → conditions; or the
     /// string "none" when the route must have no status from us.
     #[serde(default)]
@@ -48,6 +52,8 @@ struct ExpectedGateway {
     /// false: the Gateway's proxies must serve no listener (its config has no ports).
     #[serde(default)]
     serves: Option<bool>,
+    /// `status.attachedListenerSets`.
+    attached_listener_sets: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,39 +180,58 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
         {
             problems.push(format!("Gateway {key}: serves listeners = {serves}"));
         }
-        for (listener_name, expected_listener) in &expected_gateway.listeners {
-            let Some(listener) = gateway.listeners.iter().find(|l| l.name == *listener_name) else {
-                problems.push(format!("Gateway {key}: no listener status {listener_name}"));
-                continue;
-            };
-            let what = format!("Gateway {key} listener {listener_name}");
-            if let Some(attached) = expected_listener.attached_routes
-                && listener.attached_routes != attached
-            {
+        if let Some(expected) = expected_gateway.attached_listener_sets
+            && gateway.attached_listener_sets != expected
+        {
+            problems.push(format!(
+                "Gateway {key}: attachedListenerSets {} (expected {expected})",
+                gateway.attached_listener_sets
+            ));
+        }
+        check_listeners(
+            &format!("Gateway {key}"),
+            &gateway.listeners,
+            &expected_gateway.listeners,
+            &mut problems,
+        );
+    }
+    for (key, expected_set) in &expected.listener_sets {
+        let set = output
+            .listener_sets
+            .iter()
+            .find(|(k, _)| k.to_string() == *key)
+            .map(|(_, s)| s);
+        if expected_set.as_str() == Some("none") {
+            if set.is_some() {
                 problems.push(format!(
-                    "{what}: attachedRoutes {} (expected {attached})",
-                    listener.attached_routes
+                    "ListenerSet {key} has a status but should have none"
                 ));
             }
-            if let Some(kinds) = &expected_listener.supported_kinds {
-                let actual: Vec<String> = listener
-                    .supported_kinds
-                    .iter()
-                    .map(|k| k.kind.clone())
-                    .collect();
-                if &actual != kinds {
-                    problems.push(format!(
-                        "{what}: supportedKinds {actual:?} (expected {kinds:?})"
-                    ));
-                }
-            }
-            check_conditions(
-                &what,
-                &listener.conditions,
-                &expected_listener.conditions,
-                &mut problems,
-            );
+            continue;
         }
+        let expected_set: ExpectedGateway = match serde_json::from_value(expected_set.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("expected.yaml listenerSets.{key}: {e}"));
+                continue;
+            }
+        };
+        let Some(set) = set else {
+            problems.push(format!("ListenerSet {key} has no status"));
+            continue;
+        };
+        check_conditions(
+            &format!("ListenerSet {key}"),
+            &set.conditions,
+            &expected_set.conditions,
+            &mut problems,
+        );
+        check_listeners(
+            &format!("ListenerSet {key}"),
+            &set.listeners,
+            &expected_set.listeners,
+            &mut problems,
+        );
     }
     for (route_key, expected_route) in &expected.routes {
         let route = output
@@ -301,8 +326,12 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
 fn parent_label(route_key: &str, parent: &compile::RouteParentOutput) -> String {
     let route_namespace = route_key.split('/').next().unwrap_or("");
     let p = &parent.parent_ref;
+    let kind = match p.kind.as_deref() {
+        Some("ListenerSet") => "ListenerSet ",
+        _ => "",
+    };
     let mut label = format!(
-        "{}/{}",
+        "{kind}{}/{}",
         p.namespace.as_deref().unwrap_or(route_namespace),
         p.name
     );
@@ -356,6 +385,7 @@ fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String
         match kind {
             "GatewayClass" => input.gateway_classes.iter().find_map(|o| find(&o.metadata)),
             "Gateway" => input.gateways.iter().find_map(|o| find(&o.metadata)),
+            "ListenerSet" => input.listener_sets.iter().find_map(|o| find(&o.metadata)),
             "TLSRoute" => input.tls_routes.iter().find_map(|o| find(&o.metadata)),
             "TCPRoute" => input.tcp_routes.iter().find_map(|o| find(&o.metadata)),
             _ => input.http_routes.iter().find_map(|o| find(&o.metadata)),
@@ -380,6 +410,12 @@ fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String
         check("Gateway", key.to_string(), &gateway.conditions);
         for listener in &gateway.listeners {
             check("Gateway", key.to_string(), &listener.conditions);
+        }
+    }
+    for (key, set) in &output.listener_sets {
+        check("ListenerSet", key.to_string(), &set.conditions);
+        for listener in &set.listeners {
+            check("ListenerSet", key.to_string(), &listener.conditions);
         }
     }
     for (key, route) in &output.http_routes {
@@ -616,5 +652,46 @@ fn check_tls_connection(
         problems.push(format!(
             "{what}: backends {shares:?} (expected {backends:?})"
         ));
+    }
+}
+
+fn check_listeners(
+    owner: &str,
+    listeners: &[compile::ListenerOutput],
+    expected: &BTreeMap<String, ExpectedListener>,
+    problems: &mut Vec<String>,
+) {
+    for (listener_name, expected_listener) in expected {
+        let Some(listener) = listeners.iter().find(|l| l.name == *listener_name) else {
+            problems.push(format!("{owner}: no listener status {listener_name}"));
+            continue;
+        };
+        let what = format!("{owner} listener {listener_name}");
+        if let Some(attached) = expected_listener.attached_routes
+            && listener.attached_routes != attached
+        {
+            problems.push(format!(
+                "{what}: attachedRoutes {} (expected {attached})",
+                listener.attached_routes
+            ));
+        }
+        if let Some(kinds) = &expected_listener.supported_kinds {
+            let actual: Vec<String> = listener
+                .supported_kinds
+                .iter()
+                .map(|k| k.kind.clone())
+                .collect();
+            if &actual != kinds {
+                problems.push(format!(
+                    "{what}: supportedKinds {actual:?} (expected {kinds:?})"
+                ));
+            }
+        }
+        check_conditions(
+            &what,
+            &listener.conditions,
+            &expected_listener.conditions,
+            problems,
+        );
     }
 }

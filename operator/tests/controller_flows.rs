@@ -1017,13 +1017,14 @@ async fn tls_and_tcp_routes_get_statuses() {
     controller.finish();
 }
 
-/// A cluster whose Gateway API bundle lacks TLSRoute and TCPRoute: the operator does not wait
-/// for lists it cannot get, and HTTPRoutes are served as ever.
+/// A cluster whose Gateway API bundle lacks TLSRoute, TCPRoute and ListenerSet: the operator
+/// does not wait for lists it cannot get, and HTTPRoutes are served as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_optional_route_crds_do_not_block_the_rest() {
     let fake = FakeApi::new();
     fake.uninstall("TLSRoute");
     fake.uninstall("TCPRoute");
+    fake.uninstall("ListenerSet");
     seed_gateway(&fake);
     fake.create(route(NS, "web", "echo"));
     let client = fake.client();
@@ -1031,7 +1032,8 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
         optional_kinds(&client),
         OptionalKinds {
             tls_routes: false,
-            tcp_routes: false
+            tcp_routes: false,
+            listener_sets: false,
         }
     );
     let controller = start(&fake, "portcullis-0");
@@ -1043,7 +1045,9 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
     assert!(
         fake.requests()
             .iter()
-            .all(|r| !r.path.contains("tlsroutes") && !r.path.contains("tcproutes")),
+            .all(|r| ["tlsroutes", "tcproutes", "listenersets"]
+                .iter()
+                .all(|kind| !r.path.contains(kind))),
         "no list or watch of a kind the cluster does not serve"
     );
     controller.finish();

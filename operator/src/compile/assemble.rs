@@ -23,7 +23,7 @@ impl GatewayState {
                 name: listener.name.clone(),
                 supported_kinds: listener.supported_kinds.clone(),
                 attached_routes: i32::try_from(listener.attachments.len()).unwrap_or(i32::MAX),
-                conditions: self.listener_conditions(listener),
+                conditions: self.listener_conditions(listener, self.generation),
             })
             .collect();
         let accepted = conditions.first().is_some_and(|c| c.is_true());
@@ -33,6 +33,7 @@ impl GatewayState {
             self.config_without_listeners()
         });
         GatewayOutput {
+            attached_listener_sets: self.attached_listener_sets(),
             class_name: self.class_name,
             conditions,
             listeners,
@@ -57,7 +58,19 @@ impl GatewayState {
         let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
         let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
         let mut certificates: BTreeMap<String, Certificate> = BTreeMap::new();
-        for listener in self.listeners.iter().filter(|l| l.programmable()) {
+        // ListenerSet listeners share the Gateway's ports; their names are qualified with the
+        // ListenerSet, since a name is unique only within the object that declares it.
+        let own = self.listeners.iter().map(|l| (l.name.clone(), l));
+        let from_sets = self
+            .listener_sets
+            .iter()
+            .filter(|set| set.admitted())
+            .flat_map(|set| {
+                set.listeners
+                    .iter()
+                    .map(move |l| (format!("{}/{}", set.key, l.name), l))
+            });
+        for (name, listener) in own.chain(from_sets).filter(|(_, l)| l.programmable()) {
             let protocol = match listener.protocol {
                 Some(Protocol::Https) => PortProtocol::Https,
                 Some(Protocol::Tls) => PortProtocol::Tls,
@@ -103,7 +116,7 @@ impl GatewayState {
                 })
                 .listeners
                 .push(Listener {
-                    name: listener.name.clone(),
+                    name,
                     hostname: listener.hostname.clone(),
                     certificates: listener
                         .certificates

@@ -70,6 +70,10 @@ pub mod reasons {
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+    /// ListenerSet: its Gateway's allowedListeners does not admit it.
+    pub const NOT_ALLOWED: &str = "NotAllowed";
+    /// ListenerSet: its Gateway is not accepted.
+    pub const PARENT_NOT_ACCEPTED: &str = "ParentNotAccepted";
     pub const SUPPORTED_VERSION: &str = "SupportedVersion";
     // listeners
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";

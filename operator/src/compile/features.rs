@@ -8,6 +8,7 @@ pub fn supported() -> Vec<&'static str> {
         "GatewayAddressEmpty",
         "GatewayHTTPListenerIsolation",
         "GatewayInfrastructurePropagation",
+        "ListenerSet",
         "GatewayPort8080",
         "HTTPRoute",
         "HTTPRoute303RedirectStatusCode",

@@ -17,6 +17,7 @@ use portcullis_api::v1alpha1::gateway_parameters::{
 };
 
 use super::conditions::{Condition, Status, reasons, types};
+use super::listener_sets::ListenerSetState;
 use super::routes::Attachment;
 use super::{
     ClassOutput, GATEWAY_GROUP, Index, ObjectKey, RouteKind, by_age, features, generation, refs,
@@ -123,10 +124,20 @@ pub enum AllowedNamespaces {
 /// A failed condition: its reason and message.
 pub type Problem = (&'static str, String);
 
+/// Where a listener is declared: a Gateway or a ListenerSet. Its namespace is the one
+/// `allowedRoutes.namespaces.from: Same` means and the one certificateRefs resolve from.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerOwner<'a> {
+    pub kind: &'static str,
+    pub namespace: &'a str,
+}
+
 /// A listener after validation, collecting the routes that attach to it.
 #[derive(Debug, Clone)]
 pub struct ListenerState {
     pub name: String,
+    /// The namespace of the Gateway or ListenerSet that declares it.
+    pub namespace: String,
     pub port: u16,
     /// None when the protocol is not supported.
     pub protocol: Option<Protocol>,
@@ -165,7 +176,7 @@ impl ListenerState {
     }
 
     /// Valid in the sense of the Gateway's ListenersNotValid reason.
-    fn valid(&self) -> bool {
+    pub fn valid(&self) -> bool {
         self.accepted() && self.unresolved.is_none()
     }
 
@@ -175,14 +186,9 @@ impl ListenerState {
             .any(|k| k.group == group && k.kind == kind)
     }
 
-    pub fn allows_namespace(
-        &self,
-        index: &Index<'_>,
-        gateway_namespace: &str,
-        route_namespace: &str,
-    ) -> bool {
+    pub fn allows_namespace(&self, index: &Index<'_>, route_namespace: &str) -> bool {
         match &self.allowed_namespaces {
-            AllowedNamespaces::Same => gateway_namespace == route_namespace,
+            AllowedNamespaces::Same => self.namespace == route_namespace,
             AllowedNamespaces::All => true,
             AllowedNamespaces::Selector(selector) => {
                 selector_matches(selector, &index.namespace_labels(route_namespace))
@@ -203,6 +209,8 @@ pub struct GatewayState {
     /// Programmed=False/AddressNotAssigned: spec.addresses asks for one we cannot give.
     pub address_not_assigned: Option<String>,
     pub listeners: Vec<ListenerState>,
+    /// The ListenerSets whose parentRef names this Gateway, in precedence order.
+    pub listener_sets: Vec<ListenerSetState>,
     pub parameters: GatewayParametersSpec,
 }
 
@@ -253,7 +261,13 @@ pub fn gateways(
             .spec
             .listeners
             .iter()
-            .map(|l| listener(index, &key.namespace, l))
+            .map(|l| {
+                let owner = ListenerOwner {
+                    kind: "Gateway",
+                    namespace: &key.namespace,
+                };
+                listener(index, owner, l)
+            })
             .collect();
         mark_conflicts(&mut listeners);
         out.insert(
@@ -265,6 +279,7 @@ pub fn gateways(
                 rejected,
                 address_not_assigned,
                 listeners,
+                listener_sets: Vec::new(),
                 parameters,
             },
         );
@@ -326,9 +341,14 @@ fn gateway_parameters(
     }
 }
 
-fn listener(index: &Index<'_>, gateway_namespace: &str, spec: &GatewayListeners) -> ListenerState {
+pub fn listener(
+    index: &Index<'_>,
+    owner: ListenerOwner<'_>,
+    spec: &GatewayListeners,
+) -> ListenerState {
     let mut state = ListenerState {
         name: spec.name.clone(),
+        namespace: owner.namespace.to_string(),
         port: u16::try_from(spec.port).unwrap_or(0),
         protocol: None,
         hostname: spec.hostname.clone(),
@@ -417,14 +437,14 @@ fn listener(index: &Index<'_>, gateway_namespace: &str, spec: &GatewayListeners)
     };
 
     match state.protocol {
-        Some(Protocol::Https) => tls(index, gateway_namespace, spec, &mut state),
+        Some(Protocol::Https) => tls(index, owner, spec, &mut state),
         Some(Protocol::Tls) => {
             let mode = spec.tls.as_ref().and_then(|t| t.mode.clone());
             if mode == Some(GatewayListenersTlsMode::Passthrough) {
                 // The backend holds the certificate; certificateRefs have nothing to do.
                 state.passthrough = true;
             } else {
-                tls(index, gateway_namespace, spec, &mut state);
+                tls(index, owner, spec, &mut state);
             }
         }
         Some(Protocol::Http | Protocol::Tcp) | None => {}
@@ -456,7 +476,7 @@ fn nothing_selector() -> GatewayListenersAllowedRoutesNamespacesSelector {
 /// Terminate mode).
 fn tls(
     index: &Index<'_>,
-    gateway_namespace: &str,
+    owner: ListenerOwner<'_>,
     spec: &GatewayListeners,
     state: &mut ListenerState,
 ) {
@@ -484,7 +504,7 @@ fn tls(
     for reference in &references {
         let group = reference.group.as_deref().unwrap_or("");
         let kind = reference.kind.as_deref().unwrap_or("Secret");
-        let namespace = reference.namespace.as_deref().unwrap_or(gateway_namespace);
+        let namespace = reference.namespace.as_deref().unwrap_or(owner.namespace);
         let key = ObjectKey::new(namespace, reference.name.clone());
         if !group.is_empty() || kind != "Secret" {
             problems.push((
@@ -495,8 +515,8 @@ fn tls(
         }
         let from = refs::From {
             group: GATEWAY_GROUP,
-            kind: "Gateway",
-            namespace: gateway_namespace,
+            kind: owner.kind,
+            namespace: owner.namespace,
         };
         let to = refs::To {
             group: "",
@@ -560,11 +580,11 @@ pub fn certificate_from_secret(secret: &Secret) -> Result<(String, String), Stri
 /// Listeners that are not distinct: several protocols on one port (ProtocolConflict), or one
 /// protocol with the same hostname twice on a port (HostnameConflict). No listener wins: every
 /// listener involved is conflicted (GatewaySpec.Listeners, "Handling indistinct Listeners").
-/// Listeners with an unsupported protocol take no part.
-fn mark_conflicts(listeners: &mut [ListenerState]) {
+/// Listeners with an unsupported protocol, or already conflicted, take no part.
+pub fn mark_conflicts(listeners: &mut [ListenerState]) {
     let mut protocols: HashMap<u16, Vec<Protocol>> = HashMap::new();
     let mut hostnames: HashMap<(u16, Option<String>), usize> = HashMap::new();
-    for listener in listeners.iter().filter(|l| l.not_accepted.is_none()) {
+    for listener in listeners.iter().filter(|l| l.accepted()) {
         if let Some(protocol) = listener.protocol {
             let seen = protocols.entry(listener.port).or_default();
             if !seen.contains(&protocol) {
@@ -574,7 +594,7 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
             *hostnames.entry((listener.port, host)).or_default() += 1;
         }
     }
-    for listener in listeners.iter_mut().filter(|l| l.not_accepted.is_none()) {
+    for listener in listeners.iter_mut().filter(|l| l.accepted()) {
         if listener.protocol.is_none() {
             continue;
         }
@@ -709,8 +729,9 @@ impl GatewayState {
         vec![accepted, programmed]
     }
 
-    pub fn listener_conditions(&self, listener: &ListenerState) -> Vec<Condition> {
-        let g = self.generation;
+    /// Conditions of a listener declared by an object of generation `g` (the Gateway, or the
+    /// ListenerSet that declares it).
+    pub fn listener_conditions(&self, listener: &ListenerState, g: i64) -> Vec<Condition> {
         let mut out = Vec::with_capacity(4);
         match (&listener.not_accepted, &listener.conflicted) {
             (Some((reason, message)), _) | (None, Some((reason, message))) => out.push(

@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod features;
 pub mod gateways;
 pub mod hostnames;
+pub mod listener_sets;
 pub mod refs;
 pub mod routes;
 pub mod stream_routes;
@@ -24,6 +25,7 @@ use portcullis_api::CompiledConfig;
 use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
 use portcullis_api::gateway_api::httproute::HttpRoute;
+use portcullis_api::gateway_api::listenerset::ListenerSet;
 use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
 use portcullis_api::gateway_api::tcproute::TcpRoute;
 use portcullis_api::gateway_api::tlsroute::TlsRoute;
@@ -42,6 +44,7 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub struct Input {
     pub gateway_classes: Vec<GatewayClass>,
     pub gateways: Vec<Gateway>,
+    pub listener_sets: Vec<ListenerSet>,
     pub http_routes: Vec<HttpRoute>,
     pub tls_routes: Vec<TlsRoute>,
     pub tcp_routes: Vec<TcpRoute>,
@@ -90,6 +93,8 @@ pub struct Output {
     pub gateway_classes: BTreeMap<String, ClassOutput>,
     /// Every Gateway of one of those classes.
     pub gateways: BTreeMap<ObjectKey, GatewayOutput>,
+    /// Every ListenerSet whose parent is such a Gateway.
+    pub listener_sets: BTreeMap<ObjectKey, ListenerSetOutput>,
     /// Every HTTPRoute with at least one parentRef to such a Gateway.
     pub http_routes: BTreeMap<ObjectKey, RouteOutput>,
     /// Every TLSRoute with at least one parentRef to such a Gateway.
@@ -116,6 +121,8 @@ pub struct GatewayOutput {
     /// operator keeps it Pending until a proxy has acknowledged the config.
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerOutput>,
+    /// `status.attachedListenerSets`: ListenerSets that are accepted.
+    pub attached_listener_sets: i32,
     /// The config for this Gateway's proxies (generation 0; the pusher assigns generations);
     /// without listeners when the Gateway is not accepted.
     #[serde(skip)]
@@ -123,6 +130,17 @@ pub struct GatewayOutput {
     /// GatewayParameters: the class defaults with the Gateway's override merged over them.
     #[serde(skip)]
     pub parameters: GatewayParametersSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetOutput {
+    /// The parent Gateway.
+    #[serde(skip)]
+    pub gateway: ObjectKey,
+    /// Accepted and Programmed.
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerOutput>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -250,9 +268,19 @@ pub fn compile(input: &Input) -> Output {
     let index = Index::new(input);
     let gateway_classes = gateways::classes(&index);
     let mut states = gateways::gateways(&index, &gateway_classes);
+    listener_sets::attach_listener_sets(&index, &mut states);
     let http_routes = routes::attach_http_routes(&index, &mut states);
     let tls_routes = stream_routes::attach_tls_routes(&index, &mut states);
     let tcp_routes = stream_routes::attach_tcp_routes(&index, &mut states);
+    let listener_sets = states
+        .values()
+        .flat_map(|state| {
+            state
+                .listener_sets
+                .iter()
+                .map(|set| (set.key.clone(), state.listener_set_output(set)))
+        })
+        .collect();
     let gateways = states
         .into_iter()
         .map(|(key, state)| (key, state.finish()))
@@ -260,6 +288,7 @@ pub fn compile(input: &Input) -> Output {
     Output {
         gateway_classes,
         gateways,
+        listener_sets,
         http_routes,
         tls_routes,
         tcp_routes,

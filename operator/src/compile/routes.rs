@@ -20,7 +20,8 @@ use portcullis_api::validate::validate_rule;
 
 use super::backends::{self, BackendRef, Referrer};
 use super::conditions::{Condition, Status, reasons, types};
-use super::gateways::{GatewayState, HTTP_ROUTE, Problem};
+use super::gateways::{GatewayState, HTTP_ROUTE, ListenerState, Problem};
+use super::listener_sets::LISTENER_SET;
 use super::{
     GATEWAY_GROUP, Index, ObjectKey, ParentRef, RouteOutput, RouteParentOutput, by_age, generation,
     hostnames,
@@ -145,25 +146,47 @@ pub fn attach_route(
     for parent in route.parent_refs {
         let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
         let kind = parent.kind.as_deref().unwrap_or("Gateway");
-        if group != GATEWAY_GROUP || kind != "Gateway" {
+        if group != GATEWAY_GROUP {
             continue;
         }
-        let gateway_key = ObjectKey::new(
+        let parent_key = ObjectKey::new(
             parent
                 .namespace
                 .clone()
                 .unwrap_or_else(|| key.namespace.clone()),
             parent.name.clone(),
         );
-        let Some(gateway) = gateways.get_mut(&gateway_key) else {
-            continue; // not a Gateway of ours: not ours to report on
+        // Only the listeners of the object the parentRef names: a Gateway's own, or one
+        // ListenerSet's.
+        let target = match kind {
+            "Gateway" => gateways
+                .get_mut(&parent_key)
+                .map(|g| (&mut g.listeners, None)),
+            LISTENER_SET => gateways
+                .values_mut()
+                .flat_map(|g| g.listener_sets.iter_mut())
+                .find(|set| set.key == parent_key)
+                .map(|set| (&mut set.listeners, set.refused.clone())),
+            _ => None,
+        };
+        let Some((listeners, refused)) = target else {
+            continue; // not a parent of ours: not ours to report on
         };
         let translation = match (&translated, translate.take()) {
             (Some(done), _) => done.clone(),
             (None, Some(translate)) => translated.insert(Rc::new(translate())).clone(),
             (None, None) => continue,
         };
-        let accepted = attach(index, gateway, route, parent, &translation);
+        let accepted = match refused {
+            Some((_, why)) => Condition::new(
+                types::ACCEPTED,
+                Status::False,
+                reasons::NO_MATCHING_PARENT,
+                format!("ListenerSet {parent_key} is not attached to its Gateway: {why}"),
+                generation,
+            ),
+            None => attach(index, listeners, route, parent, &translation),
+        };
         let mut conditions = vec![accepted];
         conditions.push(match &translation.unresolved {
             Some((reason, message)) => Condition::new(
@@ -212,15 +235,14 @@ pub fn attach_route(
 /// Attaches the route to the listeners `parent` selects and returns its Accepted condition.
 fn attach(
     index: &Index<'_>,
-    gateway: &mut GatewayState,
+    listeners: &mut [ListenerState],
     spec: &RouteSpec<'_>,
     parent: &HttpRouteParentRefs,
     translated: &Rc<TranslatedRoute>,
 ) -> Condition {
     let route = &spec.key;
     let generation = 0; // stamped by the caller
-    let selected: Vec<usize> = gateway
-        .listeners
+    let selected: Vec<usize> = listeners
         .iter()
         .enumerate()
         .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
@@ -232,7 +254,7 @@ fn attach(
             (Some(section), Some(port)) => format!("no listener named {section:?} on port {port}"),
             (Some(section), None) => format!("no listener named {section:?}"),
             (None, Some(port)) => format!("no listener on port {port}"),
-            (None, None) => "the Gateway has no listeners".into(),
+            (None, None) => "the parent has no listeners".into(),
         };
         return Condition::new(
             types::ACCEPTED,
@@ -246,11 +268,11 @@ fn attach(
     let mut message = "no selected listener allows this route (namespace or kind)".to_string();
     let mut matched: Vec<(usize, Vec<String>)> = Vec::new();
     for i in selected {
-        let listener = &gateway.listeners[i];
+        let listener = &listeners[i];
         // Attachment depends only on allowedRoutes and the parentRef, not on the listener's
         // own status (ListenerStatus.AttachedRoutes); only programmable listeners serve.
         if !listener.allows_kind(GATEWAY_GROUP, spec.kind)
-            || !listener.allows_namespace(index, &gateway.key.namespace, &route.namespace)
+            || !listener.allows_namespace(index, &route.namespace)
         {
             continue;
         }
@@ -275,7 +297,7 @@ fn attach(
         );
     }
     for (i, hosts) in matched {
-        let attachments = &mut gateway.listeners[i].attachments;
+        let attachments = &mut listeners[i].attachments;
         match attachments.iter_mut().find(|a| a.route == *route) {
             // Two parentRefs reaching one listener: one attachment, the union of hostnames.
             Some(existing) => {

@@ -31,6 +31,7 @@ use kube::{Client, Resource, ResourceExt};
 use portcullis_api::gateway_api::gateway::{Gateway, GatewayStatus, GatewayStatusAddresses};
 use portcullis_api::gateway_api::gatewayclass::{GatewayClass, GatewayClassStatus};
 use portcullis_api::gateway_api::httproute::{HttpRoute, HttpRouteStatus};
+use portcullis_api::gateway_api::listenerset::{ListenerSet, ListenerSetStatus};
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -486,6 +487,32 @@ impl Reconciler {
             );
             let api: Api<Gateway> = Api::namespaced(self.client.clone(), &key.namespace);
             let notices = |old: Option<&GatewayStatus>, new: &GatewayStatus| {
+                events::object_changes(
+                    old.and_then(|s| s.conditions.as_deref()),
+                    new.conditions.as_deref(),
+                )
+            };
+            failures += self
+                .write_status(&api, existing, existing.status.as_ref(), &new, notices)
+                .await;
+        }
+        for (key, set) in &output.listener_sets {
+            let Some(existing) = input
+                .listener_sets
+                .iter()
+                .find(|s| ObjectKey::of(*s) == *key)
+            else {
+                continue;
+            };
+            let delivery = self.delivery(stores, &set.gateway);
+            let Some(new) =
+                status::listener_set_status(existing.status.as_ref(), set, &delivery, &now)
+            else {
+                failures += 1;
+                continue;
+            };
+            let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &key.namespace);
+            let notices = |old: Option<&ListenerSetStatus>, new: &ListenerSetStatus| {
                 events::object_changes(
                     old.and_then(|s| s.conditions.as_deref()),
                     new.conditions.as_deref(),

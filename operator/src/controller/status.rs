@@ -16,9 +16,13 @@ use portcullis_api::gateway_api::gatewayclass::{
 use portcullis_api::gateway_api::httproute::{
     HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
+use portcullis_api::gateway_api::listenerset::ListenerSetStatus;
 
 use crate::compile::conditions::{reasons, types};
-use crate::compile::{CONTROLLER_NAME, ClassOutput, Condition, GatewayOutput, RouteOutput, Status};
+use crate::compile::{
+    CONTROLLER_NAME, ClassOutput, Condition, GatewayOutput, ListenerOutput, ListenerSetOutput,
+    RouteOutput, Status,
+};
 
 /// Merges `ours` into `existing`.
 pub fn merge_conditions(
@@ -110,26 +114,10 @@ pub fn gateway_status(
     addresses: &[GatewayStatusAddresses],
     now: &Time,
 ) -> GatewayStatus {
-    let hold = |conditions: &[Condition]| -> Vec<Condition> {
-        conditions
-            .iter()
-            .map(|c| match delivery {
-                Delivery::Waiting(message) if c.type_ == types::PROGRAMMED && c.is_true() => {
-                    Condition {
-                        status: Status::False,
-                        reason: reasons::PENDING,
-                        message: message.clone(),
-                        ..c.clone()
-                    }
-                }
-                _ => c.clone(),
-            })
-            .collect()
-    };
     let current = existing
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
-    let mut conditions = hold(&output.conditions);
+    let mut conditions = held(&output.conditions, delivery);
     if addresses.is_empty()
         && let Some(programmed) = conditions
             .iter_mut()
@@ -139,12 +127,49 @@ pub fn gateway_status(
         programmed.reason = reasons::ADDRESS_NOT_ASSIGNED;
         programmed.message = "the Gateway's Service has no address yet".into();
     }
-    let listeners = output
-        .listeners
+    let listeners = listener_statuses(
+        existing.and_then(|s| s.listeners.as_deref()),
+        &output.listeners,
+        delivery,
+        now,
+    );
+    GatewayStatus {
+        addresses: (!addresses.is_empty()).then(|| addresses.to_vec()),
+        attached_listener_sets: Some(output.attached_listener_sets),
+        conditions: Some(merge_conditions(&current, &conditions, now)),
+        listeners: Some(listeners),
+    }
+}
+
+/// Programmed=True is held at False/Pending until a proxy serves the config.
+fn held(conditions: &[Condition], delivery: &Delivery) -> Vec<Condition> {
+    conditions
+        .iter()
+        .map(|c| match delivery {
+            Delivery::Waiting(message) if c.type_ == types::PROGRAMMED && c.is_true() => {
+                Condition {
+                    status: Status::False,
+                    reason: reasons::PENDING,
+                    message: message.clone(),
+                    ..c.clone()
+                }
+            }
+            _ => c.clone(),
+        })
+        .collect()
+}
+
+/// Listener entries (a Gateway's, or a ListenerSet's in the same shape).
+fn listener_statuses(
+    existing: Option<&[GatewayStatusListeners]>,
+    listeners: &[ListenerOutput],
+    delivery: &Delivery,
+    now: &Time,
+) -> Vec<GatewayStatusListeners> {
+    listeners
         .iter()
         .map(|listener| {
             let previous = existing
-                .and_then(|s| s.listeners.as_ref())
                 .and_then(|ls| ls.iter().find(|l| l.name == listener.name))
                 .map(|l| l.conditions.clone())
                 .unwrap_or_default();
@@ -161,16 +186,35 @@ pub fn gateway_status(
                         })
                         .collect(),
                 ),
-                conditions: merge_conditions(&previous, &hold(&listener.conditions), now),
+                conditions: merge_conditions(&previous, &held(&listener.conditions, delivery), now),
             }
         })
-        .collect();
-    GatewayStatus {
-        addresses: (!addresses.is_empty()).then(|| addresses.to_vec()),
-        attached_listener_sets: existing.and_then(|s| s.attached_listener_sets),
-        conditions: Some(merge_conditions(&current, &conditions, now)),
-        listeners: Some(listeners),
-    }
+        .collect()
+}
+
+/// A ListenerSet's status: its conditions and listeners, with Programmed held like its
+/// Gateway's until a proxy serves the config.
+pub fn listener_set_status(
+    existing: Option<&ListenerSetStatus>,
+    output: &ListenerSetOutput,
+    delivery: &Delivery,
+    now: &Time,
+) -> Option<ListenerSetStatus> {
+    let current = existing
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let previous: Option<Vec<GatewayStatusListeners>> = existing
+        .and_then(|s| s.listeners.as_ref())
+        .and_then(same_shape);
+    let listeners = listener_statuses(previous.as_deref(), &output.listeners, delivery, now);
+    Some(ListenerSetStatus {
+        conditions: Some(merge_conditions(
+            &current,
+            &held(&output.conditions, delivery),
+            now,
+        )),
+        listeners: Some(same_shape(&listeners)?),
+    })
 }
 
 /// The route's status: our parent entries replaced, other controllers' kept.
@@ -298,6 +342,7 @@ mod tests {
 
     fn gateway_output() -> GatewayOutput {
         GatewayOutput {
+            attached_listener_sets: 0,
             class_name: "portcullis".into(),
             conditions: vec![
                 condition("Accepted", Status::True, "Accepted"),

@@ -19,6 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
 use portcullis_api::gateway_api::httproute::HttpRoute;
+use portcullis_api::gateway_api::listenerset::ListenerSet;
 use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
 use portcullis_api::gateway_api::tcproute::TcpRoute;
 use portcullis_api::gateway_api::tlsroute::TlsRoute;
@@ -37,6 +38,7 @@ use crate::provision::{MANAGED_BY, MANAGED_BY_LABEL};
 pub struct OptionalKinds {
     pub tls_routes: bool,
     pub tcp_routes: bool,
+    pub listener_sets: bool,
 }
 
 impl OptionalKinds {
@@ -46,6 +48,7 @@ impl OptionalKinds {
         let all = OptionalKinds {
             tls_routes: true,
             tcp_routes: true,
+            listener_sets: true,
         };
         let resources = match client
             .list_api_group_resources("gateway.networking.k8s.io/v1")
@@ -53,7 +56,7 @@ impl OptionalKinds {
         {
             Ok(list) => list.resources,
             Err(e) => {
-                warn!(error = %e, "API discovery failed; assuming TLSRoute and TCPRoute are served");
+                warn!(error = %e, "API discovery failed; assuming TLSRoute, TCPRoute and ListenerSet are served");
                 return all;
             }
         };
@@ -61,10 +64,12 @@ impl OptionalKinds {
         let found = OptionalKinds {
             tls_routes: served("tlsroutes"),
             tcp_routes: served("tcproutes"),
+            listener_sets: served("listenersets"),
         };
         for (present, kind) in [
             (found.tls_routes, "TLSRoute"),
             (found.tcp_routes, "TCPRoute"),
+            (found.listener_sets, "ListenerSet"),
         ] {
             if !present {
                 warn!(
@@ -83,6 +88,7 @@ impl OptionalKinds {
 pub struct Stores {
     pub gateway_classes: Store<GatewayClass>,
     pub gateways: Store<Gateway>,
+    pub listener_sets: Store<ListenerSet>,
     pub http_routes: Store<HttpRoute>,
     pub tls_routes: Store<TlsRoute>,
     pub tcp_routes: Store<TcpRoute>,
@@ -111,6 +117,14 @@ impl Stores {
                 watcher::Config::default(),
                 &changed,
             ),
+            listener_sets: match optional.listener_sets {
+                true => watch(
+                    Api::all(client.clone()),
+                    watcher::Config::default(),
+                    &changed,
+                ),
+                false => empty_and_ready(),
+            },
             http_routes: watch(
                 Api::all(client.clone()),
                 watcher::Config::default(),
@@ -175,6 +189,7 @@ impl Stores {
         let ready = [
             self.gateway_classes.wait_until_ready().await,
             self.gateways.wait_until_ready().await,
+            self.listener_sets.wait_until_ready().await,
             self.http_routes.wait_until_ready().await,
             self.tls_routes.wait_until_ready().await,
             self.tcp_routes.wait_until_ready().await,
@@ -202,30 +217,63 @@ impl Stores {
             .map(|c| c.name_any())
             .collect();
         let mut out = BTreeSet::new();
+        let mut our_gateways = BTreeSet::new();
         for gateway in self.gateways.state() {
             if !ours.contains(&gateway.spec.gateway_class_name) {
                 continue;
             }
+            our_gateways.insert(ObjectKey::of(&*gateway));
             let namespace = gateway.namespace().unwrap_or_default();
-            for listener in &gateway.spec.listeners {
-                for reference in listener
-                    .tls
-                    .iter()
-                    .flat_map(|t| t.certificate_refs.iter().flatten())
-                {
-                    if reference.group.as_deref().unwrap_or("").is_empty()
-                        && reference.kind.as_deref().unwrap_or("Secret") == "Secret"
-                    {
-                        out.insert(ObjectKey::new(
-                            reference
-                                .namespace
-                                .clone()
-                                .unwrap_or_else(|| namespace.clone()),
-                            reference.name.clone(),
-                        ));
-                    }
-                }
+            let references = gateway
+                .spec
+                .listeners
+                .iter()
+                .flat_map(|l| {
+                    l.tls
+                        .iter()
+                        .flat_map(|t| t.certificate_refs.iter().flatten())
+                })
+                .map(|r| {
+                    (
+                        r.group.as_deref(),
+                        r.kind.as_deref(),
+                        r.namespace.as_deref(),
+                        &r.name,
+                    )
+                });
+            insert_secret_refs(&mut out, &namespace, references);
+        }
+        for set in self.listener_sets.state() {
+            let namespace = set.namespace().unwrap_or_default();
+            let parent = &set.spec.parent_ref;
+            let gateway = ObjectKey::new(
+                parent
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| namespace.clone()),
+                parent.name.clone(),
+            );
+            if !our_gateways.contains(&gateway) {
+                continue;
             }
+            let references = set
+                .spec
+                .listeners
+                .iter()
+                .flat_map(|l| {
+                    l.tls
+                        .iter()
+                        .flat_map(|t| t.certificate_refs.iter().flatten())
+                })
+                .map(|r| {
+                    (
+                        r.group.as_deref(),
+                        r.kind.as_deref(),
+                        r.namespace.as_deref(),
+                        &r.name,
+                    )
+                });
+            insert_secret_refs(&mut out, &namespace, references);
         }
         out
     }
@@ -235,6 +283,7 @@ impl Stores {
         Input {
             gateway_classes: cloned(&self.gateway_classes),
             gateways: cloned(&self.gateways),
+            listener_sets: cloned(&self.listener_sets),
             http_routes: cloned(&self.http_routes),
             tls_routes: cloned(&self.tls_routes),
             tcp_routes: cloned(&self.tcp_routes),
@@ -244,6 +293,30 @@ impl Stores {
             endpoint_slices: cloned(&self.endpoint_slices),
             secrets,
             gateway_parameters: cloned(&self.gateway_parameters),
+        }
+    }
+}
+
+/// Adds the core Secrets among certificateRefs (group, kind, namespace, name) declared in
+/// `namespace`.
+fn insert_secret_refs<'a>(
+    out: &mut BTreeSet<ObjectKey>,
+    namespace: &str,
+    references: impl Iterator<
+        Item = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a String,
+        ),
+    >,
+) {
+    for (group, kind, reference_namespace, name) in references {
+        if group.unwrap_or("").is_empty() && kind.unwrap_or("Secret") == "Secret" {
+            out.insert(ObjectKey::new(
+                reference_namespace.unwrap_or(namespace),
+                name.clone(),
+            ));
         }
     }
 }

@@ -117,6 +117,13 @@ pub const RESOURCES: &[ResourceType] = &[
     rt(
         "gateway.networking.k8s.io",
         "v1",
+        "listenersets",
+        "ListenerSet",
+        true,
+    ),
+    rt(
+        "gateway.networking.k8s.io",
+        "v1",
         "httproutes",
         "HTTPRoute",
         true,
