@@ -74,6 +74,19 @@ stamp "deploy"
 hack/deploy.sh deploy
 "$KUBECTL" apply --server-side -f conformance/gatewayclass.yaml
 "$KUBECTL" wait --for=condition=Accepted --timeout=120s gatewayclass/portcullis-conformance
+# The suite reads the features to test from the class's status once, at its start: wait until
+# the operator just deployed has published its own list (an older one may still be shown).
+want=$(cargo run --release --quiet --locked -p portcullis-operator -- features | paste -sd, -)
+for _ in $(seq 120); do
+  have=$("$KUBECTL" get gatewayclass portcullis-conformance \
+    -o jsonpath='{.status.supportedFeatures[*].name}' | tr ' ' ',')
+  [ "$have" = "$want" ] && break
+  sleep 1
+done
+if [ "$have" != "$want" ]; then
+  echo "GatewayClass portcullis-conformance lists features $have, this build claims $want" >&2
+  exit 1
+fi
 
 stamp "conformance suite $suite_version"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

@@ -72,6 +72,9 @@ enum Command {
     /// Print the operator's ClusterRole and Role as YAML (`make manifests` writes them to
     /// config/rbac/role.yaml).
     Rbac,
+    /// Print the Gateway API features this build claims in GatewayClass
+    /// `status.supportedFeatures`, one per line.
+    Features,
     /// Push a compiled config (JSON) to a proxy's control socket and print its reply.
     Push {
         /// The proxy's control socket.
@@ -265,6 +268,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rbac => {
             print!("{}", portcullis_operator::manifests::rbac_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Features => {
+            for feature in portcullis_operator::compile::features::supported() {
+                println!("{feature}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Push {

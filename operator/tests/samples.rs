@@ -33,3 +33,30 @@ fn the_stream_sample_compiles_cleanly() {
         .unwrap();
     assert_eq!(config.ports.len(), 2, "both listeners are served");
 }
+
+#[test]
+fn the_listener_set_sample_compiles_cleanly() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples/listenerset");
+    let loaded = load_paths(&[dir]).unwrap();
+    assert!(loaded.ignored.is_empty(), "{:?}", loaded.ignored);
+    let output = compile(&loaded.input);
+    let problems: Vec<String> = rows(&output)
+        .iter()
+        .filter(|r| !r.is_ok())
+        .map(|r| r.key.clone())
+        .collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    let gateway = output.gateways.values().next().unwrap();
+    assert_eq!(gateway.attached_listener_sets, 1);
+    let config = gateway.config.as_ref().unwrap();
+    let listeners: Vec<&str> = config.ports[0]
+        .listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        listeners,
+        ["http", "shop/shop/storefront"],
+        "one port, both hostnames"
+    );
+}
