@@ -117,6 +117,11 @@ fn preflights_are_answered_by_the_proxy_and_never_forwarded() {
         );
         assert_eq!(response.header("vary"), Some("Origin"));
         assert_eq!(response.header("content-type"), None);
+        assert_eq!(
+            response.header("content-length"),
+            None,
+            "a 204 has no length"
+        );
     }
 
     // An origin the filter does not allow: refused, no CORS headers, still not forwarded.

@@ -55,10 +55,15 @@ fn copies_carry_the_edited_request_and_its_body() {
         set: vec![header_value("X-Edited", "yes")],
         ..HeaderModifier::default()
     });
-    let rules = vec![with_filters(
+    let mut rules = vec![with_filters(
         "/",
         vec![add_header, mirror("ns/shadow:80", 100, 100)],
     )];
+    // A filter of the primary backendRef applies to what that backend gets, not to copies.
+    rules[0].backends[0].filters = vec![Filter::RequestHeaderModifier(HeaderModifier {
+        set: vec![header_value("X-Primary-Only", "secret")],
+        ..HeaderModifier::default()
+    })];
     let port = free_port();
     let config = ConfigBuilder::new(1)
         .backend("ns/main:80", &[&main])
@@ -80,6 +85,8 @@ fn copies_carry_the_edited_request_and_its_body() {
     assert_eq!(copy.header("host"), Some("example.com"));
     assert_eq!(copy.header("x-edited"), Some("yes"));
     assert_eq!(copy.header("connection"), Some("close"));
+    assert_eq!(copy.header("x-primary-only"), None);
+    assert_eq!(main.requests()[0].header("x-primary-only"), Some("secret"));
 
     // Bodies by length and chunked both arrive whole.
     let response = client.request(

@@ -58,6 +58,15 @@ struct ExpectedGateway {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExpectedListenerSet {
+    #[serde(default)]
+    conditions: BTreeMap<String, String>,
+    #[serde(default)]
+    listeners: BTreeMap<String, ExpectedListener>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ExpectedListener {
     attached_routes: Option<i32>,
     supported_kinds: Option<Vec<String>>,
@@ -209,7 +218,7 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             }
             continue;
         }
-        let expected_set: ExpectedGateway = match serde_json::from_value(expected_set.clone()) {
+        let expected_set: ExpectedListenerSet = match serde_json::from_value(expected_set.clone()) {
             Ok(e) => e,
             Err(e) => {
                 problems.push(format!("expected.yaml listenerSets.{key}: {e}"));

@@ -462,7 +462,10 @@ fn plan<'s>(
     info: &ConnInfo,
 ) -> Plan<'s> {
     let snapshot = &installed.snapshot;
-    conn.mirror = None;
+    if let Some(unsent) = conn.mirror.take() {
+        // The previous request failed before its body was complete.
+        unsent.abandon(&shard.counters.mirrors);
+    }
     let buf = conn.rx.data();
     let head = &conn.head;
     let mut host_buf = [0u8; MAX_HOST_LEN + 1];
@@ -580,12 +583,23 @@ fn plan<'s>(
         endpoint,
     };
     serialize::upstream_request(&mut conn.out, buf, head, &request);
-    conn.scratch = rewritten_path;
     // An upgraded connection becomes a tunnel, which cannot be copied.
     if !rule.mirrors.is_empty() && !head.upgrade {
-        conn.mirror =
-            MirrorRequest::prepare(shard, installed, &rule.mirrors, &conn.out).map(Box::new);
+        // The copy gets the rule's edits but not those of the primary backendRef.
+        let copy = UpstreamRequest {
+            edits: HeaderEdits::new(&rule.request_headers, &NO_EDITS),
+            ..request
+        };
+        conn.mirror = MirrorRequest::prepare(
+            shard,
+            installed,
+            &rule.mirrors,
+            head.framing,
+            |out: &mut Vec<u8>| serialize::upstream_request(out, buf, head, &copy),
+        )
+        .map(Box::new);
     }
+    conn.scratch = rewritten_path;
     Plan::Forward {
         rule,
         share,

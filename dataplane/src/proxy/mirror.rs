@@ -16,6 +16,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::spawn_local;
 use glommio::timer::Timer;
 
+use crate::http::request::RequestFraming;
 use crate::metrics::{MirrorCounters, increment};
 use crate::proxy::upstream::UpstreamConn;
 use crate::route::table::MirrorTarget;
@@ -39,30 +40,37 @@ pub struct MirrorRequest {
 }
 
 impl MirrorRequest {
-    /// Draws which of `mirrors` copy this request and picks an endpoint for each. `head` is
-    /// the request head serialized for the primary backend. None when nothing is copied.
+    /// Draws which of `mirrors` copy this request and picks an endpoint for each;
+    /// `write_head` serializes the copy's head (as an upstream head). None when nothing is
+    /// copied: none sampled, no endpoint, a declared body over the copy limit, or the core
+    /// already at its limit of copies in flight (each counted as skipped).
     pub fn prepare(
         shard: &Shard,
         installed: &Installed,
         mirrors: &[MirrorTarget],
-        head: &[u8],
+        body: RequestFraming,
+        write_head: impl FnOnce(&mut Vec<u8>),
     ) -> Option<MirrorRequest> {
+        let counters = &shard.counters.mirrors;
+        let too_big = matches!(body, RequestFraming::Length(n) if n > MAX_COPY_BODY as u64);
+        let full = counters.in_flight.get() >= MAX_IN_FLIGHT_PER_CORE;
         let mut endpoints = Vec::new();
         for mirror in mirrors {
             if !mirror.samples(shard.random()) {
                 continue;
             }
             match installed.next_endpoint(mirror.backend as usize) {
-                Some(endpoint) => endpoints.push(endpoint),
-                None => increment(&shard.counters.mirrors.skipped),
+                Some(endpoint) if !too_big && !full => endpoints.push(endpoint),
+                _ => increment(&counters.skipped),
             }
         }
         if endpoints.is_empty() {
             return None;
         }
-        let head = head.strip_suffix(b"\r\n").unwrap_or(head);
-        let mut bytes = Vec::with_capacity(head.len() + 21);
-        bytes.extend_from_slice(head);
+        let mut bytes = Vec::new();
+        write_head(&mut bytes);
+        // The head ends with an empty line; `connection: close` goes before it.
+        bytes.truncate(bytes.len().saturating_sub(2));
         bytes.extend_from_slice(b"connection: close\r\n\r\n");
         Some(MirrorRequest {
             endpoints,
@@ -70,6 +78,13 @@ impl MirrorRequest {
             bytes,
             too_big: false,
         })
+    }
+
+    /// Drops copies that will not be sent (the request failed before its body was complete).
+    pub fn abandon(self, counters: &MirrorCounters) {
+        for _ in &self.endpoints {
+            increment(&counters.skipped);
+        }
     }
 
     /// Adds body bytes sent to the primary backend.
@@ -88,9 +103,7 @@ impl MirrorRequest {
     /// Sends the copies from detached tasks.
     pub fn launch(self, counters: &Rc<MirrorCounters>, connect_timeout: Duration) {
         if self.too_big {
-            for _ in &self.endpoints {
-                increment(&counters.skipped);
-            }
+            self.abandon(counters);
             return;
         }
         let bytes: Rc<[u8]> = self.bytes.into();

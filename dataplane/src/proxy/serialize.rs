@@ -347,7 +347,10 @@ pub fn local_response(
         written.extend_from_slice(&[b"content-length", b"content-type"]);
         edits.write_new(out, &[], &written);
     }
-    let _ = write!(out, "content-length: {body_len}\r\n");
+    // A 204 carries no Content-Length at all (RFC 9110 §8.6).
+    if status != 204 {
+        let _ = write!(out, "content-length: {body_len}\r\n");
+    }
     if body_len > 0 {
         out.extend_from_slice(b"content-type: text/plain\r\n");
     }

@@ -44,11 +44,11 @@ pub struct CorsPolicy {
     max_age: Box<[u8]>,
 }
 
-/// Response headers the filter owns: the backend's copies are dropped when it writes its own.
+/// Response headers the filter always owns: the backend's copies are dropped when it writes
+/// its own. `access-control-expose-headers` is owned only where the filter configures it.
 const OWNED: &[&[u8]] = &[
     b"access-control-allow-origin",
     b"access-control-allow-credentials",
-    b"access-control-expose-headers",
 ];
 
 impl CorsPolicy {
@@ -131,6 +131,8 @@ impl CorsReply<'_> {
     /// Whether the filter writes `name` itself, so the backend's copy is dropped.
     pub fn owns(&self, name: &[u8]) -> bool {
         OWNED.iter().any(|owned| owned.eq_ignore_ascii_case(name))
+            || (self.policy.expose != Allowance::Unset
+                && name.eq_ignore_ascii_case(b"access-control-expose-headers"))
     }
 
     /// Whether the answer depends on the request's Origin, so caches must key on it.
@@ -287,7 +289,9 @@ mod tests {
 
     #[test]
     fn only_the_filters_headers_are_owned() {
-        let cors = CorsPolicy::compile(&policy(&["*"], &[], &[], false)).unwrap();
+        let mut config = policy(&["*"], &[], &[], false);
+        config.expose_headers.clear();
+        let cors = CorsPolicy::compile(&config).unwrap();
         let request = CorsRequest::default();
         let reply = CorsReply {
             policy: &cors,
@@ -295,6 +299,10 @@ mod tests {
             preflight: false,
         };
         assert!(reply.owns(b"Access-Control-Allow-Origin"));
+        assert!(
+            !reply.owns(b"access-control-expose-headers"),
+            "not configured here"
+        );
         assert!(!reply.owns(b"vary"));
         assert!(!reply.varies_by_origin());
     }

@@ -23,7 +23,11 @@ impl GatewayState {
                 name: listener.name.clone(),
                 supported_kinds: listener.supported_kinds.clone(),
                 attached_routes: i32::try_from(listener.attachments.len()).unwrap_or(i32::MAX),
-                conditions: self.listener_conditions(listener, self.generation),
+                conditions: self.listener_conditions(
+                    listener,
+                    self.generation,
+                    self.rejected.is_none(),
+                ),
             })
             .collect();
         let accepted = conditions.first().is_some_and(|c| c.is_true());

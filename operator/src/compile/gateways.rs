@@ -729,9 +729,20 @@ impl GatewayState {
         vec![accepted, programmed]
     }
 
+    /// Whether the Gateway is accepted, so that its config carries listeners at all.
+    pub fn serves(&self) -> bool {
+        self.conditions().first().is_some_and(Condition::is_true)
+    }
+
     /// Conditions of a listener declared by an object of generation `g` (the Gateway, or the
-    /// ListenerSet that declares it).
-    pub fn listener_conditions(&self, listener: &ListenerState, g: i64) -> Vec<Condition> {
+    /// ListenerSet that declares it); `parent_serves` says whether its Gateway's config
+    /// carries listeners.
+    pub fn listener_conditions(
+        &self,
+        listener: &ListenerState,
+        g: i64,
+        parent_serves: bool,
+    ) -> Vec<Condition> {
         let mut out = Vec::with_capacity(4);
         match (&listener.not_accepted, &listener.conflicted) {
             (Some((reason, message)), _) | (None, Some((reason, message))) => out.push(
@@ -745,7 +756,7 @@ impl GatewayState {
                 g,
             )),
         }
-        if listener.programmable() && self.rejected.is_none() {
+        if listener.programmable() && parent_serves {
             out.push(Condition::new(
                 types::PROGRAMMED,
                 Status::True,

@@ -53,8 +53,15 @@ struct Claims {
 }
 
 impl Claims {
+    /// Claims what an accepted listener uses.
     fn add(&mut self, listener: &ListenerState) {
-        if let (true, Some(protocol)) = (listener.accepted(), listener.protocol) {
+        if listener.accepted() {
+            self.claim(listener);
+        }
+    }
+
+    fn claim(&mut self, listener: &ListenerState) {
+        if let (None, Some(protocol)) = (&listener.not_accepted, listener.protocol) {
             self.protocols.entry(listener.port).or_insert(protocol);
             self.hostnames.insert((listener.port, host_key(listener)));
         }
@@ -130,8 +137,10 @@ pub fn attach_listener_sets(index: &Index<'_>, gateways: &mut BTreeMap<ObjectKey
         if state.admitted() {
             state.listeners = listeners(index, set);
             let claims = claims.entry(gateway_key).or_insert_with(|| {
+                // The Gateway's listeners come first even where they conflict among
+                // themselves: what the Gateway declares is never taken over by a ListenerSet.
                 let mut own = Claims::default();
-                gateway.listeners.iter().for_each(|l| own.add(l));
+                gateway.listeners.iter().for_each(|l| own.claim(l));
                 own
             });
             for listener in state.listeners.iter_mut().filter(|l| l.accepted()) {
@@ -219,6 +228,7 @@ impl GatewayState {
     /// The status of one of this Gateway's ListenerSets.
     pub fn listener_set_output(&self, set: &ListenerSetState) -> ListenerSetOutput {
         let g = set.generation;
+        let parent_serves = self.serves();
         let both = |status: Status, reason: &'static str, message: String| {
             vec![
                 Condition::new(types::ACCEPTED, status, reason, message.clone(), g),
@@ -232,12 +242,12 @@ impl GatewayState {
                 name: listener.name.clone(),
                 supported_kinds: listener.supported_kinds.clone(),
                 attached_routes: i32::try_from(listener.attachments.len()).unwrap_or(i32::MAX),
-                conditions: self.listener_conditions(listener, g),
+                conditions: self.listener_conditions(listener, g, parent_serves),
             })
             .collect();
         let conditions = if let Some((reason, message)) = &set.refused {
             both(Status::False, reason, message.clone())
-        } else if self.rejected.is_some() {
+        } else if !parent_serves {
             both(
                 Status::False,
                 reasons::PARENT_NOT_ACCEPTED,
@@ -287,14 +297,13 @@ impl GatewayState {
 
     /// ListenerSets with Accepted=True (`status.attachedListenerSets`).
     pub fn attached_listener_sets(&self) -> i32 {
+        if !self.serves() {
+            return 0;
+        }
         let accepted = self
             .listener_sets
             .iter()
-            .filter(|set| {
-                set.admitted()
-                    && self.rejected.is_none()
-                    && set.listeners.iter().any(ListenerState::valid)
-            })
+            .filter(|set| set.admitted() && set.listeners.iter().any(ListenerState::valid))
             .count();
         i32::try_from(accepted).unwrap_or(i32::MAX)
     }

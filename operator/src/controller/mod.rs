@@ -505,9 +505,18 @@ impl Reconciler {
                 continue;
             };
             let delivery = self.delivery(stores, &set.gateway);
-            let Some(new) =
-                status::listener_set_status(existing.status.as_ref(), set, &delivery, &now)
-            else {
+            let has_address = input
+                .gateways
+                .iter()
+                .find(|g| ObjectKey::of(*g) == set.gateway)
+                .is_some_and(|g| !addresses(stores, g).is_empty());
+            let Some(new) = status::listener_set_status(
+                existing.status.as_ref(),
+                set,
+                &delivery,
+                has_address,
+                &now,
+            ) else {
                 failures += 1;
                 continue;
             };

@@ -118,14 +118,8 @@ pub fn gateway_status(
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
     let mut conditions = held(&output.conditions, delivery);
-    if addresses.is_empty()
-        && let Some(programmed) = conditions
-            .iter_mut()
-            .find(|c| c.type_ == types::PROGRAMMED && c.is_true())
-    {
-        programmed.status = Status::False;
-        programmed.reason = reasons::ADDRESS_NOT_ASSIGNED;
-        programmed.message = "the Gateway's Service has no address yet".into();
+    if addresses.is_empty() {
+        without_address(&mut conditions);
     }
     let listeners = listener_statuses(
         existing.and_then(|s| s.listeners.as_deref()),
@@ -138,6 +132,18 @@ pub fn gateway_status(
         attached_listener_sets: Some(output.attached_listener_sets),
         conditions: Some(merge_conditions(&current, &conditions, now)),
         listeners: Some(listeners),
+    }
+}
+
+/// Programmed=True becomes False/AddressNotAssigned while the Gateway's Service has none.
+fn without_address(conditions: &mut [Condition]) {
+    if let Some(programmed) = conditions
+        .iter_mut()
+        .find(|c| c.type_ == types::PROGRAMMED && c.is_true())
+    {
+        programmed.status = Status::False;
+        programmed.reason = reasons::ADDRESS_NOT_ASSIGNED;
+        programmed.message = "the Gateway's Service has no address yet".into();
     }
 }
 
@@ -193,11 +199,12 @@ fn listener_statuses(
 }
 
 /// A ListenerSet's status: its conditions and listeners, with Programmed held like its
-/// Gateway's until a proxy serves the config.
+/// Gateway's until a proxy serves the config and the Gateway has an address.
 pub fn listener_set_status(
     existing: Option<&ListenerSetStatus>,
     output: &ListenerSetOutput,
     delivery: &Delivery,
+    gateway_has_address: bool,
     now: &Time,
 ) -> Option<ListenerSetStatus> {
     let current = existing
@@ -207,12 +214,12 @@ pub fn listener_set_status(
         .and_then(|s| s.listeners.as_ref())
         .and_then(same_shape);
     let listeners = listener_statuses(previous.as_deref(), &output.listeners, delivery, now);
+    let mut conditions = held(&output.conditions, delivery);
+    if !gateway_has_address {
+        without_address(&mut conditions);
+    }
     Some(ListenerSetStatus {
-        conditions: Some(merge_conditions(
-            &current,
-            &held(&output.conditions, delivery),
-            now,
-        )),
+        conditions: Some(merge_conditions(&current, &conditions, now)),
         listeners: Some(same_shape(&listeners)?),
     })
 }
@@ -360,6 +367,70 @@ mod tests {
             config: None,
             parameters: Default::default(),
         }
+    }
+
+    #[test]
+    fn listener_set_status_replaces_the_pending_defaults_and_waits_like_its_gateway() {
+        let gateway = gateway_output();
+        let output = ListenerSetOutput {
+            gateway: crate::compile::ObjectKey::new("infra", "gw"),
+            conditions: gateway.conditions.clone(),
+            listeners: gateway.listeners.clone(),
+        };
+        // What the API server puts there before any controller looked.
+        let pending = |type_: &str| KubeCondition {
+            type_: type_.into(),
+            status: "Unknown".into(),
+            reason: "Pending".into(),
+            message: "Waiting for controller".into(),
+            last_transition_time: time(0),
+            observed_generation: None,
+        };
+        let defaulted = ListenerSetStatus {
+            conditions: Some(vec![pending("Accepted"), pending("Programmed")]),
+            listeners: None,
+        };
+        let condition = |s: &ListenerSetStatus, type_: &str| {
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == type_)
+                .unwrap()
+                .clone()
+        };
+        let waiting = listener_set_status(
+            Some(&defaulted),
+            &output,
+            &Delivery::Waiting("no proxy yet".into()),
+            true,
+            &time(1),
+        )
+        .unwrap();
+        assert_eq!(waiting.conditions.as_ref().unwrap().len(), 2);
+        assert_eq!(condition(&waiting, "Accepted").status, "True");
+        assert!(
+            condition(&waiting, "Accepted")
+                .observed_generation
+                .is_some()
+        );
+        assert_eq!(condition(&waiting, "Programmed").reason, "Pending");
+        let served =
+            listener_set_status(Some(&waiting), &output, &Delivery::Served, true, &time(2))
+                .unwrap();
+        assert_eq!(condition(&served, "Programmed").status, "True");
+        let listener = &served.listeners.as_ref().unwrap()[0];
+        assert_eq!(
+            (listener.name.as_str(), listener.attached_routes),
+            ("http", 2)
+        );
+        let no_address =
+            listener_set_status(Some(&served), &output, &Delivery::Served, false, &time(3))
+                .unwrap();
+        assert_eq!(
+            condition(&no_address, "Programmed").reason,
+            "AddressNotAssigned"
+        );
     }
 
     #[test]

@@ -246,6 +246,9 @@ impl Stores {
         for set in self.listener_sets.state() {
             let namespace = set.namespace().unwrap_or_default();
             let parent = &set.spec.parent_ref;
+            if parent.kind.as_deref().unwrap_or("Gateway") != "Gateway" {
+                continue;
+            }
             let gateway = ObjectKey::new(
                 parent
                     .namespace
