@@ -200,7 +200,12 @@ fn route_rows(kind: RowKind, key: &ObjectKey, route: &RouteOutput, rows: &mut Ve
 /// parentRef names none).
 pub fn parent_name(route_namespace: &str, parent: &ParentRef) -> String {
     let namespace = parent.namespace.as_deref().unwrap_or(route_namespace);
-    let mut name = format!("{namespace}/{}", parent.name);
+    // A Gateway is the default parent; other kinds say what they are.
+    let kind = match parent.kind.as_deref() {
+        Some(kind) if kind != "Gateway" => format!("{kind} "),
+        _ => String::new(),
+    };
+    let mut name = format!("{kind}{namespace}/{}", parent.name);
     if let Some(section) = &parent.section_name {
         let _ = write!(name, "/{section}");
     }
