@@ -649,6 +649,39 @@ async fn a_broken_route_does_not_affect_its_neighbour() {
     controller.finish();
 }
 
+/// A route whose parentRefs stop naming our Gateway loses our status entry; another
+/// controller's entry stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_route_loses_only_our_status_entry() {
+    let fake = FakeApi::new();
+    seed_gateway(&fake);
+    fake.create(route(NS, "web", "echo"));
+    let controller = start(&fake, "portcullis-0");
+    wait_for(&fake, "route attached", || route_parent(&fake, NS, "web")).await;
+    fake.modify("HTTPRoute", NS, "web", |r| {
+        r["spec"]["parentRefs"] = json!([{"name": "someone-elses"}]);
+        r["metadata"]["generation"] = json!(2);
+        let parents = r["status"]["parents"].as_array_mut().unwrap();
+        parents.push(json!({
+            "controllerName": "example.com/other",
+            "parentRef": {"name": "someone-elses"},
+            "conditions": [],
+        }));
+    });
+    let parents = wait_for(&fake, "our entry removed", || {
+        let route = fake.get("HTTPRoute", NS, "web")?;
+        let parents = route["status"]["parents"].as_array()?.clone();
+        parents
+            .iter()
+            .all(|p| p["controllerName"] != CONTROLLER_NAME)
+            .then_some(parents)
+    })
+    .await;
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    assert_eq!(parents[0]["controllerName"], "example.com/other");
+    controller.finish();
+}
+
 /// GatewayParameters without `replicas` leave the Deployment's replica count alone (the field
 /// is never applied); with replicas 3 the Deployment gets 3; unset again, the field is
 /// released.

@@ -531,7 +531,11 @@ impl Reconciler {
                 .write_status(&api, existing, existing.status.as_ref(), &new, notices)
                 .await;
         }
-        for (key, route) in &output.http_routes {
+        let http_routes =
+            status::including_detached(&output.http_routes, &input.http_routes, |r| {
+                status::has_our_entry(r.status.as_ref())
+            });
+        for (key, route) in &http_routes {
             let Some(existing) = input.http_routes.iter().find(|r| ObjectKey::of(*r) == *key)
             else {
                 continue;
@@ -573,7 +577,11 @@ impl Reconciler {
     {
         let now = Time(Timestamp::now());
         let mut failures = 0;
-        for (key, route) in outputs {
+        let outputs = status::including_detached(outputs, objects, |r| {
+            let status: Option<HttpRouteStatus> = status_of(r).and_then(status::same_shape);
+            status::has_our_entry(status.as_ref())
+        });
+        for (key, route) in &outputs {
             let Some(existing) = objects.iter().find(|r| ObjectKey::of(*r) == *key) else {
                 continue;
             };

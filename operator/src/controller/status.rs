@@ -19,9 +19,11 @@ use portcullis_api::gateway_api::httproute::{
 use portcullis_api::gateway_api::listenerset::ListenerSetStatus;
 
 use crate::compile::conditions::{reasons, types};
+use std::collections::BTreeMap;
+
 use crate::compile::{
     CONTROLLER_NAME, ClassOutput, Condition, GatewayOutput, ListenerOutput, ListenerSetOutput,
-    RouteOutput, Status,
+    ObjectKey, RouteOutput, Status,
 };
 
 /// Merges `ours` into `existing`.
@@ -261,6 +263,39 @@ pub fn route_status(
     HttpRouteStatus { parents }
 }
 
+/// The route outputs to write: the compiler's, plus an empty one for every route whose status
+/// still holds an entry of ours although none of its parentRefs names a parent of ours any
+/// more (detached, or its Gateway deleted), so that entry is removed and other controllers'
+/// entries stay.
+pub fn including_detached<K: kube::Resource>(
+    outputs: &BTreeMap<ObjectKey, RouteOutput>,
+    objects: &[K],
+    has_our_entry: impl Fn(&K) -> bool,
+) -> BTreeMap<ObjectKey, RouteOutput> {
+    let mut all = outputs.clone();
+    for object in objects {
+        let key = ObjectKey::of(object);
+        if !all.contains_key(&key) && has_our_entry(object) {
+            all.insert(
+                key,
+                RouteOutput {
+                    parents: Vec::new(),
+                },
+            );
+        }
+    }
+    all
+}
+
+/// Whether a route status (in HTTPRoute's shape) holds a parent entry of ours.
+pub fn has_our_entry(status: Option<&HttpRouteStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.parents
+            .iter()
+            .any(|p| p.controller_name == CONTROLLER_NAME)
+    })
+}
+
 /// ParentRefs compare with API defaults applied (group and kind may be omitted).
 pub fn same_parent(
     a: &HttpRouteStatusParentsParentRef,
@@ -473,6 +508,46 @@ mod tests {
         assert_eq!(served.listeners.as_ref().unwrap()[0].attached_routes, 2);
         let no_address = gateway_status(None, &gateway_output(), &Delivery::Served, &[], &time(3));
         assert_eq!(programmed(&no_address).reason, "AddressNotAssigned");
+    }
+
+    #[test]
+    fn detached_routes_lose_only_our_entries() {
+        use portcullis_api::gateway_api::httproute::HttpRoute;
+        let parent = |controller: &str, name: &str| HttpRouteStatusParents {
+            conditions: vec![],
+            controller_name: controller.into(),
+            parent_ref: HttpRouteStatusParentsParentRef {
+                name: name.into(),
+                ..Default::default()
+            },
+        };
+        let route = |name: &str, parents: Vec<HttpRouteStatusParents>| {
+            let mut route = HttpRoute::new(name, Default::default());
+            route.metadata.namespace = Some("apps".into());
+            route.status = Some(HttpRouteStatus { parents });
+            route
+        };
+        let objects = vec![
+            route(
+                "detached",
+                vec![parent(CONTROLLER_NAME, "gw"), parent("other/ctl", "theirs")],
+            ),
+            route("theirs-only", vec![parent("other/ctl", "theirs")]),
+        ];
+        let all = including_detached(&BTreeMap::new(), &objects, |r| {
+            has_our_entry(r.status.as_ref())
+        });
+        assert_eq!(
+            all.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ["apps/detached"]
+        );
+        let cleaned = route_status(
+            objects[0].status.as_ref(),
+            &all[&ObjectKey::new("apps", "detached")],
+            &time(1),
+        );
+        assert_eq!(cleaned.parents.len(), 1);
+        assert_eq!(cleaned.parents[0].controller_name, "other/ctl");
     }
 
     #[test]
