@@ -5,13 +5,16 @@
 
 use std::path::PathBuf;
 
-use portcullis_operator::compile::compile;
+use portcullis_operator::compile::{Output, compile};
 use portcullis_operator::objects::load_paths;
 use portcullis_operator::status_table::rows;
 
-#[test]
-fn the_stream_sample_compiles_cleanly() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples/stream");
+/// Compiles `config/samples/<name>`, asserting every document was read and no row has a
+/// problem.
+fn compile_cleanly(name: &str) -> Output {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/samples")
+        .join(name);
     let loaded = load_paths(&[dir]).unwrap();
     assert!(loaded.ignored.is_empty(), "{:?}", loaded.ignored);
     let output = compile(&loaded.input);
@@ -21,6 +24,12 @@ fn the_stream_sample_compiles_cleanly() {
         .map(|r| r.key.clone())
         .collect();
     assert!(problems.is_empty(), "{problems:?}");
+    output
+}
+
+#[test]
+fn the_stream_sample_compiles_cleanly() {
+    let output = compile_cleanly("stream");
     assert_eq!(output.tls_routes.len(), 1);
     assert_eq!(output.tcp_routes.len(), 1);
     let config = output
@@ -36,16 +45,7 @@ fn the_stream_sample_compiles_cleanly() {
 
 #[test]
 fn the_listener_set_sample_compiles_cleanly() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples/listenerset");
-    let loaded = load_paths(&[dir]).unwrap();
-    assert!(loaded.ignored.is_empty(), "{:?}", loaded.ignored);
-    let output = compile(&loaded.input);
-    let problems: Vec<String> = rows(&output)
-        .iter()
-        .filter(|r| !r.is_ok())
-        .map(|r| r.key.clone())
-        .collect();
-    assert!(problems.is_empty(), "{problems:?}");
+    let output = compile_cleanly("listenerset");
     let gateway = output.gateways.values().next().unwrap();
     assert_eq!(gateway.attached_listener_sets, 1);
     let config = gateway.config.as_ref().unwrap();

@@ -7,7 +7,7 @@ use portcullis_api::config::{
     Backend, Certificate, GatewayIdentity, HttpRoute, Listener, Port, PortProtocol, StreamRoute,
 };
 
-use super::gateways::{GatewayState, Protocol};
+use super::gateways::{GatewayState, ListenerState, Protocol};
 use super::{GatewayOutput, ListenerOutput};
 
 impl GatewayState {
@@ -19,15 +19,8 @@ impl GatewayState {
         let listeners = self
             .listeners
             .iter()
-            .map(|listener| ListenerOutput {
-                name: listener.name.clone(),
-                supported_kinds: listener.supported_kinds.clone(),
-                attached_routes: i32::try_from(listener.attachments.len()).unwrap_or(i32::MAX),
-                conditions: self.listener_conditions(
-                    listener,
-                    self.generation,
-                    self.rejected.is_none(),
-                ),
+            .map(|listener| {
+                self.listener_output(listener, self.generation, self.rejected.is_none())
             })
             .collect();
         let accepted = conditions.first().is_some_and(|c| c.is_true());
@@ -43,6 +36,22 @@ impl GatewayState {
             listeners,
             config,
             parameters: self.parameters,
+        }
+    }
+
+    /// One entry of `status.listeners` (a Gateway's, or a ListenerSet's: `g` is the generation
+    /// of the object that declares the listener).
+    pub fn listener_output(
+        &self,
+        listener: &ListenerState,
+        g: i64,
+        parent_serves: bool,
+    ) -> ListenerOutput {
+        ListenerOutput {
+            name: listener.name.clone(),
+            supported_kinds: listener.supported_kinds.clone(),
+            attached_routes: i32::try_from(listener.attachments.len()).unwrap_or(i32::MAX),
+            conditions: self.listener_conditions(listener, g, parent_serves),
         }
     }
 

@@ -21,9 +21,7 @@ use super::gateways::{
     GatewayState, ListenerOwner, ListenerState, Problem, Protocol, listener, mark_conflicts,
     selector_matches,
 };
-use super::{
-    GATEWAY_GROUP, Index, ListenerOutput, ListenerSetOutput, ObjectKey, by_age, generation,
-};
+use super::{GATEWAY_GROUP, Index, ListenerSetOutput, ObjectKey, by_age, generation};
 
 pub const LISTENER_SET: &str = "ListenerSet";
 
@@ -238,12 +236,7 @@ impl GatewayState {
         let listeners = set
             .listeners
             .iter()
-            .map(|listener| ListenerOutput {
-                name: listener.name.clone(),
-                supported_kinds: listener.supported_kinds.clone(),
-                attached_routes: i32::try_from(listener.attachments.len()).unwrap_or(i32::MAX),
-                conditions: self.listener_conditions(listener, g, parent_serves),
-            })
+            .map(|listener| self.listener_output(listener, g, parent_serves))
             .collect();
         let conditions = if let Some((reason, message)) = &set.refused {
             both(Status::False, reason, message.clone())
