@@ -225,7 +225,7 @@ async fn run(
     replies: ConnectedSender<ShardReply>,
 ) {
     let housekeeping = spawn_local(housekeeping(shard.clone()));
-    let mut listeners: HashMap<u16, Task<()>> = HashMap::new();
+    let mut listeners: HashMap<u16, AcceptLoop> = HashMap::new();
     while let Some(command) = commands.recv().await {
         let reply = match command {
             ShardCommand::Install { snapshot, sockets } => {
@@ -264,7 +264,7 @@ fn install(
     shard: &Rc<Shard>,
     snapshot: Arc<Snapshot>,
     sockets: Vec<(u16, OwnedFd)>,
-    listeners: &mut HashMap<u16, Task<()>>,
+    listeners: &mut HashMap<u16, AcceptLoop>,
 ) -> ShardReply {
     let generation = snapshot.generation;
     let installed = match shard.build(snapshot.clone()) {
@@ -273,15 +273,23 @@ fn install(
     };
     let mut new_listeners = Vec::with_capacity(sockets.len());
     for (port, socket) in sockets {
+        let stopper = match socket.try_clone() {
+            Ok(duplicate) => socket2::Socket::from(duplicate),
+            Err(e) => {
+                return ShardReply::InstallFailed {
+                    reason: format!("duplicating the socket for port {port}: {e}"),
+                };
+            }
+        };
         // SAFETY: `socket` is an owned, bound, listening TCP socket the control thread created
         // for this core; ownership of the descriptor moves into the glommio listener.
         #[allow(unsafe_code)]
         let listener =
             unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) };
-        new_listeners.push((port, listener));
+        new_listeners.push((port, listener, stopper));
     }
     let wanted: HashSet<u16> = snapshot.ports.iter().map(|p| p.port).collect();
-    for (port, _) in &new_listeners {
+    for (port, _, _) in &new_listeners {
         if !wanted.contains(port) || listeners.contains_key(port) {
             return ShardReply::InstallFailed {
                 reason: format!("unexpected socket for port {port}"),
@@ -290,7 +298,7 @@ fn install(
     }
     let missing: Vec<u16> = wanted
         .iter()
-        .filter(|p| !listeners.contains_key(p) && !new_listeners.iter().any(|(n, _)| n == *p))
+        .filter(|p| !listeners.contains_key(p) && !new_listeners.iter().any(|(n, _, _)| n == *p))
         .copied()
         .collect();
     if !missing.is_empty() {
@@ -316,13 +324,30 @@ fn install(
         );
     }
     listeners.retain(|port, _| wanted.contains(port));
-    for (port, listener) in new_listeners {
-        listeners.insert(
-            port,
-            spawn_local(accept_loop(shard.clone(), listener, port)),
-        );
+    for (port, listener, stopper) in new_listeners {
+        let task = spawn_local(accept_loop(shard.clone(), listener, port));
+        listeners.insert(port, AcceptLoop { stopper, task });
     }
     ShardReply::Installed { generation }
+}
+
+/// A port's accept task, and a duplicate of its listening socket that stops the port
+/// synchronously when the task is dropped. Dropping the task alone is not enough: the accept
+/// the task has in flight in the io_uring ring holds its own reference to the socket, which
+/// keeps listening (and completing handshakes nobody will accept) until the ring processes the
+/// cancellation — after the ACK of a swap that removed the port, or even after the process
+/// has exited, since the kernel tears rings down asynchronously. `shutdown` on a listening
+/// socket closes it at once, whatever holds references to it.
+struct AcceptLoop {
+    stopper: socket2::Socket,
+    #[allow(dead_code)] // held so that dropping the AcceptLoop cancels the task
+    task: Task<()>,
+}
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        let _ = self.stopper.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Decrements the open-connection gauge however the connection task ends, panics included.

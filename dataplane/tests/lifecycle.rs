@@ -335,6 +335,30 @@ fn drain_timeout_bounds_the_exit() {
     );
 }
 
+/// Once the process has exited, its ports refuse connections at once. The kernel tears an
+/// exited process's io_uring rings down asynchronously, and an accept still in flight there
+/// would keep the listening socket alive (completing handshakes nobody accepts) for a while
+/// after `wait` returned, unless the drain closes the listeners itself.
+#[test]
+fn an_exited_proxy_listens_nowhere() {
+    let web = Backend::start("web");
+    for round in 0..10 {
+        let port = free_port();
+        let mut proxy = Proxy::start_with(
+            &web_config(1, port, &web),
+            &["--cores", "2", "--drain-timeout", "0"],
+        );
+        assert_eq!(Client::connect(port).get("x.test", "/").status, 200);
+        proxy.terminate();
+        let status = proxy.wait(Duration::from_secs(5));
+        assert!(status.is_some_and(|s| s.success()), "{}", proxy.stderr());
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still accepts after the proxy exited (round {round})"
+        );
+    }
+}
+
 /// With a drain delay the proxy stays reachable for a while after SIGTERM, reports not ready,
 /// and answers with `connection: close`, so clients move to other replicas before the
 /// listeners close.
