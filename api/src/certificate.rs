@@ -41,3 +41,32 @@ pub fn parse_pem(cert_chain_pem: &str, private_key_pem: &str) -> Result<ParsedCe
     parsed.load(&provider())?;
     Ok(parsed)
 }
+
+/// Most trust anchors one bundle may hold: far more than any CA bundle a backend needs, few
+/// enough to bound the work of building a verifier from a pushed config.
+pub const MAX_CA_CERTIFICATES: usize = 256;
+
+/// Decodes a PEM bundle of CA certificates and checks each one can serve as a trust anchor.
+/// The compiler uses it to report a ConfigMap that holds no usable CA (`InvalidCACertificateRef`),
+/// the proxy to build its verifier: both apply the same rule.
+pub fn parse_ca_bundle(pem: &str) -> Result<rustls::RootCertStore, String> {
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("CA bundle is not valid PEM: {e}"))?;
+    if certificates.is_empty() {
+        return Err("CA bundle holds no certificate".into());
+    }
+    if certificates.len() > MAX_CA_CERTIFICATES {
+        return Err(format!(
+            "CA bundle holds {} certificates, more than {MAX_CA_CERTIFICATES}",
+            certificates.len()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, certificate) in certificates.into_iter().enumerate() {
+        roots
+            .add(certificate)
+            .map_err(|e| format!("CA certificate {} is not usable: {e}", i + 1))?;
+    }
+    Ok(roots)
+}

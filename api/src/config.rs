@@ -397,6 +397,36 @@ pub struct Backend {
     #[serde(default)]
     pub protocol: BackendProtocol,
     pub endpoints: Vec<SocketAddr>,
+    /// TLS to the endpoints (a BackendTLSPolicy); plaintext when absent. Only HTTP traffic
+    /// uses it: TLS passthrough and TCP ports forward bytes unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+/// How the proxy speaks TLS to a backend and authenticates it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// "namespace/name" of the BackendTLSPolicy, for logs.
+    pub policy: String,
+    /// Sent as SNI. The certificate must be valid for it unless `subject_alt_names` is set.
+    pub server_name: String,
+    /// PEM trust anchors: the backend's chain must lead to one of them.
+    pub ca_certificates_pem: String,
+    /// When not empty, the certificate must carry at least one of these names, and
+    /// `server_name` is not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// A name a backend certificate may be required to carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectAltName {
+    /// A DNS name (a wildcard certificate matches it as TLS clients match hostnames).
+    Hostname(String),
+    /// A URI such as a SPIFFE ID, compared exactly.
+    Uri(String),
 }
 
 /// A certificate chain and its private key, both PEM. Only Gateways allowed to use a Secret

@@ -18,6 +18,8 @@ pub const MAX_REGEX_LEN: usize = 1024;
 pub const MAX_CORS_LIST: usize = 64;
 /// RequestMirror filters per rule (a rule holds at most 16 filters of any kind).
 pub const MAX_MIRRORS: usize = 16;
+/// Most subject alt names a BackendTLSPolicy may require (the CRD allows 5).
+pub const MAX_SUBJECT_ALT_NAMES: usize = 16;
 /// Compiled-size limit per regex, so a hostile pattern cannot blow up memory.
 pub const MAX_REGEX_COMPILED_BYTES: usize = 1 << 20;
 
@@ -164,6 +166,9 @@ impl Validator {
                     if endpoint.port() == 0 {
                         v.at(".endpoints", j, |v| v.fail("port 0"));
                     }
+                }
+                if let Some(tls) = &backend.tls {
+                    v.within(Segment::Field(".tls"), |v| v.backend_tls(tls));
                 }
             });
         }
@@ -673,6 +678,31 @@ impl Validator {
     }
 
     /// A Gateway API hostname: a DNS name, optionally with a leading "*." wildcard label.
+    fn backend_tls(&mut self, tls: &BackendTls) {
+        if !is_dns_name(&tls.server_name) {
+            self.fail(format!("invalid server_name {:?}", tls.server_name));
+        }
+        if let Err(e) = crate::certificate::parse_ca_bundle(&tls.ca_certificates_pem) {
+            self.fail(format!("ca_certificates_pem: {e}"));
+        }
+        if tls.subject_alt_names.len() > MAX_SUBJECT_ALT_NAMES {
+            self.fail(format!(
+                "{} subject_alt_names exceed the limit of {MAX_SUBJECT_ALT_NAMES}",
+                tls.subject_alt_names.len()
+            ));
+        }
+        for (i, name) in tls.subject_alt_names.iter().enumerate() {
+            self.at(".subject_alt_names", i, |v| match name {
+                SubjectAltName::Hostname(hostname) => v.hostname(hostname),
+                SubjectAltName::Uri(uri) => {
+                    if !is_absolute_uri(uri) {
+                        v.fail(format!("{uri:?} is not an absolute URI"));
+                    }
+                }
+            });
+        }
+    }
+
     fn hostname(&mut self, hostname: &str) {
         let rest = hostname.strip_prefix("*.").unwrap_or(hostname);
         if !is_dns_name(rest) {
@@ -703,6 +733,20 @@ pub fn validate_rule(rule: &RouteRule) -> Result<(), ValidationError> {
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// An absolute URI as RFC 3986 spells one: a scheme, a colon and a non-empty rest made of
+/// visible ASCII. Good enough to refuse what could never match a certificate's URI name.
+pub fn is_absolute_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let mut scheme_bytes = scheme.bytes();
+    scheme_bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme_bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !rest.is_empty()
+        && s.len() <= 2048
+        && rest.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// RFC 9110 token: the grammar of methods and header names.

@@ -610,7 +610,10 @@ fn listeners_are_added_and_removed_by_swaps() {
     // an added one serves.
     for round in 0..10 {
         let generation = 3 + 2 * round;
-        assert_ack(proxy.push(&ports_config(generation, &[second], &web)), generation);
+        assert_ack(
+            proxy.push(&ports_config(generation, &[second], &web)),
+            generation,
+        );
         assert!(
             TcpStream::connect(("127.0.0.1", first)).is_err(),
             "port {first} still accepts after the ACK of its removal (round {round})"

@@ -6,6 +6,7 @@ fn base() -> CompiledConfig {
         name: "default/web:80".into(),
         protocol: BackendProtocol::Http1,
         endpoints: vec!["127.0.0.1:8080".parse().unwrap()],
+        tls: None,
     });
     config.ports.push(Port {
         port: 8080,
@@ -524,5 +525,69 @@ proptest::proptest! {
         let first = crate::frame::encode(&config).unwrap();
         let second = crate::frame::encode(&config.clone()).unwrap();
         proptest::prop_assert_eq!(first, second);
+    }
+}
+
+fn test_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+fn with_backend_tls(edit: impl FnOnce(&mut BackendTls)) -> CompiledConfig {
+    let mut config = base();
+    let mut tls = BackendTls {
+        policy: "default/web-tls".into(),
+        server_name: "web.example.com".into(),
+        ca_certificates_pem: test_ca_pem(),
+        subject_alt_names: vec![
+            SubjectAltName::Hostname("*.example.com".into()),
+            SubjectAltName::Uri("spiffe://cluster.local/ns/default/sa/web".into()),
+        ],
+    };
+    edit(&mut tls);
+    config.backends[0].tls = Some(tls);
+    config
+}
+
+#[test]
+fn backend_tls_is_validated_field_by_field() {
+    validate(&with_backend_tls(|_| {})).unwrap();
+    let cases: [(&str, fn(&mut BackendTls)); 6] = [
+        ("invalid server_name", |t| {
+            t.server_name = "*.example.com".into()
+        }),
+        ("CA bundle holds no certificate", |t| {
+            t.ca_certificates_pem = "not pem".into()
+        }),
+        ("CA certificate 1 is not usable", |t| {
+            t.ca_certificates_pem =
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into()
+        }),
+        ("subject_alt_names[0]", |t| {
+            t.subject_alt_names[0] = SubjectAltName::Hostname("bad host".into())
+        }),
+        ("is not an absolute URI", |t| {
+            t.subject_alt_names[1] = SubjectAltName::Uri("no-scheme".into())
+        }),
+        ("exceed the limit", |t| {
+            t.subject_alt_names = vec![SubjectAltName::Uri("urn:x".into()); 17]
+        }),
+    ];
+    for (expected, edit) in cases {
+        let error = validate(&with_backend_tls(edit)).unwrap_err().to_string();
+        assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        assert!(error.contains("backends[0].tls"), "{error}");
+    }
+}
+
+#[test]
+fn absolute_uris_need_a_scheme_and_a_rest() {
+    for good in ["spiffe://a/b", "urn:uuid:1", "https://x.example/p?q=1"] {
+        assert!(is_absolute_uri(good), "{good}");
+    }
+    for bad in ["", ":x", "1a:x", "a:", "a b:x", "spiffe://a b", "noscheme"] {
+        assert!(!is_absolute_uri(bad), "{bad}");
     }
 }

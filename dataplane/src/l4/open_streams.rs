@@ -116,6 +116,7 @@ mod tests {
             name: backend.into(),
             protocol: BackendProtocol::Http1,
             endpoints: vec!["127.0.0.1:9".parse().unwrap()],
+            tls: None,
         });
         config.ports.push(Port {
             port: 5432,

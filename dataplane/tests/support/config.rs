@@ -68,6 +68,7 @@ impl ConfigBuilder {
             name: name.into(),
             protocol: BackendProtocol::Http1,
             endpoints: endpoints.iter().map(|b| b.addr).collect(),
+            tls: None,
         });
         self
     }
@@ -78,6 +79,7 @@ impl ConfigBuilder {
             name: name.into(),
             protocol: BackendProtocol::Http1,
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            tls: None,
         });
         self
     }

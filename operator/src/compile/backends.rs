@@ -110,6 +110,7 @@ pub fn resolve(
         name: backend_name(&key, port),
         protocol,
         endpoints: endpoints(index, &key, &service_port),
+        tls: None,
     })
 }
 
