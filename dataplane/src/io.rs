@@ -89,6 +89,11 @@ impl TlsSocket {
             gather: Vec::new(),
         }
     }
+
+    /// The socket itself, for its timeouts and descriptor.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.stream
+    }
 }
 
 impl AsyncRead for TlsSocket {

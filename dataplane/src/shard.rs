@@ -27,7 +27,7 @@ use crate::io::TlsSocket;
 use crate::l4::open_streams::OpenStreams;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
 use crate::proxy::connection::{ConnInfo, linger, serve};
-use crate::proxy::upstream::Pool;
+use crate::proxy::upstream::{Pool, PoolKey};
 use crate::route::Snapshot;
 use crate::signal::Signal;
 use crate::tls::{TicketKey, server_config};
@@ -308,12 +308,16 @@ fn install(
     }
 
     // Commit: nothing below can fail.
-    let endpoints: HashSet<SocketAddr> = snapshot
+    let poolable: HashSet<PoolKey> = snapshot
         .backends
         .iter()
-        .flat_map(|b| b.endpoints.iter().copied())
+        .flat_map(|b| {
+            b.endpoints
+                .iter()
+                .map(|&addr| PoolKey::new(addr, b.tls.as_deref()))
+        })
         .collect();
-    shard.pool.retain_endpoints(&endpoints);
+    shard.pool.retain_endpoints(&poolable);
     *shard.installed.borrow_mut() = Rc::new(installed);
     let revoked = shard.open_streams.revoke_disallowed(&snapshot);
     if revoked > 0 {

@@ -18,10 +18,12 @@ const KINDS: &[(&str, &str)] = &[
     ("gateway.networking.k8s.io", "TLSRoute"),
     ("gateway.networking.k8s.io", "TCPRoute"),
     ("gateway.networking.k8s.io", "ReferenceGrant"),
+    ("gateway.networking.k8s.io", "BackendTLSPolicy"),
     ("portcullis.dev", "GatewayParameters"),
     ("", "Namespace"),
     ("", "Service"),
     ("", "Secret"),
+    ("", "ConfigMap"),
     ("discovery.k8s.io", "EndpointSlice"),
 ];
 
@@ -175,6 +177,12 @@ fn add(document: serde_json::Value, source: &str, loaded: &mut Loaded) -> Result
             .push(parse(document, &kind, &name, source)?),
         "Service" => input.services.push(parse(document, &kind, &name, source)?),
         "Secret" => input.secrets.push(parse(document, &kind, &name, source)?),
+        "ConfigMap" => input
+            .config_maps
+            .push(parse(document, &kind, &name, source)?),
+        "BackendTLSPolicy" => input
+            .backend_tls_policies
+            .push(parse(document, &kind, &name, source)?),
         "EndpointSlice" => input
             .endpoint_slices
             .push(parse(document, &kind, &name, source)?),
@@ -223,7 +231,7 @@ spec:
   listeners: [{name: http, port: 80, protocol: HTTP}]
 ---
 apiVersion: v1
-kind: ConfigMap
+kind: PersistentVolumeClaim
 metadata: {name: unrelated}
 ---
 apiVersion: v1
@@ -245,7 +253,7 @@ items:
         );
         assert_eq!(loaded.input.services.len(), 1);
         assert_eq!(loaded.ignored.len(), 1);
-        assert!(loaded.ignored[0].starts_with("ConfigMap unrelated"));
+        assert!(loaded.ignored[0].starts_with("PersistentVolumeClaim unrelated"));
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "tlsroutes",
                 "tcproutes",
                 "referencegrants",
+                "backendtlspolicies",
             ],
             READ,
         ),
@@ -47,6 +48,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "httproutes/status",
                 "tlsroutes/status",
                 "tcproutes/status",
+                "backendtlspolicies/status",
             ],
             &["get", "patch", "update"],
         ),
@@ -121,6 +123,16 @@ mod tests {
             "gateway.networking.k8s.io",
             "referencegrants",
             "get|list|watch",
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "backendtlspolicies",
+            "get|list|watch",
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "backendtlspolicies/status",
+            "get|patch|update",
         ),
         (
             "gateway.networking.k8s.io",

@@ -37,6 +37,8 @@ pub enum RowKind {
     TlsRoute,
     TcpRoute,
     RouteParent,
+    BackendTlsPolicy,
+    PolicyAncestor,
 }
 
 impl RowKind {
@@ -50,6 +52,8 @@ impl RowKind {
             RowKind::TlsRoute => "TLSRoute",
             RowKind::TcpRoute => "TCPRoute",
             RowKind::RouteParent => "  parent",
+            RowKind::BackendTlsPolicy => "BackendTLSPolicy",
+            RowKind::PolicyAncestor => "  ancestor",
         }
     }
 }
@@ -127,6 +131,25 @@ pub fn rows(output: &Output) -> Vec<Row> {
     }
     for (key, route) in &output.tcp_routes {
         route_rows(RowKind::TcpRoute, key, route, &mut rows);
+    }
+    for (key, policy) in &output.backend_tls_policies {
+        let label = RowKind::BackendTlsPolicy.label();
+        rows.push(Row {
+            kind: RowKind::BackendTlsPolicy,
+            key: format!("{label} {key}"),
+            name: key.to_string(),
+            conditions: Vec::new(),
+            extra: String::new(),
+        });
+        for ancestor in &policy.ancestors {
+            rows.push(Row {
+                kind: RowKind::PolicyAncestor,
+                key: format!("{label} {key} ancestor {}", ancestor.gateway),
+                name: ancestor.gateway.to_string(),
+                conditions: ancestor.conditions.clone(),
+                extra: String::new(),
+            });
+        }
     }
     rows
 }
@@ -583,7 +606,7 @@ spec: {ports: [{port: 80}]}
         let text = format!(
             "{VALID}---\n{}",
             r#"apiVersion: v1
-kind: ConfigMap
+kind: PersistentVolumeClaim
 metadata: {name: settings}
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -604,7 +627,10 @@ spec:
         let output = compile(&loaded.input);
         let notes = notes(&loaded, &output);
         assert_eq!(notes.len(), 3, "{notes:?}");
-        assert!(notes[0].contains("ConfigMap settings"), "{notes:?}");
+        assert!(
+            notes[0].contains("PersistentVolumeClaim settings"),
+            "{notes:?}"
+        );
         assert!(notes[1].contains("GatewayClass unknown is not among the inputs"));
         assert!(notes[2].starts_with("HTTPRoute app/stray not checked"));
     }

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use portcullis_api::config::PortProtocol;
+use portcullis_api::CompiledConfig;
+use portcullis_api::config::{PortProtocol, SubjectAltName};
 use portcullis_api::frame;
 use portcullis_dataplane::http::request::{HeadLimits, RequestHead, parse};
 use portcullis_dataplane::route::Snapshot;
@@ -38,6 +39,10 @@ struct Expected {
     /// string "none" when the route must have no status from us.
     #[serde(default)]
     routes: BTreeMap<String, serde_json::Value>,
+    /// BackendTLSPolicy → Gateway key ("ns/gw") → conditions; or "none" when the policy must
+    /// have no status from us.
+    #[serde(default, rename = "backendTLSPolicies")]
+    backend_tls_policies: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     requests: Vec<ExpectedRequest>,
 }
@@ -110,6 +115,9 @@ struct Decision {
     endpoints: Option<Vec<String>>,
     /// "backend numerator/denominator" for each RequestMirror filter of the rule, in order.
     mirrors: Option<Vec<String>>,
+    /// For each backend with a non-zero weight: "plaintext", "invalid", or its TLS settings as
+    /// "policy sni=NAME[ san=NAME,uri:URI...]".
+    tls: Option<Vec<String>>,
 }
 
 #[test]
@@ -300,12 +308,65 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             }
         }
     }
-    let mut snapshots: BTreeMap<String, Snapshot> = BTreeMap::new();
+    for (policy_key, expected_policy) in &expected.backend_tls_policies {
+        let policy = output
+            .backend_tls_policies
+            .iter()
+            .find(|(k, _)| k.to_string() == *policy_key)
+            .map(|(_, p)| p);
+        if expected_policy.as_str() == Some("none") {
+            if policy.is_some() {
+                problems.push(format!(
+                    "BackendTLSPolicy {policy_key} has a status but should have none"
+                ));
+            }
+            continue;
+        }
+        let Some(policy) = policy else {
+            problems.push(format!("BackendTLSPolicy {policy_key} has no status"));
+            continue;
+        };
+        let ancestors: BTreeMap<String, BTreeMap<String, String>> =
+            match serde_json::from_value(expected_policy.clone()) {
+                Ok(ancestors) => ancestors,
+                Err(e) => {
+                    problems.push(format!(
+                        "expected.yaml backendTLSPolicies.{policy_key}: {e}"
+                    ));
+                    continue;
+                }
+            };
+        let actual: Vec<String> = policy
+            .ancestors
+            .iter()
+            .map(|a| a.gateway.to_string())
+            .collect();
+        if actual != ancestors.keys().cloned().collect::<Vec<_>>() {
+            problems.push(format!(
+                "BackendTLSPolicy {policy_key}: ancestors {actual:?} (expected {:?})",
+                ancestors.keys().collect::<Vec<_>>()
+            ));
+        }
+        for ancestor in &policy.ancestors {
+            if let Some(conditions) = ancestors.get(&ancestor.gateway.to_string()) {
+                check_conditions(
+                    &format!(
+                        "BackendTLSPolicy {policy_key} ancestor {}",
+                        ancestor.gateway
+                    ),
+                    &ancestor.conditions,
+                    conditions,
+                    &mut problems,
+                );
+            }
+        }
+    }
+    let mut snapshots: BTreeMap<String, (Snapshot, &CompiledConfig)> = BTreeMap::new();
     for (key, gateway) in &output.gateways {
         if let Some(config) = &gateway.config {
             match Snapshot::build(config) {
                 Ok(snapshot) => {
-                    snapshots.insert(key.to_string(), snapshot);
+                    snapshots.insert(key.to_string(), (snapshot, config));
                 }
                 Err(e) => problems.push(format!(
                     "Gateway {key}: the proxy would refuse the config: {e}"
@@ -319,7 +380,9 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             request.method, request.host, request.path
         );
         match snapshots.get(&request.gateway) {
-            Some(snapshot) => check_request(&what, snapshot, request, &mut problems),
+            Some((snapshot, config)) => {
+                check_request(&what, snapshot, config, request, &mut problems)
+            }
             None => problems.push(format!("{what}: Gateway {} has no config", request.gateway)),
         }
     }
@@ -475,6 +538,7 @@ fn check_determinism(loaded: &Loaded, output: &Output, problems: &mut Vec<String
 fn check_request(
     what: &str,
     snapshot: &Snapshot,
+    config: &CompiledConfig,
     request: &ExpectedRequest,
     problems: &mut Vec<String>,
 ) {
@@ -536,6 +600,9 @@ fn check_request(
         ));
     }
     let shares = weighted_shares(snapshot, &rule.backends);
+    if let Some(expected) = &expect.tls {
+        check_backend_tls(what, config, &shares, expected, problems);
+    }
     match expect.status {
         Some(404) => problems.push(format!(
             "{what}: matched route {} (expected 404)",
@@ -596,6 +663,46 @@ fn check_request(
                 "{what}: endpoints {actual:?} (expected {endpoints:?})"
             ));
         }
+    }
+}
+
+/// The TLS settings of the backends a request goes to (see [`Decision::tls`]).
+fn check_backend_tls(
+    what: &str,
+    config: &CompiledConfig,
+    shares: &[String],
+    expected: &[String],
+    problems: &mut Vec<String>,
+) {
+    let actual: Vec<String> = shares
+        .iter()
+        .map(|name| {
+            let backend = config.backends.iter().find(|b| b.name == *name);
+            match backend.map(|b| &b.tls) {
+                None => "invalid".to_string(),
+                Some(None) => "plaintext".to_string(),
+                Some(Some(tls)) => {
+                    let mut text = format!("{} sni={}", tls.policy, tls.server_name);
+                    if !tls.subject_alt_names.is_empty() {
+                        let names: Vec<String> = tls
+                            .subject_alt_names
+                            .iter()
+                            .map(|n| match n {
+                                SubjectAltName::Hostname(h) => h.clone(),
+                                SubjectAltName::Uri(u) => format!("uri:{u}"),
+                            })
+                            .collect();
+                        text.push_str(&format!(" san={}", names.join(",")));
+                    }
+                    text
+                }
+            }
+        })
+        .collect();
+    if actual != expected {
+        problems.push(format!(
+            "{what}: backend TLS {actual:?} (expected {expected:?})"
+        ));
     }
 }
 

@@ -1058,6 +1058,7 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
     fake.uninstall("TLSRoute");
     fake.uninstall("TCPRoute");
     fake.uninstall("ListenerSet");
+    fake.uninstall("BackendTLSPolicy");
     seed_gateway(&fake);
     fake.create(route(NS, "web", "echo"));
     let client = fake.client();
@@ -1067,6 +1068,7 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
             tls_routes: false,
             tcp_routes: false,
             listener_sets: false,
+            backend_tls_policies: false,
         }
     );
     let controller = start(&fake, "portcullis-0");
@@ -1076,12 +1078,88 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
     .await;
     assert!(is(&accepted, "True", "Accepted"), "{accepted}");
     assert!(
-        fake.requests()
-            .iter()
-            .all(|r| ["tlsroutes", "tcproutes", "listenersets"]
-                .iter()
-                .all(|kind| !r.path.contains(kind))),
+        fake.requests().iter().all(|r| [
+            "tlsroutes",
+            "tcproutes",
+            "listenersets",
+            "backendtlspolicies"
+        ]
+        .iter()
+        .all(|kind| !r.path.contains(kind))),
         "no list or watch of a kind the cluster does not serve"
+    );
+    controller.finish();
+}
+
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+/// Our ancestor entry for Gateway infra/gw in a BackendTLSPolicy's status.
+fn policy_condition(fake: &FakeApi, name: &str, type_: &str) -> Option<Value> {
+    let policy = fake.get("BackendTLSPolicy", NS, name)?;
+    let ancestor = policy["status"]["ancestors"]
+        .as_array()?
+        .iter()
+        .find(|a| a["controllerName"] == CONTROLLER_NAME && a["ancestorRef"]["name"] == "gw")?
+        .clone();
+    condition(&ancestor["conditions"], type_)
+}
+
+/// The CA ConfigMap a BackendTLSPolicy references is read when it appears and re-read when it
+/// changes (ConfigMaps are watched as metadata only); the policy's status follows both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_policy_status_follows_its_ca_config_map() {
+    let fake = FakeApi::new();
+    seed_gateway(&fake);
+    fake.create(route(NS, "web", "echo"));
+    fake.create(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "BackendTLSPolicy",
+        "metadata": {"name": "echo-tls", "namespace": NS, "generation": 1},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+            "validation": {
+                "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "echo-ca"}],
+                "hostname": "echo.example.com",
+            },
+        },
+    }));
+    let controller = start(&fake, "portcullis-0");
+    let accepted = wait_for(&fake, "policy status without its ConfigMap", || {
+        policy_condition(&fake, "echo-tls", "Accepted")
+    })
+    .await;
+    assert!(is(&accepted, "False", "NoValidCACertificate"), "{accepted}");
+
+    fake.create(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "echo-ca", "namespace": NS},
+        "data": {"ca.crt": ca_pem()},
+    }));
+    wait_for(&fake, "policy accepted once the ConfigMap exists", || {
+        let accepted = policy_condition(&fake, "echo-tls", "Accepted")?;
+        let resolved = policy_condition(&fake, "echo-tls", "ResolvedRefs")?;
+        (is(&accepted, "True", "Accepted") && is(&resolved, "True", "ResolvedRefs")).then_some(())
+    })
+    .await;
+
+    fake.modify("ConfigMap", NS, "echo-ca", |c| {
+        c["data"]["ca.crt"] = json!("not a certificate");
+    });
+    wait_for(&fake, "policy refused once the CA is broken", || {
+        let resolved = policy_condition(&fake, "echo-tls", "ResolvedRefs")?;
+        is(&resolved, "False", "InvalidCACertificateRef").then_some(())
+    })
+    .await;
+    let route_resolved = route_condition(&fake, NS, "web", "ResolvedRefs").unwrap();
+    assert!(
+        is(&route_resolved, "True", "ResolvedRefs"),
+        "{route_resolved}"
     );
     controller.finish();
 }

@@ -243,7 +243,7 @@ fn check_passes_a_valid_set() {
     dir.write("route.yml", &route(95, 5));
     dir.write(
         "other.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: settings}\n",
     );
 
     let output = run_check(&[&dir.0], &[]);
@@ -255,7 +255,7 @@ fn check_passes_a_valid_set() {
     assert!(stdout.contains("routes=1"), "{stdout}");
     assert!(stdout.contains("no problems"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
-    assert!(stderr.contains("ConfigMap settings"), "{stderr}");
+    assert!(stderr.contains("PersistentVolumeClaim settings"), "{stderr}");
 
     let output = run_check(&[&dir.0], &["-o", "yaml"]);
     let stdout = text(&output.stdout);

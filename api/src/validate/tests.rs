@@ -554,7 +554,8 @@ fn with_backend_tls(edit: impl FnOnce(&mut BackendTls)) -> CompiledConfig {
 #[test]
 fn backend_tls_is_validated_field_by_field() {
     validate(&with_backend_tls(|_| {})).unwrap();
-    let cases: [(&str, fn(&mut BackendTls)); 6] = [
+    type Edit = fn(&mut BackendTls);
+    let cases: [(&str, Edit); 6] = [
         ("invalid server_name", |t| {
             t.server_name = "*.example.com".into()
         }),

@@ -26,7 +26,7 @@ use portcullis_api::config::PortProtocol;
 use crate::access_log::StreamEntry;
 use crate::io::TlsSocket;
 use crate::metrics::{RouteCounters, increment};
-use crate::proxy::upstream::UpstreamConn;
+use crate::proxy::upstream::connect_tcp;
 use crate::shard::Shard;
 use client_hello::{ClientHello, read_client_hello};
 use open_streams::{Registration, StreamKey};
@@ -205,21 +205,20 @@ impl Forward {
     ) where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let Ok(mut upstream) = UpstreamConn::connect(self.endpoint, self.connect_timeout).await
-        else {
+        let Ok(mut upstream) = connect_tcp(self.endpoint, self.connect_timeout).await else {
             outcome(counters, entry, 502);
             return;
         };
-        if !replay.is_empty() && upstream.stream.write_all(replay).await.is_err() {
+        if !replay.is_empty() && upstream.write_all(replay).await.is_err() {
             outcome(counters, entry, 502);
             return;
         }
         outcome(counters, entry, 200);
-        let upstream_fd = upstream.stream.as_raw_fd();
+        let upstream_fd = upstream.as_raw_fd();
         entry.spliced = Some(
             splice(
                 client,
-                upstream.stream,
+                upstream,
                 self.idle_timeout,
                 [self.client_fd, upstream_fd],
                 self.registration.revoked.wait(),

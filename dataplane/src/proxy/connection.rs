@@ -21,13 +21,14 @@ use crate::http::request::{self, HeadLimits, RequestError, RequestFraming, Reque
 use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::io::{IDLE_READ_CHUNK, RecvBuf, Transport, send};
 use crate::metrics::{RouteCounters, UpstreamError, increment};
+use crate::proxy::backend_tls::UpstreamTls;
 use crate::proxy::min_rate::MinRate;
 use crate::proxy::mirror::MirrorRequest;
 use crate::proxy::redirect::{self, Origin};
 use crate::proxy::serialize::{
     self, HeaderEdits, OutFraming, Persistence, UpstreamRequest, client_framing,
 };
-use crate::proxy::upstream::UpstreamConn;
+use crate::proxy::upstream::{ConnectError, PoolKey, UpstreamConn, UpstreamStream};
 use crate::route::cors::{CorsPolicy, CorsReply, CorsRequest};
 use crate::route::host::{MAX_HOST_LEN, normalize};
 use crate::route::matcher::RequestView;
@@ -103,9 +104,15 @@ enum Next {
 pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
     let mut conn = Downstream::default();
     loop {
+        let read = {
+            let waiting_with = shard.current();
+            read_head(&shard, &mut io, &mut conn, &waiting_with.snapshot.settings).await
+        };
+        // Taken once the head is complete: a keep-alive connection may have waited for it
+        // across a swap, and its request must not go out under the tables (backends, TLS
+        // settings) the swap replaced.
         let installed = shard.current();
-        let settings = &installed.snapshot.settings;
-        match read_head(&shard, &mut io, &mut conn, settings).await {
+        match read {
             HeadRead::Ready => {}
             HeadRead::Closed => return,
             HeadRead::TimedOut => {
@@ -298,6 +305,8 @@ enum Plan<'s> {
         rule: &'s CompiledRule,
         share: &'s BackendShare,
         endpoint: SocketAddr,
+        /// The backend's TLS settings; None: plaintext.
+        tls: Option<&'s UpstreamTls>,
         counters: &'s RouteCounters,
         cors: Option<&'s CorsPolicy>,
     },
@@ -411,6 +420,7 @@ async fn handle<T: Transport>(
             rule,
             share,
             endpoint,
+            tls,
             counters,
             cors,
         } => {
@@ -421,6 +431,7 @@ async fn handle<T: Transport>(
                 share,
                 cors,
                 endpoint,
+                tls,
                 keep_alive,
                 head_request,
                 deadline: rule.request_timeout.map(|t| started + t),
@@ -600,10 +611,15 @@ fn plan<'s>(
         .map(Box::new);
     }
     conn.scratch = rewritten_path;
+    let tls = snapshot
+        .backends
+        .get(backend_index)
+        .and_then(|backend| backend.tls.as_deref());
     Plan::Forward {
         rule,
         share,
         endpoint,
+        tls,
         counters,
         cors,
     }
@@ -744,6 +760,7 @@ struct Exchange<'a> {
     share: &'a BackendShare,
     cors: Option<&'a CorsPolicy>,
     endpoint: SocketAddr,
+    tls: Option<&'a UpstreamTls>,
     keep_alive: bool,
     head_request: bool,
     deadline: Option<Instant>,
@@ -933,7 +950,8 @@ impl Exchange<'_> {
                 rest => RequestFraming::Length(rest),
             };
         }
-        let mut upstream = match self.shard.pool.checkout(self.endpoint, idle_timeout) {
+        let pooled = PoolKey::new(self.endpoint, self.tls);
+        let mut upstream = match self.shard.pool.checkout(pooled, idle_timeout) {
             Some(upstream) => upstream,
             None => self.connect().await?,
         };
@@ -974,15 +992,18 @@ impl Exchange<'_> {
 
     async fn connect(&self) -> Result<UpstreamConn, Failure> {
         let timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
-        match UpstreamConn::connect(self.endpoint, timeout).await {
+        match UpstreamConn::connect(self.endpoint, timeout, self.tls).await {
             Ok(upstream) => Ok(upstream),
             Err(e) => {
-                let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+                let kind = if e.timed_out() {
                     UpstreamError::Timeout
                 } else {
                     UpstreamError::Connect
                 };
                 self.shard.counters.upstream_error(kind);
+                if let (ConnectError::Handshake(reason), Some(tls)) = (&e, self.tls) {
+                    tls.log_failure(self.endpoint, reason);
+                }
                 Err(Failure::Status(502))
             }
         }
@@ -1005,8 +1026,7 @@ impl Exchange<'_> {
             .stream
             .set_write_timeout(Some(Duration::from_millis(
                 self.settings.body_idle_timeout_ms,
-            )))
-            .ok();
+            )));
         match framing {
             RequestFraming::None => Ok(()),
             RequestFraming::Length(mut remaining) => {
@@ -1095,7 +1115,7 @@ impl Exchange<'_> {
                 }
                 None => None,
             };
-            let _ = upstream.stream.set_read_timeout(timeout);
+            upstream.stream.set_read_timeout(timeout);
             match upstream
                 .rx
                 .fill(&mut upstream.stream, self.settings.max_header_bytes + 1)
@@ -1127,7 +1147,7 @@ impl Exchange<'_> {
         rate: &mut MinRate,
     ) -> Result<(), ()> {
         let idle = Duration::from_millis(self.settings.body_idle_timeout_ms);
-        let _ = upstream.stream.set_read_timeout(Some(idle));
+        upstream.stream.set_read_timeout(Some(idle));
         let chunk_out = to == OutFraming::Chunked;
         match from {
             ResponseFraming::None => Ok(()),
@@ -1280,12 +1300,14 @@ async fn fill_body_timed<T: Transport>(
     }
 }
 
+/// Sends body bytes on at once: TLS would hold them back until the next write, which may wait
+/// for the client.
 async fn upstream_write(
     shard: &Shard,
-    stream: &mut glommio::net::TcpStream,
+    stream: &mut UpstreamStream,
     bytes: &[u8],
 ) -> Result<(), Failure> {
-    match stream.write_all(bytes).await {
+    match send(stream, bytes).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let kind = if e.kind() == std::io::ErrorKind::TimedOut {
@@ -1388,7 +1410,7 @@ async fn send_paced_timed<T: Transport>(
 /// Relays bytes both ways after a 101 until either side closes. Bytes the client sent after
 /// its request head, and bytes the upstream sent after its 101 head, go first.
 async fn tunnel<T: Transport>(mut io: T, rx: RecvBuf, mut upstream: UpstreamConn) {
-    if !rx.is_empty() && upstream.stream.write_all(rx.data()).await.is_err() {
+    if !rx.is_empty() && send(&mut upstream.stream, rx.data()).await.is_err() {
         return;
     }
     if !upstream.rx.is_empty() && send(&mut io, upstream.rx.data()).await.is_err() {
@@ -1396,28 +1418,34 @@ async fn tunnel<T: Transport>(mut io: T, rx: RecvBuf, mut upstream: UpstreamConn
     }
     io.set_read_timeout(None);
     io.set_write_timeout(None);
-    let _ = upstream.stream.set_read_timeout(None);
-    let (mut client_read, mut client_write) = futures_lite::io::split(io);
-    let (mut upstream_read, mut upstream_write) = futures_lite::io::split(upstream.stream);
-    let up = async {
-        let _ = futures_lite::io::copy(&mut client_read, &mut upstream_write).await;
-        let _ = upstream_write.close().await;
-    };
-    let down = async {
-        let mut buf = vec![0u8; BODY_BUFFER];
-        loop {
-            match upstream_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if client_write.write_all(&buf[..n]).await.is_err()
-                        || client_write.flush().await.is_err()
-                    {
-                        break;
-                    }
+    upstream.stream.set_read_timeout(None);
+    upstream.stream.set_write_timeout(None);
+    let (client_read, client_write) = futures_lite::io::split(io);
+    let (upstream_read, upstream_write) = futures_lite::io::split(upstream.stream);
+    future::zip(
+        relay(client_read, upstream_write),
+        relay(upstream_read, client_write),
+    )
+    .await;
+}
+
+/// Copies one direction of a tunnel until EOF or an error, then closes the writing side.
+/// Every piece is flushed: either side may be TLS, which would hold it back until the next
+/// write, and in a tunnel the next write may wait for the answer to this one.
+async fn relay(
+    mut from: impl futures_lite::AsyncRead + Unpin,
+    mut to: impl futures_lite::AsyncWrite + Unpin,
+) {
+    let mut buf = vec![0u8; BODY_BUFFER];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+                    break;
                 }
             }
         }
-        let _ = client_write.close().await;
-    };
-    future::zip(up, down).await;
+    }
+    let _ = to.close().await;
 }

@@ -10,15 +10,18 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncReadExt, FutureExt};
 use glommio::spawn_local;
 use glommio::timer::Timer;
 
 use crate::http::request::RequestFraming;
+use crate::io::send;
 use crate::metrics::{MirrorCounters, increment};
-use crate::proxy::upstream::UpstreamConn;
+use crate::proxy::backend_tls::UpstreamTls;
+use crate::proxy::upstream::{ConnectError, UpstreamConn};
 use crate::route::table::MirrorTarget;
 use crate::shard::{Installed, Shard};
 
@@ -29,10 +32,19 @@ pub const MAX_COPY_BODY: usize = 64 * 1024;
 /// From connecting to the end of the copy's response.
 const COPY_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Where one copy goes.
+#[derive(Debug)]
+struct CopyTarget {
+    endpoint: SocketAddr,
+    /// The mirror backend's TLS settings; the copy task outlives the request, so it holds
+    /// its own reference.
+    tls: Option<Arc<UpstreamTls>>,
+}
+
 /// The copies of one request, waiting for its body.
 #[derive(Debug)]
 pub struct MirrorRequest {
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<CopyTarget>,
     /// The head, then the body as it was framed for the primary backend.
     bytes: Vec<u8>,
     head_len: usize,
@@ -60,7 +72,14 @@ impl MirrorRequest {
                 continue;
             }
             match installed.next_endpoint(mirror.backend as usize) {
-                Some(endpoint) if !too_big && !full => endpoints.push(endpoint),
+                Some(endpoint) if !too_big && !full => endpoints.push(CopyTarget {
+                    endpoint,
+                    tls: installed
+                        .snapshot
+                        .backends
+                        .get(mirror.backend as usize)
+                        .and_then(|backend| backend.tls.clone()),
+                }),
                 _ => increment(&counters.skipped),
             }
         }
@@ -107,14 +126,14 @@ impl MirrorRequest {
             return;
         }
         let bytes: Rc<[u8]> = self.bytes.into();
-        for endpoint in self.endpoints {
+        for target in self.endpoints {
             if counters.in_flight.get() >= MAX_IN_FLIGHT_PER_CORE {
                 increment(&counters.skipped);
                 continue;
             }
             increment(&counters.in_flight);
             spawn_local(copy(
-                endpoint,
+                target,
                 bytes.clone(),
                 counters.clone(),
                 connect_timeout,
@@ -125,12 +144,12 @@ impl MirrorRequest {
 }
 
 async fn copy(
-    endpoint: SocketAddr,
+    target: CopyTarget,
     bytes: Rc<[u8]>,
     counters: Rc<MirrorCounters>,
     connect_timeout: Duration,
 ) {
-    let delivered = deliver(endpoint, &bytes, connect_timeout)
+    let delivered = deliver(&target, &bytes, connect_timeout)
         .or(async {
             Timer::new(COPY_DEADLINE).await;
             false
@@ -147,11 +166,18 @@ async fn copy(
 }
 
 /// Sends `bytes` and reads the answer to its end (the backend closes after it).
-async fn deliver(endpoint: SocketAddr, bytes: &[u8], connect_timeout: Duration) -> bool {
-    let Ok(mut upstream) = UpstreamConn::connect(endpoint, connect_timeout).await else {
-        return false;
+async fn deliver(target: &CopyTarget, bytes: &[u8], connect_timeout: Duration) -> bool {
+    let tls = target.tls.as_deref();
+    let mut upstream = match UpstreamConn::connect(target.endpoint, connect_timeout, tls).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            if let (ConnectError::Handshake(reason), Some(tls)) = (&e, tls) {
+                tls.log_failure(target.endpoint, reason);
+            }
+            return false;
+        }
     };
-    if upstream.stream.write_all(bytes).await.is_err() {
+    if send(&mut upstream.stream, bytes).await.is_err() {
         return false;
     }
     let mut sink = vec![0u8; 4096];
@@ -160,6 +186,8 @@ async fn deliver(endpoint: SocketAddr, bytes: &[u8], connect_timeout: Duration) 
         match upstream.stream.read(&mut sink).await {
             Ok(0) => return answered,
             Ok(_) => answered = true,
+            // A TLS backend may close without close_notify once it has answered.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return answered,
             Err(_) => return false,
         }
     }

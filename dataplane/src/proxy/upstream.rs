@@ -3,54 +3,236 @@
 //! Each core owns its pool; connections never move between cores. An idle connection is
 //! checked before reuse (a peer that closed it, or sent bytes nobody asked for, is dropped),
 //! which avoids most keep-alive races with upstreams that close idle connections.
+//!
+//! Connections are pooled by endpoint and TLS identity, so a request never travels on a
+//! connection secured differently from what its backend's current config asks for: plaintext
+//! and TLS to one address, or TLS made under an older CA or name, are never mixed.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
+use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
+use glommio::timer::Timer;
 
-use crate::io::RecvBuf;
+use crate::io::{RecvBuf, TlsSocket, Transport};
+use crate::proxy::backend_tls::UpstreamTls;
 use crate::sys::{IdleSocket, idle_socket_state};
+
+/// Which idle connections a request may take: same endpoint, same TLS settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    /// [`UpstreamTls::identity`], or 0 for plaintext.
+    pub tls: u64,
+}
+
+impl PoolKey {
+    pub fn new(addr: SocketAddr, tls: Option<&UpstreamTls>) -> Self {
+        Self {
+            addr,
+            tls: tls.map_or(0, |tls| tls.identity),
+        }
+    }
+}
+
+/// The byte stream to an upstream: plain TCP or TLS over it.
+#[derive(Debug)]
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TlsSocket>>),
+}
+
+impl UpstreamStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(stream) => stream,
+            UpstreamStream::Tls(tls) => tls.get_ref().0.tcp(),
+        }
+    }
+
+    /// Whether an idle connection can carry a new request: the socket has nothing to read
+    /// and, for TLS, the session holds no unread plaintext (bytes past the last response that
+    /// rustls decrypted while reading it) and nothing unsent.
+    fn is_idle_and_open(&mut self) -> bool {
+        if idle_socket_state(self.tcp().as_raw_fd()) != IdleSocket::Open {
+            return false;
+        }
+        match self {
+            UpstreamStream::Plain(_) => true,
+            UpstreamStream::Tls(tls) => {
+                let session = tls.get_mut().1;
+                !session.wants_write()
+                    && session.process_new_packets().is_ok_and(|state| {
+                        state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed()
+                    })
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            UpstreamStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            UpstreamStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            UpstreamStream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_close(cx),
+            UpstreamStream::Tls(tls) => Pin::new(tls.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+impl Transport for UpstreamStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) {
+        Transport::set_read_timeout(self.tcp(), timeout);
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) {
+        Transport::set_write_timeout(self.tcp(), timeout);
+    }
+
+    // TLS holds written records until flushed; flushing plain TCP costs nothing.
+    const BUFFERED: bool = true;
+}
+
+/// Why no connection to an upstream could be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// TCP: refused, unreachable, timed out.
+    Connect(io::Error),
+    /// TCP worked, TLS did not: the handshake failed or timed out, or the certificate was
+    /// refused.
+    Handshake(io::Error),
+}
+
+impl ConnectError {
+    pub fn timed_out(&self) -> bool {
+        let (ConnectError::Connect(e) | ConnectError::Handshake(e)) = self;
+        e.kind() == io::ErrorKind::TimedOut
+    }
+}
 
 #[derive(Debug)]
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub rx: RecvBuf,
-    pub addr: SocketAddr,
+    pub key: PoolKey,
 }
 
 impl UpstreamConn {
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<UpstreamConn> {
-        let stream = TcpStream::connect_timeout(addr, timeout)
+    /// Connects to `addr` and, with `tls`, completes the handshake, all within `timeout`.
+    pub async fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<UpstreamConn, ConnectError> {
+        let deadline = Instant::now() + timeout;
+        let stream = connect_tcp(addr, timeout)
             .await
-            .map_err(std::io::Error::from)?;
-        let _ = stream.set_nodelay(true);
+            .map_err(ConnectError::Connect)?;
+        let key = PoolKey::new(addr, tls);
+        let stream = match tls {
+            None => UpstreamStream::Plain(stream),
+            Some(tls) => UpstreamStream::Tls(Box::new(handshake(stream, tls, deadline).await?)),
+        };
         Ok(UpstreamConn {
             stream,
             rx: RecvBuf::new(),
-            addr,
+            key,
         })
     }
 }
 
+/// A TCP connection to an upstream, as HTTP and stream (L4) ports make them.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(addr, timeout)
+        .await
+        .map_err(io::Error::from)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn handshake(
+    stream: TcpStream,
+    tls: &UpstreamTls,
+    deadline: Instant,
+) -> Result<futures_rustls::client::TlsStream<TlsSocket>, ConnectError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
+    if left.is_zero() {
+        return Err(ConnectError::Handshake(timed_out()));
+    }
+    let connector = TlsConnector::from(tls.config.clone());
+    connector
+        .connect(tls.server_name.clone(), TlsSocket::new(stream))
+        .or(async {
+            Timer::new(left).await;
+            Err(timed_out())
+        })
+        .await
+        .map_err(ConnectError::Handshake)
+}
+
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<(UpstreamConn, Instant)>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<(UpstreamConn, Instant)>>>,
 }
 
 impl Pool {
-    /// The most recently used healthy idle connection to `addr`, if any.
-    pub fn checkout(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<UpstreamConn> {
+    /// The most recently used healthy idle connection for `key`, if any.
+    pub fn checkout(&self, key: PoolKey, idle_timeout: Duration) -> Option<UpstreamConn> {
         let mut idle = self.idle.borrow_mut();
-        let stack = idle.get_mut(&addr)?;
+        let stack = idle.get_mut(&key)?;
         let now = Instant::now();
-        while let Some((conn, since)) = stack.pop() {
-            if now.duration_since(since) < idle_timeout
-                && idle_socket_state(conn.stream.as_raw_fd()) == IdleSocket::Open
-            {
+        while let Some((mut conn, since)) = stack.pop() {
+            if now.duration_since(since) < idle_timeout && conn.stream.is_idle_and_open() {
                 return Some(conn);
             }
         }
@@ -64,7 +246,7 @@ impl Pool {
         }
         conn.rx.release_if_empty();
         let mut idle = self.idle.borrow_mut();
-        let stack = idle.entry(conn.addr).or_default();
+        let stack = idle.entry(conn.key).or_default();
         if stack.len() < max_idle {
             stack.push((conn, Instant::now()));
         }
@@ -79,11 +261,10 @@ impl Pool {
         });
     }
 
-    /// Closes connections to endpoints no longer in the config.
-    pub fn retain_endpoints(&self, endpoints: &HashSet<SocketAddr>) {
-        self.idle
-            .borrow_mut()
-            .retain(|addr, _| endpoints.contains(addr));
+    /// Closes connections the config no longer asks for: endpoints it dropped, and those made
+    /// with TLS settings it changed (or plaintext to a backend that now wants TLS).
+    pub fn retain_endpoints(&self, wanted: &HashSet<PoolKey>) {
+        self.idle.borrow_mut().retain(|key, _| wanted.contains(key));
     }
 
     pub fn idle_count(&self) -> usize {

@@ -3,7 +3,10 @@
 //! A [`Snapshot`] is built once on the control thread from a validated `CompiledConfig` and
 //! shared read-only with every core through an `Arc`. Nothing in it changes after the build,
 //! so cores read it without locks; per-core mutable state (round-robin cursors, counters,
-//! TLS configs) lives in the core, not here.
+//! TLS server configs) lives in the core, not here. The TLS client configs for backends are
+//! the exception: built here once per generation rather than once per core, since parsing CA
+//! bundles is the expensive part; what they share across cores (the session cache, the rate
+//! limit of failure logs) is touched once per handshake, not per request.
 
 pub mod cors;
 pub mod host;
@@ -19,6 +22,7 @@ use portcullis_api::CompiledConfig;
 use portcullis_api::config::{PortProtocol, ProxySettings};
 use portcullis_api::validate::validate;
 
+use crate::proxy::backend_tls::UpstreamTls;
 use crate::tls::CertificateMaterial;
 use host::HostPattern;
 use table::ListenerTable;
@@ -69,6 +73,9 @@ impl PortTable {
 pub struct BackendTable {
     pub name: Arc<str>,
     pub endpoints: Vec<SocketAddr>,
+    /// How connections to the endpoints are secured; None: plaintext. Shared with the
+    /// detached tasks that send mirror copies.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 impl Snapshot {
@@ -90,14 +97,22 @@ impl Snapshot {
             .map(|(i, c)| (c.name.as_str(), i as u32))
             .collect();
 
-        let backends: Vec<BackendTable> = config
-            .backends
-            .iter()
-            .map(|b| BackendTable {
-                name: b.name.as_str().into(),
-                endpoints: b.endpoints.clone(),
-            })
-            .collect();
+        let mut backends = Vec::with_capacity(config.backends.len());
+        for (i, backend) in config.backends.iter().enumerate() {
+            let tls = match &backend.tls {
+                Some(tls) => {
+                    Some(Arc::new(UpstreamTls::build(tls).map_err(|e| {
+                        format!("backends[{i}] ({:?}).tls: {e}", backend.name)
+                    })?))
+                }
+                None => None,
+            };
+            backends.push(BackendTable {
+                name: backend.name.as_str().into(),
+                endpoints: backend.endpoints.clone(),
+                tls,
+            });
+        }
         let backend_index: HashMap<&str, u32> = config
             .backends
             .iter()

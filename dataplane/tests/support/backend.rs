@@ -108,8 +108,17 @@ fn serve_connection(
     requests: &Mutex<Vec<Recorded>>,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
+    serve_stream(stream, name, connection, requests)
+}
+
+/// Serves HTTP/1.1 on any byte stream (plain TCP, or TLS for the TLS test backend).
+pub(super) fn serve_stream<S: Read + Write>(
+    stream: S,
+    name: &str,
+    connection: u64,
+    requests: &Mutex<Vec<Recorded>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -188,14 +197,17 @@ fn serve_connection(
                 } else {
                     format!("content-length: {}\r\n", body.len())
                 };
-                write!(writer, "HTTP/1.1 {status} Test\r\n{common}{framing}\r\n")?;
+                write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status} Test\r\n{common}{framing}\r\n"
+                )?;
                 if !no_body {
-                    writer.write_all(body.as_bytes())?;
+                    reader.get_mut().write_all(body.as_bytes())?;
                 }
             }
             Some("own-cors") => {
                 write!(
-                    writer,
+                    reader.get_mut(),
                     "HTTP/1.1 200 OK\r\n{common}access-control-allow-origin: https://backend.example\r\n\
                      vary: Accept-Encoding\r\ncontent-length: 0\r\n\r\n"
                 )?;
@@ -203,80 +215,99 @@ fn serve_connection(
             Some("chunked") => {
                 let n = number(1).unwrap_or(10) as usize;
                 write!(
-                    writer,
+                    reader.get_mut(),
                     "HTTP/1.1 200 OK\r\n{common}transfer-encoding: chunked\r\n\r\n"
                 )?;
                 let data = pattern(n);
                 for piece in data.chunks(1000) {
-                    write!(writer, "{:x};ext=1\r\n", piece.len())?;
-                    writer.write_all(piece)?;
-                    writer.write_all(b"\r\n")?;
+                    write!(reader.get_mut(), "{:x};ext=1\r\n", piece.len())?;
+                    reader.get_mut().write_all(piece)?;
+                    reader.get_mut().write_all(b"\r\n")?;
                 }
-                writer.write_all(b"0\r\nx-trailer: t\r\n\r\n")?;
+                reader.get_mut().write_all(b"0\r\nx-trailer: t\r\n\r\n")?;
             }
             Some("close") => {
                 let n = number(1).unwrap_or(10) as usize;
                 write!(
-                    writer,
+                    reader.get_mut(),
                     "HTTP/1.1 200 OK\r\n{common}connection: close\r\n\r\n"
                 )?;
-                writer.write_all(&pattern(n))?;
+                reader.get_mut().write_all(&pattern(n))?;
+                reader.get_mut().flush()?;
                 return Ok(());
             }
             Some("bytes") => {
                 let n = number(1).unwrap_or(10) as usize;
                 write!(
-                    writer,
+                    reader.get_mut(),
                     "HTTP/1.1 200 OK\r\n{common}content-length: {n}\r\n\r\n"
                 )?;
                 if method != "HEAD" {
-                    writer.write_all(&pattern(n))?;
+                    reader.get_mut().write_all(&pattern(n))?;
                 }
             }
             Some("events") => {
                 write!(
-                    writer,
+                    reader.get_mut(),
                     "HTTP/1.1 200 OK\r\n{common}content-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
                 )?;
-                writer.flush()?;
+                reader.get_mut().flush()?;
                 let gap = Duration::from_millis(number(2).unwrap_or(100));
                 for i in 0..number(1).unwrap_or(3) {
                     if i > 0 {
                         std::thread::sleep(gap);
                     }
                     let event = format!("data: {i}\n\n");
-                    write!(writer, "{:x}\r\n{event}\r\n", event.len())?;
-                    writer.flush()?;
+                    write!(reader.get_mut(), "{:x}\r\n{event}\r\n", event.len())?;
+                    reader.get_mut().flush()?;
                 }
-                writer.write_all(b"0\r\n\r\n")?;
+                reader.get_mut().write_all(b"0\r\n\r\n")?;
             }
             Some("sleep") => {
                 std::thread::sleep(Duration::from_millis(number(1).unwrap_or(100)));
-                echo(&mut writer, &common, name, &method, &path, &headers, &body)?;
+                echo(
+                    reader.get_mut(),
+                    &common,
+                    name,
+                    &method,
+                    &path,
+                    &headers,
+                    &body,
+                )?;
             }
             Some("ws") if get("upgrade").is_some() => {
                 write!(
-                    writer,
+                    reader.get_mut(),
                     "HTTP/1.1 101 Switching Protocols\r\n{common}upgrade: websocket\r\nconnection: upgrade\r\n\r\n"
                 )?;
                 // Echo raw bytes until the peer closes.
                 let mut buf = [0u8; 4096];
                 let pending = reader.buffer().to_vec();
-                if !pending.is_empty() {
-                    writer.write_all(&pending)?;
-                }
                 let mut raw = reader.into_inner();
+                if !pending.is_empty() {
+                    raw.write_all(&pending)?;
+                    raw.flush()?;
+                }
                 loop {
                     let n = raw.read(&mut buf)?;
                     if n == 0 {
                         return Ok(());
                     }
-                    writer.write_all(&buf[..n])?;
+                    raw.write_all(&buf[..n])?;
+                    raw.flush()?;
                 }
             }
-            _ => echo(&mut writer, &common, name, &method, &path, &headers, &body)?,
+            _ => echo(
+                reader.get_mut(),
+                &common,
+                name,
+                &method,
+                &path,
+                &headers,
+                &body,
+            )?,
         }
-        writer.flush()?;
+        reader.get_mut().flush()?;
         if close_requested {
             return Ok(());
         }
@@ -284,7 +315,7 @@ fn serve_connection(
 }
 
 fn echo(
-    writer: &mut TcpStream,
+    writer: &mut impl Write,
     common: &str,
     name: &str,
     method: &str,

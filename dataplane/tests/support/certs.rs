@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
     SignatureAlgorithm,
 };
 use rustls::ClientConfig;
@@ -15,6 +15,8 @@ use super::client::tls_client_config;
 pub struct Ca {
     pub issuer: Issuer<'static, KeyPair>,
     pub der: CertificateDer<'static>,
+    /// The CA certificate as PEM, as a BackendTLSPolicy's CA bundle carries it.
+    pub pem: String,
 }
 
 impl Ca {
@@ -33,6 +35,7 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Ca {
             der: cert.der().clone(),
+            pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -61,6 +64,22 @@ impl Ca {
         }
     }
 
+    /// A leaf certificate carrying exactly `sans` (DNS names, URIs, ...), named `common_name`.
+    pub fn leaf_with_sans(&self, common_name: &str, sans: Vec<SanType>) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
     /// A client config trusting this CA, offering `alpn`.
     pub fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         tls_client_config(std::slice::from_ref(&self.der), alpn)
@@ -72,4 +91,14 @@ pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
     pub der: CertificateDer<'static>,
+}
+
+/// A DNS subject alt name.
+pub fn dns_san(name: &str) -> SanType {
+    SanType::DnsName(name.try_into().unwrap())
+}
+
+/// A URI subject alt name (a SPIFFE ID, say).
+pub fn uri_san(uri: &str) -> SanType {
+    SanType::URI(uri.try_into().unwrap())
 }

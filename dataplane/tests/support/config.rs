@@ -84,6 +84,18 @@ impl ConfigBuilder {
         self
     }
 
+    /// Secures the connections to backend `name` (added before) with `tls`.
+    pub fn backend_tls(mut self, name: &str, tls: BackendTls) -> Self {
+        let backend = self
+            .config
+            .backends
+            .iter_mut()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no backend {name:?} to secure"));
+        backend.tls = Some(tls);
+        self
+    }
+
     pub fn certificate(mut self, name: &str, cert_chain_pem: &str, private_key_pem: &str) -> Self {
         self.config.certificates.push(Certificate {
             name: name.into(),
@@ -173,5 +185,20 @@ pub fn header_value(name: &str, value: &str) -> HeaderValue {
     HeaderValue {
         name: name.into(),
         value: value.into(),
+    }
+}
+
+/// TLS to a backend: SNI `server_name`, trusting the PEM bundle `ca_pem`, and (when not empty)
+/// requiring one of `subject_alt_names` instead of `server_name`.
+pub fn backend_tls(
+    server_name: &str,
+    ca_pem: &str,
+    subject_alt_names: Vec<SubjectAltName>,
+) -> BackendTls {
+    BackendTls {
+        policy: "ns/backend-tls".into(),
+        server_name: server_name.into(),
+        ca_certificates_pem: ca_pem.into(),
+        subject_alt_names,
     }
 }

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod proxy;
+pub mod tls_backend;
 
 #[allow(unused_imports)]
 pub use backend::{Backend, Recorded};

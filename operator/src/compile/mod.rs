@@ -6,6 +6,7 @@
 //! the others: it is left out of the configs and its status says why.
 
 pub mod assemble;
+pub mod backend_tls;
 pub mod backends;
 pub mod conditions;
 pub mod features;
@@ -18,10 +19,11 @@ pub mod stream_routes;
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use portcullis_api::CompiledConfig;
+use portcullis_api::gateway_api::backendtlspolicy::BackendTlsPolicy;
 use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
 use portcullis_api::gateway_api::httproute::HttpRoute;
@@ -54,6 +56,9 @@ pub struct Input {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub secrets: Vec<Secret>,
     pub gateway_parameters: Vec<GatewayParameters>,
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    /// ConfigMaps holding the CA certificates BackendTLSPolicies reference.
+    pub config_maps: Vec<ConfigMap>,
 }
 
 /// namespace/name (namespace empty for cluster-scoped objects).
@@ -101,6 +106,8 @@ pub struct Output {
     pub tls_routes: BTreeMap<ObjectKey, RouteOutput>,
     /// Every TCPRoute with at least one parentRef to such a Gateway.
     pub tcp_routes: BTreeMap<ObjectKey, RouteOutput>,
+    /// Every BackendTLSPolicy targeting a Service port that such a Gateway routes to.
+    pub backend_tls_policies: BTreeMap<ObjectKey, backend_tls::PolicyOutput>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -194,6 +201,7 @@ pub struct Index<'a> {
     pub secrets: HashMap<ObjectKey, &'a Secret>,
     pub gateway_parameters: HashMap<ObjectKey, &'a GatewayParameters>,
     pub classes: HashMap<String, &'a GatewayClass>,
+    pub backend_tls: backend_tls::Policies,
 }
 
 impl<'a> Index<'a> {
@@ -213,8 +221,14 @@ impl<'a> Index<'a> {
         for slices in endpoint_slices.values_mut() {
             slices.sort_by_key(|s| s.name_any());
         }
+        let config_maps: HashMap<ObjectKey, &ConfigMap> = input
+            .config_maps
+            .iter()
+            .map(|c| (ObjectKey::of(c), c))
+            .collect();
         Self {
             input,
+            backend_tls: backend_tls::Policies::new(&input.backend_tls_policies, &config_maps),
             namespaces: input
                 .namespaces
                 .iter()
@@ -281,6 +295,9 @@ pub fn compile(input: &Input) -> Output {
                 .map(|set| (set.key.clone(), state.listener_set_output(set)))
         })
         .collect();
+    let backend_tls_policies = index
+        .backend_tls
+        .outputs(&backend_tls::ancestors_by_target(&states));
     let gateways = states
         .into_iter()
         .map(|(key, state)| (key, state.finish()))
@@ -292,6 +309,7 @@ pub fn compile(input: &Input) -> Output {
         http_routes,
         tls_routes,
         tcp_routes,
+        backend_tls_policies,
     }
 }
 

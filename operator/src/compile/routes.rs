@@ -18,6 +18,7 @@ use portcullis_api::config::{
 use portcullis_api::gateway_api::httproute::*;
 use portcullis_api::validate::validate_rule;
 
+use super::backend_tls;
 use super::backends::{self, BackendRef, Referrer};
 use super::conditions::{Condition, Status, reasons, types};
 use super::gateways::{GatewayState, HTTP_ROUTE, ListenerState, Problem};
@@ -75,6 +76,8 @@ pub struct TranslatedRoute {
     pub dropped: Vec<String>,
     /// Accepted=False: no rule could be implemented.
     pub rejected: Option<Problem>,
+    /// BackendTLSPolicy targets that govern the backends used (for the policies' status).
+    pub tls_targets: Vec<backend_tls::Target>,
 }
 
 impl TranslatedRoute {
@@ -95,6 +98,36 @@ impl TranslatedRoute {
                 }
                 BackendTarget::Invalid(message)
             }
+        }
+    }
+
+    /// [`Self::target`] for a backend the proxy speaks HTTP to, under the BackendTLSPolicy
+    /// governing its Service port. A policy that cannot be applied makes the backend fail
+    /// with a 5xx; the reference itself stays resolved.
+    pub fn http_target(
+        &mut self,
+        index: &Index<'_>,
+        reference: &BackendRef<'_>,
+        route_namespace: &str,
+        resolved: Result<Backend, Problem>,
+    ) -> BackendTarget {
+        let (Ok(backend), Some(port)) = (&resolved, reference.port) else {
+            return self.target(resolved);
+        };
+        let service = ObjectKey::new(
+            reference.namespace.unwrap_or(route_namespace),
+            reference.name,
+        );
+        let port_name = backend_tls::port_name(index, &service, port);
+        let Some(target) = index.backend_tls.target_for(&service, port_name.as_deref()) else {
+            return self.target(resolved);
+        };
+        if !self.tls_targets.contains(&target) {
+            self.tls_targets.push(target.clone());
+        }
+        match index.backend_tls.secure(backend.clone(), &target) {
+            Ok(secured) => self.target(Ok(secured)),
+            Err(why) => BackendTarget::Invalid(why),
         }
     }
 }
@@ -480,20 +513,19 @@ fn translate_rule(
                     .ok_or_else(missing("requestMirror"))?;
                 let (numerator, denominator) = mirror_share(m)?;
                 let reference = &m.backend_ref;
-                let resolved = backends::resolve(
-                    index,
-                    referrer,
-                    BackendRef {
-                        group: reference.group.as_deref(),
-                        kind: reference.kind.as_deref(),
-                        name: &reference.name,
-                        namespace: reference.namespace.as_deref(),
-                        port: reference.port,
-                    },
-                );
+                let reference = BackendRef {
+                    group: reference.group.as_deref(),
+                    kind: reference.kind.as_deref(),
+                    name: &reference.name,
+                    namespace: reference.namespace.as_deref(),
+                    port: reference.port,
+                };
+                let resolved = backends::resolve(index, referrer, reference);
                 // A mirror that does not resolve is left out (and reported in ResolvedRefs);
                 // the rule keeps serving.
-                if let BackendTarget::Backend(backend) = out.target(resolved) {
+                if let BackendTarget::Backend(backend) =
+                    out.http_target(index, &reference, referrer.namespace, resolved)
+                {
                     filters.push(Filter::RequestMirror(RequestMirror {
                         backend,
                         numerator,
@@ -534,17 +566,14 @@ fn translate_rule(
     let mut weighted = Vec::new();
     for reference in rule.backend_refs.iter().flatten() {
         let weight = u32::try_from(reference.weight.unwrap_or(1)).unwrap_or(0);
-        let resolved = backends::resolve(
-            index,
-            referrer,
-            BackendRef {
-                group: reference.group.as_deref(),
-                kind: reference.kind.as_deref(),
-                name: &reference.name,
-                namespace: reference.namespace.as_deref(),
-                port: reference.port,
-            },
-        );
+        let backend_ref = BackendRef {
+            group: reference.group.as_deref(),
+            kind: reference.kind.as_deref(),
+            name: &reference.name,
+            namespace: reference.namespace.as_deref(),
+            port: reference.port,
+        };
+        let resolved = backends::resolve(index, referrer, backend_ref);
         let mut backend_filters = Vec::new();
         let mut backend_problem = None;
         for filter in reference.filters.iter().flatten() {
@@ -585,7 +614,9 @@ fn translate_rule(
                 }
                 BackendTarget::Invalid(problem)
             }
-            (resolved, None, None) => out.target(resolved),
+            (resolved, None, None) => {
+                out.http_target(index, &backend_ref, referrer.namespace, resolved)
+            }
         };
         weighted.push(WeightedBackend {
             weight,

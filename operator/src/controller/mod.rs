@@ -28,6 +28,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
+use portcullis_api::gateway_api::backendtlspolicy::BackendTlsPolicy;
 use portcullis_api::gateway_api::gateway::{Gateway, GatewayStatus, GatewayStatusAddresses};
 use portcullis_api::gateway_api::gatewayclass::{GatewayClass, GatewayClassStatus};
 use portcullis_api::gateway_api::httproute::{HttpRoute, HttpRouteStatus};
@@ -45,7 +46,7 @@ use crate::distribute::hub::ConfigHub;
 use crate::provision::{self, FIELD_MANAGER, GATEWAY_NAME_LABEL, ProvisionSettings};
 use crate::telemetry::{ControllerLabel, Metrics};
 use status::Delivery;
-use stores::{SecretCache, Stores};
+use stores::{ReferencedObjects, Stores};
 
 /// Annotation on a proxy pod: the content hash (hex) of the config its proxy serves.
 pub const APPLIED_ANNOTATION: &str = "portcullis.dev/applied-config";
@@ -104,10 +105,12 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
         metrics,
         settings,
         secrets: None,
+        config_maps: None,
         applied: HashMap::new(),
         annotated: HashMap::new(),
     };
-    state.secrets = Some(SecretCache::new(state.client.clone()));
+    state.secrets = Some(ReferencedObjects::new(state.client.clone()));
+    state.config_maps = Some(ReferencedObjects::new(state.client.clone()));
     let mut was_leader = false;
     // A pass whose writes failed is followed by another after a backoff even when nothing
     // changes; otherwise a transient API error would stand until the idle tick.
@@ -149,7 +152,8 @@ struct Reconciler {
     ca_pem: Option<String>,
     metrics: Arc<Metrics>,
     settings: Settings,
-    secrets: Option<SecretCache>,
+    secrets: Option<ReferencedObjects<Secret>>,
+    config_maps: Option<ReferencedObjects<ConfigMap>>,
     /// Hash of what this replica last applied, per object, to skip no-op applies.
     applied: HashMap<String, [u8; 32]>,
     /// Applied-config annotations this replica last wrote, per pod uid.
@@ -165,7 +169,12 @@ impl Reconciler {
             Some(cache) => cache.refresh(&wanted, &stores.secrets).await,
             None => Vec::new(),
         };
-        let input = stores.input(secrets);
+        let wanted = stores.referenced_config_maps();
+        let config_maps = match self.config_maps.as_mut() {
+            Some(cache) => cache.refresh(&wanted, &stores.config_maps).await,
+            None => Vec::new(),
+        };
+        let input = stores.input(secrets, config_maps);
         let compile_started = Instant::now();
         let output = compile::compile(&input);
         self.metrics
@@ -559,6 +568,26 @@ impl Reconciler {
                 r.status.as_ref()
             })
             .await;
+        let policies = status::policies_including_detached(
+            &output.backend_tls_policies,
+            &input.backend_tls_policies,
+        );
+        for (key, policy) in &policies {
+            let Some(existing) = input
+                .backend_tls_policies
+                .iter()
+                .find(|p| ObjectKey::of(*p) == *key)
+            else {
+                continue;
+            };
+            let new = status::policy_status(existing.status.as_ref(), policy, &now);
+            let api: Api<BackendTlsPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
+            failures += self
+                .write_status(&api, existing, existing.status.as_ref(), &new, |_, _| {
+                    Vec::new()
+                })
+                .await;
+        }
         failures
     }
 

@@ -6,6 +6,10 @@
 //! are sorted.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as KubeCondition, Time};
+use portcullis_api::gateway_api::backendtlspolicy::{
+    BackendTlsPolicy, BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
+    BackendTlsPolicyStatusAncestorsAncestorRef,
+};
 use portcullis_api::gateway_api::gateway::{
     GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds,
@@ -18,6 +22,7 @@ use portcullis_api::gateway_api::httproute::{
 };
 use portcullis_api::gateway_api::listenerset::ListenerSetStatus;
 
+use crate::compile::backend_tls::PolicyOutput;
 use crate::compile::conditions::{reasons, types};
 use std::collections::BTreeMap;
 
@@ -282,6 +287,64 @@ pub fn including_detached<K: kube::Resource>(
                     parents: Vec::new(),
                 },
             );
+        }
+    }
+    all
+}
+
+/// A BackendTLSPolicy's status: one ancestor entry of ours per Gateway that routes to its
+/// targets (replacing our earlier ones), other controllers' entries kept.
+pub fn policy_status(
+    existing: Option<&BackendTlsPolicyStatus>,
+    output: &PolicyOutput,
+    now: &Time,
+) -> BackendTlsPolicyStatus {
+    let existing_ancestors = existing.map(|s| s.ancestors.clone()).unwrap_or_default();
+    let mut ancestors: Vec<BackendTlsPolicyStatusAncestors> = existing_ancestors
+        .iter()
+        .filter(|a| a.controller_name != CONTROLLER_NAME)
+        .cloned()
+        .collect();
+    for ancestor in &output.ancestors {
+        let ancestor_ref = BackendTlsPolicyStatusAncestorsAncestorRef {
+            group: Some(crate::compile::GATEWAY_GROUP.into()),
+            kind: Some("Gateway".into()),
+            name: ancestor.gateway.name.clone(),
+            namespace: Some(ancestor.gateway.namespace.clone()),
+            port: None,
+            section_name: None,
+        };
+        let previous = existing_ancestors
+            .iter()
+            .find(|a| a.controller_name == CONTROLLER_NAME && a.ancestor_ref == ancestor_ref)
+            .map(|a| a.conditions.clone())
+            .unwrap_or_default();
+        ancestors.push(BackendTlsPolicyStatusAncestors {
+            ancestor_ref,
+            conditions: merge_conditions(&previous, &ancestor.conditions, now),
+            controller_name: CONTROLLER_NAME.to_string(),
+        });
+    }
+    BackendTlsPolicyStatus { ancestors }
+}
+
+/// The policy outputs to write: the compiler's, plus an empty one for every policy whose status
+/// still holds an entry of ours although no Gateway of ours routes to its targets any more.
+pub fn policies_including_detached(
+    outputs: &BTreeMap<ObjectKey, PolicyOutput>,
+    policies: &[BackendTlsPolicy],
+) -> BTreeMap<ObjectKey, PolicyOutput> {
+    let mut all = outputs.clone();
+    for policy in policies {
+        let ours = policy.status.as_ref().is_some_and(|s| {
+            s.ancestors
+                .iter()
+                .any(|a| a.controller_name == CONTROLLER_NAME)
+        });
+        if ours {
+            all.entry(ObjectKey::of(policy)).or_insert(PolicyOutput {
+                ancestors: Vec::new(),
+            });
         }
     }
     all

@@ -1,21 +1,24 @@
 //! Watches of every kind the compiler reads, kept in in-memory stores (kube-runtime
 //! reflectors). Any change wakes the controller, which recompiles from a consistent snapshot.
 //!
-//! Secrets are watched as metadata only (`PartialObjectMeta`); the controller reads the few Secrets that listeners
-//! reference ([`SecretCache`]), so the operator never holds every Secret of the cluster.
+//! Secrets and ConfigMaps are watched as metadata only (`PartialObjectMeta`); the controller
+//! reads the few that listeners and BackendTLSPolicies reference ([`ReferencedObjects`]), so
+//! the operator never holds every Secret or ConfigMap of the cluster.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
+use portcullis_api::gateway_api::backendtlspolicy::BackendTlsPolicy;
 use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
 use portcullis_api::gateway_api::httproute::HttpRoute;
@@ -39,6 +42,7 @@ pub struct OptionalKinds {
     pub tls_routes: bool,
     pub tcp_routes: bool,
     pub listener_sets: bool,
+    pub backend_tls_policies: bool,
 }
 
 impl OptionalKinds {
@@ -49,6 +53,7 @@ impl OptionalKinds {
             tls_routes: true,
             tcp_routes: true,
             listener_sets: true,
+            backend_tls_policies: true,
         };
         let resources = match client
             .list_api_group_resources("gateway.networking.k8s.io/v1")
@@ -56,7 +61,7 @@ impl OptionalKinds {
         {
             Ok(list) => list.resources,
             Err(e) => {
-                warn!(error = %e, "API discovery failed; assuming TLSRoute, TCPRoute and ListenerSet are served");
+                warn!(error = %e, "API discovery failed; assuming every optional Gateway API kind is served");
                 return all;
             }
         };
@@ -65,11 +70,13 @@ impl OptionalKinds {
             tls_routes: served("tlsroutes"),
             tcp_routes: served("tcproutes"),
             listener_sets: served("listenersets"),
+            backend_tls_policies: served("backendtlspolicies"),
         };
         for (present, kind) in [
             (found.tls_routes, "TLSRoute"),
             (found.tcp_routes, "TCPRoute"),
             (found.listener_sets, "ListenerSet"),
+            (found.backend_tls_policies, "BackendTLSPolicy"),
         ] {
             if !present {
                 warn!(
@@ -98,6 +105,8 @@ pub struct Stores {
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub backend_tls_policies: Store<BackendTlsPolicy>,
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
     /// Proxy pods (ours, by label): their readiness gates Programmed.
     pub proxy_pods: Store<Pod>,
 }
@@ -176,6 +185,19 @@ impl Stores {
                 watcher::Config::default(),
                 &changed,
             ),
+            backend_tls_policies: match optional.backend_tls_policies {
+                true => watch(
+                    Api::all(client.clone()),
+                    watcher::Config::default(),
+                    &changed,
+                ),
+                false => empty_and_ready(),
+            },
+            config_maps: watch(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                &changed,
+            ),
             proxy_pods: watch(
                 Api::all(client.clone()),
                 watcher::Config::default().labels(&managed),
@@ -199,6 +221,8 @@ impl Stores {
             self.services.wait_until_ready().await,
             self.endpoint_slices.wait_until_ready().await,
             self.secrets.wait_until_ready().await,
+            self.backend_tls_policies.wait_until_ready().await,
+            self.config_maps.wait_until_ready().await,
             self.proxy_pods.wait_until_ready().await,
         ];
         for result in ready {
@@ -281,8 +305,24 @@ impl Stores {
         out
     }
 
+    /// ConfigMaps that BackendTLSPolicies reference as CA certificates (always in the
+    /// policy's namespace).
+    pub fn referenced_config_maps(&self) -> BTreeSet<ObjectKey> {
+        let mut out = BTreeSet::new();
+        for policy in self.backend_tls_policies.state() {
+            let namespace = policy.namespace().unwrap_or_default();
+            let references = policy.spec.validation.ca_certificate_refs.iter().flatten();
+            for reference in references {
+                if reference.group.is_empty() && reference.kind == "ConfigMap" {
+                    out.insert(ObjectKey::new(namespace.clone(), reference.name.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// A snapshot for the compiler.
-    pub fn input(&self, secrets: Vec<Secret>) -> Input {
+    pub fn input(&self, secrets: Vec<Secret>, config_maps: Vec<ConfigMap>) -> Input {
         Input {
             gateway_classes: cloned(&self.gateway_classes),
             gateways: cloned(&self.gateways),
@@ -296,6 +336,8 @@ impl Stores {
             endpoint_slices: cloned(&self.endpoint_slices),
             secrets,
             gateway_parameters: cloned(&self.gateway_parameters),
+            backend_tls_policies: cloned(&self.backend_tls_policies),
+            config_maps,
         }
     }
 }
@@ -364,13 +406,21 @@ where
     reader
 }
 
-/// Full copies of the referenced Secrets, re-read only when their resourceVersion changes.
-pub struct SecretCache {
+/// Full copies of the referenced objects of one kind (Secrets, ConfigMaps), re-read only when
+/// their resourceVersion changes.
+pub struct ReferencedObjects<K> {
     client: Client,
-    cache: HashMap<ObjectKey, (String, Secret)>,
+    cache: HashMap<ObjectKey, (String, K)>,
 }
 
-impl SecretCache {
+impl<K> ReferencedObjects<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + 'static,
+{
     pub fn new(client: Client) -> Self {
         Self {
             client,
@@ -378,12 +428,12 @@ impl SecretCache {
         }
     }
 
-    /// The referenced Secrets that exist, fetched when new or changed.
+    /// The referenced objects that exist, fetched when new or changed.
     pub async fn refresh(
         &mut self,
         wanted: &BTreeSet<ObjectKey>,
-        metadata: &Store<PartialObjectMeta<Secret>>,
-    ) -> Vec<Secret> {
+        metadata: &Store<PartialObjectMeta<K>>,
+    ) -> Vec<K> {
         let present: HashMap<ObjectKey, String> = metadata
             .state()
             .iter()
@@ -407,18 +457,21 @@ impl SecretCache {
             {
                 continue;
             }
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+            let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
             match api.get_opt(&key.name).await {
-                Ok(Some(secret)) => {
+                Ok(Some(object)) => {
                     self.cache.insert(
                         key.clone(),
-                        (secret.resource_version().unwrap_or_default(), secret),
+                        (object.resource_version().unwrap_or_default(), object),
                     );
                 }
                 Ok(None) => {}
-                Err(e) => warn!(secret = %key, error = %e, "reading a referenced Secret failed"),
+                Err(e) => {
+                    let kind = K::kind(&()).to_string();
+                    warn!(kind, object = %key, error = %e, "reading a referenced object failed");
+                }
             }
         }
-        self.cache.values().map(|(_, s)| s.clone()).collect()
+        self.cache.values().map(|(_, o)| o.clone()).collect()
     }
 }

@@ -150,6 +150,13 @@ pub const RESOURCES: &[ResourceType] = &[
         true,
     ),
     rt(
+        "gateway.networking.k8s.io",
+        "v1",
+        "backendtlspolicies",
+        "BackendTLSPolicy",
+        true,
+    ),
+    rt(
         "portcullis.dev",
         "v1alpha1",
         "gatewayparameters",
