@@ -26,6 +26,7 @@ use crate::access_log::{self, AccessLog};
 use crate::io::TlsSocket;
 use crate::l4::open_streams::OpenStreams;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
+use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::connection::{ConnInfo, linger, serve};
 use crate::proxy::upstream::{Pool, PoolKey};
 use crate::route::Snapshot;
@@ -66,6 +67,8 @@ pub struct Installed {
     pub tls: HashMap<u16, TlsAcceptor>,
     /// Round-robin position per backend.
     cursors: Vec<Cell<u32>>,
+    /// This core's TLS client state per backend of the snapshot (None: plaintext).
+    pub upstream_tls: Vec<Option<Rc<CoreTls>>>,
     /// Request counters per stat slot of the snapshot.
     pub stats: Vec<Rc<RouteCounters>>,
     /// Requests that matched no port or listener, or never parsed.
@@ -115,6 +118,7 @@ impl Shard {
             stats: Vec::new(),
             cursors: Vec::new(),
             tls: HashMap::new(),
+            upstream_tls: Vec::new(),
             snapshot: empty,
         };
         Ok(Self {
@@ -169,7 +173,13 @@ impl Shard {
             .iter()
             .map(|_| Cell::new(self.random() as u32))
             .collect();
+        let upstream_tls = snapshot
+            .backends
+            .iter()
+            .map(|b| b.tls.clone().map(|tls| Rc::new(CoreTls::new(tls))))
+            .collect();
         Ok(Installed {
+            upstream_tls,
             stats: self.counters.slots(&snapshot.stat_keys),
             unmatched: self.current().unmatched.clone(),
             cursors,

@@ -2,21 +2,21 @@
 //! with, and the certificate verifier for policies that name subject alt names.
 //!
 //! A backend's `ClientConfig` is built once per config generation, on the control thread with
-//! the rest of the snapshot, and shared by every core through the snapshot's `Arc`: building
-//! it parses the CA bundle, which no request should pay for. Its session cache lives and dies
-//! with it, so a session resumed after a swap was always verified under the settings now in
-//! force (resumption skips certificate verification).
+//! the rest of the snapshot: building it parses the CA bundle, which no request should pay for.
+//! Each core then takes a copy with a session cache of its own ([`CoreTls`]), so no lock is
+//! shared between cores, and a session resumed after a swap was always verified under the
+//! settings now in force (resumption skips certificate verification).
 
+use std::cell::Cell;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_api::certificate;
 use portcullis_api::config::{BackendTls, SubjectAltName};
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
@@ -30,6 +30,8 @@ use crate::warn;
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// At most one handshake-failure line per backend policy this often, whatever the request rate.
 const LOG_INTERVAL_SECS: u64 = 10;
+/// TLS sessions each core keeps per backend for resumption (rustls' default size).
+const SESSIONS_PER_BACKEND: usize = 256;
 
 /// How connections to one backend are secured, built from its `BackendTls`.
 #[derive(Debug)]
@@ -41,7 +43,6 @@ pub struct UpstreamTls {
     /// Tells pooled connections made under different settings apart; never 0, which stands for
     /// plaintext in a pool key.
     pub identity: u64,
-    failures: FailureLog,
 }
 
 impl UpstreamTls {
@@ -75,17 +76,39 @@ impl UpstreamTls {
             server_name,
             config: Arc::new(config),
             identity: identity(tls),
-            failures: FailureLog::default(),
         })
     }
+}
 
-    /// Logs a failed handshake, at most once per [`LOG_INTERVAL_SECS`] for this backend (on
-    /// any core), with how many failures the quiet period swallowed.
+/// One core's copy of a backend's TLS settings. The client session cache (rustls guards it
+/// with a lock) and the failure log are the core's own, so making a connection never touches
+/// state another core uses. Built at each install, like the rest of the core's tables: a
+/// session is never resumed under settings a swap replaced (resumption skips verification).
+#[derive(Debug)]
+pub struct CoreTls {
+    pub settings: Arc<UpstreamTls>,
+    pub config: Arc<ClientConfig>,
+    failures: FailureLog,
+}
+
+impl CoreTls {
+    pub fn new(settings: Arc<UpstreamTls>) -> CoreTls {
+        let mut config = (*settings.config).clone();
+        config.resumption = Resumption::in_memory_sessions(SESSIONS_PER_BACKEND);
+        CoreTls {
+            settings,
+            config: Arc::new(config),
+            failures: FailureLog::default(),
+        }
+    }
+
+    /// Logs a failed handshake, at most once per [`LOG_INTERVAL_SECS`] for this backend on
+    /// this core, with how many failures the quiet period swallowed.
     pub fn log_failure(&self, endpoint: std::net::SocketAddr, reason: &dyn fmt::Display) {
         if let Some(suppressed) = self.failures.due(coarse_now()) {
             warn!(
                 "TLS to backend failed",
-                "policy" = self.policy,
+                "policy" = self.settings.policy,
                 "endpoint" = endpoint,
                 "reason" = reason,
                 "failures_not_logged" = suppressed
@@ -109,7 +132,7 @@ fn identity(tls: &BackendTls) -> u64 {
     hasher.finish().max(1)
 }
 
-/// Seconds on a clock every core shares (the log limit is per backend, not per core).
+/// Seconds since the epoch: coarse is enough for a log limit.
 fn coarse_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -117,33 +140,24 @@ fn coarse_now() -> u64 {
         .unwrap_or_default()
 }
 
-/// Rate limit of one backend's failure log, shared by all cores.
+/// Rate limit of one backend's failure log on one core.
 #[derive(Debug, Default)]
 struct FailureLog {
     /// `coarse_now()` of the last line, plus one so that 0 means "never logged".
-    last: AtomicU64,
-    suppressed: AtomicU64,
+    last: Cell<u64>,
+    suppressed: Cell<u64>,
 }
 
 impl FailureLog {
     /// Some(failures not logged since the last line) when this failure should be logged.
     fn due(&self, now: u64) -> Option<u64> {
-        let last = self.last.load(Ordering::Relaxed);
+        let last = self.last.get();
         if last != 0 && now + 1 < last + LOG_INTERVAL_SECS {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            self.suppressed.set(self.suppressed.get() + 1);
             return None;
         }
-        // Of cores failing at the same moment only one logs.
-        match self
-            .last
-            .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => Some(self.suppressed.swap(0, Ordering::Relaxed)),
-            Err(_) => {
-                self.suppressed.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+        self.last.set(now + 1);
+        Some(self.suppressed.replace(0))
     }
 }
 

@@ -21,7 +21,7 @@ use crate::http::request::{self, HeadLimits, RequestError, RequestFraming, Reque
 use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::io::{IDLE_READ_CHUNK, RecvBuf, Transport, send};
 use crate::metrics::{RouteCounters, UpstreamError, increment};
-use crate::proxy::backend_tls::UpstreamTls;
+use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::min_rate::MinRate;
 use crate::proxy::mirror::MirrorRequest;
 use crate::proxy::redirect::{self, Origin};
@@ -306,7 +306,7 @@ enum Plan<'s> {
         share: &'s BackendShare,
         endpoint: SocketAddr,
         /// The backend's TLS settings; None: plaintext.
-        tls: Option<&'s UpstreamTls>,
+        tls: Option<&'s CoreTls>,
         counters: &'s RouteCounters,
         cors: Option<&'s CorsPolicy>,
     },
@@ -611,10 +611,10 @@ fn plan<'s>(
         .map(Box::new);
     }
     conn.scratch = rewritten_path;
-    let tls = snapshot
-        .backends
+    let tls = installed
+        .upstream_tls
         .get(backend_index)
-        .and_then(|backend| backend.tls.as_deref());
+        .and_then(|tls| tls.as_deref());
     Plan::Forward {
         rule,
         share,
@@ -760,7 +760,7 @@ struct Exchange<'a> {
     share: &'a BackendShare,
     cors: Option<&'a CorsPolicy>,
     endpoint: SocketAddr,
-    tls: Option<&'a UpstreamTls>,
+    tls: Option<&'a CoreTls>,
     keep_alive: bool,
     head_request: bool,
     deadline: Option<Instant>,
@@ -950,7 +950,7 @@ impl Exchange<'_> {
                 rest => RequestFraming::Length(rest),
             };
         }
-        let pooled = PoolKey::new(self.endpoint, self.tls);
+        let pooled = PoolKey::new(self.endpoint, self.tls.map(|tls| &*tls.settings));
         let mut upstream = match self.shard.pool.checkout(pooled, idle_timeout) {
             Some(upstream) => upstream,
             None => self.connect().await?,

@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, FutureExt};
@@ -20,7 +19,7 @@ use glommio::timer::Timer;
 use crate::http::request::RequestFraming;
 use crate::io::send;
 use crate::metrics::{MirrorCounters, increment};
-use crate::proxy::backend_tls::UpstreamTls;
+use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::upstream::{ConnectError, UpstreamConn};
 use crate::route::table::MirrorTarget;
 use crate::shard::{Installed, Shard};
@@ -38,7 +37,7 @@ struct CopyTarget {
     endpoint: SocketAddr,
     /// The mirror backend's TLS settings; the copy task outlives the request, so it holds
     /// its own reference.
-    tls: Option<Arc<UpstreamTls>>,
+    tls: Option<Rc<CoreTls>>,
 }
 
 /// The copies of one request, waiting for its body.
@@ -75,10 +74,10 @@ impl MirrorRequest {
                 Some(endpoint) if !too_big && !full => endpoints.push(CopyTarget {
                     endpoint,
                     tls: installed
-                        .snapshot
-                        .backends
+                        .upstream_tls
                         .get(mirror.backend as usize)
-                        .and_then(|backend| backend.tls.clone()),
+                        .cloned()
+                        .flatten(),
                 }),
                 _ => increment(&counters.skipped),
             }

@@ -23,7 +23,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use crate::io::{RecvBuf, TlsSocket, Transport};
-use crate::proxy::backend_tls::UpstreamTls;
+use crate::proxy::backend_tls::{CoreTls, UpstreamTls};
 use crate::sys::{IdleSocket, idle_socket_state};
 
 /// Which idle connections a request may take: same endpoint, same TLS settings.
@@ -171,13 +171,13 @@ impl UpstreamConn {
     pub async fn connect(
         addr: SocketAddr,
         timeout: Duration,
-        tls: Option<&UpstreamTls>,
+        tls: Option<&CoreTls>,
     ) -> Result<UpstreamConn, ConnectError> {
         let deadline = Instant::now() + timeout;
         let stream = connect_tcp(addr, timeout)
             .await
             .map_err(ConnectError::Connect)?;
-        let key = PoolKey::new(addr, tls);
+        let key = PoolKey::new(addr, tls.map(|tls| &*tls.settings));
         let stream = match tls {
             None => UpstreamStream::Plain(stream),
             Some(tls) => UpstreamStream::Tls(Box::new(handshake(stream, tls, deadline).await?)),
@@ -201,7 +201,7 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpS
 
 async fn handshake(
     stream: TcpStream,
-    tls: &UpstreamTls,
+    tls: &CoreTls,
     deadline: Instant,
 ) -> Result<futures_rustls::client::TlsStream<TlsSocket>, ConnectError> {
     let left = deadline.saturating_duration_since(Instant::now());
@@ -211,7 +211,7 @@ async fn handshake(
     }
     let connector = TlsConnector::from(tls.config.clone());
     connector
-        .connect(tls.server_name.clone(), TlsSocket::new(stream))
+        .connect(tls.settings.server_name.clone(), TlsSocket::new(stream))
         .or(async {
             Timer::new(left).await;
             Err(timed_out())
