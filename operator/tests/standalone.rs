@@ -255,7 +255,10 @@ fn check_passes_a_valid_set() {
     assert!(stdout.contains("routes=1"), "{stdout}");
     assert!(stdout.contains("no problems"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
-    assert!(stderr.contains("PersistentVolumeClaim settings"), "{stderr}");
+    assert!(
+        stderr.contains("PersistentVolumeClaim settings"),
+        "{stderr}"
+    );
 
     let output = run_check(&[&dir.0], &["-o", "yaml"]);
     let stdout = text(&output.stdout);

@@ -122,8 +122,28 @@ pub fn backend_name(service: &ObjectKey, port: i32) -> String {
 fn app_protocol(port: &ServicePort) -> Result<BackendProtocol, String> {
     match port.app_protocol.as_deref() {
         None | Some("http") | Some("HTTP") | Some("kubernetes.io/ws") => Ok(BackendProtocol::Http1),
+        // HTTP/1.1 inside TLS: the TLS comes from a BackendTLSPolicy (see `speaks_tls`).
+        Some(protocol) if speaks_tls(protocol) => Ok(BackendProtocol::Http1),
         Some(other) => Err(format!("appProtocol {other:?} is not supported")),
     }
+}
+
+/// Whether an appProtocol says the port expects TLS.
+fn speaks_tls(app_protocol: &str) -> bool {
+    matches!(app_protocol, "https" | "HTTPS" | "kubernetes.io/wss")
+}
+
+/// Whether `service`'s port `port` declares an appProtocol that expects TLS: the proxy reaches
+/// such a port only under a BackendTLSPolicy, never in plaintext.
+pub fn expects_tls(index: &Index<'_>, service: &ObjectKey, port: i32) -> bool {
+    index
+        .services
+        .get(service)
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|spec| spec.ports.as_ref())
+        .and_then(|ports| ports.iter().find(|p| p.port == port))
+        .and_then(|p| p.app_protocol.as_deref())
+        .is_some_and(speaks_tls)
 }
 
 /// Ready endpoints of `service` for `port`, sorted, from its EndpointSlices.

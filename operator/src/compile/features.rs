@@ -4,6 +4,8 @@
 /// Supported feature names, sorted ascending as the API requires.
 pub fn supported() -> Vec<&'static str> {
     let mut features = vec![
+        "BackendTLSPolicy",
+        "BackendTLSPolicySANValidation",
         "Gateway",
         "GatewayAddressEmpty",
         "GatewayHTTPListenerIsolation",

@@ -120,6 +120,15 @@ impl TranslatedRoute {
         );
         let port_name = backend_tls::port_name(index, &service, port);
         let Some(target) = index.backend_tls.target_for(&service, port_name.as_deref()) else {
+            if backends::expects_tls(index, &service, port) {
+                return self.target(Err((
+                    reasons::UNSUPPORTED_PROTOCOL,
+                    format!(
+                        "Service {service} port {port} expects TLS (appProtocol) and no \
+                         BackendTLSPolicy says how to verify it"
+                    ),
+                )));
+            }
             return self.target(resolved);
         };
         if !self.tls_targets.contains(&target) {
