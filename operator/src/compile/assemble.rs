@@ -97,7 +97,7 @@ impl GatewayState {
             let mut stream_routes = Vec::new();
             for attachment in &listener.attachments {
                 for backend in &attachment.translated.backends {
-                    backends.insert(backend.name.clone(), backend.clone());
+                    add_backend(&mut backends, backend);
                 }
                 let name = attachment.route.to_string();
                 let hostnames = attachment.hostnames.clone();
@@ -145,5 +145,21 @@ impl GatewayState {
         config.backends = backends.into_values().collect();
         config.certificates = certificates.into_values().collect();
         config
+    }
+}
+
+/// Adds `backend` once. A Service port that HTTPRoutes and stream routes (TLSRoute, TCPRoute)
+/// both use is one backend; only the HTTP side applies its BackendTLSPolicy, so its TLS
+/// settings are kept whichever route came first (the L4 path ignores them and forwards bytes).
+fn add_backend(backends: &mut BTreeMap<String, Backend>, backend: &Backend) {
+    match backends.entry(backend.name.clone()) {
+        std::collections::btree_map::Entry::Vacant(entry) => {
+            entry.insert(backend.clone());
+        }
+        std::collections::btree_map::Entry::Occupied(mut entry) => {
+            if entry.get().tls.is_none() {
+                entry.get_mut().tls = backend.tls.clone();
+            }
+        }
     }
 }
