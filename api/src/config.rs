@@ -101,6 +101,29 @@ pub struct Port {
     pub port: u16,
     pub protocol: PortProtocol,
     pub listeners: Vec<Listener>,
+    /// Client certificates the port asks for when it terminates TLS (the Gateway's
+    /// `tls.frontend`); none asked for when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_validation: Option<ClientValidation>,
+}
+
+/// How a TLS-terminating port checks client certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientValidation {
+    /// PEM trust anchors a client certificate's chain must lead to.
+    pub ca_certificates_pem: String,
+    pub mode: ClientValidationMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientValidationMode {
+    /// A client without a valid certificate is refused in the handshake.
+    #[default]
+    AllowValidOnly,
+    /// Clients are asked for a certificate, but one that is missing or does not verify is let
+    /// through (for migrations; the Gateway reports InsecureFrontendValidationMode).
+    AllowInsecureFallback,
 }
 
 /// A Gateway listener: a hostname (or none, meaning any) and the routes attached to it.

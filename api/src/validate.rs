@@ -244,6 +244,22 @@ impl Validator {
         if port.protocol == PortProtocol::Tcp && port.listeners.len() > 1 {
             self.fail("a TCP port has exactly one listener: nothing tells its connections apart");
         }
+        if let Some(validation) = &port.client_validation {
+            self.within(Segment::Field(".client_validation"), |v| {
+                let terminates = match port.protocol {
+                    PortProtocol::Https => true,
+                    PortProtocol::Tls => port.listeners.iter().any(|l| !l.passthrough),
+                    PortProtocol::Http | PortProtocol::Tcp => false,
+                };
+                if !terminates {
+                    v.fail("only a port that terminates TLS can validate client certificates");
+                }
+                if let Err(e) = crate::certificate::parse_ca_bundle(&validation.ca_certificates_pem)
+                {
+                    v.fail(format!("ca_certificates_pem: {e}"));
+                }
+            });
+        }
         let mut hostnames = HashSet::new();
         for (i, listener) in port.listeners.iter().enumerate() {
             self.at(".listeners", i, |v| {

@@ -11,6 +11,7 @@ fn base() -> CompiledConfig {
     config.ports.push(Port {
         port: 8080,
         protocol: PortProtocol::Http,
+        client_validation: None,
         listeners: vec![Listener {
             name: "http".into(),
             hostname: None,
@@ -590,5 +591,40 @@ fn absolute_uris_need_a_scheme_and_a_rest() {
     }
     for bad in ["", ":x", "1a:x", "a:", "a b:x", "spiffe://a b", "noscheme"] {
         assert!(!is_absolute_uri(bad), "{bad}");
+    }
+}
+
+#[test]
+fn client_validation_needs_a_terminating_port_and_a_usable_ca() {
+    let valid = ClientValidation {
+        ca_certificates_pem: test_ca_pem(),
+        mode: ClientValidationMode::AllowValidOnly,
+    };
+    let mut config = base();
+    config.certificates.push(Certificate {
+        name: "default/cert".into(),
+        cert_chain_pem: "(not checked here)".into(),
+        private_key_pem: "(not checked here)".into(),
+    });
+    config.ports[0].protocol = PortProtocol::Https;
+    config.ports[0].listeners[0].certificates = vec!["default/cert".into()];
+    let https = 0;
+    config.ports[https].client_validation = Some(valid.clone());
+    validate(&config).unwrap();
+
+    config.ports[https].client_validation = Some(ClientValidation {
+        ca_certificates_pem: "nothing".into(),
+        ..valid.clone()
+    });
+    let error = validate(&config).unwrap_err().to_string();
+    assert!(
+        error.contains("client_validation: ca_certificates_pem"),
+        "{error}"
+    );
+
+    for mut config in [base(), tls_base()] {
+        config.ports[0].client_validation = Some(valid.clone());
+        let error = validate(&config).unwrap_err().to_string();
+        assert!(error.contains("only a port that terminates TLS"), "{error}");
     }
 }

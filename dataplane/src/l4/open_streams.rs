@@ -121,6 +121,7 @@ mod tests {
         config.ports.push(Port {
             port: 5432,
             protocol: PortProtocol::Tcp,
+            client_validation: None,
             listeners: vec![Listener {
                 name: "tcp".into(),
                 hostname: None,

@@ -40,6 +40,7 @@ impl ConfigBuilder {
         self.config.ports.push(Port {
             port,
             protocol: PortProtocol::Http,
+            client_validation: None,
             listeners: vec![Listener {
                 name: listener.into(),
                 hostname: None,
@@ -58,6 +59,7 @@ impl ConfigBuilder {
             port,
             protocol,
             listeners,
+            client_validation: None,
         });
         self
     }

@@ -126,6 +126,7 @@ impl GatewayState {
                     port: listener.port,
                     protocol,
                     listeners: Vec::new(),
+                    client_validation: None,
                 })
                 .listeners
                 .push(Listener {
