@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Requests answered for one (listener, route), by status class 1xx..5xx.
 #[derive(Debug, Default)]
@@ -67,6 +68,11 @@ pub struct CoreCounters {
     pub tls_handshake_errors: Cell<u64>,
     pub invalid_requests: Cell<u64>,
     pub panics: Cell<u64>,
+    /// Client certificates that did not verify on ports in AllowInsecureFallback mode, let
+    /// through all the same. An atomic only because rustls requires its verifiers to be
+    /// `Sync`: each core's verifiers hold this core's counter alone, so no other core ever
+    /// touches it.
+    pub client_certificates_unverified: Arc<AtomicU64>,
     /// Shared with the core's detached mirror tasks.
     pub mirrors: Rc<MirrorCounters>,
 }
@@ -113,6 +119,9 @@ impl CoreCounters {
             tls_handshake_errors: self.tls_handshake_errors.get(),
             invalid_requests: self.invalid_requests.get(),
             panics: self.panics.get(),
+            client_certificates_unverified: self
+                .client_certificates_unverified
+                .load(Ordering::Relaxed),
             mirrors: [
                 self.mirrors.completed.get(),
                 self.mirrors.failed.get(),
@@ -139,6 +148,7 @@ pub struct CoreStats {
     pub tls_handshake_errors: u64,
     pub invalid_requests: u64,
     pub panics: u64,
+    pub client_certificates_unverified: u64,
     /// Mirror copies completed, failed, skipped, and in flight now.
     pub mirrors: [u64; 4],
 }
@@ -280,6 +290,12 @@ pub fn render(control: &ControlStats, cores: &[CoreStats]) -> String {
             "counter",
             "TLS handshakes that failed.",
             sum(|c| c.tls_handshake_errors),
+        ),
+        (
+            "portcullis_tls_client_certificates_unverified_total",
+            "counter",
+            "Client certificates that did not verify, let through by AllowInsecureFallback.",
+            sum(|c| c.client_certificates_unverified),
         ),
         (
             "portcullis_invalid_requests_total",

@@ -162,8 +162,13 @@ impl Shard {
                 PortProtocol::Http | PortProtocol::Tcp => false,
             };
             if terminates {
-                let config = server_config(port, &snapshot, &self.ticket_key)
-                    .map_err(|e| format!("port {}: {e}", port.port))?;
+                let config = server_config(
+                    port,
+                    &snapshot,
+                    &self.ticket_key,
+                    &self.counters.client_certificates_unverified,
+                )
+                .map_err(|e| format!("port {}: {e}", port.port))?;
                 tls.insert(port.port, TlsAcceptor::from(config));
             }
         }

@@ -5,19 +5,32 @@
 //! snapshot, so a handshake touches no state shared with another core. Resumption uses
 //! stateless tickets sealed with one key that every core knows: with SO_REUSEPORT a returning
 //! client usually lands on another core, where a per-core session cache would miss.
+//!
+//! A port with client validation asks every client for a certificate and resumes no session:
+//! rustls does not authenticate the client again on resumption, and a ticket sealed with the
+//! shared key could come from a port that asked for no certificate, or trusts another CA.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use portcullis_api::certificate::{self, ParsedCertificate};
-use portcullis_api::config::{Certificate, PortProtocol};
-use rustls::server::{ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert};
+use portcullis_api::config::{Certificate, ClientValidationMode, PortProtocol};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, version};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme, version,
+};
 
 use crate::route::host::{HostPattern, MAX_HOST_LEN, normalize};
-use crate::route::{PortTable, Snapshot};
+use crate::route::{ClientValidationTable, PortTable, Snapshot};
 
 /// A validated certificate chain and key, as DER, ready for any core to load.
 #[derive(Debug)]
@@ -158,11 +171,101 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Builds this core's rustls config for one HTTPS port.
+/// Asks for a client certificate but lets every client through: one that sends none, and one
+/// whose certificate the WebPKI verifier rejects (counted in `unverified`). What it cannot let
+/// through is a client that does not hold the key of the certificate it sent: the handshake
+/// signature (TLS 1.3 CertificateVerify, or TLS 1.2's) is still checked against that
+/// certificate's key, which the WebPKI verifier does without looking at trust at all.
+#[derive(Debug)]
+pub(crate) struct FallbackClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    unverified: Arc<AtomicU64>,
+}
+
+impl FallbackClientVerifier {
+    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, unverified: Arc<AtomicU64>) -> Self {
+        Self { inner, unverified }
+    }
+}
+
+impl ClientCertVerifier for FallbackClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        if self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .is_err()
+        {
+            self.unverified.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// This core's verifier for a port's client certificates: WebPKI to the port's CA bundle
+/// (client-auth usage, validity), mandatory or wrapped in the fallback.
+fn client_verifier(
+    validation: &ClientValidationTable,
+    provider: &Arc<CryptoProvider>,
+    unverified: &Arc<AtomicU64>,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let webpki =
+        WebPkiClientVerifier::builder_with_provider(validation.roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| format!("client certificate verifier: {e}"))?;
+    Ok(match validation.mode {
+        ClientValidationMode::AllowValidOnly => webpki,
+        ClientValidationMode::AllowInsecureFallback => {
+            Arc::new(FallbackClientVerifier::new(webpki, unverified.clone()))
+        }
+    })
+}
+
+/// Builds this core's rustls config for one TLS-terminating port. `unverified` counts, for
+/// this core, the client certificates a fallback verifier let through.
 pub fn server_config(
     port: &PortTable,
     snapshot: &Snapshot,
     ticket_key: &TicketKey,
+    unverified: &Arc<AtomicU64>,
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(certificate::provider());
     let mut loaded: Vec<Option<Arc<CertifiedKey>>> = vec![None; snapshot.certificates.len()];
@@ -186,20 +289,35 @@ pub fn server_config(
         }
         listeners.push((listener.hostname.clone(), keys));
     }
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
-        .map_err(|e| format!("TLS versions: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { listeners }));
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match &port.client_validation {
+        Some(validation) => {
+            builder.with_client_cert_verifier(client_verifier(validation, &provider, unverified)?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { listeners }));
     // A TLS port forwards whatever protocol runs inside; only HTTPS ports speak HTTP/1.1.
     if port.protocol == PortProtocol::Https {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
     }
     config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.ticketer = Arc::new(SharedKeyTicketer::new(ticket_key)?);
-    // One ticket per full handshake is enough to resume once; each extra ticket costs the
-    // server a seal per handshake.
-    config.send_tls13_tickets = 1;
+    if port.client_validation.is_some() {
+        // A resumed handshake skips client authentication (rustls checks only the cipher suite
+        // and the server name), and every port's tickets are sealed with the same key: a
+        // ticket from a port without validation, or trusting another CA, would let its holder
+        // in here without a certificate. So this port resumes nothing: no session cache (set
+        // above), the builder's ticketer that never produces nor accepts tickets, and no
+        // TLS 1.3 tickets sent. Every client pays a full handshake, certificate included.
+        config.send_tls13_tickets = 0;
+    } else {
+        config.ticketer = Arc::new(SharedKeyTicketer::new(ticket_key)?);
+        // One ticket per full handshake is enough to resume once; each extra ticket costs the
+        // server a seal per handshake.
+        config.send_tls13_tickets = 1;
+    }
     Ok(Arc::new(config))
 }
 
@@ -230,6 +348,199 @@ mod tests {
             core_a.encrypt(b"x"),
             "nonces must differ"
         );
+    }
+
+    /// A CA and a client certificate it issued (client-auth usage), as DER.
+    struct ClientPki {
+        ca_der: CertificateDer<'static>,
+        ca_pem: String,
+        client: CertificateDer<'static>,
+    }
+
+    fn client_pki(name: &str) -> ClientPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, name);
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut leaf_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "client");
+        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        ClientPki {
+            ca_der: ca.der().clone(),
+            ca_pem: ca.pem(),
+            client: leaf.der().clone(),
+        }
+    }
+
+    fn validation(pki: &ClientPki, mode: ClientValidationMode) -> ClientValidationTable {
+        ClientValidationTable {
+            roots: Arc::new(certificate::parse_ca_bundle(&pki.ca_pem).unwrap()),
+            mode,
+        }
+    }
+
+    #[test]
+    fn fallback_verifier_lets_untrusted_certificates_through_and_counts_them() {
+        let trusted = client_pki("trusted CA");
+        let other = client_pki("other CA");
+        let provider = Arc::new(certificate::provider());
+        let unverified = Arc::new(AtomicU64::new(0));
+        let table = validation(&trusted, ClientValidationMode::AllowInsecureFallback);
+        let verifier = client_verifier(&table, &provider, &unverified).unwrap();
+        let strict = client_verifier(
+            &validation(&trusted, ClientValidationMode::AllowValidOnly),
+            &provider,
+            &unverified,
+        )
+        .unwrap();
+
+        assert!(verifier.offer_client_auth());
+        assert!(!verifier.client_auth_mandatory());
+        assert!(strict.offer_client_auth());
+        assert!(strict.client_auth_mandatory());
+        // The hints name the trusted CA, so a client holding several certificates picks its one.
+        let hints = |v: &Arc<dyn ClientCertVerifier>| {
+            v.root_hint_subjects()
+                .iter()
+                .map(|name| name.as_ref().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hints(&verifier), hints(&strict));
+        assert_eq!(hints(&verifier).len(), 1);
+        assert_eq!(
+            verifier.supported_verify_schemes(),
+            strict.supported_verify_schemes()
+        );
+
+        let now = UnixTime::now();
+        assert!(
+            verifier
+                .verify_client_cert(&trusted.client, &[], now)
+                .is_ok()
+        );
+        assert_eq!(unverified.load(Ordering::Relaxed), 0, "a valid chain");
+
+        assert!(strict.verify_client_cert(&other.client, &[], now).is_err());
+        assert!(verifier.verify_client_cert(&other.client, &[], now).is_ok());
+        assert_eq!(unverified.load(Ordering::Relaxed), 1, "another CA's client");
+
+        // A CA certificate presented as a client's: no client-auth leaf, still let through.
+        assert!(
+            strict
+                .verify_client_cert(&trusted.ca_der, &[], now)
+                .is_err()
+        );
+        assert!(
+            verifier
+                .verify_client_cert(&trusted.ca_der, &[], now)
+                .is_ok()
+        );
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        assert!(verifier.verify_client_cert(&garbage, &[], now).is_ok());
+        assert_eq!(unverified.load(Ordering::Relaxed), 3);
+
+        // Expired: the same certificate checked 3000 years from now (rcgen's certificates
+        // are valid until 4096).
+        let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            now.as_secs() + 3000 * 366 * 24 * 60 * 60,
+        ));
+        assert!(
+            strict
+                .verify_client_cert(&trusted.client, &[], later)
+                .is_err()
+        );
+        assert!(
+            verifier
+                .verify_client_cert(&trusted.client, &[], later)
+                .is_ok()
+        );
+        assert_eq!(unverified.load(Ordering::Relaxed), 4);
+    }
+
+    /// An HTTPS config with one port per entry of `validations`, ports 443, 444, ...
+    fn https_config(
+        validations: Vec<Option<portcullis_api::config::ClientValidation>>,
+    ) -> portcullis_api::CompiledConfig {
+        use portcullis_api::CompiledConfig;
+        use portcullis_api::config::{Listener, Port};
+        let issued = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+        let mut config = CompiledConfig::empty(1);
+        config.certificates.push(Certificate {
+            name: "ns/a".into(),
+            cert_chain_pem: issued.cert.pem(),
+            private_key_pem: issued.signing_key.serialize_pem(),
+        });
+        for (i, client_validation) in validations.into_iter().enumerate() {
+            config.ports.push(Port {
+                port: 443 + i as u16,
+                protocol: PortProtocol::Https,
+                listeners: vec![Listener {
+                    name: format!("https-{i}"),
+                    hostname: None,
+                    certificates: vec!["ns/a".into()],
+                    routes: vec![],
+                    passthrough: false,
+                    stream_routes: vec![],
+                }],
+                client_validation,
+            });
+        }
+        config
+    }
+
+    #[test]
+    fn ports_with_client_validation_resume_no_session() {
+        let pki = client_pki("CA");
+        let snapshot = Snapshot::build(&https_config(vec![
+            None,
+            Some(portcullis_api::config::ClientValidation {
+                ca_certificates_pem: pki.ca_pem.clone(),
+                mode: ClientValidationMode::AllowValidOnly,
+            }),
+            Some(portcullis_api::config::ClientValidation {
+                ca_certificates_pem: pki.ca_pem.clone(),
+                mode: ClientValidationMode::AllowInsecureFallback,
+            }),
+        ]))
+        .unwrap();
+        let key = TicketKey::generate().unwrap();
+        let unverified = Arc::new(AtomicU64::new(0));
+        let configs: Vec<Arc<ServerConfig>> = snapshot
+            .ports
+            .iter()
+            .map(|port| server_config(port, &snapshot, &key, &unverified).unwrap())
+            .collect();
+
+        assert!(configs[0].ticketer.enabled());
+        assert_eq!(configs[0].send_tls13_tickets, 1);
+        for validated in &configs[1..] {
+            assert!(!validated.ticketer.enabled());
+            assert_eq!(validated.send_tls13_tickets, 0);
+            assert!(!validated.session_storage.can_cache());
+        }
+        // Which verifier each port got is checked over real handshakes
+        // (tests/client_certificates.rs): rustls keeps it private.
+    }
+
+    #[test]
+    fn an_unparsable_ca_bundle_fails_the_build() {
+        let pki = client_pki("CA");
+        let truncated = https_config(vec![Some(portcullis_api::config::ClientValidation {
+            ca_certificates_pem: pki.ca_pem[..pki.ca_pem.len() / 2].to_string(),
+            mode: ClientValidationMode::AllowValidOnly,
+        })]);
+        let error = Snapshot::build(&truncated).unwrap_err();
+        assert!(error.contains("client_validation"), "{error}");
     }
 
     #[test]

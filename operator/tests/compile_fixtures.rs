@@ -59,6 +59,10 @@ struct ExpectedGateway {
     serves: Option<bool>,
     /// `status.attachedListenerSets`.
     attached_listener_sets: Option<i32>,
+    /// Port → the client certificate validation its config asks for: "none",
+    /// "AllowValidOnly" or "AllowInsecureFallback".
+    #[serde(default)]
+    client_validation: BTreeMap<u16, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +200,24 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             && serves != expect_serves
         {
             problems.push(format!("Gateway {key}: serves listeners = {serves}"));
+        }
+        for (port, expected) in &expected_gateway.client_validation {
+            let config_port = gateway
+                .config
+                .as_ref()
+                .and_then(|c| c.ports.iter().find(|p| p.port == *port));
+            let actual = match config_port {
+                None => "no such port".to_string(),
+                Some(p) => match &p.client_validation {
+                    None => "none".to_string(),
+                    Some(v) => format!("{:?}", v.mode),
+                },
+            };
+            if actual != *expected {
+                problems.push(format!(
+                    "Gateway {key} port {port}: client validation {actual} (expected {expected})"
+                ));
+            }
         }
         if let Some(expected) = expected_gateway.attached_listener_sets
             && gateway.attached_listener_sets != expected
@@ -425,6 +447,15 @@ fn check_conditions(
     problems: &mut Vec<String>,
 ) {
     for (type_, value) in expected {
+        if value == "absent" {
+            if let Some(c) = actual.iter().find(|c| c.type_ == type_) {
+                problems.push(format!(
+                    "{what}: {type_} is {:?}/{}, expected no such condition",
+                    c.status, c.reason
+                ));
+            }
+            continue;
+        }
         let (status, reason) = match value.split_once('/') {
             Some((s, r)) => (s, Some(r)),
             None => (value.as_str(), None),

@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use portcullis_api::CompiledConfig;
-use portcullis_api::config::{PortProtocol, ProxySettings};
+use portcullis_api::certificate;
+use portcullis_api::config::{ClientValidationMode, PortProtocol, ProxySettings};
 use portcullis_api::validate::validate;
 
 use crate::proxy::backend_tls::UpstreamTls;
@@ -44,6 +45,17 @@ pub struct PortTable {
     pub port: u16,
     pub protocol: PortProtocol,
     pub listeners: Vec<ListenerTable>,
+    /// The client certificates the port asks for when it terminates TLS; None: none asked for.
+    pub client_validation: Option<ClientValidationTable>,
+}
+
+/// How a TLS-terminating port checks client certificates. The CA bundle is parsed here, once
+/// per config on the control thread, like the backends' bundles; each core builds its own
+/// verifier from these read-only roots when it installs the config, never per connection.
+#[derive(Debug)]
+pub struct ClientValidationTable {
+    pub roots: Arc<rustls::RootCertStore>,
+    pub mode: ClientValidationMode,
 }
 
 impl PortTable {
@@ -144,10 +156,22 @@ impl Snapshot {
                 .map_err(|e| format!("ports[{i}].listeners[{j}]: {e}"))?;
                 listeners.push(table);
             }
+            let client_validation = match &port.client_validation {
+                Some(validation) => Some(ClientValidationTable {
+                    roots: Arc::new(
+                        certificate::parse_ca_bundle(&validation.ca_certificates_pem).map_err(
+                            |e| format!("ports[{i}].client_validation.ca_certificates_pem: {e}"),
+                        )?,
+                    ),
+                    mode: validation.mode,
+                }),
+                None => None,
+            };
             ports.push(PortTable {
                 port: port.port,
                 protocol: port.protocol,
                 listeners,
+                client_validation,
             });
         }
         ports.sort_by_key(|p| p.port);

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SignatureAlgorithm,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SignatureAlgorithm,
 };
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
@@ -71,6 +71,47 @@ impl Ca {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A client certificate (client-auth usage) named `common_name`, valid now.
+    pub fn client_leaf(&self, common_name: &str) -> Leaf {
+        self.client_leaf_with(common_name, |_| {})
+    }
+
+    /// A client certificate that expired years ago.
+    pub fn expired_client_leaf(&self, common_name: &str) -> Leaf {
+        self.client_leaf_with(common_name, |params| {
+            params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+        })
+    }
+
+    /// A certificate for servers only (serverAuth usage), which no client may authenticate with.
+    pub fn server_only_leaf(&self, common_name: &str) -> Leaf {
+        self.client_leaf_with(common_name, |params| {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        })
+    }
+
+    fn client_leaf_with(
+        &self,
+        common_name: &str,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        adjust(&mut params);
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {

@@ -64,6 +64,26 @@ impl ConfigBuilder {
         self
     }
 
+    /// Asks clients of the (already added) `port` for certificates from `ca_pem`.
+    pub fn client_validation(
+        mut self,
+        port: u16,
+        ca_pem: &str,
+        mode: ClientValidationMode,
+    ) -> Self {
+        let entry = self
+            .config
+            .ports
+            .iter_mut()
+            .find(|p| p.port == port)
+            .unwrap_or_else(|| panic!("no port {port} to validate clients on"));
+        entry.client_validation = Some(ClientValidation {
+            ca_certificates_pem: ca_pem.into(),
+            mode,
+        });
+        self
+    }
+
     /// Adds a backend named `name` with the given endpoints.
     pub fn backend(mut self, name: &str, endpoints: &[&Backend]) -> Self {
         self.config.backends.push(portcullis_api::config::Backend {

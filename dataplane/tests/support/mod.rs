@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod certs;
 pub mod client;
+pub mod client_auth;
 pub mod config;
 pub mod proxy;
 pub mod tls_backend;

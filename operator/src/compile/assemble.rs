@@ -120,27 +120,29 @@ impl GatewayState {
                     });
                 }
             }
-            ports
-                .entry(listener.port)
-                .or_insert_with(|| Port {
-                    port: listener.port,
-                    protocol,
-                    listeners: Vec::new(),
-                    client_validation: None,
-                })
-                .listeners
-                .push(Listener {
-                    name,
-                    hostname: listener.hostname.clone(),
-                    certificates: listener
-                        .certificates
-                        .iter()
-                        .map(|c| c.name.clone())
-                        .collect(),
-                    routes,
-                    passthrough: listener.passthrough,
-                    stream_routes,
-                });
+            let port = ports.entry(listener.port).or_insert_with(|| Port {
+                port: listener.port,
+                protocol,
+                listeners: Vec::new(),
+                client_validation: None,
+            });
+            // Validation is per port (the Gateway's tls.frontend is keyed by port): every
+            // listener on it shares the handshake that asks for the certificate.
+            if port.client_validation.is_none() {
+                port.client_validation = listener.client_validation.clone();
+            }
+            port.listeners.push(Listener {
+                name,
+                hostname: listener.hostname.clone(),
+                certificates: listener
+                    .certificates
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect(),
+                routes,
+                passthrough: listener.passthrough,
+                stream_routes,
+            });
         }
         config.ports = ports.into_values().collect();
         config.backends = backends.into_values().collect();

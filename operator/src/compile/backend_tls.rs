@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use portcullis_api::certificate::parse_ca_bundle;
 use portcullis_api::config::{Backend, BackendTls, SubjectAltName};
 use portcullis_api::gateway_api::backendtlspolicy::{
     BackendTlsPolicy, BackendTlsPolicyValidation, BackendTlsPolicyValidationSubjectAltNamesType,
@@ -20,6 +19,7 @@ use portcullis_api::gateway_api::backendtlspolicy::{
 use portcullis_api::validate::{is_absolute_uri, is_dns_name};
 
 use super::conditions::{Condition, Status, reasons, types};
+use super::frontend_tls::usable_pem;
 use super::gateways::GatewayState;
 use super::{Index, ObjectKey, by_age, generation};
 
@@ -255,32 +255,18 @@ fn ca_bundle(
                 ),
             ))
         } else {
-            let pem = config_maps
-                .get(&key)
-                .and_then(|c| c.data.as_ref())
-                .and_then(|data| data.get(CA_KEY));
-            match pem {
-                None if !config_maps.contains_key(&key) => Some((
-                    INVALID_CA_CERTIFICATE_REF,
-                    format!("ConfigMap {key} not found"),
-                )),
-                None => Some((
-                    INVALID_CA_CERTIFICATE_REF,
-                    format!("ConfigMap {key} has no {CA_KEY} key"),
-                )),
-                Some(pem) => match parse_ca_bundle(pem) {
-                    Ok(_) => {
-                        bundle.push_str(pem);
-                        if !pem.ends_with('\n') {
-                            bundle.push('\n');
-                        }
-                        None
+            match usable_pem(config_maps.get(&key).copied()) {
+                Ok(pem) => {
+                    bundle.push_str(pem);
+                    if !pem.ends_with('\n') {
+                        bundle.push('\n');
                     }
-                    Err(e) => Some((
-                        INVALID_CA_CERTIFICATE_REF,
-                        format!("ConfigMap {key} key {CA_KEY}: {e}"),
-                    )),
-                },
+                    None
+                }
+                Err(why) => Some((
+                    INVALID_CA_CERTIFICATE_REF,
+                    format!("ConfigMap {key}: {why}"),
+                )),
             }
         };
         if unresolved.is_none() {

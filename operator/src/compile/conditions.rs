@@ -57,6 +57,7 @@ pub mod types {
     pub const CONFLICTED: &str = "Conflicted";
     pub const PARTIALLY_INVALID: &str = "PartiallyInvalid";
     pub const SUPPORTED_VERSION: &str = "SupportedVersion";
+    pub const INSECURE_FRONTEND_VALIDATION_MODE: &str = "InsecureFrontendValidationMode";
 }
 
 /// Canonical reasons (Gateway API v1.6).
@@ -65,6 +66,7 @@ pub mod reasons {
     pub const PROGRAMMED: &str = "Programmed";
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     pub const PENDING: &str = "Pending";
+    pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
     pub const INVALID: &str = "Invalid";
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";

@@ -8,6 +8,8 @@ pub fn supported() -> Vec<&'static str> {
         "BackendTLSPolicySANValidation",
         "Gateway",
         "GatewayAddressEmpty",
+        "GatewayFrontendClientCertificateValidation",
+        "GatewayFrontendClientCertificateValidationInsecureFallback",
         "GatewayHTTPListenerIsolation",
         "GatewayInfrastructurePropagation",
         "ListenerSet",

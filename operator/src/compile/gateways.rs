@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use portcullis_api::certificate;
-use portcullis_api::config::Certificate;
+use portcullis_api::config::{Certificate, ClientValidation};
 use portcullis_api::gateway_api::gateway::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
@@ -17,6 +17,7 @@ use portcullis_api::v1alpha1::gateway_parameters::{
 };
 
 use super::conditions::{Condition, Status, reasons, types};
+use super::frontend_tls;
 use super::listener_sets::ListenerSetState;
 use super::routes::Attachment;
 use super::{
@@ -154,6 +155,8 @@ pub struct ListenerState {
     pub certificates: Vec<Certificate>,
     /// A TLS listener in Passthrough mode: the backend terminates TLS.
     pub passthrough: bool,
+    /// Client certificates its port asks for (the Gateway's `tls.frontend`).
+    pub client_validation: Option<ClientValidation>,
     pub attachments: Vec<Attachment>,
 }
 
@@ -212,6 +215,8 @@ pub struct GatewayState {
     /// The ListenerSets whose parentRef names this Gateway, in precedence order.
     pub listener_sets: Vec<ListenerSetState>,
     pub parameters: GatewayParametersSpec,
+    /// Some listener lets clients through without a valid certificate (AllowInsecureFallback).
+    pub insecure_frontend: bool,
 }
 
 /// Validates every Gateway of our classes.
@@ -269,6 +274,7 @@ pub fn gateways(
                 listener(index, owner, l)
             })
             .collect();
+        let insecure_frontend = frontend_tls::apply(index, gateway, &mut listeners);
         mark_conflicts(&mut listeners);
         out.insert(
             key.clone(),
@@ -281,6 +287,7 @@ pub fn gateways(
                 listeners,
                 listener_sets: Vec::new(),
                 parameters,
+                insecure_frontend,
             },
         );
     }
@@ -359,6 +366,7 @@ pub fn listener(
         allowed_namespaces: AllowedNamespaces::Same,
         certificates: Vec::new(),
         passthrough: false,
+        client_validation: None,
         attachments: Vec::new(),
     };
     state.protocol = match spec.protocol.as_str() {
@@ -726,7 +734,18 @@ impl GatewayState {
                     g,
                 )
             };
-        vec![accepted, programmed]
+        let mut conditions = vec![accepted, programmed];
+        if self.insecure_frontend {
+            conditions.push(Condition::new(
+                types::INSECURE_FRONTEND_VALIDATION_MODE,
+                Status::True,
+                reasons::CONFIGURATION_CHANGED,
+                "client certificate validation lets clients without a valid certificate through \
+                 (AllowInsecureFallback)",
+                g,
+            ));
+        }
+        conditions
     }
 
     /// Whether the Gateway is accepted, so that its config carries listeners at all.

@@ -10,6 +10,7 @@ pub mod backend_tls;
 pub mod backends;
 pub mod conditions;
 pub mod features;
+pub mod frontend_tls;
 pub mod gateways;
 pub mod hostnames;
 pub mod listener_sets;
@@ -201,6 +202,7 @@ pub struct Index<'a> {
     pub secrets: HashMap<ObjectKey, &'a Secret>,
     pub gateway_parameters: HashMap<ObjectKey, &'a GatewayParameters>,
     pub classes: HashMap<String, &'a GatewayClass>,
+    pub config_maps: HashMap<ObjectKey, &'a ConfigMap>,
     pub backend_tls: backend_tls::Policies,
 }
 
@@ -229,6 +231,7 @@ impl<'a> Index<'a> {
         Self {
             input,
             backend_tls: backend_tls::Policies::new(&input.backend_tls_policies, &config_maps),
+            config_maps,
             namespaces: input
                 .namespaces
                 .iter()

@@ -121,12 +121,18 @@ pub fn gateway_status(
     addresses: &[GatewayStatusAddresses],
     now: &Time,
 ) -> GatewayStatus {
-    let current = existing
+    let mut current = existing
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
     let mut conditions = held(&output.conditions, delivery);
     if addresses.is_empty() {
         without_address(&mut conditions);
+    }
+    // Present only while some port lets clients through without a valid certificate; the API
+    // says it is removed, not set False, once that stops.
+    let insecure = types::INSECURE_FRONTEND_VALIDATION_MODE;
+    if !conditions.iter().any(|c| c.type_ == insecure) {
+        current.retain(|c| c.type_ != insecure);
     }
     let listeners = listener_statuses(
         existing.and_then(|s| s.listeners.as_deref()),
@@ -571,6 +577,53 @@ mod tests {
         assert_eq!(served.listeners.as_ref().unwrap()[0].attached_routes, 2);
         let no_address = gateway_status(None, &gateway_output(), &Delivery::Served, &[], &time(3));
         assert_eq!(programmed(&no_address).reason, "AddressNotAssigned");
+    }
+
+    #[test]
+    fn insecure_frontend_mode_is_removed_once_no_port_falls_back() {
+        let mut insecure = gateway_output();
+        insecure.conditions.push(condition(
+            "InsecureFrontendValidationMode",
+            Status::True,
+            "ConfigurationChanged",
+        ));
+        let types = |s: &GatewayStatus| -> Vec<String> {
+            s.conditions
+                .iter()
+                .flatten()
+                .map(|c| c.type_.clone())
+                .collect()
+        };
+        let address = GatewayStatusAddresses {
+            r#type: Some("IPAddress".into()),
+            value: "10.96.0.10".into(),
+        };
+        let addresses = std::slice::from_ref(&address);
+        let with = gateway_status(None, &insecure, &Delivery::Served, addresses, &time(1));
+        assert!(types(&with).contains(&"InsecureFrontendValidationMode".to_string()));
+        let mut foreign = with.clone();
+        if let Some(conditions) = foreign.conditions.as_mut() {
+            conditions.push(KubeCondition {
+                type_: "example.com/Other".into(),
+                status: "True".into(),
+                reason: "Other".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: time(1),
+            });
+        }
+        let without = gateway_status(
+            Some(&foreign),
+            &gateway_output(),
+            &Delivery::Served,
+            addresses,
+            &time(2),
+        );
+        assert_eq!(
+            types(&without),
+            ["Accepted", "Programmed", "example.com/Other"],
+            "ours removed, another controller's kept"
+        );
     }
 
     #[test]

@@ -231,8 +231,8 @@ impl Stores {
         Ok(())
     }
 
-    /// Secrets referenced by the listeners of Gateways of our classes.
-    pub fn referenced_secrets(&self) -> BTreeSet<ObjectKey> {
+    /// Gateways of our classes.
+    fn our_gateways(&self) -> Vec<Arc<Gateway>> {
         let ours: BTreeSet<String> = self
             .gateway_classes
             .state()
@@ -240,12 +240,18 @@ impl Stores {
             .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
             .map(|c| c.name_any())
             .collect();
+        self.gateways
+            .state()
+            .into_iter()
+            .filter(|g| ours.contains(&g.spec.gateway_class_name))
+            .collect()
+    }
+
+    /// Secrets referenced by the listeners of Gateways of our classes.
+    pub fn referenced_secrets(&self) -> BTreeSet<ObjectKey> {
         let mut out = BTreeSet::new();
         let mut our_gateways = BTreeSet::new();
-        for gateway in self.gateways.state() {
-            if !ours.contains(&gateway.spec.gateway_class_name) {
-                continue;
-            }
+        for gateway in self.our_gateways() {
             our_gateways.insert(ObjectKey::of(&*gateway));
             let namespace = gateway.namespace().unwrap_or_default();
             let references = gateway
@@ -305,10 +311,37 @@ impl Stores {
         out
     }
 
-    /// ConfigMaps that BackendTLSPolicies reference as CA certificates (always in the
-    /// policy's namespace).
+    /// ConfigMaps that hold CA certificates: referenced by BackendTLSPolicies (always in the
+    /// policy's namespace) and by Gateways of our classes for client certificate validation.
     pub fn referenced_config_maps(&self) -> BTreeSet<ObjectKey> {
         let mut out = BTreeSet::new();
+        for gateway in self.our_gateways() {
+            let namespace = gateway.namespace().unwrap_or_default();
+            let Some(frontend) = gateway.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+                continue;
+            };
+            let default = frontend.default.validation.iter().flat_map(|v| {
+                v.ca_certificate_refs
+                    .iter()
+                    .map(|r| (&r.group, &r.kind, r.namespace.as_ref(), &r.name))
+            });
+            let per_port = frontend
+                .per_port
+                .iter()
+                .flatten()
+                .flat_map(|p| p.tls.validation.iter())
+                .flat_map(|v| {
+                    v.ca_certificate_refs
+                        .iter()
+                        .map(|r| (&r.group, &r.kind, r.namespace.as_ref(), &r.name))
+                });
+            for (group, kind, reference_namespace, name) in default.chain(per_port) {
+                if group.is_empty() && kind == "ConfigMap" {
+                    let namespace = reference_namespace.unwrap_or(&namespace);
+                    out.insert(ObjectKey::new(namespace.clone(), name.clone()));
+                }
+            }
+        }
         for policy in self.backend_tls_policies.state() {
             let namespace = policy.namespace().unwrap_or_default();
             let references = policy.spec.validation.ca_certificate_refs.iter().flatten();
