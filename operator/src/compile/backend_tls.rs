@@ -18,17 +18,13 @@ use portcullis_api::gateway_api::backendtlspolicy::{
 };
 use portcullis_api::validate::{is_absolute_uri, is_dns_name};
 
+use super::ca_bundles::{self, CaRef};
 use super::conditions::{Condition, Status, reasons, types};
-use super::frontend_tls::usable_pem;
 use super::gateways::GatewayState;
 use super::{Index, ObjectKey, by_age, generation};
 
-/// The ConfigMap key holding the CA bundle.
-pub const CA_KEY: &str = "ca.crt";
-
 const CONFLICTED: &str = "Conflicted";
 const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
-const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
 
 /// What a policy targets: a Service, and optionally one of its ports by name.
 pub type Target = (ObjectKey, Option<String>);
@@ -214,7 +210,19 @@ fn evaluate(policy: &BackendTlsPolicy, config_maps: &HashMap<ObjectKey, &ConfigM
         })
         .collect();
     let validation = &policy.spec.validation;
-    let (bundle, unresolved) = ca_bundle(&key.namespace, validation, config_maps);
+    let references = validation
+        .ca_certificate_refs
+        .iter()
+        .flatten()
+        .map(|r| CaRef {
+            group: &r.group,
+            kind: &r.kind,
+            name: &r.name,
+            namespace: &key.namespace,
+        });
+    // A policy's references are always in its own namespace: nothing to grant.
+    let (bundle, unresolved) =
+        ca_bundles::concatenate(references, config_maps, reasons::INVALID_KIND, |_| Ok(()));
     let settings = settings(&key, validation, bundle.as_deref());
     let invalid = match &settings {
         Ok(_) => None,
@@ -229,51 +237,6 @@ fn evaluate(policy: &BackendTlsPolicy, config_maps: &HashMap<ObjectKey, &ConfigM
         unresolved,
         lost: Vec::new(),
     }
-}
-
-/// The PEM of every usable CA reference, concatenated (None when none is usable), and the
-/// first unusable reference's ResolvedRefs reason and message.
-fn ca_bundle(
-    namespace: &str,
-    validation: &BackendTlsPolicyValidation,
-    config_maps: &HashMap<ObjectKey, &ConfigMap>,
-) -> (Option<String>, Option<(&'static str, String)>) {
-    let mut bundle = String::new();
-    let mut unresolved = None;
-    for reference in validation.ca_certificate_refs.iter().flatten() {
-        let key = ObjectKey::new(namespace, &reference.name);
-        let problem = if !reference.group.is_empty() || reference.kind != "ConfigMap" {
-            let kind = match reference.group.as_str() {
-                "" => reference.kind.clone(),
-                group => format!("{}.{group}", reference.kind),
-            };
-            Some((
-                reasons::INVALID_KIND,
-                format!(
-                    "caCertificateRef {kind} {}: only core ConfigMaps are supported",
-                    reference.name
-                ),
-            ))
-        } else {
-            match usable_pem(config_maps.get(&key).copied()) {
-                Ok(pem) => {
-                    bundle.push_str(pem);
-                    if !pem.ends_with('\n') {
-                        bundle.push('\n');
-                    }
-                    None
-                }
-                Err(why) => Some((
-                    INVALID_CA_CERTIFICATE_REF,
-                    format!("ConfigMap {key}: {why}"),
-                )),
-            }
-        };
-        if unresolved.is_none() {
-            unresolved = problem;
-        }
-    }
-    ((!bundle.is_empty()).then_some(bundle), unresolved)
 }
 
 /// The proxy's TLS settings for the policy, or its Accepted=False reason and message.

@@ -8,6 +8,7 @@
 pub mod assemble;
 pub mod backend_tls;
 pub mod backends;
+pub mod ca_bundles;
 pub mod conditions;
 pub mod features;
 pub mod frontend_tls;
