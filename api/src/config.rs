@@ -409,6 +409,10 @@ pub enum BackendProtocol {
     #[default]
     #[serde(rename = "HTTP/1.1")]
     Http1,
+    /// HTTP/2 with prior knowledge (h2c; appProtocol `kubernetes.io/h2c`, and every GRPCRoute
+    /// backend). Each core multiplexes its requests to an endpoint over one connection.
+    #[serde(rename = "HTTP/2")]
+    Http2,
 }
 
 /// A set of endpoints serving one Service port. No endpoints means 503.

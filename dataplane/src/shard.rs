@@ -28,6 +28,7 @@ use crate::l4::open_streams::OpenStreams;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::connection::{ConnInfo, linger, serve};
+use crate::proxy::h2::{self, Http2Pool};
 use crate::proxy::upstream::{Pool, PoolKey};
 use crate::route::Snapshot;
 use crate::signal::Signal;
@@ -93,6 +94,8 @@ pub struct Shard {
     pub id: usize,
     pub(crate) installed: RefCell<Rc<Installed>>,
     pub pool: Pool,
+    /// HTTP/2 connections to backends, one per endpoint, multiplexed.
+    pub http2_pool: Http2Pool,
     rng: Cell<u64>,
     pub counters: CoreCounters,
     /// Fired when termination is announced (SIGTERM, before the drain delay): every response
@@ -125,6 +128,7 @@ impl Shard {
             id,
             installed: RefCell::new(Rc::new(installed)),
             pool: Pool::default(),
+            http2_pool: Http2Pool::default(),
             rng: Cell::new(seed(id)),
             counters,
             closing: Signal::default(),
@@ -333,6 +337,7 @@ fn install(
         })
         .collect();
     shard.pool.retain_endpoints(&poolable);
+    shard.http2_pool.retain_endpoints(&poolable);
     *shard.installed.borrow_mut() = Rc::new(installed);
     let revoked = shard.open_streams.revoke_disallowed(&snapshot);
     if revoked > 0 {
@@ -493,7 +498,13 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
                         peer,
                         tls: true,
                     };
-                    Box::pin(serve(shard, tls, info)).await;
+                    let session = &tls.get_ref().1;
+                    if session.alpn_protocol() == Some(b"h2") {
+                        let server_name = session.server_name().map(Box::<str>::from);
+                        Box::pin(h2::serve(shard, tls, Vec::new(), info, server_name)).await;
+                    } else {
+                        Box::pin(serve(shard, tls, info)).await;
+                    }
                 }
                 None => increment(&shard.counters.tls_handshake_errors),
             }

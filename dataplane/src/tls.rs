@@ -299,9 +299,10 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { listeners }));
-    // A TLS port forwards whatever protocol runs inside; only HTTPS ports speak HTTP/1.1.
+    // A TLS port forwards whatever protocol runs inside; HTTPS ports speak HTTP/2 to clients
+    // that offer it, else HTTP/1.1.
     if port.protocol == PortProtocol::Https {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
     config.session_storage = Arc::new(NoServerSessionStorage {});
     if port.client_validation.is_some() {

@@ -344,9 +344,9 @@ fn unknown_server_names_get_no_certificate() {
     );
 }
 
-/// 3. ALPN: the proxy speaks http/1.1 only.
+/// 3. ALPN: the proxy speaks h2 when offered, else http/1.1, and refuses other protocols.
 #[test]
-fn alpn_negotiates_http1_only() {
+fn alpn_negotiates_http2_or_http1() {
     let ca = Ca::new();
     let cert = ca.leaf(&["a.example.com"]);
     let a = Backend::start("a");
@@ -366,33 +366,35 @@ fn alpn_negotiates_http1_only() {
     assert_eq!(http1.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(http1.get("a.example.com", "/").backend(), Some("a"));
 
-    let mut both = connect(port, "a.example.com", &ca.client(&[b"h2", b"http/1.1"]));
-    assert_eq!(both.alpn.as_deref(), Some(&b"http/1.1"[..]));
-    assert_eq!(both.get("a.example.com", "/").backend(), Some("a"));
+    // HTTP/2 when the client offers it (tests/http2.rs speaks it).
+    let both = connect(port, "a.example.com", &ca.client(&[b"h2", b"http/1.1"]));
+    assert_eq!(both.alpn.as_deref(), Some(&b"h2"[..]));
+    let h2_only = connect(port, "a.example.com", &ca.client(&[b"h2"]));
+    assert_eq!(h2_only.alpn.as_deref(), Some(&b"h2"[..]));
 
     // No ALPN offered at all: plain HTTP/1.1 over TLS.
     let mut none = connect(port, "a.example.com", &ca.client(&[]));
     assert_eq!(none.alpn, None);
     assert_eq!(none.get("a.example.com", "/").backend(), Some("a"));
 
-    // Only h2: no protocol in common, so the handshake must fail (RFC 7301 §3.2).
-    if let Ok(connection) = Client::connect_tls(port, "a.example.com", ca.client(&[b"h2"])) {
+    // No protocol in common: the handshake must fail (RFC 7301 §3.2).
+    if let Ok(connection) = Client::connect_tls(port, "a.example.com", ca.client(&[b"spdy/3.1"])) {
         panic!(
-            "a client offering only h2 completed the handshake with ALPN {:?}",
+            "a client offering only spdy/3.1 completed the handshake with ALPN {:?}",
             connection.alpn
         );
     }
     // Over TLS 1.2 the mismatch is found before the ServerHello is sent, and the client gets
     // the no_application_protocol alert (over TLS 1.3 it does not: see the ignored test below).
     let mut tls12_h2 = ClientConfig::clone(&ca.client_with_version(&rustls::version::TLS12));
-    tls12_h2.alpn_protocols = vec![b"h2".to_vec()];
+    tls12_h2.alpn_protocols = vec![b"spdy/3.1".to_vec()];
     match Client::connect_tls(port, "a.example.com", Arc::new(tls12_h2)) {
         Err(e) => assert!(
             e.to_string().contains("NoApplicationProtocol"),
-            "TLS 1.2, h2 only: {e:?}"
+            "TLS 1.2, spdy/3.1 only: {e:?}"
         ),
         Ok(connection) => panic!(
-            "a TLS 1.2 client offering only h2 completed the handshake with ALPN {:?}",
+            "a TLS 1.2 client offering only spdy/3.1 completed the handshake with ALPN {:?}",
             connection.alpn
         ),
     }
@@ -419,7 +421,7 @@ fn alpn_mismatch_is_answered_with_no_application_protocol() {
     let port = free_port();
     let _proxy = Proxy::start(&single_listener_config(1, port, &cert, &a));
     for attempt in 0..3 {
-        match Client::connect_tls(port, "a.example.com", ca.client(&[b"h2"])) {
+        match Client::connect_tls(port, "a.example.com", ca.client(&[b"spdy/3.1"])) {
             Err(e) => {
                 let message = e.to_string();
                 assert!(
@@ -429,7 +431,7 @@ fn alpn_mismatch_is_answered_with_no_application_protocol() {
                 );
             }
             Ok(connection) => panic!(
-                "a client offering only h2 completed the handshake with ALPN {:?}",
+                "a client offering only spdy/3.1 completed the handshake with ALPN {:?}",
                 connection.alpn
             ),
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_api::certificate;
-use portcullis_api::config::{BackendTls, SubjectAltName};
+use portcullis_api::config::{BackendProtocol, BackendTls, SubjectAltName};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
@@ -28,6 +28,7 @@ use crate::warn;
 
 /// The only application protocol the proxy speaks to backends.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
+const ALPN_HTTP2: &[u8] = b"h2";
 /// At most one handshake-failure line per backend policy this often, whatever the request rate.
 const LOG_INTERVAL_SECS: u64 = 10;
 /// TLS sessions each core keeps per backend for resumption (rustls' default size).
@@ -46,7 +47,7 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    pub fn build(tls: &BackendTls) -> Result<UpstreamTls, String> {
+    pub fn build(tls: &BackendTls, protocol: BackendProtocol) -> Result<UpstreamTls, String> {
         let server_name = ServerName::try_from(tls.server_name.clone())
             .map_err(|e| format!("server_name {:?}: {e}", tls.server_name))?;
         let roots = Arc::new(certificate::parse_ca_bundle(&tls.ca_certificates_pem)?);
@@ -70,12 +71,15 @@ impl UpstreamTls {
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_no_client_auth()
         };
-        config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        config.alpn_protocols = match protocol {
+            BackendProtocol::Http1 => vec![ALPN_HTTP1.to_vec()],
+            BackendProtocol::Http2 => vec![ALPN_HTTP2.to_vec()],
+        };
         Ok(UpstreamTls {
             policy: tls.policy.as_str().into(),
             server_name,
             config: Arc::new(config),
-            identity: identity(tls),
+            identity: identity(tls, protocol),
         })
     }
 }
@@ -119,8 +123,10 @@ impl CoreTls {
 
 /// The settings that decide what a TLS connection may be used for. The policy's name is left
 /// out: renaming a policy changes nothing about the connections it made.
-fn identity(tls: &BackendTls) -> u64 {
+fn identity(tls: &BackendTls, protocol: BackendProtocol) -> u64 {
     let mut hasher = DefaultHasher::new();
+    // The ALPN offered differs by protocol.
+    (protocol == BackendProtocol::Http2).hash(&mut hasher);
     tls.server_name.hash(&mut hasher);
     tls.ca_certificates_pem.hash(&mut hasher);
     for name in &tls.subject_alt_names {
@@ -484,35 +490,53 @@ mod tests {
     fn identity_follows_the_settings_that_matter() {
         let a = ca("a");
         let b = ca("b");
-        let base = UpstreamTls::build(&backend_tls(&a.pem, vec![])).unwrap();
+        let base =
+            UpstreamTls::build(&backend_tls(&a.pem, vec![]), BackendProtocol::Http1).unwrap();
         assert_ne!(base.identity, 0);
-        let same = UpstreamTls::build(&backend_tls(&a.pem, vec![])).unwrap();
+        let same =
+            UpstreamTls::build(&backend_tls(&a.pem, vec![]), BackendProtocol::Http1).unwrap();
         assert_eq!(base.identity, same.identity);
         let mut renamed = backend_tls(&a.pem, vec![]);
         renamed.policy = "ns/other".into();
         assert_eq!(
-            UpstreamTls::build(&renamed).unwrap().identity,
+            UpstreamTls::build(&renamed, BackendProtocol::Http1)
+                .unwrap()
+                .identity,
             base.identity
         );
-        let other_ca = UpstreamTls::build(&backend_tls(&b.pem, vec![])).unwrap();
+        let other_ca =
+            UpstreamTls::build(&backend_tls(&b.pem, vec![]), BackendProtocol::Http1).unwrap();
         assert_ne!(base.identity, other_ca.identity);
         let mut other_name = backend_tls(&a.pem, vec![]);
         other_name.server_name = "other.internal".into();
         assert_ne!(
-            UpstreamTls::build(&other_name).unwrap().identity,
+            UpstreamTls::build(&other_name, BackendProtocol::Http1)
+                .unwrap()
+                .identity,
             base.identity
         );
         let hostname_san = backend_tls(&a.pem, vec![hostname("x.internal")]);
         let uri_san = backend_tls(&a.pem, vec![uri_name("x.internal")]);
-        let hostname_id = UpstreamTls::build(&hostname_san).unwrap().identity;
+        let hostname_id = UpstreamTls::build(&hostname_san, BackendProtocol::Http1)
+            .unwrap()
+            .identity;
+        let over_http2 = UpstreamTls::build(&hostname_san, BackendProtocol::Http2).unwrap();
+        assert_ne!(hostname_id, over_http2.identity);
+        assert_eq!(over_http2.config.alpn_protocols, vec![b"h2".to_vec()]);
         assert_ne!(hostname_id, base.identity);
-        assert_ne!(hostname_id, UpstreamTls::build(&uri_san).unwrap().identity);
+        assert_ne!(
+            hostname_id,
+            UpstreamTls::build(&uri_san, BackendProtocol::Http1)
+                .unwrap()
+                .identity
+        );
         assert_eq!(base.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }
 
     #[test]
     fn a_bad_bundle_is_an_error_not_a_panic() {
-        let error = UpstreamTls::build(&backend_tls("not pem", vec![])).unwrap_err();
+        let error = UpstreamTls::build(&backend_tls("not pem", vec![]), BackendProtocol::Http1)
+            .unwrap_err();
         assert!(error.contains("CA bundle"), "{error}");
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use portcullis_api::config::ProxySettings;
+use portcullis_api::config::{BackendProtocol, ProxySettings};
 
 use crate::access_log::AccessLog;
 use crate::http::Version;
@@ -22,6 +22,7 @@ use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::io::{IDLE_READ_CHUNK, RecvBuf, Transport, send};
 use crate::metrics::{RouteCounters, UpstreamError, increment};
 use crate::proxy::backend_tls::CoreTls;
+use crate::proxy::h2;
 use crate::proxy::min_rate::MinRate;
 use crate::proxy::mirror::MirrorRequest;
 use crate::proxy::redirect::{self, Origin};
@@ -64,20 +65,23 @@ impl ConnInfo {
     }
 }
 
-/// Per-connection buffers, reused across its requests.
+mod to_http2;
+
+/// Per-connection buffers, reused across its requests. An HTTP/2 stream gets one of its own,
+/// holding the HTTP/1.1 form of its request head (see `proxy::h2`).
 #[derive(Default)]
-struct Downstream {
-    rx: RecvBuf,
-    head: RequestHead,
-    response: ResponseHead,
-    out: Vec<u8>,
-    scratch: Vec<u8>,
-    log_line: Vec<u8>,
+pub(crate) struct Downstream {
+    pub(crate) rx: RecvBuf,
+    pub(crate) head: RequestHead,
+    pub(crate) response: ResponseHead,
+    pub(crate) out: Vec<u8>,
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) log_line: Vec<u8>,
     /// The Origin (and, for a preflight, what it asks for) of a request whose rule has a
     /// CORS filter that allows it.
-    cors: CorsRequest,
+    pub(crate) cors: CorsRequest,
     /// Copies of the current request for the rule's RequestMirror filters, until sent.
-    mirror: Option<Box<MirrorRequest>>,
+    pub(crate) mirror: Option<Box<MirrorRequest>>,
     served: u64,
 }
 
@@ -88,6 +92,8 @@ enum HeadRead {
     /// A request started but its head did not complete in time.
     TimedOut,
     Invalid(RequestError),
+    /// A cleartext connection opened with the HTTP/2 preface (prior knowledge).
+    Http2,
 }
 
 /// What happens to the connection after a request.
@@ -106,7 +112,14 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
     loop {
         let read = {
             let waiting_with = shard.current();
-            read_head(&shard, &mut io, &mut conn, &waiting_with.snapshot.settings).await
+            read_head(
+                &shard,
+                &mut io,
+                &mut conn,
+                &waiting_with.snapshot.settings,
+                !info.tls,
+            )
+            .await
         };
         // Taken once the head is complete: a keep-alive connection may have waited for it
         // across a swap, and its request must not go out under the tables (backends, TLS
@@ -114,6 +127,11 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
         let installed = shard.current();
         match read {
             HeadRead::Ready => {}
+            HeadRead::Http2 => {
+                let preface = conn.rx.data().to_vec();
+                drop(installed);
+                return h2::serve(shard, io, preface, info, None).await;
+            }
             HeadRead::Closed => return,
             HeadRead::TimedOut => {
                 installed.unmatched.record(408);
@@ -173,6 +191,7 @@ async fn read_head<T: Transport>(
     io: &mut T,
     conn: &mut Downstream,
     settings: &ProxySettings,
+    cleartext: bool,
 ) -> HeadRead {
     let limits = HeadLimits {
         max_header_count: settings.max_header_count,
@@ -193,6 +212,9 @@ async fn read_head<T: Transport>(
             let over_limit = data.len() > limits.max_header_bytes
                 || (data.len() > limits.max_request_line_bytes + 1 && !data.contains(&b'\n'));
             scanned = data.len();
+            if cleartext && conn.served == 0 && data.starts_with(h2::PREFACE_START) {
+                return HeadRead::Http2;
+            }
             if line_ended || over_limit {
                 match request::parse(data, &limits, &mut conn.head) {
                     Ok(true) => return HeadRead::Ready,
@@ -282,7 +304,7 @@ async fn wait_for_next_request<T: Transport>(
 }
 
 /// The routing decision for one request, made while the head is borrowed from the buffer.
-enum Plan<'s> {
+pub(crate) enum Plan<'s> {
     Local {
         status: u16,
         counters: &'s RouteCounters,
@@ -307,13 +329,15 @@ enum Plan<'s> {
         endpoint: SocketAddr,
         /// The backend's TLS settings; None: plaintext.
         tls: Option<&'s CoreTls>,
+        /// The backend speaks HTTP/2.
+        http2: bool,
         counters: &'s RouteCounters,
         cors: Option<&'s CorsPolicy>,
     },
 }
 
 /// The CORS headers for a response to `request`, when its rule's filter allowed it.
-fn cors_reply<'a>(
+pub(crate) fn cors_reply<'a>(
     policy: Option<&'a CorsPolicy>,
     request: &'a CorsRequest,
     preflight: bool,
@@ -325,7 +349,7 @@ fn cors_reply<'a>(
     })
 }
 
-static NO_EDITS: HeaderOps = HeaderOps {
+pub(crate) static NO_EDITS: HeaderOps = HeaderOps {
     set: Vec::new(),
     add: Vec::new(),
     remove: Vec::new(),
@@ -421,10 +445,12 @@ async fn handle<T: Transport>(
             share,
             endpoint,
             tls,
+            http2,
             counters,
             cors,
         } => {
             let exchange = Exchange {
+                http2,
                 shard,
                 settings,
                 rule,
@@ -466,7 +492,7 @@ fn persistence(keep_alive: bool) -> Persistence {
 
 /// Routes the request and, for forwarded requests, serializes the upstream head into
 /// `conn.out` (the Location of a redirect into `conn.scratch`).
-fn plan<'s>(
+pub(crate) fn plan<'s>(
     shard: &Shard,
     installed: &'s Installed,
     conn: &mut Downstream,
@@ -615,11 +641,16 @@ fn plan<'s>(
         .upstream_tls
         .get(backend_index)
         .and_then(|tls| tls.as_deref());
+    let http2 = snapshot
+        .backends
+        .get(backend_index)
+        .is_some_and(|backend| backend.protocol == BackendProtocol::Http2);
     Plan::Forward {
         rule,
         share,
         endpoint,
         tls,
+        http2,
         counters,
         cors,
     }
@@ -754,6 +785,8 @@ pub(crate) async fn linger<T: Transport>(io: &mut T) {
 
 /// One request's exchange with an upstream.
 struct Exchange<'a> {
+    /// The backend speaks HTTP/2.
+    http2: bool,
     shard: &'a Shard,
     settings: &'a ProxySettings,
     rule: &'a CompiledRule,
@@ -797,6 +830,9 @@ impl Exchange<'_> {
         let framing = conn.head.framing;
         let client_version = conn.head.version;
         conn.rx.consume(head_len);
+        if self.http2 {
+            return self.run_over_http2(io, conn).await;
+        }
 
         let mut upstream = match self.send_request(io, conn).await {
             Ok(upstream) => upstream,
@@ -975,7 +1011,8 @@ impl Exchange<'_> {
                 scratch: &mut conn.scratch,
                 mirror: &mut conn.mirror,
             };
-            self.stream_request_body(io, body, &mut upstream, framing)
+            let mut sink = Http1Body(&mut upstream.stream);
+            self.stream_request_body(io, body, &mut sink, framing)
                 .await?;
         }
         // With a body, the copies leave once all of it is in.
@@ -1009,11 +1046,11 @@ impl Exchange<'_> {
         }
     }
 
-    async fn stream_request_body<T: Transport>(
+    async fn stream_request_body<T: Transport, S: BodySink>(
         &self,
         io: &mut T,
         body: BodyStream<'_>,
-        upstream: &mut UpstreamConn,
+        upstream: &mut S,
         framing: RequestFraming,
     ) -> Result<(), Failure> {
         let BodyStream {
@@ -1022,11 +1059,7 @@ impl Exchange<'_> {
             mirror,
         } = body;
         let mut rate = MinRate::start(self.settings, Instant::now());
-        upstream
-            .stream
-            .set_write_timeout(Some(Duration::from_millis(
-                self.settings.body_idle_timeout_ms,
-            )));
+        upstream.set_write_timeout(Duration::from_millis(self.settings.body_idle_timeout_ms));
         match framing {
             RequestFraming::None => Ok(()),
             RequestFraming::Length(mut remaining) => {
@@ -1035,7 +1068,8 @@ impl Exchange<'_> {
                         fill_body(io, rx, &mut rate).await?;
                     }
                     let take = (rx.len() as u64).min(remaining) as usize;
-                    upstream_write(self.shard, &mut upstream.stream, &rx.data()[..take]).await?;
+                    let piece = &rx.data()[..take];
+                    upstream.write(self.shard, piece, piece).await?;
                     if let Some(mirror) = mirror.as_mut() {
                         mirror.tee(&rx.data()[..take]);
                     }
@@ -1059,15 +1093,15 @@ impl Exchange<'_> {
                             chunked::write_chunk_header(scratch, end - start);
                             scratch.extend_from_slice(&rx.data()[start..end]);
                             scratch.extend_from_slice(b"\r\n");
-                            upstream_write(self.shard, &mut upstream.stream, scratch).await?;
+                            let data = &rx.data()[start..end];
+                            upstream.write(self.shard, scratch, data).await?;
                             if let Some(mirror) = mirror.as_mut() {
                                 mirror.tee(scratch);
                             }
                         }
                         Decoded::Done => {
                             rx.consume(consumed);
-                            upstream_write(self.shard, &mut upstream.stream, chunked::LAST_CHUNK)
-                                .await?;
+                            upstream.write(self.shard, chunked::LAST_CHUNK, b"").await?;
                             if let Some(mirror) = mirror.as_mut() {
                                 mirror.tee(chunked::LAST_CHUNK);
                             }
@@ -1297,6 +1331,26 @@ async fn fill_body_timed<T: Transport>(
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return Err(Failure::ClientGone),
         }
+    }
+}
+
+/// Where a request body goes: an HTTP/1.1 upstream takes it as framed for the wire, an
+/// HTTP/2 stream takes the data alone (HTTP/2 frames it itself).
+trait BodySink {
+    fn set_write_timeout(&mut self, timeout: Duration);
+    /// Sends one piece: `framed` for HTTP/1.1, `data` (possibly empty) for HTTP/2.
+    async fn write(&mut self, shard: &Shard, framed: &[u8], data: &[u8]) -> Result<(), Failure>;
+}
+
+struct Http1Body<'a>(&'a mut UpstreamStream);
+
+impl BodySink for Http1Body<'_> {
+    fn set_write_timeout(&mut self, timeout: Duration) {
+        self.0.set_write_timeout(Some(timeout));
+    }
+
+    async fn write(&mut self, shard: &Shard, framed: &[u8], _: &[u8]) -> Result<(), Failure> {
+        upstream_write(shard, self.0, framed).await
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use portcullis_api::CompiledConfig;
 use portcullis_api::certificate;
-use portcullis_api::config::{ClientValidationMode, PortProtocol, ProxySettings};
+use portcullis_api::config::{BackendProtocol, ClientValidationMode, PortProtocol, ProxySettings};
 use portcullis_api::validate::validate;
 
 use crate::proxy::backend_tls::UpstreamTls;
@@ -84,6 +84,7 @@ impl PortTable {
 #[derive(Debug)]
 pub struct BackendTable {
     pub name: Arc<str>,
+    pub protocol: BackendProtocol,
     pub endpoints: Vec<SocketAddr>,
     /// How connections to the endpoints are secured; None: plaintext. Shared with the
     /// detached tasks that send mirror copies.
@@ -112,15 +113,15 @@ impl Snapshot {
         let mut backends = Vec::with_capacity(config.backends.len());
         for (i, backend) in config.backends.iter().enumerate() {
             let tls = match &backend.tls {
-                Some(tls) => {
-                    Some(Arc::new(UpstreamTls::build(tls).map_err(|e| {
-                        format!("backends[{i}] ({:?}).tls: {e}", backend.name)
-                    })?))
-                }
+                Some(tls) => Some(Arc::new(
+                    UpstreamTls::build(tls, backend.protocol)
+                        .map_err(|e| format!("backends[{i}] ({:?}).tls: {e}", backend.name))?,
+                )),
                 None => None,
             };
             backends.push(BackendTable {
                 name: backend.name.as_str().into(),
+                protocol: backend.protocol,
                 endpoints: backend.endpoints.clone(),
                 tls,
             });

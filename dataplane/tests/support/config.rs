@@ -106,6 +106,18 @@ impl ConfigBuilder {
         self
     }
 
+    /// Makes backend `name` (added before) speak `protocol`.
+    pub fn backend_protocol(mut self, name: &str, protocol: BackendProtocol) -> Self {
+        let backend = self
+            .config
+            .backends
+            .iter_mut()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no backend {name:?}"));
+        backend.protocol = protocol;
+        self
+    }
+
     /// Secures the connections to backend `name` (added before) with `tls`.
     pub fn backend_tls(mut self, name: &str, tls: BackendTls) -> Self {
         let backend = self
