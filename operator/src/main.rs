@@ -138,8 +138,8 @@ enum Command {
     },
     /// Serve one Gateway from YAML files with a local portcullis-proxy; edits are pushed live.
     Standalone {
-        /// YAML files or directories of them: GatewayClass, Gateway, HTTPRoute, ReferenceGrant,
-        /// Service, EndpointSlice, Secret, GatewayParameters.
+        /// YAML files or directories of them: GatewayClass, Gateway, HTTPRoute, GRPCRoute,
+        /// ReferenceGrant, Service, EndpointSlice, Secret, GatewayParameters.
         #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
         /// The Gateway to serve (namespace/name) when the files hold several.

@@ -15,6 +15,7 @@ const KINDS: &[(&str, &str)] = &[
     ("gateway.networking.k8s.io", "Gateway"),
     ("gateway.networking.k8s.io", "ListenerSet"),
     ("gateway.networking.k8s.io", "HTTPRoute"),
+    ("gateway.networking.k8s.io", "GRPCRoute"),
     ("gateway.networking.k8s.io", "TLSRoute"),
     ("gateway.networking.k8s.io", "TCPRoute"),
     ("gateway.networking.k8s.io", "ReferenceGrant"),
@@ -160,6 +161,9 @@ fn add(document: serde_json::Value, source: &str, loaded: &mut Loaded) -> Result
         "HTTPRoute" => input
             .http_routes
             .push(parse(document, &kind, &name, source)?),
+        "GRPCRoute" => input
+            .grpc_routes
+            .push(parse(document, &kind, &name, source)?),
         "TLSRoute" => input
             .tls_routes
             .push(parse(document, &kind, &name, source)?),
@@ -230,6 +234,11 @@ spec:
   gatewayClassName: portcullis
   listeners: [{name: http, port: 80, protocol: HTTP}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc}
+spec: {parentRefs: [{name: gw}], rules: [{matches: [{method: {service: pkg.Svc}}]}]}
+---
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: unrelated}
@@ -252,6 +261,11 @@ items:
             Some("default")
         );
         assert_eq!(loaded.input.services.len(), 1);
+        assert_eq!(loaded.input.grpc_routes.len(), 1);
+        assert_eq!(
+            loaded.input.grpc_routes[0].metadata.namespace.as_deref(),
+            Some("default")
+        );
         assert_eq!(loaded.ignored.len(), 1);
         assert!(loaded.ignored[0].starts_with("PersistentVolumeClaim unrelated"));
     }

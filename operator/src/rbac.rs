@@ -32,6 +32,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "gateways",
                 "listenersets",
                 "httproutes",
+                "grpcroutes",
                 "tlsroutes",
                 "tcproutes",
                 "referencegrants",
@@ -46,6 +47,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "gateways/status",
                 "listenersets/status",
                 "httproutes/status",
+                "grpcroutes/status",
                 "tlsroutes/status",
                 "tcproutes/status",
                 "backendtlspolicies/status",
@@ -117,6 +119,7 @@ mod tests {
             "get|list|watch",
         ),
         ("gateway.networking.k8s.io", "httproutes", "get|list|watch"),
+        ("gateway.networking.k8s.io", "grpcroutes", "get|list|watch"),
         ("gateway.networking.k8s.io", "tlsroutes", "get|list|watch"),
         ("gateway.networking.k8s.io", "tcproutes", "get|list|watch"),
         (
@@ -152,6 +155,11 @@ mod tests {
         (
             "gateway.networking.k8s.io",
             "httproutes/status",
+            "get|patch|update",
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "grpcroutes/status",
             "get|patch|update",
         ),
         (

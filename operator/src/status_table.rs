@@ -1,7 +1,8 @@
 //! Object statuses as `portcullis check` and `portcullis standalone` print them: a table (or
 //! YAML), the verdict a CI job exits on, and notes about objects the compiler left alone.
 //!
-//! The table has one row per GatewayClass, Gateway, listener, HTTPRoute and route parent:
+//! The table has one row per GatewayClass, Gateway, listener, route (HTTPRoute, GRPCRoute,
+//! TLSRoute, TCPRoute) and route parent:
 //!
 //! ```text
 //! KIND          NAME                STATUS  CONDITIONS
@@ -34,6 +35,7 @@ pub enum RowKind {
     Listener,
     ListenerSet,
     HttpRoute,
+    GrpcRoute,
     TlsRoute,
     TcpRoute,
     RouteParent,
@@ -49,6 +51,7 @@ impl RowKind {
             RowKind::Listener => "  listener",
             RowKind::ListenerSet => "ListenerSet",
             RowKind::HttpRoute => "HTTPRoute",
+            RowKind::GrpcRoute => "GRPCRoute",
             RowKind::TlsRoute => "TLSRoute",
             RowKind::TcpRoute => "TCPRoute",
             RowKind::RouteParent => "  parent",
@@ -125,6 +128,9 @@ pub fn rows(output: &Output) -> Vec<Row> {
     }
     for (key, route) in &output.http_routes {
         route_rows(RowKind::HttpRoute, key, route, &mut rows);
+    }
+    for (key, route) in &output.grpc_routes {
+        route_rows(RowKind::GrpcRoute, key, route, &mut rows);
     }
     for (key, route) in &output.tls_routes {
         route_rows(RowKind::TlsRoute, key, route, &mut rows);
@@ -362,6 +368,8 @@ pub fn to_yaml(output: &Output) -> Result<String> {
         listener_sets: BTreeMap<String, &'a ListenerSetOutput>,
         http_routes: BTreeMap<String, &'a RouteOutput>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        grpc_routes: BTreeMap<String, &'a RouteOutput>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         tls_routes: BTreeMap<String, &'a RouteOutput>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         tcp_routes: BTreeMap<String, &'a RouteOutput>,
@@ -383,6 +391,11 @@ pub fn to_yaml(output: &Output) -> Result<String> {
             .iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
+        grpc_routes: output
+            .grpc_routes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
         tls_routes: output
             .tls_routes
             .iter()
@@ -398,7 +411,7 @@ pub fn to_yaml(output: &Output) -> Result<String> {
 }
 
 /// Notes about what the compiler did not look at: documents of other kinds, Gateways of
-/// classes that are not ours (or not among the inputs), and HTTPRoutes that attach to none of
+/// classes that are not ours (or not among the inputs), and routes that attach to none of
 /// our Gateways. These objects get no status, so a check cannot vouch for them.
 pub fn notes(loaded: &Loaded, output: &Output) -> Vec<String> {
     let mut notes: Vec<String> = loaded
@@ -438,6 +451,12 @@ pub fn notes(loaded: &Loaded, output: &Output) -> Vec<String> {
         .http_routes
         .iter()
         .map(|r| ("HTTPRoute", ObjectKey::of(r), &output.http_routes))
+        .chain(
+            input
+                .grpc_routes
+                .iter()
+                .map(|r| ("GRPCRoute", ObjectKey::of(r), &output.grpc_routes)),
+        )
         .chain(
             input
                 .tls_routes
@@ -664,25 +683,83 @@ spec:
   rules: [{backendRefs: [{name: missing, port: 5432}]}]
 "#;
 
-    #[test]
-    fn tls_routes_get_rows_yaml_and_notes() {
-        let loaded = load(TLS);
+    /// Compiles `text` and checks what a route kind gets everywhere: rows (`route` and its
+    /// parent `parent`), its key in the YAML, and a note for a route attached to nothing
+    /// (`stray`, e.g. "TLSRoute infra/stray"). Returns every row.
+    fn check_route_kind(
+        text: &str,
+        route: &str,
+        parent: &str,
+        yaml_key: &str,
+        stray: &str,
+    ) -> Vec<Row> {
+        let loaded = load(text);
         let output = compile(&loaded.input);
         let rows = rows(&output);
-        let route = rows
-            .iter()
-            .find(|r| r.key == "TLSRoute infra/db parent infra/gw")
-            .expect("a row for the TLSRoute's parent");
-        assert!(!route.is_ok(), "the unresolved backend is a problem");
-        assert!(rows.iter().any(|r| r.key == "TLSRoute infra/db"));
+        assert!(rows.iter().any(|r| r.key == route), "{rows:?}");
+        assert!(rows.iter().any(|r| r.key == parent), "{rows:?}");
         let yaml = to_yaml(&output).unwrap();
-        assert!(yaml.contains("tlsRoutes:"), "{yaml}");
+        assert!(yaml.contains(yaml_key), "{yaml}");
         let notes = notes(&loaded, &output);
+        let stray = format!("{stray} not checked");
+        assert!(notes.iter().any(|n| n.starts_with(&stray)), "{notes:?}");
+        rows
+    }
+
+    fn row<'r>(rows: &'r [Row], key: &str) -> &'r Row {
+        rows.iter().find(|r| r.key == key).expect(key)
+    }
+
+    #[test]
+    fn tls_routes_get_rows_yaml_and_notes() {
+        let parent = "TLSRoute infra/db parent infra/gw";
+        let rows = check_route_kind(
+            TLS,
+            "TLSRoute infra/db",
+            parent,
+            "tlsRoutes:",
+            "TLSRoute infra/stray",
+        );
         assert!(
-            notes
-                .iter()
-                .any(|n| n.starts_with("TLSRoute infra/stray not checked")),
-            "{notes:?}"
+            !row(&rows, parent).is_ok(),
+            "the unresolved backend is a problem"
+        );
+    }
+
+    #[test]
+    fn grpc_routes_get_rows_yaml_and_notes() {
+        let text = format!(
+            "{VALID}---\n{}",
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc, namespace: app}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [rpc.example.com]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: stray, namespace: app}
+spec:
+  parentRefs: [{name: elsewhere, namespace: infra}]
+"#
+        );
+        let parent = "GRPCRoute app/rpc parent infra/gw";
+        let rows = check_route_kind(
+            &text,
+            "GRPCRoute app/rpc",
+            parent,
+            "grpcRoutes:",
+            "GRPCRoute app/stray",
+        );
+        assert!(row(&rows, parent).is_ok(), "{rows:?}");
+        // Both routes take every host of the listener; as old as each other, app/rpc comes
+        // first by name and keeps the listener.
+        let http = row(&rows, "HTTPRoute app/web parent infra/gw/http");
+        assert!(
+            render_rows(std::slice::from_ref(http)).contains("Accepted=False(HostnameConflict)"),
+            "{http:?}"
         );
     }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use portcullis_api::CompiledConfig;
-use portcullis_api::config::{PortProtocol, SubjectAltName};
+use portcullis_api::config::{Backend, PortProtocol, SubjectAltName};
 use portcullis_api::frame;
 use portcullis_dataplane::http::request::{HeadLimits, RequestHead, parse};
 use portcullis_dataplane::route::Snapshot;
@@ -122,6 +122,9 @@ struct Decision {
     /// For each backend with a non-zero weight: "plaintext", "invalid", or its TLS settings as
     /// "policy sni=NAME[ san=NAME,uri:URI...]".
     tls: Option<Vec<String>>,
+    /// For each backend with a non-zero weight: the protocol the proxy speaks to it
+    /// ("HTTP/1.1", "HTTP/2"), or "invalid".
+    protocols: Option<Vec<String>>,
 }
 
 #[test]
@@ -276,6 +279,7 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
         let route = output
             .http_routes
             .iter()
+            .chain(&output.grpc_routes)
             .chain(&output.tls_routes)
             .chain(&output.tcp_routes)
             .find(|(k, _)| k.to_string() == *route_key)
@@ -489,6 +493,7 @@ fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String
             "GatewayClass" => input.gateway_classes.iter().find_map(|o| find(&o.metadata)),
             "Gateway" => input.gateways.iter().find_map(|o| find(&o.metadata)),
             "ListenerSet" => input.listener_sets.iter().find_map(|o| find(&o.metadata)),
+            "GRPCRoute" => input.grpc_routes.iter().find_map(|o| find(&o.metadata)),
             "TLSRoute" => input.tls_routes.iter().find_map(|o| find(&o.metadata)),
             "TCPRoute" => input.tcp_routes.iter().find_map(|o| find(&o.metadata)),
             _ => input.http_routes.iter().find_map(|o| find(&o.metadata)),
@@ -526,6 +531,11 @@ fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String
             check("HTTPRoute", key.to_string(), &parent.conditions);
         }
     }
+    for (key, route) in &output.grpc_routes {
+        for parent in &route.parents {
+            check("GRPCRoute", key.to_string(), &parent.conditions);
+        }
+    }
     for (key, route) in &output.tls_routes {
         for parent in &route.parents {
             check("TLSRoute", key.to_string(), &parent.conditions);
@@ -547,6 +557,7 @@ fn check_determinism(loaded: &Loaded, output: &Output, problems: &mut Vec<String
     let mut reversed = loaded.input.clone();
     reversed.gateways.reverse();
     reversed.http_routes.reverse();
+    reversed.grpc_routes.reverse();
     reversed.tls_routes.reverse();
     reversed.tcp_routes.reverse();
     reversed.services.reverse();
@@ -631,9 +642,25 @@ fn check_request(
         ));
     }
     let shares = weighted_shares(snapshot, &rule.backends);
-    if let Some(expected) = &expect.tls {
-        check_backend_tls(what, config, &shares, expected, problems);
-    }
+    let tls = format!("{what}: backend TLS");
+    check_shares(
+        &tls,
+        config,
+        &shares,
+        expect.tls.as_ref(),
+        describe_tls,
+        problems,
+    );
+    let protocols = format!("{what}: backend protocols");
+    let expected = expect.protocols.as_ref();
+    check_shares(
+        &protocols,
+        config,
+        &shares,
+        expected,
+        describe_protocol,
+        problems,
+    );
     match expect.status {
         Some(404) => problems.push(format!(
             "{what}: matched route {} (expected 404)",
@@ -697,43 +724,58 @@ fn check_request(
     }
 }
 
-/// The TLS settings of the backends a request goes to (see [`Decision::tls`]).
-fn check_backend_tls(
+/// A backend's TLS settings (see [`Decision::tls`]).
+fn describe_tls(backend: &Backend) -> String {
+    let Some(tls) = &backend.tls else {
+        return "plaintext".to_string();
+    };
+    let mut text = format!("{} sni={}", tls.policy, tls.server_name);
+    if !tls.subject_alt_names.is_empty() {
+        let names: Vec<String> = tls
+            .subject_alt_names
+            .iter()
+            .map(|n| match n {
+                SubjectAltName::Hostname(h) => h.clone(),
+                SubjectAltName::Uri(u) => format!("uri:{u}"),
+            })
+            .collect();
+        text.push_str(&format!(" san={}", names.join(",")));
+    }
+    text
+}
+
+/// The protocol the proxy speaks to a backend (see [`Decision::protocols`]).
+fn describe_protocol(backend: &Backend) -> String {
+    match serde_json::to_value(backend.protocol) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => format!("{other:?}"),
+    }
+}
+
+/// Compares `describe` of the backend of each share a request goes to ("invalid" for
+/// unresolved shares) with `expected`.
+fn check_shares(
     what: &str,
     config: &CompiledConfig,
     shares: &[String],
-    expected: &[String],
+    expected: Option<&Vec<String>>,
+    describe: fn(&Backend) -> String,
     problems: &mut Vec<String>,
 ) {
+    let Some(expected) = expected else {
+        return;
+    };
     let actual: Vec<String> = shares
         .iter()
-        .map(|name| {
-            let backend = config.backends.iter().find(|b| b.name == *name);
-            match backend.map(|b| &b.tls) {
+        .map(
+            |name| match config.backends.iter().find(|b| b.name == *name) {
                 None => "invalid".to_string(),
-                Some(None) => "plaintext".to_string(),
-                Some(Some(tls)) => {
-                    let mut text = format!("{} sni={}", tls.policy, tls.server_name);
-                    if !tls.subject_alt_names.is_empty() {
-                        let names: Vec<String> = tls
-                            .subject_alt_names
-                            .iter()
-                            .map(|n| match n {
-                                SubjectAltName::Hostname(h) => h.clone(),
-                                SubjectAltName::Uri(u) => format!("uri:{u}"),
-                            })
-                            .collect();
-                        text.push_str(&format!(" san={}", names.join(",")));
-                    }
-                    text
-                }
-            }
-        })
+                Some(backend) => describe(backend),
+            },
+        )
         .collect();
-    if actual != expected {
-        problems.push(format!(
-            "{what}: backend TLS {actual:?} (expected {expected:?})"
-        ));
+    if &actual != expected {
+        problems.push(format!("{what}: {actual:?} (expected {expected:?})"));
     }
 }
 

@@ -304,7 +304,12 @@ fn is(condition: &Value, status: &str, reason: &str) -> bool {
 
 /// Our parent entry for Gateway infra/gw in an HTTPRoute's status.
 fn route_parent(fake: &FakeApi, namespace: &str, name: &str) -> Option<Value> {
-    fake.get("HTTPRoute", namespace, name)?["status"]["parents"]
+    kind_route_parent(fake, "HTTPRoute", namespace, name)
+}
+
+/// Our parent entry for Gateway infra/gw in the status of a route of any kind.
+fn kind_route_parent(fake: &FakeApi, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+    fake.get(kind, namespace, name)?["status"]["parents"]
         .as_array()?
         .iter()
         .find(|p| p["controllerName"] == CONTROLLER_NAME && p["parentRef"]["name"] == "gw")
@@ -1019,13 +1024,10 @@ async fn tls_and_tcp_routes_get_statuses() {
     let controller = start(&fake, "portcullis-0");
 
     let parent_condition = |kind: &str, name: &str, type_: &str| {
-        let parents = fake.get(kind, NS, name)?["status"]["parents"].clone();
-        let ours = parents
-            .as_array()?
-            .iter()
-            .find(|p| p["controllerName"] == CONTROLLER_NAME)?
-            .clone();
-        condition(&ours["conditions"], type_)
+        condition(
+            &kind_route_parent(&fake, kind, NS, name)?["conditions"],
+            type_,
+        )
     };
     let tls = wait_for(&fake, "TLSRoute Accepted", || {
         parent_condition("TLSRoute", "db-tls", "Accepted")
@@ -1050,11 +1052,60 @@ async fn tls_and_tcp_routes_get_statuses() {
     controller.finish();
 }
 
-/// A cluster whose Gateway API bundle lacks TLSRoute, TCPRoute and ListenerSet: the operator
-/// does not wait for lists it cannot get, and HTTPRoutes are served as ever.
+/// A GRPCRoute attaches to an HTTP listener next to an HTTPRoute, gets its status written
+/// (echoing its parentRef) and is counted in the listener's attachedRoutes; the listener lists
+/// GRPCRoute among its supported kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_get_statuses() {
+    let fake = FakeApi::new();
+    seed_gateway(&fake);
+    fake.create(route(NS, "web", "echo"));
+    fake.create(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "rpc", "namespace": NS},
+        "spec": {
+            "parentRefs": [{"name": "gw", "sectionName": "http"}],
+            "hostnames": ["rpc.example.com"],
+            "rules": [{
+                "matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}],
+                "backendRefs": [{"name": "echo", "port": 8080}],
+            }],
+        },
+    }));
+    let controller = start(&fake, "portcullis-0");
+    let accepted = wait_for(&fake, "GRPCRoute Accepted", || {
+        condition(
+            &kind_route_parent(&fake, "GRPCRoute", NS, "rpc")?["conditions"],
+            "Accepted",
+        )
+    })
+    .await;
+    assert!(is(&accepted, "True", "Accepted"), "{accepted}");
+    let parent = kind_route_parent(&fake, "GRPCRoute", NS, "rpc").unwrap();
+    assert_eq!(parent["parentRef"]["sectionName"], "http", "{parent}");
+    let resolved = condition(&parent["conditions"], "ResolvedRefs").unwrap();
+    assert!(is(&resolved, "True", "ResolvedRefs"), "{resolved}");
+    wait_for(&fake, "both routes on the listener", || {
+        let listener = fake.get("Gateway", NS, "gw")?["status"]["listeners"][0].clone();
+        let kinds: Vec<Value> = listener["supportedKinds"]
+            .as_array()?
+            .iter()
+            .map(|k| k["kind"].clone())
+            .collect();
+        (listener["attachedRoutes"] == 2 && kinds == [json!("HTTPRoute"), json!("GRPCRoute")])
+            .then_some(())
+    })
+    .await;
+    controller.finish();
+}
+
+/// A cluster whose Gateway API bundle lacks GRPCRoute, TLSRoute, TCPRoute and ListenerSet: the
+/// operator does not wait for lists it cannot get, and HTTPRoutes are served as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_optional_route_crds_do_not_block_the_rest() {
     let fake = FakeApi::new();
+    fake.uninstall("GRPCRoute");
     fake.uninstall("TLSRoute");
     fake.uninstall("TCPRoute");
     fake.uninstall("ListenerSet");
@@ -1065,6 +1116,7 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
     assert_eq!(
         optional_kinds(&client),
         OptionalKinds {
+            grpc_routes: false,
             tls_routes: false,
             tcp_routes: false,
             listener_sets: false,
@@ -1079,6 +1131,7 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
     assert!(is(&accepted, "True", "Accepted"), "{accepted}");
     assert!(
         fake.requests().iter().all(|r| [
+            "grpcroutes",
             "tlsroutes",
             "tcproutes",
             "listenersets",

@@ -151,9 +151,13 @@ impl GatewayState {
     }
 }
 
-/// Adds `backend` once. A Service port that HTTPRoutes and stream routes (TLSRoute, TCPRoute)
-/// both use is one backend; only the HTTP side applies its BackendTLSPolicy, so its TLS
-/// settings are kept whichever route came first (the L4 path ignores them and forwards bytes).
+/// Adds `backend` once. Backends with one name have one protocol: a Service port is named
+/// `ns/svc:port` with the protocol its appProtocol says (stream routes take it too, and the L4
+/// path ignores it), and a GRPCRoute backend that needs HTTP/2 where the port does not say
+/// h2c is another backend, `ns/svc:port/grpc` (see `backends::grpc_backend_name`). A Service
+/// port that HTTPRoutes and stream routes (TLSRoute, TCPRoute) both use is one backend; only
+/// the HTTP side applies its BackendTLSPolicy, so its TLS settings are kept whichever route
+/// came first (the L4 path ignores them and forwards bytes).
 fn add_backend(backends: &mut BTreeMap<String, Backend>, backend: &Backend) {
     match backends.entry(backend.name.clone()) {
         std::collections::btree_map::Entry::Vacant(entry) => {

@@ -4,7 +4,8 @@
 //! A policy targets a Service, or one of its ports by name (`sectionName`). For a port, a
 //! policy naming it takes precedence over one naming the whole Service; among policies with
 //! the same target the oldest wins (then namespace/name) and the others are Conflicted. Only
-//! HTTPRoute traffic uses the policy: TLSRoute and TCPRoute forward bytes unchanged.
+//! HTTPRoute and GRPCRoute traffic uses the policy: TLSRoute and TCPRoute forward bytes
+//! unchanged.
 //!
 //! A policy without a usable CA certificate still claims its target, and traffic to it fails
 //! with a 5xx instead of silently falling back to plaintext.

@@ -10,7 +10,7 @@ use portcullis_api::config::{Backend, BackendProtocol};
 
 use super::conditions::reasons;
 use super::gateways::Problem;
-use super::{Index, ObjectKey, refs};
+use super::{GATEWAY_GROUP, Index, ObjectKey, refs};
 
 /// A backendRef as written in a route, whatever the route kind.
 #[derive(Debug, Clone, Copy)]
@@ -27,9 +27,34 @@ pub struct Referrer<'a> {
     pub namespace: &'a str,
     pub group: &'a str,
     pub kind: &'a str,
-    /// The route speaks the backend's application protocol (HTTPRoute), so the Service
-    /// port's appProtocol must be one the proxy speaks; a TLSRoute only forwards bytes.
-    pub speaks_app_protocol: bool,
+    /// What the proxy speaks to the backend for this route kind.
+    pub speaks: Speaks,
+}
+
+impl<'a> Referrer<'a> {
+    /// A Gateway API route of `kind` in `namespace`.
+    pub fn route(namespace: &'a str, kind: &'a str, speaks: Speaks) -> Self {
+        Self {
+            namespace,
+            group: GATEWAY_GROUP,
+            kind,
+            speaks,
+        }
+    }
+}
+
+/// What a route kind makes the proxy speak to its backends, which decides how a Service
+/// port's appProtocol is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// HTTPRoute: the port's appProtocol must be one the proxy speaks (HTTP/1.1, or HTTP/2
+    /// for `kubernetes.io/h2c`).
+    Http,
+    /// GRPCRoute: always HTTP/2, unless the appProtocol names a protocol that cannot carry
+    /// gRPC.
+    Grpc,
+    /// TLSRoute, TCPRoute: bytes are forwarded, whatever the appProtocol says.
+    Bytes,
 }
 
 /// Resolves a Service reference to its ready endpoints. The error is the route's
@@ -96,18 +121,30 @@ pub fn resolve(
             format!("Service {key} has no port {port}"),
         ));
     };
-    let protocol = if referrer.speaks_app_protocol {
-        app_protocol(&service_port).map_err(|message| {
-            (
-                reasons::UNSUPPORTED_PROTOCOL,
-                format!("Service {key} port {port}: {message}"),
-            )
-        })?
-    } else {
-        BackendProtocol::default()
+    let unsupported = |message: String| {
+        (
+            reasons::UNSUPPORTED_PROTOCOL,
+            format!("Service {key} port {port}: {message}"),
+        )
+    };
+    let (name, protocol) = match referrer.speaks {
+        Speaks::Http => (
+            backend_name(&key, port),
+            app_protocol(&service_port).map_err(unsupported)?,
+        ),
+        Speaks::Grpc => (
+            grpc_backend_name(&key, &service_port),
+            grpc_protocol(&service_port).map_err(unsupported)?,
+        ),
+        // The port's own protocol, so that a Service port HTTP and stream routes share is one
+        // backend with one protocol (the L4 path ignores it).
+        Speaks::Bytes => (
+            backend_name(&key, port),
+            app_protocol(&service_port).unwrap_or_default(),
+        ),
     };
     Ok(Backend {
-        name: backend_name(&key, port),
+        name,
         protocol,
         endpoints: endpoints(index, &key, &service_port),
         tls: None,
@@ -119,12 +156,43 @@ pub fn backend_name(service: &ObjectKey, port: i32) -> String {
     format!("{service}:{port}")
 }
 
+/// The appProtocol that says a port speaks HTTP/2 with prior knowledge.
+const H2C: &str = "kubernetes.io/h2c";
+
+/// The config's name for a Service port as a GRPCRoute backend. The proxy speaks HTTP/2 to
+/// every gRPC backend; an HTTPRoute speaks it to the same port only when the port says h2c.
+/// Otherwise the two must be separate backends (one HTTP/1.1, one HTTP/2), so the gRPC one is
+/// named `<namespace>/<service>:<port>/grpc`.
+pub fn grpc_backend_name(service: &ObjectKey, port: &ServicePort) -> String {
+    let name = backend_name(service, port.port);
+    match port.app_protocol.as_deref() {
+        Some(H2C) => name,
+        _ => format!("{name}/grpc"),
+    }
+}
+
 fn app_protocol(port: &ServicePort) -> Result<BackendProtocol, String> {
     match port.app_protocol.as_deref() {
         None | Some("http") | Some("HTTP") | Some("kubernetes.io/ws") => Ok(BackendProtocol::Http1),
         // HTTP/1.1 inside TLS: the TLS comes from a BackendTLSPolicy (see `speaks_tls`).
         Some(protocol) if speaks_tls(protocol) => Ok(BackendProtocol::Http1),
+        Some(H2C) => Ok(BackendProtocol::Http2),
         Some(other) => Err(format!("appProtocol {other:?} is not supported")),
+    }
+}
+
+/// gRPC is HTTP/2: a port without an appProtocol, or one naming h2c, gRPC or HTTP/2, gets it
+/// (inside TLS when a BackendTLSPolicy governs the port, as `https` requires). A port that
+/// names anything else (HTTP/1.1, WebSocket, a non-HTTP protocol) cannot carry gRPC.
+fn grpc_protocol(port: &ServicePort) -> Result<BackendProtocol, String> {
+    let Some(protocol) = port.app_protocol.as_deref() else {
+        return Ok(BackendProtocol::Http2);
+    };
+    match protocol.to_ascii_lowercase().as_str() {
+        H2C | "h2c" | "grpc" | "http2" | "https" => Ok(BackendProtocol::Http2),
+        _ => Err(format!(
+            "appProtocol {protocol:?} cannot carry gRPC, which needs HTTP/2"
+        )),
     }
 }
 
@@ -192,4 +260,59 @@ fn endpoints(index: &Index<'_>, service: &ObjectKey, port: &ServicePort) -> Vec<
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(app_protocol: Option<&str>) -> ServicePort {
+        ServicePort {
+            port: 8080,
+            app_protocol: app_protocol.map(String::from),
+            ..ServicePort::default()
+        }
+    }
+
+    #[test]
+    fn grpc_backends_speak_http2_unless_the_port_says_otherwise() {
+        for ok in [
+            None,
+            Some("kubernetes.io/h2c"),
+            Some("grpc"),
+            Some("GRPC"),
+            Some("h2c"),
+        ] {
+            assert_eq!(
+                grpc_protocol(&port(ok)),
+                Ok(BackendProtocol::Http2),
+                "{ok:?}"
+            );
+        }
+        // Inside TLS (a BackendTLSPolicy): still HTTP/2.
+        assert_eq!(
+            grpc_protocol(&port(Some("https"))),
+            Ok(BackendProtocol::Http2)
+        );
+        for refused in ["http", "kubernetes.io/ws", "kubernetes.io/wss", "mysql"] {
+            assert!(grpc_protocol(&port(Some(refused))).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn grpc_backend_names_differ_unless_the_port_says_h2c() {
+        let service = ObjectKey::new("app", "echo");
+        assert_eq!(
+            grpc_backend_name(&service, &port(None)),
+            "app/echo:8080/grpc"
+        );
+        assert_eq!(
+            grpc_backend_name(&service, &port(Some("grpc"))),
+            "app/echo:8080/grpc"
+        );
+        assert_eq!(
+            grpc_backend_name(&service, &port(Some("kubernetes.io/h2c"))),
+            backend_name(&service, 8080)
+        );
+    }
 }

@@ -25,6 +25,7 @@ use super::{
 };
 
 pub const HTTP_ROUTE: &str = "HTTPRoute";
+pub const GRPC_ROUTE: &str = "GRPCRoute";
 pub const TLS_ROUTE: &str = "TLSRoute";
 pub const TCP_ROUTE: &str = "TCPRoute";
 
@@ -104,12 +105,13 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// The one route kind a listener of this protocol serves.
-    pub fn route_kind(self) -> &'static str {
+    /// The route kinds a listener of this protocol serves, in `supportedKinds` order: gRPC is
+    /// HTTP/2, so HTTP and HTTPS listeners take GRPCRoutes next to HTTPRoutes.
+    pub fn route_kinds(self) -> &'static [&'static str] {
         match self {
-            Protocol::Http | Protocol::Https => HTTP_ROUTE,
-            Protocol::Tls => TLS_ROUTE,
-            Protocol::Tcp => TCP_ROUTE,
+            Protocol::Http | Protocol::Https => &[HTTP_ROUTE, GRPC_ROUTE],
+            Protocol::Tls => &[TLS_ROUTE],
+            Protocol::Tcp => &[TCP_ROUTE],
         }
     }
 }
@@ -386,10 +388,10 @@ pub fn listener(
             return state;
         }
     };
-    let route_kind = state
+    let route_kinds = state
         .protocol
-        .map(Protocol::route_kind)
-        .unwrap_or(HTTP_ROUTE);
+        .map(Protocol::route_kinds)
+        .unwrap_or_default();
     if state.port == 0 {
         state.not_accepted = Some((
             reasons::UNSUPPORTED_VALUE,
@@ -398,21 +400,23 @@ pub fn listener(
         return state;
     }
 
-    // Route kinds: the protocol's kind unless the listener restricts them.
+    // Route kinds: the protocol's kinds unless the listener restricts them.
     let requested = spec.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref());
     match requested {
-        None => state.supported_kinds.push(route_kind_of(route_kind)),
-        Some(kinds) if kinds.is_empty() => state.supported_kinds.push(route_kind_of(route_kind)),
-        Some(kinds) => {
+        Some(kinds) if !kinds.is_empty() => {
             let mut invalid = Vec::new();
             for kind in kinds {
                 let group = kind.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && kind.kind == route_kind {
-                    if !state.supported_kinds.contains(&route_kind_of(route_kind)) {
-                        state.supported_kinds.push(route_kind_of(route_kind));
+                match route_kinds
+                    .iter()
+                    .find(|k| group == GATEWAY_GROUP && **k == kind.kind)
+                {
+                    Some(supported) => {
+                        if !state.supported_kinds.contains(&route_kind_of(supported)) {
+                            state.supported_kinds.push(route_kind_of(supported));
+                        }
                     }
-                } else {
-                    invalid.push(format!("{}/{}", group, kind.kind));
+                    None => invalid.push(format!("{}/{}", group, kind.kind)),
                 }
             }
             if !invalid.is_empty() {
@@ -425,6 +429,9 @@ pub fn listener(
                 ));
             }
         }
+        _ => state
+            .supported_kinds
+            .extend(route_kinds.iter().map(|k| route_kind_of(k))),
     }
 
     let namespaces = spec

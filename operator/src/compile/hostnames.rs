@@ -50,6 +50,15 @@ pub fn effective(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
     }
 }
 
+/// Whether two routes' effective hostnames on one listener (see [`effective`]; empty: any
+/// host the listener accepts) share a host some request could carry.
+pub fn overlap(a: &[String], b: &[String]) -> bool {
+    a.is_empty()
+        || b.is_empty()
+        || a.iter()
+            .any(|x| b.iter().any(|y| intersect(x, y).is_some()))
+}
+
 /// Whether two listener hostnames on one port could both match some request host (used for
 /// conflict detection only when equal; overlapping wildcards are allowed).
 pub fn same(a: Option<&str>, b: Option<&str>) -> bool {
@@ -96,5 +105,15 @@ mod tests {
             Some(hosts(&["*.y.a.com", "x.a.com"]))
         );
         assert_eq!(effective(Some("a.com"), &hosts(&["b.com"])), None);
+    }
+
+    #[test]
+    fn overlaps() {
+        let hosts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(overlap(&[], &hosts(&["a.com"])));
+        assert!(overlap(&hosts(&["a.com"]), &[]));
+        assert!(overlap(&hosts(&["b.com", "x.a.com"]), &hosts(&["*.a.com"])));
+        assert!(overlap(&hosts(&["*.a.com"]), &hosts(&["*.x.a.com"])));
+        assert!(!overlap(&hosts(&["a.com"]), &hosts(&["b.com", "*.a.com"])));
     }
 }

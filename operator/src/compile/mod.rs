@@ -13,6 +13,7 @@ pub mod conditions;
 pub mod features;
 pub mod frontend_tls;
 pub mod gateways;
+pub mod grpc_routes;
 pub mod hostnames;
 pub mod listener_sets;
 pub mod refs;
@@ -28,6 +29,7 @@ use portcullis_api::CompiledConfig;
 use portcullis_api::gateway_api::backendtlspolicy::BackendTlsPolicy;
 use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
+use portcullis_api::gateway_api::grpcroute::GrpcRoute;
 use portcullis_api::gateway_api::httproute::HttpRoute;
 use portcullis_api::gateway_api::listenerset::ListenerSet;
 use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
@@ -50,6 +52,7 @@ pub struct Input {
     pub gateways: Vec<Gateway>,
     pub listener_sets: Vec<ListenerSet>,
     pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
     pub tls_routes: Vec<TlsRoute>,
     pub tcp_routes: Vec<TcpRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
@@ -104,6 +107,8 @@ pub struct Output {
     pub listener_sets: BTreeMap<ObjectKey, ListenerSetOutput>,
     /// Every HTTPRoute with at least one parentRef to such a Gateway.
     pub http_routes: BTreeMap<ObjectKey, RouteOutput>,
+    /// Every GRPCRoute with at least one parentRef to such a Gateway.
+    pub grpc_routes: BTreeMap<ObjectKey, RouteOutput>,
     /// Every TLSRoute with at least one parentRef to such a Gateway.
     pub tls_routes: BTreeMap<ObjectKey, RouteOutput>,
     /// Every TCPRoute with at least one parentRef to such a Gateway.
@@ -287,7 +292,10 @@ pub fn compile(input: &Input) -> Output {
     let gateway_classes = gateways::classes(&index);
     let mut states = gateways::gateways(&index, &gateway_classes);
     listener_sets::attach_listener_sets(&index, &mut states);
-    let http_routes = routes::attach_http_routes(&index, &mut states);
+    let routes::HttpRouteOutputs {
+        http_routes,
+        grpc_routes,
+    } = routes::attach_http_routes(&index, &mut states);
     let tls_routes = stream_routes::attach_tls_routes(&index, &mut states);
     let tcp_routes = stream_routes::attach_tcp_routes(&index, &mut states);
     let listener_sets = states
@@ -311,6 +319,7 @@ pub fn compile(input: &Input) -> Output {
         gateways,
         listener_sets,
         http_routes,
+        grpc_routes,
         tls_routes,
         tcp_routes,
         backend_tls_policies,
@@ -320,13 +329,17 @@ pub fn compile(input: &Input) -> Output {
 /// Objects in Gateway API tie-break order: oldest first, then by namespace/name.
 pub fn by_age<'a, K: kube::Resource + 'a>(objects: impl IntoIterator<Item = &'a K>) -> Vec<&'a K> {
     let mut sorted: Vec<&K> = objects.into_iter().collect();
-    sorted.sort_by(|a, b| {
-        let created = |o: &K| o.meta().creation_timestamp.clone().map(|t| t.0);
-        created(a)
-            .cmp(&created(b))
-            .then_with(|| ObjectKey::of(*a).cmp(&ObjectKey::of(*b)))
-    });
+    sorted.sort_by_cached_key(|o| age(*o));
     sorted
+}
+
+/// An object's place in Gateway API tie-break order (creation time, then namespace/name), for
+/// ordering objects of different kinds together.
+pub fn age<K: kube::Resource>(object: &K) -> (Option<k8s_openapi::jiff::Timestamp>, ObjectKey) {
+    (
+        object.meta().creation_timestamp.clone().map(|t| t.0),
+        ObjectKey::of(object),
+    )
 }
 
 /// The object's metadata.generation (0 when unset, e.g. in files).

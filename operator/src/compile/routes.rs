@@ -1,11 +1,13 @@
 //! HTTPRoutes: which listeners each parentRef attaches to, and the route's rules translated
-//! into the config model.
+//! into the config model. GRPCRoutes (`grpc_routes`) become the same rules and attach here,
+//! in one pass with HTTPRoutes.
 //!
 //! A route is translated once; an attachment pairs it with the hostnames it serves on one
 //! listener. Invalid rules are dropped and reported (`PartiallyInvalid`), invalid backendRefs
 //! keep their weight share and answer 500 (`ResolvedRefs=False`), and a route whose every rule
 //! is invalid is not accepted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -15,18 +17,39 @@ use portcullis_api::config::{
     HeaderModifier, HeaderValue, PathMatch, PathModifier, QueryParamMatch, RequestMirror,
     RequestRedirect, RouteMatch, RouteRule, RuleTimeouts, StringMatch, UrlRewrite, WeightedBackend,
 };
+use portcullis_api::gateway_api::grpcroute::GrpcRoute;
 use portcullis_api::gateway_api::httproute::*;
 use portcullis_api::validate::validate_rule;
 
 use super::backend_tls;
-use super::backends::{self, BackendRef, Referrer};
+use super::backends::{self, BackendRef, Referrer, Speaks};
 use super::conditions::{Condition, Status, reasons, types};
-use super::gateways::{GatewayState, HTTP_ROUTE, ListenerState, Problem};
+use super::gateways::{GRPC_ROUTE, GatewayState, HTTP_ROUTE, ListenerState, Problem};
 use super::listener_sets::LISTENER_SET;
 use super::{
-    GATEWAY_GROUP, Index, ObjectKey, ParentRef, RouteOutput, RouteParentOutput, by_age, generation,
-    hostnames,
+    GATEWAY_GROUP, Index, ObjectKey, ParentRef, RouteOutput, RouteParentOutput, age, generation,
+    grpc_routes, hostnames,
 };
+
+/// Copies another route kind's generated parentRef type into the HTTPRoute one (the same
+/// fields with the same meaning, generated apart).
+macro_rules! parent_refs {
+    ($refs:expr) => {
+        $refs
+            .iter()
+            .flatten()
+            .map(|p| HttpRouteParentRefs {
+                group: p.group.clone(),
+                kind: p.kind.clone(),
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+                port: p.port,
+                section_name: p.section_name.clone(),
+            })
+            .collect()
+    };
+}
+pub(crate) use parent_refs;
 
 /// Translates a RequestHeaderModifier or ResponseHeaderModifier (rule-level and
 /// backend-level filters are distinct generated types of the same shape).
@@ -60,6 +83,8 @@ macro_rules! header_modifier {
 #[derive(Debug, Clone)]
 pub struct Attachment {
     pub route: ObjectKey,
+    /// The route's kind (HTTPRoute, GRPCRoute, TLSRoute, TCPRoute).
+    pub kind: &'static str,
     /// Effective hostnames on this listener; empty: any host the listener accepts.
     pub hostnames: Vec<String>,
     pub translated: Rc<TranslatedRoute>,
@@ -141,22 +166,61 @@ impl TranslatedRoute {
     }
 }
 
-/// Attaches every HTTPRoute to the listeners its parentRefs select and returns route statuses.
+/// Route statuses of the HTTP route kinds.
+#[derive(Debug, Default)]
+pub struct HttpRouteOutputs {
+    pub http_routes: BTreeMap<ObjectKey, RouteOutput>,
+    pub grpc_routes: BTreeMap<ObjectKey, RouteOutput>,
+}
+
+/// Attaches every HTTPRoute and GRPCRoute to the listeners its parentRefs select and returns
+/// route statuses. Both kinds go through one pass in tie-break order (oldest first, then
+/// namespace/name), because an HTTPRoute and a GRPCRoute must not share a hostname on a
+/// listener: the older keeps it (see [`cross_serving_conflict`]).
 pub fn attach_http_routes(
     index: &Index<'_>,
     gateways: &mut BTreeMap<ObjectKey, GatewayState>,
-) -> BTreeMap<ObjectKey, RouteOutput> {
-    let mut out = BTreeMap::new();
-    for route in by_age(&index.input.http_routes) {
-        let spec = RouteSpec {
-            key: ObjectKey::of(route),
-            kind: HTTP_ROUTE,
-            generation: generation(route),
-            hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
-            parent_refs: route.spec.parent_refs.as_deref().unwrap_or_default(),
-        };
-        if let Some(output) = attach_route(index, gateways, &spec, || translate(index, route)) {
-            out.insert(spec.key, output);
+) -> HttpRouteOutputs {
+    enum Route<'a> {
+        Http(&'a HttpRoute),
+        Grpc(&'a GrpcRoute),
+    }
+    let mut routes: Vec<(_, &str, Route<'_>)> = index
+        .input
+        .http_routes
+        .iter()
+        .map(|r| (age(r), HTTP_ROUTE, Route::Http(r)))
+        .chain(
+            index
+                .input
+                .grpc_routes
+                .iter()
+                .map(|r| (age(r), GRPC_ROUTE, Route::Grpc(r))),
+        )
+        .collect();
+    routes.sort_by(|(a, a_kind, _), (b, b_kind, _)| a.cmp(b).then_with(|| a_kind.cmp(b_kind)));
+    let mut out = HttpRouteOutputs::default();
+    for (_, _, route) in routes {
+        match route {
+            Route::Http(route) => {
+                let spec = RouteSpec {
+                    key: ObjectKey::of(route),
+                    kind: HTTP_ROUTE,
+                    generation: generation(route),
+                    hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
+                    parent_refs: route.spec.parent_refs.as_deref().unwrap_or_default(),
+                };
+                if let Some(output) =
+                    attach_route(index, gateways, &spec, || translate(index, route))
+                {
+                    out.http_routes.insert(spec.key, output);
+                }
+            }
+            Route::Grpc(route) => {
+                if let Some(output) = grpc_routes::attach(index, gateways, route) {
+                    out.grpc_routes.insert(ObjectKey::of(route), output);
+                }
+            }
         }
     }
     out
@@ -165,7 +229,8 @@ pub fn attach_http_routes(
 /// What attachment needs of a route of any kind.
 pub struct RouteSpec<'r> {
     pub key: ObjectKey,
-    /// HTTPRoute, TLSRoute: a listener must list it among its supported kinds.
+    /// HTTPRoute, GRPCRoute, TLSRoute, TCPRoute: a listener must list it among its supported
+    /// kinds.
     pub kind: &'static str,
     pub generation: i64,
     pub hostnames: &'r [String],
@@ -319,7 +384,18 @@ fn attach(
             continue;
         }
         match hostnames::effective(listener.hostname.as_deref(), spec.hostnames) {
-            Some(hosts) => matched.push((i, hosts)),
+            Some(hosts) => match cross_serving_conflict(listener, spec.kind, &hosts) {
+                None => matched.push((i, hosts)),
+                Some(older) => {
+                    reason = reasons::HOSTNAME_CONFLICT;
+                    message = format!(
+                        "listener {:?} already serves {} {} on a hostname this route also \
+                         names; an HTTPRoute and a GRPCRoute cannot share a hostname on a \
+                         listener, and the older route keeps it",
+                        listener.name, older.kind, older.route
+                    );
+                }
+            },
             None => {
                 reason = reasons::NO_MATCHING_LISTENER_HOSTNAME;
                 message = "no hostname of the route matches a selected listener's hostname".into();
@@ -340,7 +416,10 @@ fn attach(
     }
     for (i, hosts) in matched {
         let attachments = &mut listeners[i].attachments;
-        match attachments.iter_mut().find(|a| a.route == *route) {
+        match attachments
+            .iter_mut()
+            .find(|a| a.route == *route && a.kind == spec.kind)
+        {
             // Two parentRefs reaching one listener: one attachment, the union of hostnames.
             Some(existing) => {
                 if existing.hostnames.is_empty() || hosts.is_empty() {
@@ -353,6 +432,7 @@ fn attach(
             }
             None => attachments.push(Attachment {
                 route: route.clone(),
+                kind: spec.kind,
                 hostnames: hosts,
                 translated: translated.clone(),
             }),
@@ -367,24 +447,68 @@ fn attach(
     )
 }
 
+/// Cross serving: an HTTPRoute and a GRPCRoute attached to one listener with hostnames in
+/// common would compete for the same requests (a gRPC call is an HTTP/2 POST), and their rules
+/// are never merged. The API makes the listener accept exactly one of them: the older route,
+/// then the first by namespace/name. Routes attach in that order, so a route meeting an
+/// attachment of the other kind on overlapping hostnames is the one refused there (reason
+/// `HostnameConflict`: no canonical route reason covers it). Returns that older attachment.
+fn cross_serving_conflict<'l>(
+    listener: &'l ListenerState,
+    kind: &str,
+    hosts: &[String],
+) -> Option<&'l Attachment> {
+    let http_kinds = [HTTP_ROUTE, GRPC_ROUTE];
+    if !http_kinds.contains(&kind) {
+        return None;
+    }
+    listener.attachments.iter().find(|a| {
+        a.kind != kind && http_kinds.contains(&a.kind) && hostnames::overlap(&a.hostnames, hosts)
+    })
+}
+
 /// Translates a route's rules; see [`TranslatedRoute`].
 pub fn translate(index: &Index<'_>, route: &HttpRoute) -> TranslatedRoute {
     let namespace = route.namespace().unwrap_or_default();
-    let referrer = Referrer {
-        namespace: &namespace,
-        group: GATEWAY_GROUP,
-        kind: HTTP_ROUTE,
-        speaks_app_protocol: true,
-    };
-    let default_rule = [HttpRouteRules::default()];
-    let rules: &[HttpRouteRules] = match &route.spec.rules {
-        Some(rules) => rules,
-        None => &default_rule,
-    };
+    let referrer = Referrer::route(&namespace, HTTP_ROUTE, Speaks::Http);
+    let rules = route.spec.rules.as_ref().map(|rules| {
+        rules
+            .iter()
+            .map(|rule| RuleInput {
+                rule: Cow::Borrowed(rule),
+                matches: rule.matches.iter().flatten().map(translate_match).collect(),
+            })
+            .collect()
+    });
+    translate_rules(index, &referrer, rules)
+}
+
+/// One rule to translate: its name, filters, backendRefs and timeouts as an HTTPRoute rule
+/// (its `matches` are not read), and its matches already in the config model, or why the rule
+/// cannot be implemented.
+pub struct RuleInput<'r> {
+    pub rule: Cow<'r, HttpRouteRules>,
+    pub matches: Result<Vec<RouteMatch>, Problem>,
+}
+
+/// Translates the rules of an HTTPRoute, or of another kind written as HTTPRoute rules
+/// (GRPCRoute). No rules: one rule matching everything, without backends (500).
+pub fn translate_rules(
+    index: &Index<'_>,
+    referrer: &Referrer<'_>,
+    rules: Option<Vec<RuleInput<'_>>>,
+) -> TranslatedRoute {
+    let rules = rules.unwrap_or_else(|| {
+        vec![RuleInput {
+            rule: Cow::Owned(HttpRouteRules::default()),
+            matches: Ok(Vec::new()),
+        }]
+    });
     let mut out = TranslatedRoute::default();
     let mut last_problem: Option<Problem> = None;
-    for (i, rule) in rules.iter().enumerate() {
-        match translate_rule(index, &referrer, rule, &mut out) {
+    for (i, RuleInput { rule, matches }) in rules.into_iter().enumerate() {
+        match matches.and_then(|matches| translate_rule(index, referrer, &rule, matches, &mut out))
+        {
             Ok(translated) => out.rules.push(translated),
             Err((reason, message)) => {
                 let label = rule
@@ -429,14 +553,9 @@ fn translate_rule(
     index: &Index<'_>,
     referrer: &Referrer<'_>,
     rule: &HttpRouteRules,
+    matches: Vec<RouteMatch>,
     out: &mut TranslatedRoute,
 ) -> Result<RouteRule, Problem> {
-    let matches = rule
-        .matches
-        .iter()
-        .flatten()
-        .map(translate_match)
-        .collect::<Result<Vec<_>, _>>()?;
     let mut filters = Vec::new();
     let mut extension_ref = None;
     for filter in rule.filters.iter().flatten() {
@@ -686,7 +805,7 @@ fn missing(field: &'static str) -> impl Fn() -> Problem {
     move || unsupported(format!("filter {field} is missing"))
 }
 
-fn unsupported(message: impl Into<String>) -> Problem {
+pub fn unsupported(message: impl Into<String>) -> Problem {
     (reasons::UNSUPPORTED_VALUE, message.into())
 }
 
@@ -726,27 +845,15 @@ fn translate_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, Problem> {
             }
         }
     };
-    let string_match = |regex: bool, value: &str| {
-        if regex {
-            StringMatch::RegularExpression(value.into())
-        } else {
-            StringMatch::Exact(value.into())
-        }
-    };
     Ok(RouteMatch {
         path,
-        headers: m
-            .headers
-            .iter()
-            .flatten()
-            .map(|h| HeaderMatch {
-                name: h.name.clone(),
-                value: string_match(
-                    h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression),
-                    &h.value,
-                ),
-            })
-            .collect(),
+        headers: header_matches(m.headers.iter().flatten().map(|h| {
+            (
+                h.name.as_str(),
+                h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression),
+                h.value.as_str(),
+            )
+        })),
         query_params: m
             .query_params
             .iter()
@@ -761,6 +868,33 @@ fn translate_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, Problem> {
             .collect(),
         method: m.method.as_ref().map(method_name),
     })
+}
+
+/// An exact or regular-expression value match.
+fn string_match(regex: bool, value: &str) -> StringMatch {
+    if regex {
+        StringMatch::RegularExpression(value.into())
+    } else {
+        StringMatch::Exact(value.into())
+    }
+}
+
+/// Header matches from (name, is a regular expression, value). Of entries naming the same
+/// header (names are case-insensitive) only the first counts, as HTTPRoute and GRPCRoute say.
+pub fn header_matches<'h>(
+    headers: impl IntoIterator<Item = (&'h str, bool, &'h str)>,
+) -> Vec<HeaderMatch> {
+    let mut out: Vec<HeaderMatch> = Vec::new();
+    for (name, regex, value) in headers {
+        if out.iter().any(|h| h.name.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        out.push(HeaderMatch {
+            name: name.to_string(),
+            value: string_match(regex, value),
+        });
+    }
+    out
 }
 
 fn method_name(method: &HttpRouteRulesMatchesMethod) -> String {

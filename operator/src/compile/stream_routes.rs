@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use portcullis_api::config::{RouteRule, WeightedBackend};
 use portcullis_api::gateway_api::httproute::HttpRouteParentRefs;
 
-use super::backends::{self, BackendRef, Referrer};
+use super::backends::{self, BackendRef, Referrer, Speaks};
 use super::conditions::reasons;
 use super::gateways::{GatewayState, TCP_ROUTE, TLS_ROUTE};
-use super::routes::{RouteSpec, TranslatedRoute, attach_route};
-use super::{GATEWAY_GROUP, Index, ObjectKey, RouteOutput, by_age, generation};
+use super::routes::{RouteSpec, TranslatedRoute, attach_route, parent_refs};
+use super::{Index, ObjectKey, RouteOutput, by_age, generation};
 
 /// What attachment and translation need of a TLSRoute or TCPRoute.
 struct StreamRoute<'a> {
@@ -24,24 +24,6 @@ struct StreamRoute<'a> {
     /// Every backendRef of every rule, with its weight.
     backend_refs: Vec<(BackendRef<'a>, Option<i32>)>,
     has_rules: bool,
-}
-
-/// Copies one generated parentRef type into the HTTPRoute one (same fields, same meaning).
-macro_rules! parent_refs {
-    ($refs:expr) => {
-        $refs
-            .iter()
-            .flatten()
-            .map(|p| HttpRouteParentRefs {
-                group: p.group.clone(),
-                kind: p.kind.clone(),
-                name: p.name.clone(),
-                namespace: p.namespace.clone(),
-                port: p.port,
-                section_name: p.section_name.clone(),
-            })
-            .collect()
-    };
 }
 
 /// Every backendRef of a route's rules as (reference, weight).
@@ -131,12 +113,7 @@ fn attach_all(
 /// (the rules of these kinds have nothing else to tell them apart). An unresolved backendRef
 /// keeps its weight share, and connections drawn to it are refused.
 fn translate(index: &Index<'_>, route: &StreamRoute<'_>) -> TranslatedRoute {
-    let referrer = Referrer {
-        namespace: &route.key.namespace,
-        group: GATEWAY_GROUP,
-        kind: route.kind,
-        speaks_app_protocol: false,
-    };
+    let referrer = Referrer::route(&route.key.namespace, route.kind, Speaks::Bytes);
     let mut out = TranslatedRoute::default();
     let mut weighted = Vec::with_capacity(route.backend_refs.len());
     for (reference, weight) in &route.backend_refs {

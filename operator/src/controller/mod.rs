@@ -559,6 +559,11 @@ impl Reconciler {
                 .await;
         }
         failures += self
+            .write_same_shape_route_statuses(&output.grpc_routes, &input.grpc_routes, |r| {
+                r.status.as_ref()
+            })
+            .await;
+        failures += self
             .write_same_shape_route_statuses(&output.tls_routes, &input.tls_routes, |r| {
                 r.status.as_ref()
             })
@@ -591,8 +596,8 @@ impl Reconciler {
         failures
     }
 
-    /// Statuses of a route kind whose status has HTTPRoute's shape (TLSRoute, TCPRoute): one
-    /// merge serves every kind, through a JSON round trip.
+    /// Statuses of a route kind whose status has HTTPRoute's shape (GRPCRoute, TLSRoute,
+    /// TCPRoute): one merge serves every kind, through a JSON round trip.
     async fn write_same_shape_route_statuses<K, S>(
         &self,
         outputs: &BTreeMap<ObjectKey, RouteOutput>,

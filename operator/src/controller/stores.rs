@@ -21,6 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use portcullis_api::gateway_api::backendtlspolicy::BackendTlsPolicy;
 use portcullis_api::gateway_api::gateway::Gateway;
 use portcullis_api::gateway_api::gatewayclass::GatewayClass;
+use portcullis_api::gateway_api::grpcroute::GrpcRoute;
 use portcullis_api::gateway_api::httproute::HttpRoute;
 use portcullis_api::gateway_api::listenerset::ListenerSet;
 use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
@@ -34,11 +35,13 @@ use tracing::warn;
 use crate::compile::{CONTROLLER_NAME, Input, ObjectKey};
 use crate::provision::{MANAGED_BY, MANAGED_BY_LABEL};
 
-/// Route kinds whose CRDs a cluster may lack (older or provider-managed Gateway API bundles).
-/// A missing kind is not watched: its store is empty and ready, so the operator still serves
-/// every other kind instead of waiting forever for a list the API server cannot give.
+/// Route kinds whose CRDs a cluster may lack (older or provider-managed Gateway API bundles;
+/// GRPCRoute reached v1 in Gateway API v1.1). A missing kind is not watched: its store is
+/// empty and ready, so the operator still serves every other kind instead of waiting forever
+/// for a list the API server cannot give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalKinds {
+    pub grpc_routes: bool,
     pub tls_routes: bool,
     pub tcp_routes: bool,
     pub listener_sets: bool,
@@ -50,6 +53,7 @@ impl OptionalKinds {
     /// every kind is assumed present: its watch then retries until the API answers.
     pub async fn discover(client: &Client) -> OptionalKinds {
         let all = OptionalKinds {
+            grpc_routes: true,
             tls_routes: true,
             tcp_routes: true,
             listener_sets: true,
@@ -67,12 +71,14 @@ impl OptionalKinds {
         };
         let served = |plural: &str| resources.iter().any(|r| r.name == plural);
         let found = OptionalKinds {
+            grpc_routes: served("grpcroutes"),
             tls_routes: served("tlsroutes"),
             tcp_routes: served("tcproutes"),
             listener_sets: served("listenersets"),
             backend_tls_policies: served("backendtlspolicies"),
         };
         for (present, kind) in [
+            (found.grpc_routes, "GRPCRoute"),
             (found.tls_routes, "TLSRoute"),
             (found.tcp_routes, "TCPRoute"),
             (found.listener_sets, "ListenerSet"),
@@ -97,6 +103,7 @@ pub struct Stores {
     pub gateways: Store<Gateway>,
     pub listener_sets: Store<ListenerSet>,
     pub http_routes: Store<HttpRoute>,
+    pub grpc_routes: Store<GrpcRoute>,
     pub tls_routes: Store<TlsRoute>,
     pub tcp_routes: Store<TcpRoute>,
     pub reference_grants: Store<ReferenceGrant>,
@@ -126,35 +133,15 @@ impl Stores {
                 watcher::Config::default(),
                 &changed,
             ),
-            listener_sets: match optional.listener_sets {
-                true => watch(
-                    Api::all(client.clone()),
-                    watcher::Config::default(),
-                    &changed,
-                ),
-                false => empty_and_ready(),
-            },
+            listener_sets: watch_if(optional.listener_sets, client, &changed),
             http_routes: watch(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 &changed,
             ),
-            tls_routes: match optional.tls_routes {
-                true => watch(
-                    Api::all(client.clone()),
-                    watcher::Config::default(),
-                    &changed,
-                ),
-                false => empty_and_ready(),
-            },
-            tcp_routes: match optional.tcp_routes {
-                true => watch(
-                    Api::all(client.clone()),
-                    watcher::Config::default(),
-                    &changed,
-                ),
-                false => empty_and_ready(),
-            },
+            grpc_routes: watch_if(optional.grpc_routes, client, &changed),
+            tls_routes: watch_if(optional.tls_routes, client, &changed),
+            tcp_routes: watch_if(optional.tcp_routes, client, &changed),
             reference_grants: watch(
                 Api::all(client.clone()),
                 watcher::Config::default(),
@@ -185,14 +172,7 @@ impl Stores {
                 watcher::Config::default(),
                 &changed,
             ),
-            backend_tls_policies: match optional.backend_tls_policies {
-                true => watch(
-                    Api::all(client.clone()),
-                    watcher::Config::default(),
-                    &changed,
-                ),
-                false => empty_and_ready(),
-            },
+            backend_tls_policies: watch_if(optional.backend_tls_policies, client, &changed),
             config_maps: watch(
                 Api::all(client.clone()),
                 watcher::Config::default(),
@@ -213,6 +193,7 @@ impl Stores {
             self.gateways.wait_until_ready().await,
             self.listener_sets.wait_until_ready().await,
             self.http_routes.wait_until_ready().await,
+            self.grpc_routes.wait_until_ready().await,
             self.tls_routes.wait_until_ready().await,
             self.tcp_routes.wait_until_ready().await,
             self.reference_grants.wait_until_ready().await,
@@ -361,6 +342,7 @@ impl Stores {
             gateways: cloned(&self.gateways),
             listener_sets: cloned(&self.listener_sets),
             http_routes: cloned(&self.http_routes),
+            grpc_routes: cloned(&self.grpc_routes),
             tls_routes: cloned(&self.tls_routes),
             tcp_routes: cloned(&self.tcp_routes),
             reference_grants: cloned(&self.reference_grants),
@@ -416,6 +398,24 @@ where
     let (reader, mut writer) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::InitDone);
     reader
+}
+
+/// A watch of every object of an optional kind, or an empty store when the cluster does not
+/// serve it.
+fn watch_if<K>(served: bool, client: &Client, changed: &Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    if served {
+        watch(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            changed,
+        )
+    } else {
+        empty_and_ready()
+    }
 }
 
 fn watch<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>

@@ -131,6 +131,13 @@ pub const RESOURCES: &[ResourceType] = &[
     rt(
         "gateway.networking.k8s.io",
         "v1",
+        "grpcroutes",
+        "GRPCRoute",
+        true,
+    ),
+    rt(
+        "gateway.networking.k8s.io",
+        "v1",
         "tlsroutes",
         "TLSRoute",
         true,
