@@ -101,7 +101,7 @@ status=0
 (cd conformance && KUBECTL=$KUBECTL CONFORMANCE_DUMP_DIR=$ROOT/target/conformance \
   go test -tags conformance -count=1 -timeout 3h -run TestConformance -v . -args \
     -gateway-class=portcullis-conformance \
-    -conformance-profiles=GATEWAY-HTTP,GATEWAY-TLS,GATEWAY-TCP \
+    -conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP \
     -organization=portcullis -project=portcullis -url=https://portcullis.dev \
     -version="v$version-$commit" -contact=@portcullis/maintainers -mode=default \
     "${report_args[@]}" "$@") 2>&1 | tee target/conformance/suite.log || status=$?
