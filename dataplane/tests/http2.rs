@@ -85,25 +85,32 @@ fn get(uri: &str) -> Request<()> {
 /// the request headers the test asks about (`x-seen-<name>`).
 struct Http2Backend {
     addr: SocketAddr,
+    /// Path and body of every request whose body ended.
+    received: Received,
     _runtime: std::thread::JoinHandle<()>,
 }
+
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
 impl Http2Backend {
     fn start(name: &'static str) -> Http2Backend {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = std_listener.local_addr().unwrap();
         std_listener.set_nonblocking(true).unwrap();
+        let received = Received::default();
+        let record = received.clone();
         let thread = std::thread::spawn(move || {
             runtime().block_on(async move {
                 let listener = TcpListener::from_std(std_listener).unwrap();
                 loop {
                     let (tcp, _) = listener.accept().await.unwrap();
-                    tokio::spawn(serve_backend_connection(tcp, name));
+                    tokio::spawn(serve_backend_connection(tcp, name, record.clone()));
                 }
             });
         });
         Http2Backend {
             addr,
+            received,
             _runtime: thread,
         }
     }
@@ -113,11 +120,12 @@ impl Http2Backend {
     }
 }
 
-async fn serve_backend_connection(tcp: TcpStream, name: &'static str) {
+async fn serve_backend_connection(tcp: TcpStream, name: &'static str, received: Received) {
     let Ok(mut connection) = h2::server::handshake(tcp).await else {
         return;
     };
     while let Some(Ok((request, mut respond))) = connection.accept().await {
+        let received = received.clone();
         tokio::spawn(async move {
             let (parts, mut body) = request.into_parts();
             let mut response = Response::builder()
@@ -131,11 +139,15 @@ async fn serve_backend_connection(tcp: TcpStream, name: &'static str) {
             let mut send = respond
                 .send_response(response.body(()).unwrap(), false)
                 .unwrap();
+            let mut all = Vec::new();
             while let Some(data) = body.data().await {
                 let data = data.unwrap();
                 body.flow_control().release_capacity(data.len()).unwrap();
+                all.extend_from_slice(&data);
                 send.send_data(data, false).unwrap();
             }
+            let path = parts.uri.path_and_query().unwrap().to_string();
+            received.lock().unwrap().push((path, all));
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());
             if let Ok(Some(received)) = body.trailers().await
@@ -422,6 +434,7 @@ fn an_unreachable_http2_backend_answers_502_and_the_connection_stays_usable() {
     let http1 = Backend::start("h1");
     let closed = Http2Backend {
         addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        received: Received::default(),
         _runtime: std::thread::spawn(|| {}),
     };
     let port = free_port();
@@ -689,4 +702,57 @@ fn sigterm_lets_open_streams_finish_and_refuses_new_ones() {
         .wait(Duration::from_secs(10))
         .expect("the proxy exits");
     assert!(status.success());
+}
+
+#[test]
+fn mirror_copies_reach_http2_backends() {
+    let http1 = Backend::start("h1");
+    let http2 = Http2Backend::start("h2");
+    let port = free_port();
+    let mut primary = rule(vec![prefix("/")], vec![to("ns/h1:80", 1)]);
+    primary.filters = vec![Filter::RequestMirror(
+        portcullis_api::config::RequestMirror {
+            backend: "ns/h2:80".into(),
+            numerator: 1,
+            denominator: 1,
+        },
+    )];
+    let config = ConfigBuilder::new(1)
+        .backend("ns/h1:80", &[&http1])
+        .backend_at("ns/h2:80", &[&http2.endpoint()])
+        .backend_protocol("ns/h2:80", BackendProtocol::Http2)
+        .http_port(port, "http", vec![route("ns/r", &[], vec![primary])])
+        .build();
+    let proxy = Proxy::start(&config);
+    let mut client = Client::connect(port);
+    let response = client.request(
+        "POST /copied?x=1 HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n\
+         3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.backend(), Some("h1"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while http2.received.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = http2.received.lock().unwrap().clone();
+    assert_eq!(
+        received,
+        vec![("/copied?x=1".to_string(), b"abcde".to_vec())]
+    );
+    assert!(
+        eventually(|| proxy.metric("portcullis_mirror_requests_total", "completed") == 1.0),
+        "the copy's answer was read to its end"
+    );
+}
+
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }

@@ -16,10 +16,17 @@ use futures_lite::{AsyncReadExt, FutureExt};
 use glommio::spawn_local;
 use glommio::timer::Timer;
 
-use crate::http::request::RequestFraming;
+use bytes::Bytes;
+use portcullis_api::config::BackendProtocol;
+
+use crate::http::chunked::{ChunkedDecoder, Decoded};
+use crate::http::request::{self, RequestFraming, RequestHead};
 use crate::io::send;
 use crate::metrics::{MirrorCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
+use crate::proxy::h2::head::{self as h2_head, OWN_HEAD_LIMITS};
+use crate::proxy::h2::io::Prefixed;
+use crate::proxy::h2::send_all;
 use crate::proxy::upstream::{ConnectError, UpstreamConn};
 use crate::route::table::MirrorTarget;
 use crate::shard::{Installed, Shard};
@@ -38,6 +45,8 @@ struct CopyTarget {
     /// The mirror backend's TLS settings; the copy task outlives the request, so it holds
     /// its own reference.
     tls: Option<Rc<CoreTls>>,
+    /// The mirror backend speaks HTTP/2: the copy is translated (see `http2_copy`).
+    http2: bool,
 }
 
 /// The copies of one request, waiting for its body.
@@ -73,6 +82,11 @@ impl MirrorRequest {
             match installed.next_endpoint(mirror.backend as usize) {
                 Some(endpoint) if !too_big && !full => endpoints.push(CopyTarget {
                     endpoint,
+                    http2: installed
+                        .snapshot
+                        .backends
+                        .get(mirror.backend as usize)
+                        .is_some_and(|b| b.protocol == BackendProtocol::Http2),
                     tls: installed
                         .upstream_tls
                         .get(mirror.backend as usize)
@@ -124,6 +138,7 @@ impl MirrorRequest {
             self.abandon(counters);
             return;
         }
+        let head_len = self.head_len;
         let bytes: Rc<[u8]> = self.bytes.into();
         for target in self.endpoints {
             if counters.in_flight.get() >= MAX_IN_FLIGHT_PER_CORE {
@@ -134,6 +149,7 @@ impl MirrorRequest {
             spawn_local(copy(
                 target,
                 bytes.clone(),
+                head_len,
                 counters.clone(),
                 connect_timeout,
             ))
@@ -145,10 +161,18 @@ impl MirrorRequest {
 async fn copy(
     target: CopyTarget,
     bytes: Rc<[u8]>,
+    head_len: usize,
     counters: Rc<MirrorCounters>,
     connect_timeout: Duration,
 ) {
-    let delivered = deliver(&target, &bytes, connect_timeout)
+    let delivery = async {
+        if target.http2 {
+            deliver_http2(&target, &bytes, head_len, connect_timeout).await
+        } else {
+            deliver(&target, &bytes, connect_timeout).await
+        }
+    };
+    let delivered = delivery
         .or(async {
             Timer::new(COPY_DEADLINE).await;
             false
@@ -189,5 +213,101 @@ async fn deliver(target: &CopyTarget, bytes: &[u8], connect_timeout: Duration) -
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return answered,
             Err(_) => return false,
         }
+    }
+}
+
+/// Sends an HTTP/1.1-framed copy (`bytes`: head, then body as framed) to an HTTP/2 backend on a
+/// connection of its own, and reads the answer to its end.
+async fn deliver_http2(
+    target: &CopyTarget,
+    bytes: &[u8],
+    head_len: usize,
+    connect_timeout: Duration,
+) -> bool {
+    let mut head = RequestHead::default();
+    if !matches!(request::parse(bytes, &OWN_HEAD_LIMITS, &mut head), Ok(true)) {
+        return false;
+    }
+    let tls = target.tls.as_deref();
+    let Ok(request) = h2_head::upstream_request(bytes, &head, tls.is_some(), false) else {
+        return false;
+    };
+    let body = match copy_body(&bytes[head_len..], head.framing) {
+        Some(body) => body,
+        None => return false,
+    };
+    let Ok(upstream) = UpstreamConn::connect(target.endpoint, connect_timeout, tls).await else {
+        return false;
+    };
+    let Ok((mut sender, connection)) =
+        h2::client::handshake(Prefixed::compat(Vec::new(), upstream.stream)).await
+    else {
+        return false;
+    };
+    spawn_local(async move {
+        let _ = connection.await;
+    })
+    .detach();
+    let Ok((response, mut stream)) = sender.send_request(request, body.is_empty()) else {
+        return false;
+    };
+    if !body.is_empty()
+        && (send_all(&mut stream, body, COPY_DEADLINE).await.is_err()
+            || stream.send_data(Bytes::new(), true).is_err())
+    {
+        return false;
+    }
+    let Ok(response) = response.await else {
+        return false;
+    };
+    let mut response_body = response.into_body();
+    while let Some(data) = response_body.data().await {
+        match data {
+            Ok(data) => {
+                let _ = response_body.flow_control().release_capacity(data.len());
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// The body of a copy without its HTTP/1.1 framing. None when it is not well-formed.
+fn copy_body(framed: &[u8], framing: RequestFraming) -> Option<Bytes> {
+    match framing {
+        RequestFraming::None => Some(Bytes::new()),
+        RequestFraming::Length(_) => Some(Bytes::copy_from_slice(framed)),
+        RequestFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut body = Vec::with_capacity(framed.len());
+            let mut rest = framed;
+            loop {
+                let (consumed, decoded) = decoder.decode(rest).ok()?;
+                match decoded {
+                    Decoded::Data { start, end } => body.extend_from_slice(&rest[start..end]),
+                    Decoded::Done => return Some(body.into()),
+                    Decoded::NeedMore if consumed == 0 => return None,
+                    Decoded::NeedMore => {}
+                }
+                rest = &rest[consumed..];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_bodies_lose_their_http1_framing() {
+        assert_eq!(copy_body(b"", RequestFraming::None).unwrap(), "");
+        assert_eq!(copy_body(b"abc", RequestFraming::Length(3)).unwrap(), "abc");
+        let chunked = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(
+            copy_body(chunked, RequestFraming::Chunked).unwrap(),
+            "abcde"
+        );
+        assert!(copy_body(b"3\r\nab", RequestFraming::Chunked).is_none());
     }
 }
