@@ -92,3 +92,40 @@ fn a_panicking_request_closes_only_its_own_connection() {
         "the faulting request reached the backend"
     );
 }
+
+#[test]
+fn a_panicking_http2_stream_resets_only_itself() {
+    let backend = Backend::start("b");
+    let port = free_port();
+    let config = ConfigBuilder::catch_all(&backend, port).build();
+    let proxy = Proxy::start_with(&config, &["--cores", "1"]);
+    let path = String::from_utf8(PANIC_PATH.to_vec()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let get = |path: &str| {
+            http::Request::builder()
+                .uri(format!("http://a{path}"))
+                .body(())
+                .unwrap()
+        };
+        let mut sender = sender.ready().await.unwrap();
+        let (victim, _) = sender.send_request(get(&path), true).unwrap();
+        assert!(victim.await.is_err(), "the panicking stream was answered");
+        for _ in 0..3 {
+            let mut sender = sender.clone().ready().await.unwrap();
+            let (response, _) = sender.send_request(get("/after"), true).unwrap();
+            assert_eq!(response.await.unwrap().status(), 200);
+        }
+    });
+    assert_eq!(metric(&proxy, "portcullis_connection_panics_total"), 1);
+}

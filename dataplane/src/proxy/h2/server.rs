@@ -7,13 +7,16 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::future;
+use std::panic::AssertUnwindSafe;
+
+use futures_lite::{FutureExt, future};
 use glommio::timer::Timer;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::Request;
 
 use crate::access_log::AccessLog;
+use crate::error;
 use crate::http::Version;
 use crate::http::request;
 use crate::http::response::{self, ResponseHead};
@@ -103,7 +106,18 @@ pub async fn serve<T: Transport>(
                 let server_name = server_name.clone();
                 glommio::spawn_local(async move {
                     let tls = info.tls.then_some(server_name.as_deref());
-                    serve_stream(&shard, info, tls, request, respond).await;
+                    let stream =
+                        AssertUnwindSafe(serve_stream(&shard, info, tls, request, respond));
+                    // A panic resets this stream only (its handles are dropped); the
+                    // connection and its other streams go on.
+                    if stream.catch_unwind().await.is_err() {
+                        increment(&shard.counters.panics);
+                        error!(
+                            "HTTP/2 stream handler panicked; stream reset",
+                            "core" = shard.id,
+                            "port" = info.port
+                        );
+                    }
                     open_streams.set(open_streams.get() - 1);
                 })
                 .detach();
@@ -157,6 +171,9 @@ async fn serve_stream(
         Err(_) => Err(400),
     };
     drop(parts);
+    if parsed.is_ok() {
+        crate::fault::on_request(conn.head.path(conn.rx.data()));
+    }
     if let Err(status) = parsed {
         increment(&shard.counters.invalid_requests);
         installed.unmatched.record(status);
