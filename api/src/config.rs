@@ -444,6 +444,10 @@ pub struct BackendTls {
     /// `server_name` is not checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<SubjectAltName>,
+    /// Name of an entry in `CompiledConfig::certificates` the proxy presents when the backend
+    /// asks for a client certificate (the Gateway's `spec.tls.backend.clientCertificateRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
 }
 
 /// A name a backend certificate may be required to carry.

@@ -168,7 +168,14 @@ impl Validator {
                     }
                 }
                 if let Some(tls) = &backend.tls {
-                    v.within(Segment::Field(".tls"), |v| v.backend_tls(tls));
+                    v.within(Segment::Field(".tls"), |v| {
+                        v.backend_tls(tls);
+                        if let Some(name) = &tls.client_certificate
+                            && !certificate_names.contains(name.as_str())
+                        {
+                            v.fail(format!("client_certificate {name:?} is not in certificates"));
+                        }
+                    });
                 }
             });
         }

@@ -546,10 +546,25 @@ fn with_backend_tls(edit: impl FnOnce(&mut BackendTls)) -> CompiledConfig {
             SubjectAltName::Hostname("*.example.com".into()),
             SubjectAltName::Uri("spiffe://cluster.local/ns/default/sa/web".into()),
         ],
+        client_certificate: None,
     };
     edit(&mut tls);
     config.backends[0].tls = Some(tls);
     config
+}
+
+#[test]
+fn a_backend_client_certificate_must_be_in_the_certificates() {
+    let missing = with_backend_tls(|t| t.client_certificate = Some("ns/client".into()));
+    let error = validate(&missing).unwrap_err().to_string();
+    assert!(error.contains("client_certificate"), "{error}");
+    let mut present = missing.clone();
+    present.certificates.push(Certificate {
+        name: "ns/client".into(),
+        cert_chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+        private_key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+    });
+    validate(&present).unwrap();
 }
 
 #[test]

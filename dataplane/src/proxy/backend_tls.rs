@@ -479,6 +479,7 @@ mod tests {
 
     fn backend_tls(ca_pem: &str, names: Vec<SubjectAltName>) -> BackendTls {
         BackendTls {
+            client_certificate: None,
             policy: "ns/policy".into(),
             server_name: "backend.internal".into(),
             ca_certificates_pem: ca_pem.into(),

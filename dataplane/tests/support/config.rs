@@ -230,6 +230,7 @@ pub fn backend_tls(
     subject_alt_names: Vec<SubjectAltName>,
 ) -> BackendTls {
     BackendTls {
+        client_certificate: None,
         policy: "ns/backend-tls".into(),
         server_name: server_name.into(),
         ca_certificates_pem: ca_pem.into(),

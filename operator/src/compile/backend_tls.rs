@@ -310,6 +310,8 @@ fn settings(
         server_name: validation.hostname.clone(),
         ca_certificates_pem: bundle.to_string(),
         subject_alt_names,
+        // Set per Gateway when its config is assembled (spec.tls.backend.clientCertificateRef).
+        client_certificate: None,
     })
 }
 
