@@ -173,7 +173,9 @@ impl Validator {
                         if let Some(name) = &tls.client_certificate
                             && !certificate_names.contains(name.as_str())
                         {
-                            v.fail(format!("client_certificate {name:?} is not in certificates"));
+                            v.fail(format!(
+                                "client_certificate {name:?} is not in certificates"
+                            ));
                         }
                     });
                 }

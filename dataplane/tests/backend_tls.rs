@@ -17,7 +17,9 @@ use portcullis_api::frame::Reply;
 use support::backend::pattern;
 use support::certs::{Ca, dns_san, uri_san};
 use support::config::{backend_tls, prefix, route, rule, to};
-use support::tls_backend::{TlsBackend, server_config};
+use support::tls_backend::{
+    TlsBackend, server_config, server_config_requiring_client_certificates,
+};
 use support::{Backend, Client, ConfigBuilder, Proxy, free_port};
 
 const SERVER_NAME: &str = "backend.internal";
@@ -541,4 +543,52 @@ fn a_mirror_copy_to_a_tls_backend_uses_tls() {
         proxy.metric("portcullis_mirror_requests_total", "outcome=\"completed\""),
         1.0
     );
+}
+
+#[test]
+fn the_gateway_client_certificate_is_presented_to_backends_that_ask() {
+    let ca = Ca::new();
+    let client_ca = Ca::new();
+    let client = client_ca.client_leaf("gateway");
+    let backend = TlsBackend::start_with(
+        "mutual",
+        server_config_requiring_client_certificates(&ca.leaf(&[SERVER_NAME]), &client_ca.der),
+    );
+    let port = free_port();
+    let mut with_certificate = backend_tls(SERVER_NAME, &ca.pem, vec![]);
+    with_certificate.client_certificate = Some("ns/gateway-client".into());
+    let mut config = config(
+        1,
+        port,
+        &[("/", "ns/b:443", backend.addr, Some(with_certificate))],
+    );
+    config
+        .certificates
+        .push(portcullis_api::config::Certificate {
+            name: "ns/gateway-client".into(),
+            cert_chain_pem: client.cert_pem.clone(),
+            private_key_pem: client.key_pem.clone(),
+        });
+    let proxy = Proxy::start(&config);
+
+    let mut http = Client::connect(port);
+    let response = http.get("example.com", "/mutual");
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    assert_eq!(response.backend(), Some("mutual"));
+    let handshakes = backend.handshakes();
+    assert_eq!(
+        handshakes[0].client_certificate.as_deref(),
+        Some(client.der.as_ref())
+    );
+
+    // Without the certificate the backend refuses the handshake: 502. A connection made
+    // with it is not reused for the config that dropped it.
+    let mut without = config.clone();
+    without.generation = 2;
+    without.backends[0].tls.as_mut().unwrap().client_certificate = None;
+    without.certificates.clear();
+    push(&proxy, &without);
+    let refused = http.get("example.com", "/mutual");
+    assert_eq!(refused.status, 502);
+    assert_eq!(backend.request_count(), 1);
 }

@@ -13,15 +13,15 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use portcullis_api::certificate;
+use portcullis_api::certificate::{self, ParsedCertificate};
 use portcullis_api::config::{BackendProtocol, BackendTls, SubjectAltName};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::client::{Resumption, WantsClientCert, WebPkiServerVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, Error, OtherError, RootCertStore,
-    SignatureScheme, version,
+    CertificateError, ClientConfig, ConfigBuilder, DigitallySignedStruct, Error, OtherError,
+    RootCertStore, SignatureScheme, version,
 };
 
 use crate::warn;
@@ -47,7 +47,12 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    pub fn build(tls: &BackendTls, protocol: BackendProtocol) -> Result<UpstreamTls, String> {
+    /// `client`: the certificate to present when the backend asks for one.
+    pub fn build(
+        tls: &BackendTls,
+        protocol: BackendProtocol,
+        client: Option<&ParsedCertificate>,
+    ) -> Result<UpstreamTls, String> {
         let server_name = ServerName::try_from(tls.server_name.clone())
             .map_err(|e| format!("server_name {:?}: {e}", tls.server_name))?;
         let roots = Arc::new(certificate::parse_ca_bundle(&tls.ca_certificates_pem)?);
@@ -59,17 +64,17 @@ impl UpstreamTls {
             let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(|e| format!("certificate verifier: {e}"))?;
-            builder.with_webpki_verifier(verifier).with_no_client_auth()
+            with_client_certificate(builder.with_webpki_verifier(verifier), client)?
         } else {
             let verifier = SubjectAltNameVerifier::new(
                 roots,
                 &tls.subject_alt_names,
                 provider.signature_verification_algorithms,
             );
-            builder
+            let builder = builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
+                .with_custom_certificate_verifier(Arc::new(verifier));
+            with_client_certificate(builder, client)?
         };
         config.alpn_protocols = match protocol {
             BackendProtocol::Http1 => vec![ALPN_HTTP1.to_vec()],
@@ -79,7 +84,7 @@ impl UpstreamTls {
             policy: tls.policy.as_str().into(),
             server_name,
             config: Arc::new(config),
-            identity: identity(tls, protocol),
+            identity: identity(tls, protocol, client),
         })
     }
 }
@@ -123,8 +128,30 @@ impl CoreTls {
 
 /// The settings that decide what a TLS connection may be used for. The policy's name is left
 /// out: renaming a policy changes nothing about the connections it made.
-fn identity(tls: &BackendTls, protocol: BackendProtocol) -> u64 {
+fn with_client_certificate(
+    builder: ConfigBuilder<ClientConfig, WantsClientCert>,
+    client: Option<&ParsedCertificate>,
+) -> Result<ClientConfig, String> {
+    match client {
+        None => Ok(builder.with_no_client_auth()),
+        Some(client) => builder
+            .with_client_auth_cert(client.chain.clone(), client.key.clone_key())
+            .map_err(|e| format!("client certificate: {e}")),
+    }
+}
+
+fn identity(
+    tls: &BackendTls,
+    protocol: BackendProtocol,
+    client: Option<&ParsedCertificate>,
+) -> u64 {
     let mut hasher = DefaultHasher::new();
+    // A connection authenticated with another client certificate is another identity.
+    if let Some(client) = client {
+        for certificate in &client.chain {
+            certificate.as_ref().hash(&mut hasher);
+        }
+    }
     // The ALPN offered differs by protocol.
     (protocol == BackendProtocol::Http2).hash(&mut hasher);
     tls.server_name.hash(&mut hasher);
@@ -492,42 +519,42 @@ mod tests {
         let a = ca("a");
         let b = ca("b");
         let base =
-            UpstreamTls::build(&backend_tls(&a.pem, vec![]), BackendProtocol::Http1).unwrap();
+            UpstreamTls::build(&backend_tls(&a.pem, vec![]), BackendProtocol::Http1, None).unwrap();
         assert_ne!(base.identity, 0);
         let same =
-            UpstreamTls::build(&backend_tls(&a.pem, vec![]), BackendProtocol::Http1).unwrap();
+            UpstreamTls::build(&backend_tls(&a.pem, vec![]), BackendProtocol::Http1, None).unwrap();
         assert_eq!(base.identity, same.identity);
         let mut renamed = backend_tls(&a.pem, vec![]);
         renamed.policy = "ns/other".into();
         assert_eq!(
-            UpstreamTls::build(&renamed, BackendProtocol::Http1)
+            UpstreamTls::build(&renamed, BackendProtocol::Http1, None)
                 .unwrap()
                 .identity,
             base.identity
         );
         let other_ca =
-            UpstreamTls::build(&backend_tls(&b.pem, vec![]), BackendProtocol::Http1).unwrap();
+            UpstreamTls::build(&backend_tls(&b.pem, vec![]), BackendProtocol::Http1, None).unwrap();
         assert_ne!(base.identity, other_ca.identity);
         let mut other_name = backend_tls(&a.pem, vec![]);
         other_name.server_name = "other.internal".into();
         assert_ne!(
-            UpstreamTls::build(&other_name, BackendProtocol::Http1)
+            UpstreamTls::build(&other_name, BackendProtocol::Http1, None)
                 .unwrap()
                 .identity,
             base.identity
         );
         let hostname_san = backend_tls(&a.pem, vec![hostname("x.internal")]);
         let uri_san = backend_tls(&a.pem, vec![uri_name("x.internal")]);
-        let hostname_id = UpstreamTls::build(&hostname_san, BackendProtocol::Http1)
+        let hostname_id = UpstreamTls::build(&hostname_san, BackendProtocol::Http1, None)
             .unwrap()
             .identity;
-        let over_http2 = UpstreamTls::build(&hostname_san, BackendProtocol::Http2).unwrap();
+        let over_http2 = UpstreamTls::build(&hostname_san, BackendProtocol::Http2, None).unwrap();
         assert_ne!(hostname_id, over_http2.identity);
         assert_eq!(over_http2.config.alpn_protocols, vec![b"h2".to_vec()]);
         assert_ne!(hostname_id, base.identity);
         assert_ne!(
             hostname_id,
-            UpstreamTls::build(&uri_san, BackendProtocol::Http1)
+            UpstreamTls::build(&uri_san, BackendProtocol::Http1, None)
                 .unwrap()
                 .identity
         );
@@ -536,8 +563,12 @@ mod tests {
 
     #[test]
     fn a_bad_bundle_is_an_error_not_a_panic() {
-        let error = UpstreamTls::build(&backend_tls("not pem", vec![]), BackendProtocol::Http1)
-            .unwrap_err();
+        let error = UpstreamTls::build(
+            &backend_tls("not pem", vec![]),
+            BackendProtocol::Http1,
+            None,
+        )
+        .unwrap_err();
         assert!(error.contains("CA bundle"), "{error}");
     }
 

@@ -113,10 +113,17 @@ impl Snapshot {
         let mut backends = Vec::with_capacity(config.backends.len());
         for (i, backend) in config.backends.iter().enumerate() {
             let tls = match &backend.tls {
-                Some(tls) => Some(Arc::new(
-                    UpstreamTls::build(tls, backend.protocol)
-                        .map_err(|e| format!("backends[{i}] ({:?}).tls: {e}", backend.name))?,
-                )),
+                Some(tls) => {
+                    // Validation made sure the name is one of the certificates.
+                    let client = tls.client_certificate.as_deref().and_then(|name| {
+                        let index = *certificate_index.get(name)? as usize;
+                        Some(&certificates.get(index)?.parsed)
+                    });
+                    Some(Arc::new(
+                        UpstreamTls::build(tls, backend.protocol, client)
+                            .map_err(|e| format!("backends[{i}] ({:?}).tls: {e}", backend.name))?,
+                    ))
+                }
                 None => None,
             };
             backends.push(BackendTable {

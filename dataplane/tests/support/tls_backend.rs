@@ -21,6 +21,8 @@ pub struct Handshake {
     pub server_name: Option<String>,
     pub alpn: Option<Vec<u8>>,
     pub resumed: bool,
+    /// The leaf certificate the client presented (DER), if it sent one.
+    pub client_certificate: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -47,6 +49,32 @@ pub fn server_config(leaf: &Leaf) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
+/// Like [`server_config`], but every client must present a certificate from `client_ca_der`.
+pub fn server_config_requiring_client_certificates(
+    leaf: &Leaf,
+    client_ca_der: &CertificateDer<'static>,
+) -> Arc<ServerConfig> {
+    let chain = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client_ca_der.clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 pub struct TlsBackend {
     pub name: String,
     pub addr: SocketAddr,
@@ -56,8 +84,11 @@ pub struct TlsBackend {
 impl TlsBackend {
     /// Serves TLS with `leaf`.
     pub fn start(name: &str, leaf: &Leaf) -> TlsBackend {
-        let config = server_config(leaf);
+        Self::start_with(name, server_config(leaf))
+    }
 
+    /// Serves TLS with `config`.
+    pub fn start_with(name: &str, config: Arc<ServerConfig>) -> TlsBackend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS backend");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
@@ -88,6 +119,10 @@ impl TlsBackend {
                         server_name: session.server_name().map(str::to_string),
                         alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                         resumed: session.handshake_kind() == Some(HandshakeKind::Resumed),
+                        client_certificate: session
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|leaf| leaf.to_vec()),
                     });
                     let tls = StreamOwned::new(session, stream);
                     let _ = serve_stream(tls, &name, id, &seen.requests);
