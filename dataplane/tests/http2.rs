@@ -94,6 +94,14 @@ type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
 impl Http2Backend {
     fn start(name: &'static str) -> Http2Backend {
+        Self::start_with(name, None)
+    }
+
+    /// With `tls`, the backend speaks HTTP/2 inside TLS (ALPN h2 only).
+    fn start_with(
+        name: &'static str,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    ) -> Http2Backend {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = std_listener.local_addr().unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -104,7 +112,20 @@ impl Http2Backend {
                 let listener = TcpListener::from_std(std_listener).unwrap();
                 loop {
                     let (tcp, _) = listener.accept().await.unwrap();
-                    tokio::spawn(serve_backend_connection(tcp, name, record.clone()));
+                    let record = record.clone();
+                    match &tls {
+                        None => {
+                            tokio::spawn(serve_backend_connection(tcp, name, record));
+                        }
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                            tokio::spawn(async move {
+                                if let Ok(tls) = acceptor.accept(tcp).await {
+                                    serve_backend_connection(tls, name, record).await;
+                                }
+                            });
+                        }
+                    }
                 }
             });
         });
@@ -120,7 +141,10 @@ impl Http2Backend {
     }
 }
 
-async fn serve_backend_connection(tcp: TcpStream, name: &'static str, received: Received) {
+async fn serve_backend_connection<T>(tcp: T, name: &'static str, received: Received)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Ok(mut connection) = h2::server::handshake(tcp).await else {
         return;
     };
@@ -755,4 +779,44 @@ fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+#[test]
+fn http2_backends_are_reached_over_tls_with_alpn_h2() {
+    let ca = support::certs::Ca::new();
+    let leaf = ca.leaf(&["grpc.internal"]);
+    let mut server = rustls::ServerConfig::clone(&support::tls_backend::server_config(&leaf));
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let backend = Http2Backend::start_with("h2-tls", Some(std::sync::Arc::new(server)));
+    let port = free_port();
+    let config = ConfigBuilder::new(1)
+        .backend_at("ns/h2:443", &[&backend.endpoint()])
+        .backend_protocol("ns/h2:443", BackendProtocol::Http2)
+        .backend_tls(
+            "ns/h2:443",
+            support::config::backend_tls("grpc.internal", &ca.pem, vec![]),
+        )
+        .http_port(
+            port,
+            "http",
+            vec![route(
+                "ns/r",
+                &[],
+                vec![rule(vec![], vec![to("ns/h2:443", 1)])],
+            )],
+        )
+        .build();
+    let _proxy = Proxy::start(&config);
+    runtime().block_on(async {
+        let client = connect(port).await;
+        let answer = exchange(&client, get("http://a/svc.S/M"), b"").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.headers.get("x-backend").unwrap(), "h2-tls");
+        assert_eq!(answer.trailers.unwrap().get("grpc-status").unwrap(), "0");
+    });
+    // An HTTP/1.1 client too.
+    let mut client = Client::connect(port);
+    let response = client.get("a", "/svc.S/M");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.backend(), Some("h2-tls"));
 }
