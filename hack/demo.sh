@@ -72,7 +72,9 @@ split() {
 echo
 echo "==> one request over HTTP:"
 curl -s -i -H "Host: $HOST" "http://127.0.0.1:$HTTP_PORT/" | sed 's/^/    /'
-echo "==> one request over HTTPS (certificate checked against the generated one):"
+echo "==> the same over HTTP/2 without TLS (h2c, prior knowledge, as gRPC clients speak it):"
+curl -s -i --http2-prior-knowledge -H "Host: $HOST" "http://127.0.0.1:$HTTP_PORT/" | sed 's/^/    /'
+echo "==> one request over HTTPS (ALPN picks HTTP/2; certificate checked against the generated one):"
 curl -s -i --resolve "$HOST:$HTTPS_PORT:127.0.0.1" --cacert "$WORK/tls.crt" \
   "https://$HOST:$HTTPS_PORT/" | sed 's/^/    /'
 echo "==> a host no route serves answers 404:"

@@ -7,7 +7,7 @@
 //! ```text
 //! KIND          NAME                STATUS  CONDITIONS
 //! GatewayClass  portcullis          ok      Accepted=True SupportedVersion=True
-//! Gateway       demo/demo-gateway   ok      Accepted=True Programmed=True
+//! Gateway       demo/demo-gateway   ok      Accepted=True Programmed=True ResolvedRefs=True
 //!   listener    http                ok      Accepted=True Programmed=True ResolvedRefs=True Conflicted=False routes=1
 //! HTTPRoute     shop/storefront
 //!   parent      demo/demo-gateway   FAIL    Accepted=True ResolvedRefs=False(BackendNotFound)
@@ -548,6 +548,27 @@ spec: {ports: [{port: 80}]}
         );
         assert!(table.contains("missing"), "{table}");
         assert_eq!(problem_count(&output), 1);
+    }
+
+    #[test]
+    fn a_gateway_reference_that_does_not_resolve_fails_the_gateway_row() {
+        let text = VALID.replace(
+            "  gatewayClassName: portcullis\n",
+            "  gatewayClassName: portcullis\n  tls: {backend: {clientCertificateRef: {name: client}}}\n",
+        );
+        let output = compile(&load(&text).input);
+        let table = render(&output);
+        assert!(
+            table.contains("ResolvedRefs=False(InvalidClientCertificateRef)"),
+            "{table}"
+        );
+        assert!(table.contains("Secret infra/client not found"), "{table}");
+        let rows = rows(&output);
+        let gateway = rows.iter().find(|r| r.key == "Gateway infra/gw").unwrap();
+        assert!(!gateway.is_ok(), "{gateway:?}");
+        assert_eq!(problem_count(&output), 1, "{table}");
+        let valid = render(&compile(&load(VALID).input));
+        assert!(valid.contains("ResolvedRefs=True"), "{valid}");
     }
 
     #[test]

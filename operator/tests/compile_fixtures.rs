@@ -63,6 +63,9 @@ struct ExpectedGateway {
     /// "AllowValidOnly" or "AllowInsecureFallback".
     #[serde(default)]
     client_validation: BTreeMap<u16, String>,
+    /// The names of the certificates its config carries (listeners' and the backend client
+    /// certificate), in config order.
+    certificates: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,7 +123,7 @@ struct Decision {
     /// "backend numerator/denominator" for each RequestMirror filter of the rule, in order.
     mirrors: Option<Vec<String>>,
     /// For each backend with a non-zero weight: "plaintext", "invalid", or its TLS settings as
-    /// "policy sni=NAME[ san=NAME,uri:URI...]".
+    /// "policy sni=NAME[ san=NAME,uri:URI...][ client=CERTIFICATE]".
     tls: Option<Vec<String>>,
     /// For each backend with a non-zero weight: the protocol the proxy speaks to it
     /// ("HTTP/1.1", "HTTP/2"), or "invalid".
@@ -219,6 +222,18 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             if actual != *expected {
                 problems.push(format!(
                     "Gateway {key} port {port}: client validation {actual} (expected {expected})"
+                ));
+            }
+        }
+        if let Some(expected) = &expected_gateway.certificates {
+            let actual: Vec<&str> = gateway
+                .config
+                .iter()
+                .flat_map(|c| c.certificates.iter().map(|c| c.name.as_str()))
+                .collect();
+            if actual != *expected {
+                problems.push(format!(
+                    "Gateway {key}: certificates {actual:?} (expected {expected:?})"
                 ));
             }
         }
@@ -740,6 +755,9 @@ fn describe_tls(backend: &Backend) -> String {
             })
             .collect();
         text.push_str(&format!(" san={}", names.join(",")));
+    }
+    if let Some(certificate) = &tls.client_certificate {
+        text.push_str(&format!(" client={certificate}"));
     }
     text
 }

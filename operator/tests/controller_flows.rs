@@ -1151,6 +1151,32 @@ fn ca_pem() -> String {
     params.self_signed(&key).unwrap().pem()
 }
 
+/// BackendTLSPolicy infra/echo-tls: TLS to Service echo, verified with ConfigMap echo-ca.
+fn echo_tls_policy() -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "BackendTLSPolicy",
+        "metadata": {"name": "echo-tls", "namespace": NS, "generation": 1},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+            "validation": {
+                "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "echo-ca"}],
+                "hostname": "echo.example.com",
+            },
+        },
+    })
+}
+
+/// ConfigMap infra/echo-ca with a CA certificate.
+fn echo_ca() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "echo-ca", "namespace": NS},
+        "data": {"ca.crt": ca_pem()},
+    })
+}
+
 /// Our ancestor entry for Gateway infra/gw in a BackendTLSPolicy's status.
 fn policy_condition(fake: &FakeApi, name: &str, type_: &str) -> Option<Value> {
     let policy = fake.get("BackendTLSPolicy", NS, name)?;
@@ -1169,18 +1195,7 @@ async fn backend_tls_policy_status_follows_its_ca_config_map() {
     let fake = FakeApi::new();
     seed_gateway(&fake);
     fake.create(route(NS, "web", "echo"));
-    fake.create(json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "BackendTLSPolicy",
-        "metadata": {"name": "echo-tls", "namespace": NS, "generation": 1},
-        "spec": {
-            "targetRefs": [{"group": "", "kind": "Service", "name": "echo"}],
-            "validation": {
-                "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "echo-ca"}],
-                "hostname": "echo.example.com",
-            },
-        },
-    }));
+    fake.create(echo_tls_policy());
     let controller = start(&fake, "portcullis-0");
     let accepted = wait_for(&fake, "policy status without its ConfigMap", || {
         policy_condition(&fake, "echo-tls", "Accepted")
@@ -1188,12 +1203,7 @@ async fn backend_tls_policy_status_follows_its_ca_config_map() {
     .await;
     assert!(is(&accepted, "False", "NoValidCACertificate"), "{accepted}");
 
-    fake.create(json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "echo-ca", "namespace": NS},
-        "data": {"ca.crt": ca_pem()},
-    }));
+    fake.create(echo_ca());
     wait_for(&fake, "policy accepted once the ConfigMap exists", || {
         let accepted = policy_condition(&fake, "echo-tls", "Accepted")?;
         let resolved = policy_condition(&fake, "echo-tls", "ResolvedRefs")?;
@@ -1214,5 +1224,105 @@ async fn backend_tls_policy_status_follows_its_ca_config_map() {
         is(&route_resolved, "True", "ResolvedRefs"),
         "{route_resolved}"
     );
+    controller.finish();
+}
+
+/// A certificate and its key as the data of a kubernetes.io/tls Secret.
+fn tls_secret(name: &str) -> Value {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["gateway.example.com".into()]).unwrap();
+    let cert = params.self_signed(&key).unwrap().pem();
+    let bytes =
+        |text: String| serde_json::to_value(k8s_openapi::ByteString(text.into_bytes())).unwrap();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": bytes(cert), "tls.key": bytes(key.serialize_pem())},
+    })
+}
+
+/// The Secret a Gateway's `spec.tls.backend.clientCertificateRef` names is read (Secrets are
+/// watched as metadata only) once it appears: the Gateway's ResolvedRefs turns from
+/// InvalidClientCertificateRef to True while it stays Accepted, and the published config has
+/// the TLS backend present the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_client_certificate_secret_is_read_and_resolved() {
+    let fake = FakeApi::new();
+    fake.create(gateway_class(CLASS, CONTROLLER_NAME));
+    fake.create(namespace(NS));
+    let mut gw = gateway("gw");
+    gw["spec"]["tls"] = json!({"backend": {"clientCertificateRef": {"name": "client-cert"}}});
+    fake.create(gw);
+    backend(&fake, "echo");
+    fake.create(route(NS, "web", "echo"));
+    fake.create(echo_ca());
+    fake.create(echo_tls_policy());
+    let controller = start(&fake, "portcullis-0");
+
+    let unresolved = wait_for(&fake, "Gateway ResolvedRefs=False", || {
+        object_condition(&fake, "Gateway", NS, "gw", "ResolvedRefs")
+            .filter(|c| c["status"] == "False")
+    })
+    .await;
+    assert!(
+        is(&unresolved, "False", "InvalidClientCertificateRef"),
+        "{unresolved}"
+    );
+    assert!(
+        unresolved["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("infra/client-cert")),
+        "{unresolved}"
+    );
+    let accepted = object_condition(&fake, "Gateway", NS, "gw", "Accepted").unwrap();
+    assert!(is(&accepted, "True", "Accepted"), "{accepted}");
+    let key = ObjectKey::new(NS, "gw");
+    let client_certificate = |controller: &Controller| {
+        let published = controller.hub.current(&key)?;
+        let backend = published
+            .config
+            .backends
+            .iter()
+            .find(|b| b.name.starts_with("infra/echo:"))?;
+        Some(backend.tls.as_ref()?.client_certificate.clone())
+    };
+    assert_eq!(
+        client_certificate(&controller),
+        Some(None),
+        "the TLS backend goes without a client certificate"
+    );
+
+    fake.create(tls_secret("client-cert"));
+    wait_for(&fake, "Gateway ResolvedRefs=True", || {
+        object_condition(&fake, "Gateway", NS, "gw", "ResolvedRefs")
+            .filter(|c| is(c, "True", "ResolvedRefs"))
+    })
+    .await;
+    let published = controller.hub.current(&key).unwrap();
+    assert_eq!(
+        client_certificate(&controller),
+        Some(Some("infra/client-cert".to_string()))
+    );
+    assert!(
+        published
+            .config
+            .certificates
+            .iter()
+            .any(|c| c.name == "infra/client-cert"),
+        "the config carries the certificate"
+    );
+    let reads = fake.requests_where(|r| {
+        r.kind == Some("Secret") && r.name.as_deref() == Some("client-cert") && !r.is_write()
+    });
+    assert!(!reads.is_empty(), "the referenced Secret is read in full");
+    // The recovery is an Event, like a route's.
+    wait_for(&fake, "the Gateway's ResolvedRefs Event", || {
+        events_about(&fake, "Gateway", NS, "gw")
+            .into_iter()
+            .find(|e| e["reason"] == "ResolvedRefs")
+    })
+    .await;
     controller.finish();
 }

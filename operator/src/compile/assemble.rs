@@ -144,10 +144,36 @@ impl GatewayState {
                 stream_routes,
             });
         }
+        self.present_client_certificate(&mut backends, &mut certificates);
         config.ports = ports.into_values().collect();
         config.backends = backends.into_values().collect();
         config.certificates = certificates.into_values().collect();
         config
+    }
+
+    /// Every TLS backend of this Gateway's config presents the Gateway's backend client
+    /// certificate (`spec.tls.backend.clientCertificateRef`), which joins the config's
+    /// certificates (one entry with a listener's certificate from the same Secret). Set here,
+    /// per Gateway: the same Service port may be a backend of Gateways with different
+    /// certificates, or none. A config without TLS backends does not carry it.
+    fn present_client_certificate(
+        &self,
+        backends: &mut BTreeMap<String, Backend>,
+        certificates: &mut BTreeMap<String, Certificate>,
+    ) {
+        let Some(certificate) = &self.backend_client_certificate else {
+            return;
+        };
+        let mut used = false;
+        for tls in backends.values_mut().filter_map(|b| b.tls.as_mut()) {
+            tls.client_certificate = Some(certificate.name.clone());
+            used = true;
+        }
+        if used {
+            certificates
+                .entry(certificate.name.clone())
+                .or_insert_with(|| certificate.clone());
+        }
     }
 }
 

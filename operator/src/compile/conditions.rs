@@ -72,6 +72,10 @@ pub mod reasons {
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+    /// Gateway ResolvedRefs: some listener's ResolvedRefs is False.
+    pub const LISTENERS_NOT_RESOLVED: &str = "ListenersNotResolved";
+    /// Gateway ResolvedRefs: `spec.tls.backend.clientCertificateRef` does not resolve.
+    pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
     /// ListenerSet: its Gateway's allowedListeners does not admit it.
     pub const NOT_ALLOWED: &str = "NotAllowed";
     /// ListenerSet: its Gateway is not accepted.

@@ -8,6 +8,7 @@ pub fn supported() -> Vec<&'static str> {
         "BackendTLSPolicySANValidation",
         "Gateway",
         "GatewayAddressEmpty",
+        "GatewayBackendClientCertificate",
         "GatewayFrontendClientCertificateValidation",
         "GatewayFrontendClientCertificateValidationInsecureFallback",
         "GatewayHTTPSListenerDetectMisdirectedRequests",

@@ -17,11 +17,11 @@ use portcullis_api::v1alpha1::gateway_parameters::{
 };
 
 use super::conditions::{Condition, Status, reasons, types};
-use super::frontend_tls;
 use super::listener_sets::ListenerSetState;
 use super::routes::Attachment;
 use super::{
-    ClassOutput, GATEWAY_GROUP, Index, ObjectKey, RouteKind, by_age, features, generation, refs,
+    ClassOutput, GATEWAY_GROUP, Index, ObjectKey, RouteKind, by_age, features, frontend_tls,
+    gateway_backend_tls, generation, refs,
 };
 
 pub const HTTP_ROUTE: &str = "HTTPRoute";
@@ -219,6 +219,12 @@ pub struct GatewayState {
     pub parameters: GatewayParametersSpec,
     /// Some listener lets clients through without a valid certificate (AllowInsecureFallback).
     pub insecure_frontend: bool,
+    /// The certificate its proxies present to TLS backends that ask for one
+    /// (`spec.tls.backend.clientCertificateRef`), when that resolves.
+    pub backend_client_certificate: Option<Certificate>,
+    /// Why `spec.tls.backend.clientCertificateRef` does not resolve: the Gateway's own
+    /// ResolvedRefs=False.
+    pub unresolved: Option<Problem>,
 }
 
 /// Validates every Gateway of our classes.
@@ -278,6 +284,12 @@ pub fn gateways(
             .collect();
         let insecure_frontend = frontend_tls::apply(index, gateway, &mut listeners);
         mark_conflicts(&mut listeners);
+        let (backend_client_certificate, unresolved) =
+            match gateway_backend_tls::client_certificate(index, gateway) {
+                None => (None, None),
+                Some(Ok(certificate)) => (Some(certificate), None),
+                Some(Err(problem)) => (None, Some(problem)),
+            };
         out.insert(
             key.clone(),
             GatewayState {
@@ -290,6 +302,8 @@ pub fn gateways(
                 listener_sets: Vec::new(),
                 parameters,
                 insecure_frontend,
+                backend_client_certificate,
+                unresolved,
             },
         );
     }
@@ -515,59 +529,89 @@ fn tls(
         ));
         return;
     }
+    let from = refs::From {
+        group: GATEWAY_GROUP,
+        kind: owner.kind,
+        namespace: owner.namespace,
+    };
     let mut problems: Vec<Problem> = Vec::new();
     for reference in &references {
-        let group = reference.group.as_deref().unwrap_or("");
-        let kind = reference.kind.as_deref().unwrap_or("Secret");
-        let namespace = reference.namespace.as_deref().unwrap_or(owner.namespace);
-        let key = ObjectKey::new(namespace, reference.name.clone());
-        if !group.is_empty() || kind != "Secret" {
-            problems.push((
-                reasons::INVALID_CERTIFICATE_REF,
-                format!("certificateRef {group}/{kind} {key}: only core Secrets are supported"),
-            ));
-            continue;
-        }
-        let from = refs::From {
-            group: GATEWAY_GROUP,
-            kind: owner.kind,
-            namespace: owner.namespace,
-        };
-        let to = refs::To {
-            group: "",
-            kind: "Secret",
-            namespace,
+        let reference = CertificateRef {
+            group: reference.group.as_deref().unwrap_or(""),
+            kind: reference.kind.as_deref().unwrap_or("Secret"),
+            namespace: reference.namespace.as_deref().unwrap_or(owner.namespace),
             name: &reference.name,
         };
-        if !refs::permitted(&index.input.reference_grants, &from, &to) {
-            problems.push((
-                reasons::REF_NOT_PERMITTED,
-                format!("Secret {key} is in another namespace and no ReferenceGrant allows it"),
-            ));
-            continue;
-        }
-        let Some(secret) = index.secrets.get(&key) else {
-            problems.push((
-                reasons::INVALID_CERTIFICATE_REF,
-                format!("Secret {key} not found"),
-            ));
-            continue;
-        };
-        match certificate_from_secret(secret) {
-            Ok((cert, key_pem)) => state.certificates.push(Certificate {
-                name: key.to_string(),
-                cert_chain_pem: cert,
-                private_key_pem: key_pem,
-            }),
-            Err(message) => problems.push((
-                reasons::INVALID_CERTIFICATE_REF,
-                format!("Secret {key}: {message}"),
-            )),
+        match resolve_certificate(
+            index,
+            &from,
+            &reference,
+            "certificateRef",
+            reasons::INVALID_CERTIFICATE_REF,
+        ) {
+            Ok(certificate) => state.certificates.push(certificate),
+            Err(problem) => problems.push(problem),
         }
     }
     if let Some(first) = problems.into_iter().next() {
         state.unresolved = Some(first);
     }
+}
+
+/// A reference to a Secret holding a certificate and its key: a listener's certificateRef, or
+/// a Gateway's `tls.backend.clientCertificateRef`. Defaults applied: group "", kind Secret,
+/// the referring object's namespace.
+pub struct CertificateRef<'a> {
+    pub group: &'a str,
+    pub kind: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// The certificate a reference made by `from` names, as a config entry called
+/// `namespace/name` (one Secret is one entry, whichever listeners or backends use it). Only
+/// core Secrets are supported; another namespace needs a ReferenceGrant (RefNotPermitted).
+/// `field` names the reference in messages, and `invalid` is the reason for every other
+/// problem: another kind, a missing Secret, a Secret without a usable certificate and key.
+pub fn resolve_certificate(
+    index: &Index<'_>,
+    from: &refs::From<'_>,
+    reference: &CertificateRef<'_>,
+    field: &str,
+    invalid: &'static str,
+) -> Result<Certificate, Problem> {
+    let key = ObjectKey::new(reference.namespace, reference.name);
+    if !reference.group.is_empty() || reference.kind != "Secret" {
+        return Err((
+            invalid,
+            format!(
+                "{field} {}/{} {key}: only core Secrets are supported",
+                reference.group, reference.kind
+            ),
+        ));
+    }
+    let to = refs::To {
+        group: "",
+        kind: "Secret",
+        namespace: reference.namespace,
+        name: reference.name,
+    };
+    if !refs::permitted(&index.input.reference_grants, from, &to) {
+        return Err((
+            reasons::REF_NOT_PERMITTED,
+            format!("Secret {key} is in another namespace and no ReferenceGrant allows it"),
+        ));
+    }
+    let Some(secret) = index.secrets.get(&key) else {
+        return Err((invalid, format!("Secret {key} not found")));
+    };
+    let (cert_chain_pem, private_key_pem) = certificate_from_secret(secret)
+        .map_err(|message| (invalid, format!("Secret {key}: {message}")))?;
+    Ok(Certificate {
+        name: key.to_string(),
+        cert_chain_pem,
+        private_key_pem,
+    })
 }
 
 /// The PEM certificate chain and key of a kubernetes.io/tls Secret, checked.
@@ -682,6 +726,7 @@ impl GatewayState {
                     message.clone(),
                     g,
                 ),
+                self.resolved_refs(),
             ];
         }
         let valid = self.listeners.iter().filter(|l| l.valid()).count();
@@ -741,7 +786,7 @@ impl GatewayState {
                     g,
                 )
             };
-        let mut conditions = vec![accepted, programmed];
+        let mut conditions = vec![accepted, programmed, self.resolved_refs()];
         if self.insecure_frontend {
             conditions.push(Condition::new(
                 types::INSECURE_FRONTEND_VALIDATION_MODE,
@@ -753,6 +798,42 @@ impl GatewayState {
             ));
         }
         conditions
+    }
+
+    /// The Gateway's ResolvedRefs, on every Gateway of ours: its own references (the backend
+    /// client certificate) first, then a summary of its listeners' ResolvedRefs. It does not
+    /// touch Accepted or Programmed.
+    fn resolved_refs(&self) -> Condition {
+        let g = self.generation;
+        let unresolved_listeners: Vec<&str> = self
+            .listeners
+            .iter()
+            .filter(|l| l.unresolved.is_some())
+            .map(|l| l.name.as_str())
+            .collect();
+        let listeners = (!unresolved_listeners.is_empty()).then(|| {
+            format!(
+                "listeners with unresolved references: {}",
+                unresolved_listeners.join(", ")
+            )
+        });
+        let (reason, message) = match (&self.unresolved, listeners) {
+            (None, None) => {
+                return Condition::new(
+                    types::RESOLVED_REFS,
+                    Status::True,
+                    reasons::RESOLVED_REFS,
+                    "references are resolved",
+                    g,
+                );
+            }
+            (Some((reason, message)), None) => (*reason, message.clone()),
+            (Some((reason, message)), Some(listeners)) => {
+                (*reason, format!("{message}; {listeners}"))
+            }
+            (None, Some(listeners)) => (reasons::LISTENERS_NOT_RESOLVED, listeners),
+        };
+        Condition::new(types::RESOLVED_REFS, Status::False, reason, message, g)
     }
 
     /// Whether the Gateway is accepted, so that its config carries listeners at all.

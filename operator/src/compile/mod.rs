@@ -12,6 +12,7 @@ pub mod ca_bundles;
 pub mod conditions;
 pub mod features;
 pub mod frontend_tls;
+pub mod gateway_backend_tls;
 pub mod gateways;
 pub mod grpc_routes;
 pub mod hostnames;

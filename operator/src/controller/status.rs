@@ -627,6 +627,49 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_resolved_refs_is_written_as_compiled() {
+        let address = GatewayStatusAddresses {
+            r#type: Some("IPAddress".into()),
+            value: "10.96.0.10".into(),
+        };
+        let addresses = std::slice::from_ref(&address);
+        let resolved_refs = |s: &GatewayStatus| {
+            s.conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "ResolvedRefs")
+                .cloned()
+                .unwrap()
+        };
+        let mut unresolved = gateway_output();
+        unresolved.conditions.push(condition(
+            "ResolvedRefs",
+            Status::False,
+            "InvalidClientCertificateRef",
+        ));
+        let first = gateway_status(None, &unresolved, &Delivery::Served, addresses, &time(1));
+        let written = resolved_refs(&first);
+        assert_eq!(
+            (written.status.as_str(), written.reason.as_str()),
+            ("False", "InvalidClientCertificateRef")
+        );
+        assert_eq!(written.observed_generation, Some(4));
+        let mut resolved = gateway_output();
+        resolved
+            .conditions
+            .push(condition("ResolvedRefs", Status::True, "ResolvedRefs"));
+        let waiting = Delivery::Waiting("no proxy yet".into());
+        let second = gateway_status(Some(&first), &resolved, &waiting, addresses, &time(2));
+        let written = resolved_refs(&second);
+        assert_eq!(
+            (written.status.as_str(), written.reason.as_str()),
+            ("True", "ResolvedRefs"),
+            "not held back while the proxies catch up, unlike Programmed"
+        );
+        assert_eq!(written.last_transition_time, time(2));
+    }
+
+    #[test]
     fn detached_routes_lose_only_our_entries() {
         use portcullis_api::gateway_api::httproute::HttpRoute;
         let parent = |controller: &str, name: &str| HttpRouteStatusParents {

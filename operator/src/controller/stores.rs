@@ -2,8 +2,9 @@
 //! reflectors). Any change wakes the controller, which recompiles from a consistent snapshot.
 //!
 //! Secrets and ConfigMaps are watched as metadata only (`PartialObjectMeta`); the controller
-//! reads the few that listeners and BackendTLSPolicies reference ([`ReferencedObjects`]), so
-//! the operator never holds every Secret or ConfigMap of the cluster.
+//! reads the few that listeners, Gateways (client certificates, CA bundles) and
+//! BackendTLSPolicies reference ([`ReferencedObjects`]), so the operator never holds every
+//! Secret or ConfigMap of the cluster.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -34,6 +35,19 @@ use tracing::warn;
 
 use crate::compile::{CONTROLLER_NAME, Input, ObjectKey};
 use crate::provision::{MANAGED_BY, MANAGED_BY_LABEL};
+
+/// The (group, kind, namespace, name) of a reference to a Secret, whichever generated type
+/// holds it (listener certificateRefs, a Gateway's backend clientCertificateRef).
+macro_rules! secret_ref {
+    ($reference:expr) => {
+        (
+            $reference.group.as_deref(),
+            $reference.kind.as_deref(),
+            $reference.namespace.as_deref(),
+            &$reference.name,
+        )
+    };
+}
 
 /// Route kinds whose CRDs a cluster may lack (older or provider-managed Gateway API bundles;
 /// GRPCRoute reached v1 in Gateway API v1.1). A missing kind is not watched: its store is
@@ -228,7 +242,8 @@ impl Stores {
             .collect()
     }
 
-    /// Secrets referenced by the listeners of Gateways of our classes.
+    /// Secrets referenced by Gateways of our classes: their listeners' (and their
+    /// ListenerSets' listeners') certificateRefs and their backend client certificate.
     pub fn referenced_secrets(&self) -> BTreeSet<ObjectKey> {
         let mut out = BTreeSet::new();
         let mut our_gateways = BTreeSet::new();
@@ -244,15 +259,14 @@ impl Stores {
                         .iter()
                         .flat_map(|t| t.certificate_refs.iter().flatten())
                 })
-                .map(|r| {
-                    (
-                        r.group.as_deref(),
-                        r.kind.as_deref(),
-                        r.namespace.as_deref(),
-                        &r.name,
-                    )
-                });
-            insert_secret_refs(&mut out, &namespace, references);
+                .map(|r| secret_ref!(r));
+            let client_certificate = gateway
+                .spec
+                .tls
+                .iter()
+                .filter_map(|t| t.backend.as_ref()?.client_certificate_ref.as_ref())
+                .map(|r| secret_ref!(r));
+            insert_secret_refs(&mut out, &namespace, references.chain(client_certificate));
         }
         for set in self.listener_sets.state() {
             let namespace = set.namespace().unwrap_or_default();
@@ -279,14 +293,7 @@ impl Stores {
                         .iter()
                         .flat_map(|t| t.certificate_refs.iter().flatten())
                 })
-                .map(|r| {
-                    (
-                        r.group.as_deref(),
-                        r.kind.as_deref(),
-                        r.namespace.as_deref(),
-                        &r.name,
-                    )
-                });
+                .map(|r| secret_ref!(r));
             insert_secret_refs(&mut out, &namespace, references);
         }
         out
