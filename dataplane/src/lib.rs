@@ -1,7 +1,7 @@
 //! `portcullis-dataplane`: the Portcullis proxy.
 //!
 //! - [`shard`]: one glommio executor per worker core; owns listeners, connections, pools.
-//! - [`proxy`]: the HTTP/1.1 engine a connection runs (routing, forwarding, filters).
+//! - [`proxy`]: the HTTP/1.1 and HTTP/2 engine a connection runs (routing, forwarding, filters).
 //! - [`http`]: message syntax (parsing, framing, chunked coding).
 //! - [`route`]: the immutable routing snapshot of one config generation.
 //! - [`l4`]: TLS and TCP ports: whole connections routed (by SNI on TLS), passed through or

@@ -68,6 +68,9 @@ pub struct CoreCounters {
     pub tls_handshake_errors: Cell<u64>,
     pub invalid_requests: Cell<u64>,
     pub panics: Cell<u64>,
+    /// Connections served as HTTP/2 (h2c or ALPN h2), and the streams they opened.
+    pub http2_connections: Cell<u64>,
+    pub http2_streams: Cell<u64>,
     /// Client certificates that did not verify on ports in AllowInsecureFallback mode, let
     /// through all the same. An atomic only because rustls requires its verifiers to be
     /// `Sync`: each core's verifiers hold this core's counter alone, so no other core ever
@@ -119,6 +122,8 @@ impl CoreCounters {
             tls_handshake_errors: self.tls_handshake_errors.get(),
             invalid_requests: self.invalid_requests.get(),
             panics: self.panics.get(),
+            http2_connections: self.http2_connections.get(),
+            http2_streams: self.http2_streams.get(),
             client_certificates_unverified: self
                 .client_certificates_unverified
                 .load(Ordering::Relaxed),
@@ -148,6 +153,8 @@ pub struct CoreStats {
     pub tls_handshake_errors: u64,
     pub invalid_requests: u64,
     pub panics: u64,
+    pub http2_connections: u64,
+    pub http2_streams: u64,
     pub client_certificates_unverified: u64,
     /// Mirror copies completed, failed, skipped, and in flight now.
     pub mirrors: [u64; 4],
@@ -306,8 +313,20 @@ pub fn render(control: &ControlStats, cores: &[CoreStats]) -> String {
         (
             "portcullis_connection_panics_total",
             "counter",
-            "Connections closed because their handler panicked.",
+            "Connections (or HTTP/2 streams) closed because their handler panicked.",
             sum(|c| c.panics),
+        ),
+        (
+            "portcullis_http2_connections_total",
+            "counter",
+            "Downstream connections served as HTTP/2.",
+            sum(|c| c.http2_connections),
+        ),
+        (
+            "portcullis_http2_streams_total",
+            "counter",
+            "HTTP/2 streams (requests) accepted from clients.",
+            sum(|c| c.http2_streams),
         ),
         (
             "portcullis_cores",

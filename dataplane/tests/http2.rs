@@ -820,3 +820,35 @@ fn http2_backends_are_reached_over_tls_with_alpn_h2() {
     assert_eq!(response.status, 200);
     assert_eq!(response.backend(), Some("h2-tls"));
 }
+
+#[test]
+fn max_requests_per_connection_ends_an_http2_connection_with_goaway() {
+    let http1 = Backend::start("h1");
+    let http2 = Http2Backend::start("h2");
+    let port = free_port();
+    let mut config = config(port, &http1, &http2);
+    config.settings.max_requests_per_connection = 3;
+    let proxy = Proxy::start(&config);
+    runtime().block_on(async {
+        let client = connect(port).await;
+        for i in 0..3 {
+            let answer = exchange(&client, get(&format!("http://h1.test/{i}")), b"").await;
+            assert_eq!(answer.status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused = match client.clone().ready().await {
+            Err(_) => true,
+            Ok(mut sender) => match sender.send_request(get("http://h1.test/4"), true) {
+                Err(_) => true,
+                Ok((response, _)) => response.await.is_err(),
+            },
+        };
+        assert!(refused, "a fourth stream was served");
+        let again = connect(port).await;
+        let answer = exchange(&again, get("http://h1.test/again"), b"").await;
+        assert_eq!(answer.status, 200);
+    });
+    assert_eq!(http1.request_count(), 4);
+    assert_eq!(proxy.metric("portcullis_http2_connections_total", ""), 2.0);
+    assert_eq!(proxy.metric("portcullis_http2_streams_total", ""), 4.0);
+}

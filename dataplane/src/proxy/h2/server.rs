@@ -75,6 +75,9 @@ pub async fn serve<T: Transport>(
     let Some(Ok(mut connection)) = handshake.await else {
         return;
     };
+    increment(&shard.counters.http2_connections);
+    let max_streams = settings.max_requests_per_connection;
+    let mut accepted: u64 = 0;
 
     let open_streams = Rc::new(Cell::new(0usize));
     let mut last_active = Instant::now();
@@ -100,6 +103,14 @@ pub async fn serve<T: Transport>(
         match next {
             Some(Some(Ok((request, respond)))) => {
                 last_active = Instant::now();
+                increment(&shard.counters.http2_streams);
+                accepted += 1;
+                if max_streams > 0 && accepted >= max_streams && !shutting_down {
+                    // The connection's last request: GOAWAY, so the client opens another
+                    // (and balances over the cores and replicas again).
+                    connection.graceful_shutdown();
+                    shutting_down = true;
+                }
                 open_streams.set(open_streams.get() + 1);
                 let shard = shard.clone();
                 let open_streams = open_streams.clone();
