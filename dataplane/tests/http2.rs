@@ -76,6 +76,17 @@ async fn collect(response: Response<h2::RecvStream>) -> Answer {
     }
 }
 
+/// Whether the connection refuses a new stream (it sent GOAWAY).
+async fn new_stream_refused(client: &SendRequest<Bytes>) -> bool {
+    match client.clone().ready().await {
+        Err(_) => true,
+        Ok(mut sender) => match sender.send_request(get("http://h1.test/after"), true) {
+            Err(_) => true,
+            Ok((response, _)) => response.await.is_err(),
+        },
+    }
+}
+
 fn get(uri: &str) -> Request<()> {
     Request::builder().uri(uri).body(()).unwrap()
 }
@@ -713,14 +724,10 @@ fn sigterm_lets_open_streams_finish_and_refuses_new_ones() {
         assert_eq!(answer.status, 200, "the stream open at SIGTERM completes");
         // The GOAWAY arrived: the connection takes no new streams.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let refused = match client.clone().ready().await {
-            Err(_) => true,
-            Ok(mut sender) => match sender.send_request(get("http://h1.test/x"), true) {
-                Err(_) => true,
-                Ok((response, _)) => response.await.is_err(),
-            },
-        };
-        assert!(refused, "a new stream after the GOAWAY was served");
+        assert!(
+            new_stream_refused(&client).await,
+            "a new stream after the GOAWAY was served"
+        );
     });
     let status = proxy
         .wait(Duration::from_secs(10))
@@ -836,14 +843,10 @@ fn max_requests_per_connection_ends_an_http2_connection_with_goaway() {
             assert_eq!(answer.status, 200);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let refused = match client.clone().ready().await {
-            Err(_) => true,
-            Ok(mut sender) => match sender.send_request(get("http://h1.test/4"), true) {
-                Err(_) => true,
-                Ok((response, _)) => response.await.is_err(),
-            },
-        };
-        assert!(refused, "a fourth stream was served");
+        assert!(
+            new_stream_refused(&client).await,
+            "a fourth stream was served"
+        );
         let again = connect(port).await;
         let answer = exchange(&again, get("http://h1.test/again"), b"").await;
         assert_eq!(answer.status, 200);
