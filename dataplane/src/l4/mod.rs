@@ -30,7 +30,9 @@ use crate::proxy::upstream::connect_tcp;
 use crate::shard::Shard;
 use client_hello::{ClientHello, read_client_hello};
 use open_streams::{Registration, StreamKey};
-use splice::{Prefixed, splice};
+use splice::splice;
+
+use crate::io::Prefixed;
 
 /// Serves one connection on a TLS or TCP port, and logs it when the access log is on.
 pub async fn serve_stream_port(

@@ -29,7 +29,7 @@ use crate::proxy::redirect::{self, Origin};
 use crate::proxy::serialize::{
     self, HeaderEdits, OutFraming, Persistence, UpstreamRequest, client_framing,
 };
-use crate::proxy::upstream::{ConnectError, PoolKey, UpstreamConn, UpstreamStream};
+use crate::proxy::upstream::{PoolKey, UpstreamConn, UpstreamStream};
 use crate::route::cors::{CorsPolicy, CorsReply, CorsRequest};
 use crate::route::host::{MAX_HOST_LEN, normalize};
 use crate::route::matcher::RequestView;
@@ -1032,15 +1032,7 @@ impl Exchange<'_> {
         match UpstreamConn::connect(self.endpoint, timeout, self.tls).await {
             Ok(upstream) => Ok(upstream),
             Err(e) => {
-                let kind = if e.timed_out() {
-                    UpstreamError::Timeout
-                } else {
-                    UpstreamError::Connect
-                };
-                self.shard.counters.upstream_error(kind);
-                if let (ConnectError::Handshake(reason), Some(tls)) = (&e, self.tls) {
-                    tls.log_failure(self.endpoint, reason);
-                }
+                e.record(&self.shard.counters, self.endpoint, self.tls);
                 Err(Failure::Status(502))
             }
         }

@@ -25,7 +25,7 @@ use crate::io::send;
 use crate::metrics::{MirrorCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::h2::head::{self as h2_head, OWN_HEAD_LIMITS};
-use crate::proxy::h2::io::Prefixed;
+use crate::proxy::h2::io::stream as http2_stream;
 use crate::proxy::h2::send_all;
 use crate::proxy::upstream::{ConnectError, UpstreamConn};
 use crate::route::table::MirrorTarget;
@@ -240,7 +240,7 @@ async fn deliver_http2(
         return false;
     };
     let Ok((mut sender, connection)) =
-        h2::client::handshake(Prefixed::compat(Vec::new(), upstream.stream)).await
+        h2::client::handshake(http2_stream(Vec::new(), upstream.stream)).await
     else {
         return false;
     };

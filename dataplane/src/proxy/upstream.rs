@@ -23,6 +23,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use crate::io::{RecvBuf, TlsSocket, Transport};
+use crate::metrics::{CoreCounters, UpstreamError};
 use crate::proxy::backend_tls::{CoreTls, UpstreamTls};
 use crate::sys::{IdleSocket, idle_socket_state};
 
@@ -153,6 +154,19 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// Counts the failure (timeout or connect error) and, for a failed TLS handshake, logs it
+    /// under the backend's policy.
+    pub fn record(&self, counters: &CoreCounters, endpoint: SocketAddr, tls: Option<&CoreTls>) {
+        counters.upstream_error(if self.timed_out() {
+            UpstreamError::Timeout
+        } else {
+            UpstreamError::Connect
+        });
+        if let (ConnectError::Handshake(reason), Some(tls)) = (self, tls) {
+            tls.log_failure(endpoint, reason);
+        }
+    }
+
     pub fn timed_out(&self) -> bool {
         let (ConnectError::Connect(e) | ConnectError::Handshake(e)) = self;
         e.kind() == io::ErrorKind::TimedOut

@@ -18,7 +18,6 @@ use crate::http::response;
 use crate::io::{Transport, send};
 use crate::metrics::UpstreamError;
 use crate::proxy::h2::head::{self, OWN_HEAD_LIMITS};
-use crate::proxy::h2::pool::OpenError;
 use crate::proxy::h2::send_all;
 use crate::proxy::min_rate::MinRate;
 use crate::proxy::serialize::{self, HeaderEdits, client_framing};
@@ -85,17 +84,8 @@ impl Exchange<'_> {
                     self.shard.counters.upstream_error(UpstreamError::Reset);
                     Failure::Status(502)
                 }),
-            Err(OpenError::Connect(error)) => {
-                let kind = if error.timed_out() {
-                    UpstreamError::Timeout
-                } else {
-                    UpstreamError::Connect
-                };
-                self.shard.counters.upstream_error(kind);
-                Err(Failure::Status(502))
-            }
-            Err(OpenError::Handshake(_)) => {
-                self.shard.counters.upstream_error(UpstreamError::Protocol);
+            Err(error) => {
+                error.record(&self.shard.counters, self.endpoint, self.tls);
                 Err(Failure::Status(502))
             }
         };

@@ -22,12 +22,11 @@ use crate::metrics::UpstreamError;
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::connection::{Downstream, cors_reply};
 use crate::proxy::h2::head::{self, OWN_HEAD_LIMITS};
-use crate::proxy::h2::pool::OpenError;
 use crate::proxy::h2::send_all;
 use crate::proxy::h2::server::answer_locally;
 use crate::proxy::mirror::MirrorRequest;
 use crate::proxy::serialize::{self, HeaderEdits, OutFraming, Persistence};
-use crate::proxy::upstream::{ConnectError, PoolKey, UpstreamConn};
+use crate::proxy::upstream::{PoolKey, UpstreamConn};
 use crate::route::cors::{CorsPolicy, CorsRequest};
 use crate::route::table::{BackendShare, CompiledRule};
 use crate::shard::Shard;
@@ -97,9 +96,8 @@ impl Forward<'_> {
             .await
         {
             Ok(sender) => sender,
-            Err(OpenError::Connect(error)) => return Err(self.connect_failed(&error)),
-            Err(OpenError::Handshake(_)) => {
-                self.shard.counters.upstream_error(UpstreamError::Protocol);
+            Err(error) => {
+                error.record(&self.shard.counters, self.endpoint, self.tls);
                 return Err(Failure::Status(502));
             }
         };
@@ -433,20 +431,10 @@ impl Forward<'_> {
         let timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
         UpstreamConn::connect(self.endpoint, timeout, self.tls)
             .await
-            .map_err(|error| self.connect_failed(&error))
-    }
-
-    fn connect_failed(&self, error: &ConnectError) -> Failure {
-        let kind = if error.timed_out() {
-            UpstreamError::Timeout
-        } else {
-            UpstreamError::Connect
-        };
-        self.shard.counters.upstream_error(kind);
-        if let (ConnectError::Handshake(reason), Some(tls)) = (error, self.tls) {
-            tls.log_failure(self.endpoint, reason);
-        }
-        Failure::Status(502)
+            .map_err(|error| {
+                error.record(&self.shard.counters, self.endpoint, self.tls);
+                Failure::Status(502)
+            })
     }
 
     fn response_edits<'r>(&'r self, request: &'r CorsRequest) -> HeaderEdits<'r> {

@@ -6,7 +6,6 @@
 
 use std::io::Write as _;
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 
@@ -184,14 +183,6 @@ pub fn response_as_h1(response: &http::response::Parts, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(b"\r\n");
 }
-
-/// Trailers received in HTTP/2 are passed on unchanged; an empty map ends the stream alone.
-pub fn has_fields(trailers: &Option<HeaderMap>) -> bool {
-    trailers.as_ref().is_some_and(|t| !t.is_empty())
-}
-
-/// A response body small enough to hold in memory (local answers).
-pub type SmallBody = Option<Bytes>;
 
 #[cfg(test)]
 mod tests {

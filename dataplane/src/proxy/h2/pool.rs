@@ -4,13 +4,15 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 
+use crate::metrics::{CoreCounters, UpstreamError};
 use crate::proxy::backend_tls::CoreTls;
-use crate::proxy::h2::io::Prefixed;
+use crate::proxy::h2::io;
 use crate::proxy::upstream::{ConnectError, PoolKey, UpstreamConn};
 
 /// Streams per backend connection; h2 queues further requests until one ends. The backend's
@@ -32,6 +34,16 @@ pub enum OpenError {
     Connect(ConnectError),
     /// The TCP (and TLS) connection came up but HTTP/2 did not.
     Handshake(h2::Error),
+}
+
+impl OpenError {
+    /// Counts the failure (and logs a failed TLS handshake under the backend's policy).
+    pub fn record(&self, counters: &CoreCounters, endpoint: SocketAddr, tls: Option<&CoreTls>) {
+        match self {
+            OpenError::Connect(error) => error.record(counters, endpoint, tls),
+            OpenError::Handshake(_) => counters.upstream_error(UpstreamError::Protocol),
+        }
+    }
 }
 
 impl Http2Pool {
@@ -59,7 +71,7 @@ impl Http2Pool {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_reset_streams(MAX_STREAMS_PER_CONNECTION)
-            .handshake::<_, Bytes>(Prefixed::compat(Vec::new(), upstream.stream))
+            .handshake::<_, Bytes>(io::stream(Vec::new(), upstream.stream))
             .await
             .map_err(OpenError::Handshake)?;
         // The connection runs until the backend closes it or every handle (pool entry and
@@ -78,13 +90,5 @@ impl Http2Pool {
         self.senders
             .borrow_mut()
             .retain(|key, _| keep.contains(key));
-    }
-
-    pub fn len(&self) -> usize {
-        self.senders.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.senders.borrow().is_empty()
     }
 }

@@ -25,7 +25,7 @@ use crate::metrics::increment;
 use crate::proxy::connection::{ConnInfo, Downstream, NO_EDITS, Plan, cors_reply, plan};
 use crate::proxy::h2::forward::Forward;
 use crate::proxy::h2::head;
-use crate::proxy::h2::io::Prefixed;
+use crate::proxy::h2::io;
 use crate::proxy::serialize::{self, HeaderEdits, Persistence};
 use crate::route::host::{MAX_HOST_LEN, normalize};
 use crate::shard::{Installed, Shard};
@@ -67,7 +67,7 @@ pub async fn serve<T: Transport>(
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buffer_size(SEND_BUFFER)
-        .handshake::<_, Bytes>(Prefixed::compat(preface, io));
+        .handshake::<_, Bytes>(io::stream(preface, io));
     let handshake = future::or(async { Some(handshake.await) }, async {
         Timer::new(header_timeout).await;
         None
