@@ -424,8 +424,9 @@ pub struct Backend {
     #[serde(default)]
     pub protocol: BackendProtocol,
     pub endpoints: Vec<SocketAddr>,
-    /// TLS to the endpoints (a BackendTLSPolicy); plaintext when absent. Only HTTP traffic
-    /// uses it: TLS passthrough and TCP ports forward bytes unchanged.
+    /// TLS to the endpoints (a BackendTLSPolicy); plaintext when absent. HTTP traffic and
+    /// connections terminated on TLS ports use it; TLS passthrough and TCP ports forward bytes
+    /// unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<BackendTls>,
 }
@@ -438,8 +439,15 @@ pub struct BackendTls {
     pub policy: String,
     /// Sent as SNI. The certificate must be valid for it unless `subject_alt_names` is set.
     pub server_name: String,
-    /// PEM trust anchors: the backend's chain must lead to one of them.
+    /// PEM trust anchors: the backend's chain must lead to one of them. Empty when
+    /// `system_trust_anchors` is set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ca_certificates_pem: String,
+    /// Trust the proxy's system store instead (`wellKnownCACertificates: System`): the file
+    /// named by `SSL_CERT_FILE`, else the platform's bundle (`/etc/ssl/certs` on Debian-based
+    /// images), loaded once per proxy process.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub system_trust_anchors: bool,
     /// When not empty, the certificate must carry at least one of these names, and
     /// `server_name` is not checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -707,8 +707,16 @@ impl Validator {
         if !is_dns_name(&tls.server_name) {
             self.fail(format!("invalid server_name {:?}", tls.server_name));
         }
-        if let Err(e) = crate::certificate::parse_ca_bundle(&tls.ca_certificates_pem) {
-            self.fail(format!("ca_certificates_pem: {e}"));
+        match (tls.system_trust_anchors, tls.ca_certificates_pem.is_empty()) {
+            (true, false) => {
+                self.fail("set either ca_certificates_pem or system_trust_anchors, not both")
+            }
+            (true, true) => {}
+            (false, _) => {
+                if let Err(e) = crate::certificate::parse_ca_bundle(&tls.ca_certificates_pem) {
+                    self.fail(format!("ca_certificates_pem: {e}"));
+                }
+            }
         }
         if tls.subject_alt_names.len() > MAX_SUBJECT_ALT_NAMES {
             self.fail(format!(

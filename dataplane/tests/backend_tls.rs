@@ -106,6 +106,98 @@ fn a_verified_backend_gets_the_server_name_and_its_connection_is_reused() {
 }
 
 #[test]
+fn system_trust_anchors_come_from_ssl_cert_file() {
+    let system_ca = Ca::new();
+    let other = Ca::new();
+    let trusted = TlsBackend::start("trusted", &system_ca.leaf(&[SERVER_NAME]));
+    let untrusted = TlsBackend::start("untrusted", &other.leaf(&[SERVER_NAME]));
+    let system = || BackendTls {
+        ca_certificates_pem: String::new(),
+        system_trust_anchors: true,
+        ..backend_tls(SERVER_NAME, "", vec![])
+    };
+    let bundle =
+        std::env::temp_dir().join(format!("portcullis-system-ca-{}.pem", std::process::id()));
+    std::fs::write(&bundle, &system_ca.pem).unwrap();
+    let port = free_port();
+    let proxy = Proxy::start_with_env(
+        &config(
+            1,
+            port,
+            &[
+                ("/trusted", "ns/trusted:443", trusted.addr, Some(system())),
+                (
+                    "/untrusted",
+                    "ns/untrusted:443",
+                    untrusted.addr,
+                    Some(system()),
+                ),
+            ],
+        ),
+        &[("SSL_CERT_FILE", bundle.to_str().unwrap())],
+    );
+    std::fs::remove_file(&bundle).unwrap();
+
+    let mut client = Client::connect(port);
+    let response = client.get("example.com", "/trusted");
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    assert_eq!(response.backend(), Some("trusted"));
+    assert_eq!(client.get("example.com", "/untrusted").status, 502);
+    assert_eq!(untrusted.request_count(), 0);
+    assert!(proxy.stderr().contains("loaded the system trust store"));
+
+    // The store was read once, at the first config that needed it: a later push uses it too,
+    // although the file is gone.
+    let mut next = config(
+        2,
+        port,
+        &[("/trusted", "ns/trusted:443", trusted.addr, Some(system()))],
+    );
+    next.backends[0].tls.as_mut().unwrap().policy = "ns/renamed".into();
+    push(&proxy, &next);
+    assert_eq!(
+        Client::connect(port).get("example.com", "/trusted").status,
+        200
+    );
+}
+
+#[test]
+fn a_system_trust_store_without_certificates_is_refused_with_the_config() {
+    let backend = TlsBackend::start("secure", &Ca::new().leaf(&[SERVER_NAME]));
+    let empty =
+        std::env::temp_dir().join(format!("portcullis-empty-ca-{}.pem", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    let plaintext = Backend::start("plaintext");
+    let port = free_port();
+    let plain = config(1, port, &[("/", "ns/b:443", plaintext.addr, None)]);
+    let proxy = Proxy::start_with_env(
+        &plain,
+        &[
+            ("SSL_CERT_FILE", empty.to_str().unwrap()),
+            ("SSL_CERT_DIR", "/nonexistent"),
+        ],
+    );
+    let system = BackendTls {
+        ca_certificates_pem: String::new(),
+        system_trust_anchors: true,
+        ..backend_tls(SERVER_NAME, "", vec![])
+    };
+    let refused = config(2, port, &[("/", "ns/b:443", backend.addr, Some(system))]);
+    match proxy.push(&refused) {
+        Reply::Nack { reason } => {
+            assert!(reason.contains("system trust store"), "{reason}")
+        }
+        other => panic!("expected a NACK, got {other:?}"),
+    }
+    std::fs::remove_file(&empty).unwrap();
+    // The last good config keeps serving.
+    let response = Client::connect(port).get("example.com", "/");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.backend(), Some("plaintext"));
+    assert_eq!(backend.connection_count(), 0);
+}
+
+#[test]
 fn a_backend_signed_by_another_ca_is_answered_502_and_logged_once() {
     let trusted = Ca::new();
     let other = Ca::new();

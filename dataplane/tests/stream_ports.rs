@@ -21,6 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
 use support::certs::{Ca, Leaf};
+use support::config::backend_tls;
 use support::{ConfigBuilder, Proxy, free_port};
 
 // ---------------------------------------------------------------------------------------------
@@ -308,6 +309,67 @@ fn termination_hands_the_backend_plaintext_and_half_closes() {
     assert_eq!(client.ask("hello"), "plain sni=- hello");
     assert_eq!(client.finish(), "plain done 6\n");
     assert_eq!(setup.passthrough_backend.connection_count(), 0);
+}
+
+#[test]
+fn termination_re_encrypts_to_a_backend_with_a_tls_policy() {
+    let ca = Ca::new();
+    let gateway_cert = ca.leaf(&["tls.example.com", "other.example.com"]);
+    let secure = EchoBackend::start("secure", Some(&ca.leaf(&["secure.internal"])));
+    let impostor = EchoBackend::start("impostor", Some(&Ca::new().leaf(&["secure.internal"])));
+    let port = free_port();
+    let policy = backend_tls("secure.internal", &ca.pem, vec![]);
+    let config = ConfigBuilder::new(1)
+        .backend_at("ns/secure:8443", &[&secure.endpoint()])
+        .backend_tls("ns/secure:8443", policy.clone())
+        .backend_at("ns/impostor:8443", &[&impostor.endpoint()])
+        .backend_tls("ns/impostor:8443", policy)
+        .certificate(
+            "ns/gateway-cert",
+            &gateway_cert.cert_pem,
+            &gateway_cert.key_pem,
+        )
+        .port(
+            port,
+            PortProtocol::Tls,
+            vec![
+                tls_listener(
+                    "secure",
+                    Some("tls.example.com"),
+                    &["ns/gateway-cert"],
+                    vec![stream_route("ns/secure", &[], &[("ns/secure:8443", 1)])],
+                ),
+                tls_listener(
+                    "impostor",
+                    Some("other.example.com"),
+                    &["ns/gateway-cert"],
+                    vec![stream_route("ns/impostor", &[], &[("ns/impostor:8443", 1)])],
+                ),
+            ],
+        )
+        .build();
+    let proxy = Proxy::start(&config);
+    let client_config = ca.client(&[]);
+
+    // The backend terminates a second TLS session whose SNI is the policy's hostname.
+    let mut client = LineClient::connect(port, "tls.example.com", &client_config).unwrap();
+    assert_eq!(client.ask("hello"), "secure sni=secure.internal hello");
+    assert_eq!(client.finish(), "secure done 6\n");
+
+    // A backend the policy's CA did not sign never gets a byte: the client's connection ends.
+    let mut refused = LineClient::connect(port, "other.example.com", &client_config).unwrap();
+    let _ = refused
+        .tls
+        .write_all(b"secret\n")
+        .and_then(|_| refused.tls.flush());
+    let mut rest = Vec::new();
+    let _ = refused.tls.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        proxy.stderr().contains("TLS to backend failed"),
+        "{}",
+        proxy.stderr()
+    );
 }
 
 #[test]

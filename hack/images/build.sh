@@ -30,5 +30,10 @@ for binary in "${binaries[@]}"; do
   objcopy --strip-debug "$target/$binary" "$staging/$binary"
 done
 hack/local-cluster/import-image.sh "$IMG" "$staging/portcullis"
-hack/local-cluster/import-image.sh "$PROXY_IMG" "$staging/portcullis-proxy"
+# The proxy's system trust store (BackendTLSPolicy wellKnownCACertificates: System), as the
+# Dockerfile's distroless base carries it.
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+ca_files=()
+[ -f "$ca_bundle" ] && ca_files=(-f "$ca_bundle:$ca_bundle:644")
+hack/local-cluster/import-image.sh "${ca_files[@]}" "$PROXY_IMG" "$staging/portcullis-proxy"
 if $e2e; then hack/local-cluster/import-image.sh "$ECHO_IMG" "$staging/portcullis-echo"; fi

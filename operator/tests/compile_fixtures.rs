@@ -123,7 +123,7 @@ struct Decision {
     /// "backend numerator/denominator" for each RequestMirror filter of the rule, in order.
     mirrors: Option<Vec<String>>,
     /// For each backend with a non-zero weight: "plaintext", "invalid", or its TLS settings as
-    /// "policy sni=NAME[ san=NAME,uri:URI...][ client=CERTIFICATE]".
+    /// "policy sni=NAME[ san=NAME,uri:URI...][ system-ca][ client=CERTIFICATE]".
     tls: Option<Vec<String>>,
     /// For each backend with a non-zero weight: the protocol the proxy speaks to it
     /// ("HTTP/1.1", "HTTP/2"), or "invalid".
@@ -755,6 +755,9 @@ fn describe_tls(backend: &Backend) -> String {
             })
             .collect();
         text.push_str(&format!(" san={}", names.join(",")));
+    }
+    if tls.system_trust_anchors {
+        text.push_str(" system-ca");
     }
     if let Some(certificate) = &tls.client_certificate {
         text.push_str(&format!(" client={certificate}"));

@@ -546,6 +546,7 @@ fn with_backend_tls(edit: impl FnOnce(&mut BackendTls)) -> CompiledConfig {
             SubjectAltName::Hostname("*.example.com".into()),
             SubjectAltName::Uri("spiffe://cluster.local/ns/default/sa/web".into()),
         ],
+        system_trust_anchors: false,
         client_certificate: None,
     };
     edit(&mut tls);
@@ -571,7 +572,7 @@ fn a_backend_client_certificate_must_be_in_the_certificates() {
 fn backend_tls_is_validated_field_by_field() {
     validate(&with_backend_tls(|_| {})).unwrap();
     type Edit = fn(&mut BackendTls);
-    let cases: [(&str, Edit); 6] = [
+    let cases: [(&str, Edit); 7] = [
         ("invalid server_name", |t| {
             t.server_name = "*.example.com".into()
         }),
@@ -581,6 +582,9 @@ fn backend_tls_is_validated_field_by_field() {
         ("CA certificate 1 is not usable", |t| {
             t.ca_certificates_pem =
                 "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into()
+        }),
+        ("either ca_certificates_pem or system_trust_anchors", |t| {
+            t.system_trust_anchors = true
         }),
         ("subject_alt_names[0]", |t| {
             t.subject_alt_names[0] = SubjectAltName::Hostname("bad host".into())
@@ -597,6 +601,18 @@ fn backend_tls_is_validated_field_by_field() {
         assert!(error.contains(expected), "{expected:?} not in {error:?}");
         assert!(error.contains("backends[0].tls"), "{error}");
     }
+}
+
+#[test]
+fn system_trust_anchors_stand_in_for_a_ca_bundle() {
+    let system = with_backend_tls(|t| {
+        t.ca_certificates_pem.clear();
+        t.system_trust_anchors = true;
+    });
+    validate(&system).unwrap();
+    let neither = with_backend_tls(|t| t.ca_certificates_pem.clear());
+    let error = validate(&neither).unwrap_err().to_string();
+    assert!(error.contains("ca_certificates_pem"), "{error}");
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //!
 //! A passthrough listener replays the ClientHello to the backend and then copies bytes both
 //! ways without looking at them: the backend terminates TLS. A terminating listener finishes
-//! the handshake here with its certificates and copies the decrypted stream to the backend.
+//! the handshake here with its certificates and copies the decrypted stream to the backend,
+//! over a new TLS session when the backend has a BackendTLSPolicy (no ALPN offered: the
+//! proxy does not know what the bytes speak).
 //! A TCP port copies from the first byte. Each connection is counted on its route like a
 //! request: 2xx once spliced, 5xx when no backend could take it; with the access log on, it
 //! gets one line when it ends.
@@ -26,7 +28,8 @@ use portcullis_api::config::PortProtocol;
 use crate::access_log::StreamEntry;
 use crate::io::TlsSocket;
 use crate::metrics::{RouteCounters, increment};
-use crate::proxy::upstream::connect_tcp;
+use crate::proxy::backend_tls::CoreTls;
+use crate::proxy::upstream::{ConnectError, connect_opaque};
 use crate::shard::Shard;
 use client_hello::{ClientHello, read_client_hello};
 use open_streams::{Registration, StreamKey};
@@ -139,6 +142,13 @@ async fn route_and_splice(
     };
     let passthrough = listener.passthrough;
     let acceptor = installed.tls.get(&port).cloned();
+    // Where TLS terminates here, a BackendTLSPolicy re-encrypts the stream to the backend;
+    // passthrough and TCP connections reach it byte for byte.
+    let upstream_tls = if passthrough || protocol == PortProtocol::Tcp {
+        None
+    } else {
+        installed.upstream_tls.get(backend).cloned().flatten()
+    };
     let registration = shard.open_streams.register(StreamKey {
         port,
         listener: listener.name.clone(),
@@ -158,7 +168,7 @@ async fn route_and_splice(
     if passthrough || protocol == PortProtocol::Tcp {
         // The backend sees the connection from its first byte: the hello goes first.
         forward
-            .connect_and_splice(stream, &bytes, &counters, entry)
+            .connect_and_splice(stream, &bytes, None, &counters, entry)
             .await;
         return;
     }
@@ -182,7 +192,9 @@ async fn route_and_splice(
         entry.status = 400;
         return;
     };
-    forward.connect_and_splice(tls, &[], &counters, entry).await;
+    forward
+        .connect_and_splice(tls, &[], upstream_tls.as_deref(), &counters, entry)
+        .await;
 }
 
 /// Where a routed connection goes, and the limits it is copied under.
@@ -196,27 +208,35 @@ struct Forward {
 }
 
 impl Forward {
-    /// Connects to the backend, sends `replay` (bytes already read from the client) and then
-    /// copies both ways until either side finishes or a new config revokes the route.
+    /// Connects to the backend (over TLS with `tls`), sends `replay` (bytes already read from
+    /// the client) and then copies both ways until either side finishes or a new config
+    /// revokes the route.
     async fn connect_and_splice<C>(
         self,
         client: C,
         replay: &[u8],
+        tls: Option<&CoreTls>,
         counters: &RouteCounters,
         entry: &mut StreamEntry,
     ) where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let Ok(mut upstream) = connect_tcp(self.endpoint, self.connect_timeout).await else {
-            outcome(counters, entry, 502);
-            return;
+        let mut upstream = match connect_opaque(self.endpoint, self.connect_timeout, tls).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                if let (ConnectError::Handshake(reason), Some(tls)) = (&error, tls) {
+                    tls.log_failure(self.endpoint, reason);
+                }
+                outcome(counters, entry, 502);
+                return;
+            }
         };
         if !replay.is_empty() && upstream.write_all(replay).await.is_err() {
             outcome(counters, entry, 502);
             return;
         }
         outcome(counters, entry, 200);
-        let upstream_fd = upstream.as_raw_fd();
+        let upstream_fd = upstream.tcp().as_raw_fd();
         entry.spliced = Some(
             splice(
                 client,

@@ -7,10 +7,10 @@
 //! shared between cores, and a session resumed after a swap was always verified under the
 //! settings now in force (resumption skips certificate verification).
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_api::certificate::{self, ParsedCertificate};
@@ -55,7 +55,11 @@ impl UpstreamTls {
     ) -> Result<UpstreamTls, String> {
         let server_name = ServerName::try_from(tls.server_name.clone())
             .map_err(|e| format!("server_name {:?}: {e}", tls.server_name))?;
-        let roots = Arc::new(certificate::parse_ca_bundle(&tls.ca_certificates_pem)?);
+        let roots = if tls.system_trust_anchors {
+            system_trust_anchors()?
+        } else {
+            Arc::new(certificate::parse_ca_bundle(&tls.ca_certificates_pem)?)
+        };
         let provider = Arc::new(certificate::provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&version::TLS13, &version::TLS12])
@@ -97,6 +101,8 @@ impl UpstreamTls {
 pub struct CoreTls {
     pub settings: Arc<UpstreamTls>,
     pub config: Arc<ClientConfig>,
+    /// `config` without ALPN, made on first use: for connections that carry opaque bytes.
+    opaque: OnceCell<Arc<ClientConfig>>,
     failures: FailureLog,
 }
 
@@ -107,8 +113,22 @@ impl CoreTls {
         CoreTls {
             settings,
             config: Arc::new(config),
+            opaque: OnceCell::new(),
             failures: FailureLog::default(),
         }
+    }
+
+    /// The client config for a connection whose bytes the proxy does not interpret (a
+    /// terminated TLSRoute): no application protocol is offered. It shares `config`'s
+    /// session cache.
+    pub fn opaque_config(&self) -> Arc<ClientConfig> {
+        self.opaque
+            .get_or_init(|| {
+                let mut config = (*self.config).clone();
+                config.alpn_protocols.clear();
+                Arc::new(config)
+            })
+            .clone()
     }
 
     /// Logs a failed handshake, at most once per [`LOG_INTERVAL_SECS`] for this backend on
@@ -156,6 +176,7 @@ fn identity(
     (protocol == BackendProtocol::Http2).hash(&mut hasher);
     tls.server_name.hash(&mut hasher);
     tls.ca_certificates_pem.hash(&mut hasher);
+    tls.system_trust_anchors.hash(&mut hasher);
     for name in &tls.subject_alt_names {
         match name {
             SubjectAltName::Hostname(hostname) => (0u8, hostname).hash(&mut hasher),
@@ -163,6 +184,40 @@ fn identity(
         }
     }
     hasher.finish().max(1)
+}
+
+/// The system trust store (`wellKnownCACertificates: System`), loaded on first use and kept for
+/// the life of the process: `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the platform's
+/// bundle. An empty or unreadable store is an error, so a config that needs it is refused
+/// rather than served with backends that can never verify.
+fn system_trust_anchors() -> Result<Arc<RootCertStore>, String> {
+    static STORE: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+    STORE.get_or_init(load_system_trust_anchors).clone()
+}
+
+fn load_system_trust_anchors() -> Result<Arc<RootCertStore>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "the system trust store holds no usable CA certificate (set SSL_CERT_FILE, or \
+             install a CA bundle in the proxy image){}",
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", errors.join("; "))
+            }
+        ));
+    }
+    crate::info!(
+        "loaded the system trust store",
+        "certificates" = added,
+        "unusable" = ignored,
+        "errors" = found.errors.len()
+    );
+    Ok(Arc::new(roots))
 }
 
 /// Seconds since the epoch: coarse is enough for a log limit.
@@ -507,6 +562,7 @@ mod tests {
     fn backend_tls(ca_pem: &str, names: Vec<SubjectAltName>) -> BackendTls {
         BackendTls {
             client_certificate: None,
+            system_trust_anchors: false,
             policy: "ns/policy".into(),
             server_name: "backend.internal".into(),
             ca_certificates_pem: ca_pem.into(),

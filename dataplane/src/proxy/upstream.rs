@@ -14,6 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
+use rustls::ClientConfig;
 
 use crate::io::{RecvBuf, TlsSocket, Transport};
 use crate::metrics::{CoreCounters, UpstreamError};
@@ -52,7 +54,7 @@ pub enum UpstreamStream {
 }
 
 impl UpstreamStream {
-    fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> &TcpStream {
         match self {
             UpstreamStream::Plain(stream) => stream,
             UpstreamStream::Tls(tls) => tls.get_ref().0.tcp(),
@@ -187,21 +189,44 @@ impl UpstreamConn {
         timeout: Duration,
         tls: Option<&CoreTls>,
     ) -> Result<UpstreamConn, ConnectError> {
-        let deadline = Instant::now() + timeout;
-        let stream = connect_tcp(addr, timeout)
-            .await
-            .map_err(ConnectError::Connect)?;
         let key = PoolKey::new(addr, tls.map(|tls| &*tls.settings));
-        let stream = match tls {
-            None => UpstreamStream::Plain(stream),
-            Some(tls) => UpstreamStream::Tls(Box::new(handshake(stream, tls, deadline).await?)),
-        };
+        let stream = open(addr, timeout, tls.map(|tls| (tls, tls.config.clone()))).await?;
         Ok(UpstreamConn {
             stream,
             rx: RecvBuf::new(),
             key,
         })
     }
+}
+
+/// A connection that carries opaque bytes (a terminated TLSRoute's decrypted stream): TLS,
+/// when the backend has a policy, offers no application protocol, since the proxy does not
+/// know which one the bytes speak.
+pub async fn connect_opaque(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&CoreTls>,
+) -> Result<UpstreamStream, ConnectError> {
+    open(addr, timeout, tls.map(|tls| (tls, tls.opaque_config()))).await
+}
+
+/// TCP to `addr` and, with `tls`, the handshake under the given client config, all within
+/// `timeout`.
+async fn open(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<(&CoreTls, Arc<ClientConfig>)>,
+) -> Result<UpstreamStream, ConnectError> {
+    let deadline = Instant::now() + timeout;
+    let stream = connect_tcp(addr, timeout)
+        .await
+        .map_err(ConnectError::Connect)?;
+    Ok(match tls {
+        None => UpstreamStream::Plain(stream),
+        Some((tls, config)) => {
+            UpstreamStream::Tls(Box::new(handshake(stream, tls, config, deadline).await?))
+        }
+    })
 }
 
 /// A TCP connection to an upstream, as HTTP and stream (L4) ports make them.
@@ -216,6 +241,7 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpS
 async fn handshake(
     stream: TcpStream,
     tls: &CoreTls,
+    config: Arc<ClientConfig>,
     deadline: Instant,
 ) -> Result<futures_rustls::client::TlsStream<TlsSocket>, ConnectError> {
     let left = deadline.saturating_duration_since(Instant::now());
@@ -223,7 +249,7 @@ async fn handshake(
     if left.is_zero() {
         return Err(ConnectError::Handshake(timed_out()));
     }
-    let connector = TlsConnector::from(tls.config.clone());
+    let connector = TlsConnector::from(config);
     connector
         .connect(tls.settings.server_name.clone(), TlsSocket::new(stream))
         .or(async {

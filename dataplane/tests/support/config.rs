@@ -231,6 +231,7 @@ pub fn backend_tls(
 ) -> BackendTls {
     BackendTls {
         client_certificate: None,
+        system_trust_anchors: false,
         policy: "ns/backend-tls".into(),
         server_name: server_name.into(),
         ca_certificates_pem: ca_pem.into(),

@@ -32,8 +32,23 @@ impl Proxy {
         proxy
     }
 
+    /// Like [`Proxy::start`], with extra environment variables.
+    pub fn start_with_env(config: &CompiledConfig, env: &[(&str, &str)]) -> Proxy {
+        let proxy = Self::spawn_with_env(Some(config), &["--cores", "2"], env);
+        proxy.wait_ready(Duration::from_secs(10));
+        proxy
+    }
+
     /// Starts a proxy without waiting (or a config: it then waits on its control socket).
     pub fn spawn(config: Option<&CompiledConfig>, extra: &[&str]) -> Proxy {
+        Self::spawn_with_env(config, extra, &[])
+    }
+
+    fn spawn_with_env(
+        config: Option<&CompiledConfig>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let dir = std::env::temp_dir().join(format!(
             "portcullis-test-{}-{}",
             std::process::id(),
@@ -51,6 +66,7 @@ impl Proxy {
             .arg("--bind-address")
             .arg("127.0.0.1")
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join("stderr.log")).unwrap(),

@@ -26,6 +26,8 @@ use super::{Index, ObjectKey, by_age, generation};
 
 const CONFLICTED: &str = "Conflicted";
 const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+/// The one `wellKnownCACertificates` value the API defines: the proxy's system trust store.
+const WELL_KNOWN_SYSTEM: &str = "System";
 
 /// What a policy targets: a Service, and optionally one of its ports by name.
 pub type Target = (ObjectKey, Option<String>);
@@ -251,16 +253,17 @@ fn settings(
         .ca_certificate_refs
         .as_ref()
         .is_some_and(|r| !r.is_empty());
-    match (&validation.well_known_ca_certificates, has_refs) {
+    let system = match (validation.well_known_ca_certificates.as_deref(), has_refs) {
         (Some(_), true) => {
             return Err(invalid(
                 "set either caCertificateRefs or wellKnownCACertificates, not both".into(),
             ));
         }
+        (Some(WELL_KNOWN_SYSTEM), false) => true,
         (Some(set), false) => {
             return Err(invalid(format!(
-                "wellKnownCACertificates {set:?} is not supported: reference a ConfigMap \
-                 holding the CA in caCertificateRefs"
+                "wellKnownCACertificates {set:?} is not supported: use \"{WELL_KNOWN_SYSTEM}\" \
+                 or reference a ConfigMap holding the CA in caCertificateRefs"
             )));
         }
         (None, false) => {
@@ -268,8 +271,8 @@ fn settings(
                 "no caCertificateRefs: the backend's certificate cannot be verified".into(),
             ));
         }
-        (None, true) => {}
-    }
+        (None, true) => false,
+    };
     if !is_dns_name(&validation.hostname) {
         return Err(invalid(format!(
             "hostname {:?} is not a DNS name",
@@ -299,16 +302,21 @@ fn settings(
             }
         }
     }
-    let Some(bundle) = bundle else {
-        return Err((
-            NO_VALID_CA_CERTIFICATE,
-            "no caCertificateRef holds a usable CA certificate".into(),
-        ));
+    let ca_certificates_pem = match (system, bundle) {
+        (true, _) => String::new(),
+        (false, Some(bundle)) => bundle.to_string(),
+        (false, None) => {
+            return Err((
+                NO_VALID_CA_CERTIFICATE,
+                "no caCertificateRef holds a usable CA certificate".into(),
+            ));
+        }
     };
     Ok(BackendTls {
         policy: key.to_string(),
         server_name: validation.hostname.clone(),
-        ca_certificates_pem: bundle.to_string(),
+        ca_certificates_pem,
+        system_trust_anchors: system,
         subject_alt_names,
         // Set per Gateway when its config is assembled (spec.tls.backend.clientCertificateRef).
         client_certificate: None,
