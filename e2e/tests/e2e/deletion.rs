@@ -1,7 +1,9 @@
-//! Scenario 9: deleting a Gateway removes everything the operator created for it.
+//! Scenario 9: deleting a Gateway removes everything the operator created for it, and a
+//! ListenerSet that was attached to it no longer claims to be accepted.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use portcullis_api::gateway_api::listenerset::ListenerSet;
 use portcullis_e2e::cluster::serving;
 use portcullis_e2e::{eventually, objects};
 
@@ -12,8 +14,44 @@ async fn deleting_the_gateway_removes_what_was_created_for_it() {
     let setup = setup().await;
     let cluster = &setup.cluster;
     let ns = cluster.namespace("e2e-delete", &[]).await;
-    let gateway = objects::http_gateway(&ns.name, "doomed", &setup.class, "{from: Same}");
+    let gateway = format!(
+        "{}  allowedListeners:\n    namespaces: {{from: Same}}\n",
+        objects::http_gateway(&ns.name, "doomed", &setup.class, "{from: Same}")
+    );
     cluster.apply(&gateway).await;
+    let listener_set = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata:
+  name: extra
+  namespace: {ns}
+spec:
+  parentRef: {{name: doomed}}
+  listeners:
+  - {{name: extra, port: 8080, protocol: HTTP}}
+"#,
+        ns = ns.name
+    );
+    cluster.apply(&listener_set).await;
+    let accepted = |wanted: &'static str| {
+        let ns = ns.name.clone();
+        move || {
+            let ns = ns.clone();
+            async move {
+                let set = cluster.get::<ListenerSet>(&ns, "extra").await;
+                let condition = set
+                    .and_then(|s| s.status)
+                    .and_then(|s| s.conditions)
+                    .and_then(|c| c.into_iter().find(|c| c.type_ == "Accepted"));
+                match condition {
+                    Some(c) if c.status == wanted => Ok(Some(c)),
+                    other => Err(format!("Accepted is {other:?}")),
+                }
+            }
+        }
+    };
+    eventually("the ListenerSet Accepted=True", READY, accepted("True")).await;
     cluster
         .apply(&objects::echo_backend(&ns.name, "web", "web", 1))
         .await;
@@ -74,6 +112,13 @@ async fn deleting_the_gateway_removes_what_was_created_for_it() {
         }
     })
     .await;
+    let released = eventually(
+        "the ListenerSet back to Accepted=Unknown",
+        READY,
+        accepted("Unknown"),
+    )
+    .await;
+    assert_eq!(released.reason, "Pending");
     // The app's own objects are untouched.
     assert!(cluster.get::<Deployment>(&ns.name, "web").await.is_some());
 }

@@ -505,6 +505,12 @@ impl Reconciler {
                 .write_status(&api, existing, existing.status.as_ref(), &new, notices)
                 .await;
         }
+        let listener_set_notices = |old: Option<&ListenerSetStatus>, new: &ListenerSetStatus| {
+            events::object_changes(
+                old.and_then(|s| s.conditions.as_deref()),
+                new.conditions.as_deref(),
+            )
+        };
         for (key, set) in &output.listener_sets {
             let Some(existing) = input
                 .listener_sets
@@ -530,14 +536,39 @@ impl Reconciler {
                 continue;
             };
             let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &key.namespace);
-            let notices = |old: Option<&ListenerSetStatus>, new: &ListenerSetStatus| {
-                events::object_changes(
-                    old.and_then(|s| s.conditions.as_deref()),
-                    new.conditions.as_deref(),
-                )
-            };
             failures += self
-                .write_status(&api, existing, existing.status.as_ref(), &new, notices)
+                .write_status(
+                    &api,
+                    existing,
+                    existing.status.as_ref(),
+                    &new,
+                    listener_set_notices,
+                )
+                .await;
+        }
+        // ListenerSets that were ours and no longer are (their Gateway was deleted or moved to
+        // another class) get the API server's pending defaults back. Only if we made the last
+        // status write: another controller's status is never touched.
+        for existing in &input.listener_sets {
+            let key = ObjectKey::of(existing);
+            if output.listener_sets.contains_key(&key)
+                || !status::last_status_writer_is(&existing.metadata, FIELD_MANAGER)
+            {
+                continue;
+            }
+            let Some(new) = status::released_listener_set_status(existing.status.as_ref(), &now)
+            else {
+                continue;
+            };
+            let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &key.namespace);
+            failures += self
+                .write_status(
+                    &api,
+                    existing,
+                    existing.status.as_ref(),
+                    &new,
+                    listener_set_notices,
+                )
                 .await;
         }
         let http_routes =
@@ -740,7 +771,11 @@ where
     match api
         .patch_status(
             &existing.name_any(),
-            &PatchParams::default(),
+            // Named, so the object's managed fields tell which controller wrote its status last.
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
             &Patch::Merge(&patch),
         )
         .await

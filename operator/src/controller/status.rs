@@ -5,7 +5,9 @@
 //! parent entries of other controllers are kept as they are; GatewayClass supported features
 //! are sorted.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as KubeCondition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition as KubeCondition, ObjectMeta, Time,
+};
 use portcullis_api::gateway_api::backendtlspolicy::{
     BackendTlsPolicy, BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
     BackendTlsPolicyStatusAncestorsAncestorRef,
@@ -235,6 +237,57 @@ pub fn listener_set_status(
         conditions: Some(merge_conditions(&current, &conditions, now)),
         listeners: Some(same_shape(&listeners)?),
     })
+}
+
+/// The status a ListenerSet gets back once no Gateway of ours is its parent: what the API
+/// server puts there before any controller looked (Accepted and Programmed Unknown/Pending, no
+/// listeners), so nothing keeps claiming listeners that no proxy serves. None when it already
+/// reads that way.
+pub fn released_listener_set_status(
+    existing: Option<&ListenerSetStatus>,
+    now: &Time,
+) -> Option<ListenerSetStatus> {
+    let conditions = existing
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or(&[]);
+    let pending = |type_: &str| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "Unknown" && c.reason == reasons::PENDING)
+    };
+    let listeners = existing.and_then(|s| s.listeners.as_ref());
+    if conditions.len() == 2
+        && pending(types::ACCEPTED)
+        && pending(types::PROGRAMMED)
+        && listeners.is_none_or(|l| l.is_empty())
+    {
+        return None;
+    }
+    let condition = |type_: &str| KubeCondition {
+        type_: type_.into(),
+        status: "Unknown".into(),
+        reason: reasons::PENDING.into(),
+        message: "Waiting for controller".into(),
+        last_transition_time: now.clone(),
+        observed_generation: None,
+    };
+    Some(ListenerSetStatus {
+        conditions: Some(vec![
+            condition(types::ACCEPTED),
+            condition(types::PROGRAMMED),
+        ]),
+        listeners: Some(Vec::new()),
+    })
+}
+
+/// Whether `manager` made the object's latest status write, as its managed fields record it.
+pub fn last_status_writer_is(meta: &ObjectMeta, manager: &str) -> bool {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.subresource.as_deref() == Some("status"))
+        .max_by_key(|entry| entry.time.as_ref().map(|t| t.0))
+        .is_some_and(|entry| entry.manager.as_deref() == Some(manager))
 }
 
 /// The route's status: our parent entries replaced, other controllers' kept.
@@ -535,6 +588,71 @@ mod tests {
             condition(&no_address, "Programmed").reason,
             "AddressNotAssigned"
         );
+    }
+
+    #[test]
+    fn a_released_listener_set_reads_as_no_controller_left_it() {
+        let gateway = gateway_output();
+        let output = ListenerSetOutput {
+            gateway: crate::compile::ObjectKey::new("infra", "gw"),
+            conditions: gateway.conditions.clone(),
+            listeners: gateway.listeners.clone(),
+        };
+        let served = listener_set_status(None, &output, &Delivery::Served, true, &time(1)).unwrap();
+        let released = released_listener_set_status(Some(&served), &time(2)).unwrap();
+        let conditions = released.conditions.as_ref().unwrap();
+        assert_eq!(conditions.len(), 2);
+        for condition in conditions {
+            assert_eq!(
+                (condition.status.as_str(), condition.reason.as_str()),
+                ("Unknown", "Pending"),
+                "{condition:?}"
+            );
+            assert_eq!(condition.observed_generation, None);
+        }
+        assert_eq!(released.listeners, Some(Vec::new()));
+        // Released once: the next pass writes nothing.
+        assert_eq!(
+            released_listener_set_status(Some(&released), &time(3)),
+            None
+        );
+        // A status that never had anything of ours in it (the API server's defaults) too.
+        let defaulted = ListenerSetStatus {
+            listeners: None,
+            ..released
+        };
+        assert_eq!(
+            released_listener_set_status(Some(&defaulted), &time(3)),
+            None
+        );
+        assert!(released_listener_set_status(None, &time(3)).is_some());
+    }
+
+    #[test]
+    fn the_last_status_writer_is_read_from_managed_fields() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let entry = |manager: &str, subresource: Option<&str>, at: i64| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            subresource: subresource.map(Into::into),
+            time: Some(time(at)),
+            ..Default::default()
+        };
+        let meta = |entries: Vec<ManagedFieldsEntry>| ObjectMeta {
+            managed_fields: Some(entries),
+            ..Default::default()
+        };
+        let ours = meta(vec![
+            entry("kubectl", None, 5),
+            entry("other-controller", Some("status"), 1),
+            entry("portcullis", Some("status"), 2),
+        ]);
+        assert!(last_status_writer_is(&ours, "portcullis"));
+        let theirs = meta(vec![
+            entry("portcullis", Some("status"), 2),
+            entry("other-controller", Some("status"), 3),
+        ]);
+        assert!(!last_status_writer_is(&theirs, "portcullis"));
+        assert!(!last_status_writer_is(&ObjectMeta::default(), "portcullis"));
     }
 
     #[test]
