@@ -24,6 +24,8 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     }
     /// Closing resets the connection rather than leaving queued data to a peer not reading it.
     fn reset_on_close(&self) {}
+    /// Frees buffers kept between writes, for a connection about to wait idle.
+    fn release_idle_buffers(&mut self) {}
 }
 
 impl Transport for TcpStream {
@@ -64,6 +66,10 @@ impl Transport for futures_rustls::server::TlsStream<TlsSocket> {
 
     fn reset_on_close(&self) {
         Transport::reset_on_close(&self.get_ref().0.stream);
+    }
+
+    fn release_idle_buffers(&mut self) {
+        self.get_mut().0.gather = Vec::new();
     }
 }
 

@@ -5,8 +5,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, OwnedFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -468,7 +470,10 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
     let Some(table) = installed.snapshot.port(port) else {
         return;
     };
-    match table.protocol {
+    // Every branch ends in one boxed future awaited below, outside the match: what a branch
+    // binds (the TLS session after its handshake, hundreds of bytes) then never takes room in
+    // this task's state for the connection's whole life.
+    let serving: Pin<Box<dyn Future<Output = ()>>> = match table.protocol {
         PortProtocol::Http => {
             let info = ConnInfo {
                 port,
@@ -476,9 +481,7 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
                 tls: false,
             };
             drop(installed);
-            // Boxed apart, so a plaintext connection does not carry the TLS branch's larger
-            // state, and the accept loop's task stays small.
-            Box::pin(serve(shard, stream, info)).await;
+            Box::pin(serve(shard, stream, info))
         }
         PortProtocol::Https => {
             let Some(acceptor) = installed.tls.get(&port).cloned() else {
@@ -491,29 +494,29 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
                 Timer::new(timeout).await;
                 None
             };
-            match handshake.or(deadline).await {
-                Some(tls) => {
-                    let info = ConnInfo {
-                        port,
-                        peer,
-                        tls: true,
-                    };
-                    let session = &tls.get_ref().1;
-                    if session.alpn_protocol() == Some(b"h2") {
-                        let server_name = session.server_name().map(Box::<str>::from);
-                        Box::pin(h2::serve(shard, tls, Vec::new(), info, server_name)).await;
-                    } else {
-                        Box::pin(serve(shard, tls, info)).await;
-                    }
-                }
-                None => increment(&shard.counters.tls_handshake_errors),
+            let Some(tls) = handshake.or(deadline).await else {
+                increment(&shard.counters.tls_handshake_errors);
+                return;
+            };
+            let info = ConnInfo {
+                port,
+                peer,
+                tls: true,
+            };
+            let session = &tls.get_ref().1;
+            if session.alpn_protocol() == Some(b"h2") {
+                let server_name = session.server_name().map(Box::<str>::from);
+                Box::pin(h2::serve(shard, tls, Vec::new(), info, server_name))
+            } else {
+                Box::pin(serve(shard, tls, info))
             }
         }
         protocol @ (PortProtocol::Tls | PortProtocol::Tcp) => {
             drop(installed);
-            Box::pin(crate::l4::serve_stream_port(shard, stream, port, protocol)).await;
+            Box::pin(crate::l4::serve_stream_port(shard, stream, port, protocol))
         }
-    }
+    };
+    serving.await;
 }
 
 async fn housekeeping(shard: Rc<Shard>) {

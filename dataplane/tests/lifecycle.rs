@@ -219,6 +219,9 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     );
     let mut idle = Client::connect(port);
     assert_eq!(idle.get("d.test", "/warm-up").status, 200);
+    // Long enough for the idle connection to park (drop its serving state and wait on the
+    // socket alone): a drain must reach parked connections too.
+    std::thread::sleep(Duration::from_millis(400));
     let in_flight = std::thread::spawn(move || {
         let mut client = Client::connect(port);
         let response = client.get("d.test", "/sleep/2000");

@@ -74,6 +74,45 @@ fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     );
 }
 
+/// A keep-alive connection parks after a quarter second without a request (its buffers and
+/// serving state are dropped) and picks up where it left off: the same upstream connection,
+/// a request whose first byte arrives alone, pipelined requests, and the idle timeout counted
+/// from the last response, not from when it parked.
+#[test]
+fn a_parked_connection_resumes_and_keeps_its_idle_timeout() {
+    let (backend, _proxy, port) = start(|s| s.idle_timeout_ms = 1_200);
+    let mut client = Client::connect(port);
+    let first = client.get("a", "/one");
+    assert_eq!(first.status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    // One byte, a pause long enough to matter, then the rest of the head.
+    client.send(b"G").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    client.send(b"ET /two HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let second = client.read_response(false).unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        first.header("x-connection"),
+        second.header("x-connection"),
+        "a parked client connection kept its upstream connection in the pool"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    client
+        .send(b"GET /three HTTP/1.1\r\nHost: a\r\n\r\nGET /four HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(client.read_response(false).unwrap().status, 200);
+    assert_eq!(client.read_response(false).unwrap().status, 200);
+    assert_eq!(backend.request_count(), 4);
+
+    let started = Instant::now();
+    assert!(client.is_closed(Duration::from_secs(4)));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1_000) && elapsed < Duration::from_millis(2_200),
+        "closed after {elapsed:?}"
+    );
+}
+
 #[test]
 fn a_body_below_the_minimum_rate_gets_408_and_the_connection_closes() {
     let (backend, _proxy, port) = start(|s| {

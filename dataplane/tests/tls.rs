@@ -550,6 +550,20 @@ fn resumption_proxy(ca: &Ca) -> (Proxy, Backend, u16) {
     (proxy, a, port)
 }
 
+/// An idle TLS keep-alive connection parks like a plaintext one and its session carries on.
+#[test]
+fn a_parked_tls_connection_resumes() {
+    let ca = Ca::new();
+    let (_proxy, backend, port) = resumption_proxy(&ca);
+    let mut client = connect(port, "a.example.com", &ca.client(&[]));
+    for round in 0..3 {
+        let response = client.get("a.example.com", &format!("/{round}"));
+        assert_eq!(response.status, 200, "round {round}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(backend.request_count(), 3);
+}
+
 /// 5. Tickets are sealed with a key every core shares: with two cores (SO_REUSEPORT spreads
 ///    connections over both), nearly every handshake after the first resumes.
 #[test]

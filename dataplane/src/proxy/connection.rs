@@ -94,6 +94,8 @@ enum HeadRead {
     Invalid(RequestError),
     /// A cleartext connection opened with the HTTP/2 preface (prior knowledge).
     Http2,
+    /// Idle between requests for [`PARK_AFTER`]; this much of the idle timeout is left.
+    Park(Duration),
 }
 
 /// What happens to the connection after a request.
@@ -106,9 +108,87 @@ enum Next {
     Tunnel(UpstreamConn),
 }
 
-/// Serves one connection until it closes.
+/// Serves one connection until it closes. Between requests an idle connection parks: the
+/// per-request state (buffers, parsed heads, the serving future itself) is dropped and only the
+/// socket waits, so a keep-alive connection nobody uses costs little more than its socket.
 pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
-    let mut conn = Downstream::default();
+    let mut resume = Resume::default();
+    loop {
+        // Bound apart from the await: a temporary would keep its (unboxed) size in this
+        // future's state, and so would a binding of what it returns that outlived the match.
+        let serving = Box::pin(serve_until_idle(shard.clone(), io, info, resume));
+        let idle_left = match serving.await {
+            Served::Closed => return,
+            Served::Parked(parked) => {
+                io = parked.io;
+                resume.served = parked.served;
+                parked.idle_left
+            }
+        };
+        match park(&shard, &mut io, idle_left).await {
+            Some(first) => resume.first = Some(first),
+            None => return,
+        }
+    }
+}
+
+/// How [`serve_until_idle`] left the connection.
+enum Served<T> {
+    Closed,
+    /// Idle for [`PARK_AFTER`] after a response.
+    Parked(Parked<T>),
+}
+
+struct Parked<T> {
+    io: T,
+    served: u64,
+    /// What remains of the idle timeout.
+    idle_left: Duration,
+}
+
+/// Where a connection picks up after parking.
+#[derive(Default, Clone, Copy)]
+struct Resume {
+    served: u64,
+    /// The byte whose arrival ended the wait.
+    first: Option<u8>,
+}
+
+/// Waits up to `idle_left` for the first byte of a parked connection's next request. A
+/// one-byte read needs no buffer (glommio polls for readiness first). None: the client left,
+/// the timeout passed, or a drain began.
+async fn park<T: Transport>(shard: &Shard, io: &mut T, idle_left: Duration) -> Option<u8> {
+    if shard.drain.is_fired() {
+        return None;
+    }
+    io.release_idle_buffers();
+    io.set_read_timeout(Some(idle_left));
+    let mut first = [0u8; 1];
+    let read = future::or(async { Some(io.read(&mut first).await) }, async {
+        shard.drain.wait().await;
+        None
+    })
+    .await;
+    match read {
+        Some(Ok(1)) => Some(first[0]),
+        _ => None,
+    }
+}
+
+/// Serves requests until the connection closes or idles long enough to park.
+async fn serve_until_idle<T: Transport>(
+    shard: Rc<Shard>,
+    mut io: T,
+    info: ConnInfo,
+    resume: Resume,
+) -> Served<T> {
+    let mut conn = Downstream {
+        served: resume.served,
+        ..Downstream::default()
+    };
+    if let Some(first) = resume.first {
+        conn.rx.append(&[first]);
+    }
     loop {
         let read = {
             let waiting_with = shard.current();
@@ -130,9 +210,18 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
             HeadRead::Http2 => {
                 let preface = conn.rx.data().to_vec();
                 drop(installed);
-                return h2::serve(shard, io, preface, info, None).await;
+                let http2 = Box::pin(h2::serve(shard, io, preface, info, None));
+                http2.await;
+                return Served::Closed;
             }
-            HeadRead::Closed => return,
+            HeadRead::Closed => return Served::Closed,
+            HeadRead::Park(idle_left) => {
+                return Served::Parked(Parked {
+                    io,
+                    served: conn.served,
+                    idle_left,
+                });
+            }
             HeadRead::TimedOut => {
                 installed.unmatched.record(408);
                 let _ = reply_local(
@@ -145,7 +234,7 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
                     false,
                 )
                 .await;
-                return;
+                return Served::Closed;
             }
             HeadRead::Invalid(error) => {
                 increment(&shard.counters.invalid_requests);
@@ -161,7 +250,7 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
                 )
                 .await;
                 linger(&mut io).await;
-                return;
+                return Served::Closed;
             }
         }
         conn.served += 1;
@@ -173,14 +262,14 @@ pub async fn serve<T: Transport>(shard: Rc<Shard>, mut io: T, info: ConnInfo) {
         ));
         match exchange.await {
             Next::KeepAlive => continue,
-            Next::Close => return,
+            Next::Close => return Served::Closed,
             Next::Linger => {
                 linger(&mut io).await;
-                return;
+                return Served::Closed;
             }
             Next::Tunnel(upstream) => {
                 tunnel(io, conn.rx, upstream).await;
-                return;
+                return Served::Closed;
             }
         }
     }
@@ -251,7 +340,8 @@ async fn read_head<T: Transport>(
             )
             .await;
             match read {
-                Some(read) => read,
+                Some(Waited::Read(read)) => read,
+                Some(Waited::Park(idle_left)) => return HeadRead::Park(idle_left),
                 None => return HeadRead::Closed,
             }
         } else {
@@ -268,38 +358,32 @@ async fn read_head<T: Transport>(
     }
 }
 
-/// Reads the start of the next request on a keep-alive connection, waiting up to `wait`. A busy
-/// client's next request comes within [`PARK_AFTER`] and is read straight into the buffer;
-/// after that the connection parks: the buffer is freed and a one-byte read waits instead
-/// (glommio waits for readiness without a buffer of its own), so idle connections cost
-/// next to nothing.
+/// What waiting for a keep-alive connection's next request came to.
+enum Waited {
+    Read(std::io::Result<usize>),
+    /// Nothing came within [`PARK_AFTER`]: the connection parks for the rest, `Duration`.
+    Park(Duration),
+}
+
+/// Reads the start of the next request on a keep-alive connection, waiting up to `wait`. A
+/// busy client's next request comes within [`PARK_AFTER`] and is read straight into the
+/// buffer; after that the connection parks (see [`serve`]).
 async fn wait_for_next_request<T: Transport>(
     io: &mut T,
     conn: &mut Downstream,
     limit: usize,
     wait: Duration,
-) -> std::io::Result<usize> {
+) -> Waited {
     conn.rx.shrink_when_idle();
     if wait <= PARK_AFTER {
-        return conn.rx.fill_at_most(io, limit, IDLE_READ_CHUNK).await;
+        return Waited::Read(conn.rx.fill_at_most(io, limit, IDLE_READ_CHUNK).await);
     }
     io.set_read_timeout(Some(PARK_AFTER));
     match conn.rx.fill_at_most(io, limit, IDLE_READ_CHUNK).await {
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut && conn.rx.is_empty() => {
-            // Every per-connection buffer goes; the next request allocates afresh.
-            conn.rx.release_if_empty();
-            conn.head = RequestHead::default();
-            conn.response = ResponseHead::default();
-            conn.out = Vec::new();
-            conn.scratch = Vec::new();
-            conn.log_line = Vec::new();
-            io.set_read_timeout(Some(wait - PARK_AFTER));
-            let mut first = [0u8; 1];
-            let n = io.read(&mut first).await?;
-            conn.rx.append(&first[..n]);
-            Ok(n)
+            Waited::Park(wait - PARK_AFTER)
         }
-        other => other,
+        other => Waited::Read(other),
     }
 }
 
