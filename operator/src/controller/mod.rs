@@ -511,6 +511,7 @@ impl Reconciler {
                 new.conditions.as_deref(),
             )
         };
+        let mut listener_sets = Vec::new();
         for (key, set) in &output.listener_sets {
             let Some(existing) = input
                 .listener_sets
@@ -535,16 +536,7 @@ impl Reconciler {
                 failures += 1;
                 continue;
             };
-            let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &key.namespace);
-            failures += self
-                .write_status(
-                    &api,
-                    existing,
-                    existing.status.as_ref(),
-                    &new,
-                    listener_set_notices,
-                )
-                .await;
+            listener_sets.push((existing, new));
         }
         // ListenerSets that were ours and no longer are (their Gateway was deleted or moved to
         // another class) get the API server's pending defaults back. Only if we made the last
@@ -556,17 +548,20 @@ impl Reconciler {
             {
                 continue;
             }
-            let Some(new) = status::released_listener_set_status(existing.status.as_ref(), &now)
-            else {
-                continue;
-            };
-            let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &key.namespace);
+            if let Some(new) = status::released_listener_set_status(existing.status.as_ref(), &now)
+            {
+                listener_sets.push((existing, new));
+            }
+        }
+        for (existing, new) in &listener_sets {
+            let namespace = existing.namespace().unwrap_or_default();
+            let api: Api<ListenerSet> = Api::namespaced(self.client.clone(), &namespace);
             failures += self
                 .write_status(
                     &api,
                     existing,
                     existing.status.as_ref(),
-                    &new,
+                    new,
                     listener_set_notices,
                 )
                 .await;
