@@ -671,6 +671,27 @@ fn a_broken_http2_connection_is_closed_and_forwards_nothing() {
 }
 
 #[test]
+fn streams_accepted_just_before_a_connection_error_forward_nothing() {
+    use std::io::{Read, Write};
+    let setup = setup();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", setup.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // In one write: the preface, a complete GET on stream 1 (END_STREAM | END_HEADERS), and a
+    // HEADERS frame on stream 0, a connection error. The connection fails before the stream's
+    // task first runs; that task must not forward a request nobody can be answered for.
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let block = [&[0x82, 0x86, 0x84, 0x41, 7][..], b"h1.test"].concat();
+    bytes.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
+    bytes.extend_from_slice(&block);
+    bytes.extend_from_slice(&[0, 0, 4, 0x1, 0x5, 0, 0, 0, 0, 0x82, 0x86, 0x84, 0x41]);
+    tcp.write_all(&bytes).unwrap();
+    let mut received = Vec::new();
+    let _ = tcp.read_to_end(&mut received);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(setup.http1.request_count(), 0);
+}
+
+#[test]
 fn a_stream_whose_body_stalls_is_answered_408() {
     let http1 = Backend::start("h1");
     let http2 = Http2Backend::start("h2");
@@ -854,4 +875,80 @@ fn max_requests_per_connection_ends_an_http2_connection_with_goaway() {
     assert_eq!(http1.request_count(), 4);
     assert_eq!(proxy.metric("portcullis_http2_connections_total", ""), 2.0);
     assert_eq!(proxy.metric("portcullis_http2_streams_total", ""), 4.0);
+}
+
+#[test]
+fn a_client_that_goes_away_abandons_its_streams_upstream() {
+    use std::io::Read;
+    // A backend that takes one request and never answers: it sees its connection close only
+    // if the proxy gives the request up.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = backend.local_addr().unwrap().to_string();
+    let (events, event) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut upstream, _) = backend.accept().unwrap();
+        upstream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = upstream.read(&mut buf).unwrap();
+            assert!(n > 0, "the proxy closed before sending the request");
+            received.extend_from_slice(&buf[..n]);
+        }
+        events.send("request").unwrap();
+        let after = match upstream.read(&mut buf) {
+            Ok(0) => "closed",
+            Ok(_) => "more data",
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "closed",
+            Err(_) => "still open after 20 s",
+        };
+        events.send(after).unwrap();
+    });
+    let port = free_port();
+    let config = ConfigBuilder::new(1)
+        .backend_at("ns/held:80", &[&endpoint])
+        .http_port(
+            port,
+            "http",
+            vec![route(
+                "ns/held",
+                &["held.test"],
+                vec![rule(vec![prefix("/")], vec![to("ns/held:80", 1)])],
+            )],
+        )
+        .build();
+    let _proxy = Proxy::start(&config);
+    runtime().block_on(async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut sender = client.ready().await.unwrap();
+        let (_response, _) = sender
+            .send_request(get("http://held.test/held"), true)
+            .unwrap();
+        let forwarded = tokio::task::spawn_blocking(move || {
+            let first = event.recv_timeout(Duration::from_secs(10));
+            (first, event)
+        });
+        let (first, event) = forwarded.await.unwrap();
+        assert_eq!(first, Ok("request"));
+        // The client vanishes with its stream still waiting on the backend.
+        driver.abort();
+        drop(sender);
+        let started = std::time::Instant::now();
+        let closed =
+            tokio::task::spawn_blocking(move || event.recv_timeout(Duration::from_secs(15)))
+                .await
+                .unwrap();
+        assert_eq!(closed, Ok("closed"));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the upstream request outlived its client by {:?}",
+            started.elapsed()
+        );
+    });
 }

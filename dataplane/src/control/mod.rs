@@ -27,7 +27,7 @@ use glommio::spawn_local;
 use glommio::sync::Semaphore;
 use glommio::timer::Timer;
 use portcullis_api::CompiledConfig;
-use portcullis_api::frame::{FrameError, FrameHeader, HEADER_BYTES, Reply};
+use portcullis_api::frame::{FrameError, FrameHeader, PREFIX_BYTES, Reply};
 
 use crate::metrics::{ControlStats, CoreStats};
 use crate::route::Snapshot;
@@ -362,7 +362,7 @@ fn restrict_permissions(path: &std::path::Path) {
 
 async fn control_connection(control: Rc<Control>, mut stream: UnixStream) {
     loop {
-        let mut header = [0u8; HEADER_BYTES];
+        let mut header = [0u8; PREFIX_BYTES];
         if stream.read_exact(&mut header).await.is_err() {
             return; // the client closed between frames
         }
@@ -376,13 +376,13 @@ async fn control_connection(control: Rc<Control>, mut stream: UnixStream) {
             }
         };
         let started = Instant::now();
-        let mut payload = vec![0u8; header.payload_len as usize];
-        if stream.read_exact(&mut payload).await.is_err() {
+        let mut body = vec![0u8; header.body_len()];
+        if stream.read_exact(&mut body).await.is_err() {
             return;
         }
         let received = Instant::now();
-        let decoded = header.decode_payload(&payload);
-        drop(payload);
+        let decoded = header.decode_body(&body);
+        drop(body);
         debug!(
             "config frame received",
             "bytes" = header.payload_len,

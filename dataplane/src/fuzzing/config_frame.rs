@@ -4,7 +4,7 @@ use std::cell::OnceCell;
 use std::sync::Arc;
 
 use portcullis_api::CompiledConfig;
-use portcullis_api::frame::{self, FrameHeader, HEADER_BYTES, MAGIC};
+use portcullis_api::frame::{self, FrameHeader, MAGIC, PREFIX_BYTES};
 
 use super::connection::new_shard;
 use crate::route::Snapshot;
@@ -22,13 +22,13 @@ thread_local! {
 /// trip unchanged.
 pub fn config_frame(data: &[u8]) {
     let decoded = if data.starts_with(&MAGIC) {
-        let Some(header) = data.get(..HEADER_BYTES) else {
+        let Some(header) = data.get(..PREFIX_BYTES) else {
             return;
         };
-        let mut bytes = [0u8; HEADER_BYTES];
+        let mut bytes = [0u8; PREFIX_BYTES];
         bytes.copy_from_slice(header);
         match FrameHeader::parse(&bytes) {
-            Ok(header) => header.decode_payload(&data[HEADER_BYTES..]),
+            Ok(header) => header.decode_body(&data[PREFIX_BYTES..]),
             Err(_) => return,
         }
     } else {
@@ -67,12 +67,12 @@ pub fn config_frame(data: &[u8]) {
 
 /// Parses a frame produced by `encode`/`encode_payload`; panics if its header is refused.
 fn read_frame(frame: &[u8]) -> Result<CompiledConfig, frame::FrameError> {
-    let mut bytes = [0u8; HEADER_BYTES];
-    bytes.copy_from_slice(&frame[..HEADER_BYTES]);
+    let mut bytes = [0u8; PREFIX_BYTES];
+    bytes.copy_from_slice(&frame[..PREFIX_BYTES]);
     let header =
         FrameHeader::parse(&bytes).unwrap_or_else(|e| panic!("own frame header refused: {e}"));
-    assert_eq!(header.payload_len as usize, frame.len() - HEADER_BYTES);
-    header.decode_payload(&frame[HEADER_BYTES..])
+    assert_eq!(header.body_len(), frame.len() - PREFIX_BYTES);
+    header.decode_body(&frame[PREFIX_BYTES..])
 }
 
 #[cfg(test)]

@@ -105,12 +105,13 @@ mod tests {
 
     #[test]
     fn fuzzing_targets_survive_garbage() {
-        let inputs: [&[u8]; 6] = [
+        let inputs: [&[u8]; 7] = [
             b"",
             b"\0",
             b"\x01\x02GET / HTTP/1.1\r\nHost: echo.test\r\n\r\n",
             b"PCFG",
             b"PCFG\0\x01\0\0\0\0\0\x02",
+            b"PCFG\0\x02\0\0\0\0\0\x02\0\0",
             &[0xff; 300],
         ];
         for target in TARGETS {

@@ -28,6 +28,68 @@ use crate::tls::CertificateMaterial;
 use host::HostPattern;
 use table::ListenerTable;
 
+/// Maps built from a config. Their keys come from the config, never from requests (a request
+/// only probes them), so SipHash's flooding resistance buys nothing here, and a 10 000-route
+/// build hashes several keys per route. foldhash is still seeded per map.
+pub type ConfigMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What building one config's tables shares across listeners: certificate and backend
+/// indices by name, and the request-counter slots handed out so far.
+pub struct BuildContext<'c> {
+    pub certificates: ConfigMap<&'c str, u32>,
+    pub backends: ConfigMap<&'c str, u32>,
+    stat_slots: ConfigMap<(&'c str, &'c str), u32>,
+    stat_keys: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl<'c> BuildContext<'c> {
+    /// Indices follow the order of the names given; `routes` (a hint) sizes the counter
+    /// slots.
+    pub fn new(
+        certificates: impl IntoIterator<Item = &'c str>,
+        backends: impl IntoIterator<Item = &'c str>,
+        routes: usize,
+    ) -> Self {
+        let indexed = |names: &mut dyn Iterator<Item = &'c str>| -> ConfigMap<&'c str, u32> {
+            names
+                .enumerate()
+                .map(|(i, name)| (name, i as u32))
+                .collect()
+        };
+        Self {
+            certificates: indexed(&mut certificates.into_iter()),
+            backends: indexed(&mut backends.into_iter()),
+            stat_slots: ConfigMap::with_capacity_and_hasher(routes, Default::default()),
+            stat_keys: Vec::with_capacity(routes),
+        }
+    }
+
+    /// The counter slot of (listener, route); route "" counts the listener's unmatched
+    /// requests. The same pair always gets the same slot.
+    pub fn stat_slot(&mut self, listener: &'c str, route: &'c str) -> u32 {
+        if let Some(slot) = self.stat_slots.get(&(listener, route)) {
+            return *slot;
+        }
+        // Slots of one listener are handed out together: share its name.
+        let listener_name = match self.stat_keys.last() {
+            Some((last, _)) if **last == *listener => last.clone(),
+            _ => listener.into(),
+        };
+        let slot = self.stat_keys.len() as u32;
+        self.stat_keys.push((listener_name, route.into()));
+        self.stat_slots.insert((listener, route), slot);
+        slot
+    }
+
+    /// The route name of a slot `stat_slot` handed out, shared with the slot's key.
+    pub fn slot_route_name(&self, slot: u32) -> Arc<str> {
+        match self.stat_keys.get(slot as usize) {
+            Some((_, route)) => route.clone(),
+            None => Arc::from(""),
+        }
+    }
+}
+
 /// The routing tables of one config generation.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -103,20 +165,25 @@ impl Snapshot {
                 .map_err(|e| format!("certificates[{i}] ({:?}): {e}", certificate.name))?;
             certificates.push(material);
         }
-        let certificate_index: HashMap<&str, u32> = config
-            .certificates
+        // A counter slot per listener and per (listener, route).
+        let slots = config
+            .ports
             .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.as_str(), i as u32))
-            .collect();
-
+            .flat_map(|p| &p.listeners)
+            .map(|l| 1 + l.routes.len() + l.stream_routes.len())
+            .sum();
+        let mut context = BuildContext::new(
+            config.certificates.iter().map(|c| c.name.as_str()),
+            config.backends.iter().map(|b| b.name.as_str()),
+            slots,
+        );
         let mut backends = Vec::with_capacity(config.backends.len());
         for (i, backend) in config.backends.iter().enumerate() {
             let tls = match &backend.tls {
                 Some(tls) => {
                     // Validation made sure the name is one of the certificates.
                     let client = tls.client_certificate.as_deref().and_then(|name| {
-                        let index = *certificate_index.get(name)? as usize;
+                        let index = *context.certificates.get(name)? as usize;
                         Some(&certificates.get(index)?.parsed)
                     });
                     Some(Arc::new(
@@ -133,35 +200,13 @@ impl Snapshot {
                 tls,
             });
         }
-        let backend_index: HashMap<&str, u32> = config
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (b.name.as_str(), i as u32))
-            .collect();
-
-        let mut stat_keys: Vec<(Arc<str>, Arc<str>)> = Vec::new();
-        let mut slots: HashMap<(String, String), u32> = HashMap::new();
-        let mut stat_slot = |listener: &str, route: &str| -> u32 {
-            *slots
-                .entry((listener.to_string(), route.to_string()))
-                .or_insert_with(|| {
-                    stat_keys.push((listener.into(), route.into()));
-                    (stat_keys.len() - 1) as u32
-                })
-        };
 
         let mut ports = Vec::with_capacity(config.ports.len());
         for (i, port) in config.ports.iter().enumerate() {
             let mut listeners = Vec::with_capacity(port.listeners.len());
             for (j, listener) in port.listeners.iter().enumerate() {
-                let table = ListenerTable::build(
-                    listener,
-                    &certificate_index,
-                    &backend_index,
-                    &mut stat_slot,
-                )
-                .map_err(|e| format!("ports[{i}].listeners[{j}]: {e}"))?;
+                let table = ListenerTable::build(listener, &mut context)
+                    .map_err(|e| format!("ports[{i}].listeners[{j}]: {e}"))?;
                 listeners.push(table);
             }
             let client_validation = match &port.client_validation {
@@ -190,7 +235,7 @@ impl Snapshot {
             ports,
             backends,
             certificates,
-            stat_keys,
+            stat_keys: context.stat_keys,
         })
     }
 

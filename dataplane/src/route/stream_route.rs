@@ -5,11 +5,11 @@
 //! in tie-break order (oldest, then "namespace/name"). A connection without SNI can only
 //! reach a route without hostnames.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use portcullis_api::config::StreamRoute;
 
+use super::BuildContext;
 use super::host::HostPattern;
 use super::table::{BackendChoice, backend_choice};
 
@@ -28,19 +28,19 @@ pub struct StreamRouteTable {
 }
 
 impl StreamRouteTable {
-    pub fn build(
-        listener: &str,
-        routes: &[StreamRoute],
-        backend_index: &HashMap<&str, u32>,
-        stat_slot: &mut dyn FnMut(&str, &str) -> u32,
+    pub fn build<'c>(
+        listener: &'c str,
+        routes: &'c [StreamRoute],
+        context: &mut BuildContext<'c>,
     ) -> Result<Self, String> {
         let mut compiled = Vec::with_capacity(routes.len());
         for (i, route) in routes.iter().enumerate() {
-            let backends = backend_choice(&route.backends, backend_index)
+            let backends = backend_choice(&route.backends, &context.backends)
                 .map_err(|e| format!("stream_routes[{i}] ({:?}): {e}", route.name))?;
+            let stat_slot = context.stat_slot(listener, &route.name);
             compiled.push(CompiledStreamRoute {
-                name: route.name.as_str().into(),
-                stat_slot: stat_slot(listener, &route.name),
+                name: context.slot_route_name(stat_slot),
+                stat_slot,
                 hostnames: HostPattern::all_of(&route.hostnames),
                 backends,
             });
@@ -99,13 +99,7 @@ mod tests {
     }
 
     fn table(routes: &[StreamRoute]) -> StreamRouteTable {
-        let backends = HashMap::from([("b", 0u32)]);
-        let mut next = 0;
-        StreamRouteTable::build("l", routes, &backends, &mut |_, _| {
-            next += 1;
-            next
-        })
-        .unwrap()
+        StreamRouteTable::build("l", routes, &mut BuildContext::new([], ["b"], 0)).unwrap()
     }
 
     fn found(table: &StreamRouteTable, name: Option<&str>) -> Option<String> {
@@ -149,8 +143,9 @@ mod tests {
     fn unknown_backends_fail_the_build() {
         let mut bad = route("ns/bad", &[]);
         bad.backends[0].target = BackendTarget::Backend("missing".into());
+        let routes = [bad];
         let error =
-            StreamRouteTable::build("l", &[bad], &HashMap::new(), &mut |_, _| 0).unwrap_err();
+            StreamRouteTable::build("l", &routes, &mut BuildContext::new([], [], 0)).unwrap_err();
         assert!(
             error.contains("stream_routes[0]") && error.contains("missing"),
             "{error}"

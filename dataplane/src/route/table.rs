@@ -11,7 +11,6 @@
 //! Exact paths and prefixes are hashed, so a lookup costs a handful of hash probes however
 //! many routes a listener has.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use super::cors::CorsPolicy;
 use super::host::HostPattern;
 use super::matcher::{CompiledMatch, PathMatcher, RequestView, prefix_matches};
 use super::stream_route::StreamRouteTable;
+use super::{BuildContext, ConfigMap};
 
 pub type EntryId = u32;
 
@@ -230,9 +230,9 @@ impl MirrorTarget {
 /// The rules for one host group, indexed by path.
 #[derive(Debug, Default)]
 pub struct RuleIndex {
-    exact: HashMap<Box<[u8]>, Vec<EntryId>>,
+    exact: ConfigMap<Box<[u8]>, Vec<EntryId>>,
     regex: Vec<EntryId>,
-    prefixes: HashMap<Box<[u8]>, Vec<EntryId>>,
+    prefixes: ConfigMap<Box<[u8]>, Vec<EntryId>>,
     longest_prefix: usize,
 }
 
@@ -317,7 +317,7 @@ pub struct ListenerTable {
     pub no_route_stat_slot: u32,
     pub entries: Vec<Entry>,
     pub rules: Vec<CompiledRule>,
-    exact_hosts: HashMap<Box<str>, RuleIndex>,
+    exact_hosts: ConfigMap<Box<str>, RuleIndex>,
     /// Longest suffix first.
     wildcard_hosts: Vec<(HostPattern, RuleIndex)>,
     any_host: RuleIndex,
@@ -330,39 +330,48 @@ pub struct RouteMatch<'t> {
 }
 
 impl ListenerTable {
-    /// Builds a listener's table. `stat_slot` hands out counter slots for (listener, route).
-    pub fn build(
-        listener: &Listener,
-        certificate_index: &HashMap<&str, u32>,
-        backend_index: &HashMap<&str, u32>,
-        stat_slot: &mut dyn FnMut(&str, &str) -> u32,
+    /// Builds a listener's table; `context` resolves names and hands out counter slots.
+    pub fn build<'c>(
+        listener: &'c Listener,
+        context: &mut BuildContext<'c>,
     ) -> Result<Self, String> {
-        let name: Arc<str> = listener.name.as_str().into();
+        let routes = &listener.routes;
+        let rules = routes.iter().map(|r| r.rules.len()).sum();
+        let entries = routes
+            .iter()
+            .flat_map(|r| &r.rules)
+            .map(|rule| rule.matches.len().max(1))
+            .sum();
+        // At most this many distinct exact hostnames: sized once instead of rehashed.
+        let exact_hosts = routes
+            .iter()
+            .flat_map(|r| &r.hostnames)
+            .filter(|h| !h.starts_with('*'))
+            .count();
         let mut table = ListenerTable {
-            name: name.clone(),
+            name: listener.name.as_str().into(),
             hostname: HostPattern::parse(listener.hostname.as_deref()),
             certificates: listener
                 .certificates
                 .iter()
-                .filter_map(|c| certificate_index.get(c.as_str()).copied())
+                .filter_map(|c| context.certificates.get(c.as_str()).copied())
                 .collect(),
             passthrough: listener.passthrough,
             stream_routes: StreamRouteTable::build(
                 &listener.name,
                 &listener.stream_routes,
-                backend_index,
-                stat_slot,
+                context,
             )?,
-            no_route_stat_slot: stat_slot(&listener.name, ""),
-            entries: Vec::new(),
-            rules: Vec::new(),
-            exact_hosts: HashMap::new(),
+            no_route_stat_slot: context.stat_slot(&listener.name, ""),
+            entries: Vec::with_capacity(entries),
+            rules: Vec::with_capacity(rules),
+            exact_hosts: ConfigMap::with_capacity_and_hasher(exact_hosts, Default::default()),
             wildcard_hosts: Vec::new(),
             any_host: RuleIndex::default(),
         };
-        for (route_index, route) in listener.routes.iter().enumerate() {
+        for (route_index, route) in routes.iter().enumerate() {
             table
-                .add_route(route, backend_index, stat_slot)
+                .add_route(&listener.name, route, context)
                 .map_err(|e| format!("routes[{route_index}] ({:?}): {e}", route.name))?;
         }
         table
@@ -379,17 +388,17 @@ impl ListenerTable {
         Ok(table)
     }
 
-    fn add_route(
+    fn add_route<'c>(
         &mut self,
-        route: &HttpRoute,
-        backend_index: &HashMap<&str, u32>,
-        stat_slot: &mut dyn FnMut(&str, &str) -> u32,
+        listener_name: &'c str,
+        route: &'c HttpRoute,
+        context: &mut BuildContext<'c>,
     ) -> Result<(), String> {
-        let route_name: Arc<str> = route.name.as_str().into();
-        let slot = stat_slot(&self.name, &route.name);
+        let slot = context.stat_slot(listener_name, &route.name);
+        let route_name = context.slot_route_name(slot);
         let patterns = HostPattern::all_of(&route.hostnames);
         for (rule_index, rule) in route.rules.iter().enumerate() {
-            let compiled = compile_rule(rule, route_name.clone(), slot, backend_index)
+            let compiled = compile_rule(rule, route_name.clone(), slot, &context.backends)
                 .map_err(|e| format!("rules[{rule_index}]: {e}"))?;
             let rule_id = self.rules.len() as u32;
             self.rules.push(compiled);
@@ -464,7 +473,7 @@ fn compile_rule(
     rule: &RouteRule,
     route_name: Arc<str>,
     stat_slot: u32,
-    backend_index: &HashMap<&str, u32>,
+    backend_index: &ConfigMap<&str, u32>,
 ) -> Result<CompiledRule, String> {
     let mut compiled = CompiledRule {
         route_name,
@@ -527,9 +536,12 @@ fn compile_rule(
 /// The weighted shares of `backends`, with their per-backend header filters.
 pub fn backend_choice(
     backends: &[WeightedBackend],
-    backend_index: &HashMap<&str, u32>,
+    backend_index: &ConfigMap<&str, u32>,
 ) -> Result<BackendChoice, String> {
-    let mut choice = BackendChoice::default();
+    let mut choice = BackendChoice {
+        shares: Vec::with_capacity(backends.len()),
+        cumulative: Vec::with_capacity(backends.len()),
+    };
     let mut running = 0u64;
     for backend in backends {
         let target = match &backend.target {
