@@ -6,6 +6,9 @@
 //! ```text
 //! cargo run --release -p portcullis-dataplane --example swap_phases -- CONFIG.json [ROUNDS]
 //! ```
+//!
+//! With `BUILD_ONLY=1` it only builds and frees the snapshot ROUNDS times, so a profile of
+//! the run is mostly the table build.
 
 use std::time::{Duration, Instant};
 
