@@ -123,6 +123,17 @@ impl FrameHeader {
     }
 }
 
+/// Decodes a whole frame held in memory: its header, checksum and payload.
+pub fn decode(frame: &[u8]) -> Result<CompiledConfig, FrameError> {
+    let Some((prefix, body)) = frame.split_first_chunk::<PREFIX_BYTES>() else {
+        return Err(FrameError::Decode(format!(
+            "frame of {} bytes is shorter than its {PREFIX_BYTES}-byte header prefix",
+            frame.len()
+        )));
+    };
+    FrameHeader::parse(prefix)?.decode_body(body)
+}
+
 /// Decodes a config from JSON (the frame payload, or a `--config` file).
 pub fn decode_json(payload: &[u8]) -> Result<CompiledConfig, FrameError> {
     serde_json::from_slice(payload).map_err(|e| FrameError::Decode(e.to_string()))
@@ -204,16 +215,16 @@ mod tests {
         frame[..PREFIX_BYTES].try_into().unwrap()
     }
 
-    fn read(frame: &[u8]) -> Result<CompiledConfig, FrameError> {
-        FrameHeader::parse(&header_of(frame))?.decode_body(&frame[PREFIX_BYTES..])
-    }
-
     #[test]
     fn round_trip() {
         let config = CompiledConfig::empty(7);
         let frame = encode(&config).unwrap();
         assert_eq!(&frame[4..6], &FRAME_VERSION.to_be_bytes());
-        assert_eq!(read(&frame).unwrap(), config);
+        assert_eq!(decode(&frame).unwrap(), config);
+        assert!(matches!(
+            decode(&frame[..PREFIX_BYTES - 1]),
+            Err(FrameError::Decode(_))
+        ));
     }
 
     /// A frame as the first version wrote it: the same prefix, then a SHA-256.
@@ -232,10 +243,10 @@ mod tests {
     fn version_1_frames_are_still_read() {
         let config = CompiledConfig::empty(3);
         let mut frame = version_1_frame(&serde_json::to_vec(&config).unwrap());
-        assert_eq!(read(&frame).unwrap(), config);
+        assert_eq!(decode(&frame).unwrap(), config);
         let last = frame.len() - 2;
         frame[last] ^= 0x01;
-        assert_eq!(read(&frame), Err(FrameError::ChecksumMismatch));
+        assert_eq!(decode(&frame), Err(FrameError::ChecksumMismatch));
     }
 
     #[test]
@@ -246,7 +257,11 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = frame.clone();
                 bad[byte] ^= 1 << bit;
-                assert_eq!(read(&bad), Err(FrameError::ChecksumMismatch), "byte {byte}");
+                assert_eq!(
+                    decode(&bad),
+                    Err(FrameError::ChecksumMismatch),
+                    "byte {byte}"
+                );
             }
         }
     }

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_api::frame::{self, FrameHeader, PREFIX_BYTES};
+use portcullis_api::frame;
 use portcullis_dataplane::route::Snapshot;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,9 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let encode = started.elapsed();
 
         let started = Instant::now();
-        let mut prefix = [0u8; PREFIX_BYTES];
-        prefix.copy_from_slice(&encoded[..PREFIX_BYTES]);
-        let decoded = FrameHeader::parse(&prefix)?.decode_body(&encoded[PREFIX_BYTES..])?;
+        let decoded = frame::decode(&encoded)?;
         let read = started.elapsed();
 
         let started = Instant::now();

@@ -677,8 +677,9 @@ fn streams_accepted_just_before_a_connection_error_forward_nothing() {
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", setup.port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // In one write: the preface, a complete GET on stream 1 (END_STREAM | END_HEADERS), and a
-    // HEADERS frame on stream 0, a connection error. The connection fails before the stream's
-    // task first runs; that task must not forward a request nobody can be answered for.
+    // HEADERS frame on stream 0, a connection error. Whether or not the stream was accepted
+    // before the connection failed, its request must not reach the backend: nobody could be
+    // answered for it.
     let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     let block = [&[0x82, 0x86, 0x84, 0x41, 7][..], b"h1.test"].concat();
     bytes.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);

@@ -22,15 +22,7 @@ thread_local! {
 /// trip unchanged.
 pub fn config_frame(data: &[u8]) {
     let decoded = if data.starts_with(&MAGIC) {
-        let Some(header) = data.get(..PREFIX_BYTES) else {
-            return;
-        };
-        let mut bytes = [0u8; PREFIX_BYTES];
-        bytes.copy_from_slice(header);
-        match FrameHeader::parse(&bytes) {
-            Ok(header) => header.decode_body(&data[PREFIX_BYTES..]),
-            Err(_) => return,
-        }
+        frame::decode(data)
     } else {
         let Ok(frame) = frame::encode_payload(data) else {
             return;

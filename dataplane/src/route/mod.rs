@@ -50,15 +50,9 @@ impl<'c> BuildContext<'c> {
         backends: impl IntoIterator<Item = &'c str>,
         routes: usize,
     ) -> Self {
-        let indexed = |names: &mut dyn Iterator<Item = &'c str>| -> ConfigMap<&'c str, u32> {
-            names
-                .enumerate()
-                .map(|(i, name)| (name, i as u32))
-                .collect()
-        };
         Self {
-            certificates: indexed(&mut certificates.into_iter()),
-            backends: indexed(&mut backends.into_iter()),
+            certificates: index_by_name(certificates),
+            backends: index_by_name(backends),
             stat_slots: ConfigMap::with_capacity_and_hasher(routes, Default::default()),
             stat_keys: Vec::with_capacity(routes),
         }
@@ -88,6 +82,15 @@ impl<'c> BuildContext<'c> {
             None => Arc::from(""),
         }
     }
+}
+
+/// Each name's position in `names`.
+fn index_by_name<'c>(names: impl IntoIterator<Item = &'c str>) -> ConfigMap<&'c str, u32> {
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| (name, i as u32))
+        .collect()
 }
 
 /// The routing tables of one config generation.
