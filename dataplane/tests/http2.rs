@@ -953,3 +953,110 @@ fn a_client_that_goes_away_abandons_its_streams_upstream() {
         );
     });
 }
+
+/// A listener whose accept queue is full, so a new connection to it stays in SYN-SENT until
+/// the connecting side gives up. Keep the returned sockets alive while it is used.
+fn unanswering_endpoint() -> (String, Vec<std::net::TcpStream>, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let address = listener.local_addr().unwrap().as_socket().unwrap();
+    // listen(0) queues one connection; a second fills the SYN path for good measure.
+    let queued: Vec<_> = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (address.to_string(), queued, listener)
+}
+
+/// Connections of this process in SYN-SENT towards `endpoint` ("127.0.0.1:port").
+fn connecting_to(endpoint: &str) -> usize {
+    let port = endpoint.rsplit(':').next().unwrap();
+    let remote = format!("0100007F:{:04X}", port.parse::<u16>().unwrap());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"02")
+        })
+        .count()
+}
+
+#[test]
+fn a_connection_that_ends_cancels_its_streams_upstream_connects_and_the_core_serves_on() {
+    let http1 = Backend::start("h1");
+    let (stuck, _queued, _listener) = unanswering_endpoint();
+    let port = free_port();
+    let mut config = ConfigBuilder::new(1)
+        .backend("ns/h1:80", &[&http1])
+        .backend_at("ns/stuck:80", &[&stuck])
+        .http_port(
+            port,
+            "http",
+            vec![
+                route(
+                    "ns/h1",
+                    &["h1.test"],
+                    vec![rule(vec![prefix("/")], vec![to("ns/h1:80", 1)])],
+                ),
+                route(
+                    "ns/stuck",
+                    &["stuck.test"],
+                    vec![rule(vec![prefix("/")], vec![to("ns/stuck:80", 1)])],
+                ),
+            ],
+        )
+        .build();
+    config.settings.upstream_connect_timeout_ms = 20_000;
+    // One core: a wedged executor would leave nobody to answer.
+    let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
+    runtime().block_on(async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut sender = client.ready().await.unwrap();
+        let (_response, _) = sender
+            .send_request(get("http://stuck.test/"), true)
+            .unwrap();
+        let mut waited = 0;
+        while connecting_to(&stuck) == 0 && waited < 50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        assert!(
+            connecting_to(&stuck) > 0,
+            "the stream never started connecting"
+        );
+        // The client goes while its stream is still connecting: nobody could be answered,
+        // so the connect is abandoned (not left to run into its 20 s timeout).
+        driver.abort();
+        drop(sender);
+        let mut waited = 0;
+        while connecting_to(&stuck) > 0 && waited < 30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        assert_eq!(
+            connecting_to(&stuck),
+            0,
+            "the upstream connect outlived its client"
+        );
+        // The same core serves the next connection at once.
+        let client = connect(port).await;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(3),
+            exchange(&client, get("http://h1.test/after"), b""),
+        )
+        .await
+        .expect("the core answered after a stream was cancelled mid-connect");
+        assert_eq!(answer.status, 200);
+    });
+}

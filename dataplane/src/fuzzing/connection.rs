@@ -424,4 +424,39 @@ mod tests {
         assert_eq!(count_heads(b"\r\n\r\n\r\n\r\n"), 2);
         assert_eq!(count_heads(b"\r\n\r\n\r\n"), 1);
     }
+
+    /// The first fuzz finding of the `connection` target: an HTTP/2 connection that fails
+    /// while its streams connect upstream. Its streams must end with it (so the next
+    /// connection's upstream count is its own) and leave the executor able to run the next.
+    #[test]
+    fn a_failed_http2_connection_leaves_no_stream_behind() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz");
+        let seed = std::fs::read(format!("{dir}/seeds/connection/h2c-prior-knowledge.bin"))
+            .unwrap_or_else(|e| panic!("the HTTP/2 seed: {e}"));
+        // Prior knowledge on the serving core, the client pends before each read and its
+        // writes fail after WRITE_LIMIT bytes.
+        let mut failing = vec![0x98, 0x01];
+        failing.extend_from_slice(&seed);
+        let next = b"\0\x23M-SEARCH /m/-.1\r\nHost: aSEA\n";
+        // On a thread of its own (with its own executor), so that a wedged executor fails
+        // the test instead of hanging it.
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let first = serve_connection(&failing).map(|(forwarded, _)| forwarded);
+            let second = serve_connection(next).map(|(forwarded, _)| forwarded);
+            let _ = done.send((first, second));
+        });
+        let (first, second) = result
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the executor stopped running tasks after the HTTP/2 connection failed");
+        assert!(
+            first.is_some_and(|n| n <= 2),
+            "{first:?} forwarded for two streams"
+        );
+        assert_eq!(
+            second,
+            Some(0),
+            "a stream of the failed connection was forwarded later"
+        );
+    }
 }

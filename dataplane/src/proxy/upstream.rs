@@ -230,10 +230,23 @@ async fn open(
 }
 
 /// A TCP connection to an upstream, as HTTP and stream (L4) ports make them.
+///
+/// The timeout is a timer raced against a plain connect, not glommio's `connect_timeout`
+/// (a connect linked to an io_uring link-timeout): the `connection` fuzz target found that
+/// dropping one of those while it was still connecting (an HTTP/2 stream cancelled because
+/// its connection failed) left the core's executor never scheduling a task again. See
+/// `fuzzing::connection`'s `a_failed_http2_connection_leaves_no_stream_behind`.
 pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(addr, timeout)
-        .await
-        .map_err(io::Error::from)?;
+    let connect = async { TcpStream::connect(addr).await.map_err(io::Error::from) };
+    let stream = connect
+        .or(async {
+            Timer::new(timeout).await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            ))
+        })
+        .await?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

@@ -7,8 +7,10 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use crate::io::Prefixed;
 
+pub type Stream<T> = Compat<Prefixed<T>>;
+
 /// The stream h2 reads and writes: `prefix` (bytes already read off `inner`, such as the
 /// connection preface read while looking for an HTTP/1.1 request), then `inner`.
-pub fn stream<T: AsyncRead + AsyncWrite + Unpin>(prefix: Vec<u8>, inner: T) -> Compat<Prefixed<T>> {
+pub fn stream<T: AsyncRead + AsyncWrite + Unpin>(prefix: Vec<u8>, inner: T) -> Stream<T> {
     Prefixed::new(prefix, inner).compat()
 }

@@ -29,6 +29,7 @@ use crate::proxy::h2::io;
 use crate::proxy::serialize::{self, HeaderEdits, Persistence};
 use crate::route::host::{MAX_HOST_LEN, normalize};
 use crate::shard::{Installed, Shard};
+use crate::signal::Signal;
 
 /// The HTTP/2 connection preface's first line, which no HTTP/1.1 request starts with.
 pub const PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -59,7 +60,6 @@ pub async fn serve<T: Transport>(
     io.set_read_timeout(None);
     io.set_write_timeout(Some(Duration::from_millis(settings.body_idle_timeout_ms)));
     let header_timeout = Duration::from_millis(settings.header_read_timeout_ms);
-    let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
 
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -76,10 +76,49 @@ pub async fn serve<T: Transport>(
         return;
     };
     increment(&shard.counters.http2_connections);
+    let streams = Rc::new(Streams::default());
+    serve_streams(&shard, &mut connection, &streams, info, &server_name).await;
+    // Nothing reaches the client once the connection is no longer polled, so streams still
+    // running would only load their backends: they stop now, and the connection counts as
+    // open (for draining and connection limits) until they have.
+    streams.connection_gone.fire();
+    drop(connection);
+    if streams.open.get() > 0 {
+        streams.all_stopped.wait().await;
+    }
+}
+
+/// The streams of one connection, which end with it.
+#[derive(Default)]
+struct Streams {
+    open: Cell<usize>,
+    /// The connection ended: no stream can be answered any more.
+    connection_gone: Signal,
+    /// The last stream stopped after the connection ended.
+    all_stopped: Signal,
+}
+
+impl Streams {
+    fn stream_stopped(&self) {
+        self.open.set(self.open.get() - 1);
+        if self.open.get() == 0 && self.connection_gone.is_fired() {
+            self.all_stopped.fire();
+        }
+    }
+}
+
+/// Accepts streams until the connection ends or fails (h2 has then told the client why).
+async fn serve_streams<T: Transport>(
+    shard: &Rc<Shard>,
+    connection: &mut h2::server::Connection<io::Stream<T>, Bytes>,
+    streams: &Rc<Streams>,
+    info: ConnInfo,
+    server_name: &Option<Rc<str>>,
+) {
+    let settings = shard.current().snapshot.settings.clone();
+    let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
     let max_streams = settings.max_requests_per_connection;
     let mut accepted: u64 = 0;
-
-    let open_streams = Rc::new(Cell::new(0usize));
     let mut last_active = Instant::now();
     let mut shutting_down = false;
     loop {
@@ -111,17 +150,19 @@ pub async fn serve<T: Transport>(
                     connection.graceful_shutdown();
                     shutting_down = true;
                 }
-                open_streams.set(open_streams.get() + 1);
+                streams.open.set(streams.open.get() + 1);
                 let shard = shard.clone();
-                let open_streams = open_streams.clone();
+                let streams = streams.clone();
                 let server_name = server_name.clone();
                 glommio::spawn_local(async move {
                     let tls = info.tls.then_some(server_name.as_deref());
-                    let stream =
-                        AssertUnwindSafe(serve_stream(&shard, info, tls, request, respond));
+                    let stream = future::or(
+                        serve_stream(&shard, info, tls, request, respond),
+                        streams.connection_gone.wait(),
+                    );
                     // A panic resets this stream only (its handles are dropped); the
                     // connection and its other streams go on.
-                    if stream.catch_unwind().await.is_err() {
+                    if AssertUnwindSafe(stream).catch_unwind().await.is_err() {
                         increment(&shard.counters.panics);
                         error!(
                             "HTTP/2 stream handler panicked; stream reset",
@@ -129,14 +170,13 @@ pub async fn serve<T: Transport>(
                             "port" = info.port
                         );
                     }
-                    open_streams.set(open_streams.get() - 1);
+                    streams.stream_stopped();
                 })
                 .detach();
             }
-            // The connection ended, or failed (h2 has told the client why).
             Some(Some(Err(_)) | None) => return,
             None => {
-                if open_streams.get() > 0 {
+                if streams.open.get() > 0 {
                     last_active = Instant::now();
                 } else if !shutting_down && last_active.elapsed() >= idle_timeout {
                     connection.graceful_shutdown();
