@@ -199,6 +199,25 @@ pub struct RouteRule {
     pub backends: Vec<WeightedBackend>,
     #[serde(default)]
     pub timeouts: RuleTimeouts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Most retries one request may make (after its first attempt).
+pub const MAX_RETRY_ATTEMPTS: u32 = 16;
+
+/// Retries of a rule's requests: an upstream response with one of `codes` is discarded and
+/// the request sent again (to the next endpoint of the same backend), at most `attempts`
+/// times, waiting `backoff_ms` before the first retry and twice as long before each next one.
+/// Only requests held whole in the proxy (no body, or a small one that arrived with the
+/// head) are retried; the rest get the first response.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub codes: Vec<u16>,
+    pub attempts: u32,
+    #[serde(default)]
+    pub backoff_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -470,6 +470,22 @@ impl Validator {
                 }
             });
         }
+        if let Some(retry) = &rule.retry {
+            self.within(Segment::Field(".retry"), |v| {
+                if retry.codes.is_empty() {
+                    v.fail("codes must not be empty");
+                }
+                if let Some(code) = retry.codes.iter().find(|c| !(400..=599).contains(*c)) {
+                    v.fail(format!("code {code} is not between 400 and 599"));
+                }
+                if retry.attempts == 0 || retry.attempts > MAX_RETRY_ATTEMPTS {
+                    v.fail(format!(
+                        "attempts {} is not between 1 and {MAX_RETRY_ATTEMPTS}",
+                        retry.attempts
+                    ));
+                }
+            });
+        }
         if let Some(ms) = rule.timeouts.request_ms
             && let Some(backend_ms) = rule.timeouts.backend_request_ms
             && ms > 0

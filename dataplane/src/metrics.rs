@@ -71,6 +71,8 @@ pub struct CoreCounters {
     /// Connections served as HTTP/2 (h2c or ALPN h2), and the streams they opened.
     pub http2_connections: Cell<u64>,
     pub http2_streams: Cell<u64>,
+    /// Requests sent to a backend again after a response with one of their rule's retry codes.
+    pub retries: Cell<u64>,
     /// Client certificates that did not verify on ports in AllowInsecureFallback mode, let
     /// through all the same. An atomic only because rustls requires its verifiers to be
     /// `Sync`: each core's verifiers hold this core's counter alone, so no other core ever
@@ -124,6 +126,7 @@ impl CoreCounters {
             panics: self.panics.get(),
             http2_connections: self.http2_connections.get(),
             http2_streams: self.http2_streams.get(),
+            retries: self.retries.get(),
             client_certificates_unverified: self
                 .client_certificates_unverified
                 .load(Ordering::Relaxed),
@@ -155,6 +158,7 @@ pub struct CoreStats {
     pub panics: u64,
     pub http2_connections: u64,
     pub http2_streams: u64,
+    pub retries: u64,
     pub client_certificates_unverified: u64,
     /// Mirror copies completed, failed, skipped, and in flight now.
     pub mirrors: [u64; 4],
@@ -327,6 +331,12 @@ pub fn render(control: &ControlStats, cores: &[CoreStats]) -> String {
             "counter",
             "HTTP/2 streams (requests) accepted from clients.",
             sum(|c| c.http2_streams),
+        ),
+        (
+            "portcullis_retries_total",
+            "counter",
+            "Requests sent again after a response with one of their rule's retry codes.",
+            sum(|c| c.retries),
         ),
         (
             "portcullis_cores",

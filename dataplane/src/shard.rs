@@ -33,6 +33,7 @@ use crate::proxy::connection::{ConnInfo, linger, serve};
 use crate::proxy::h2::{self, Http2Pool};
 use crate::proxy::upstream::{Pool, PoolKey};
 use crate::route::Snapshot;
+use crate::route::table::BackendShare;
 use crate::signal::Signal;
 use crate::tls::{TicketKey, server_config};
 use crate::{IO_MEMORY, error, info, warn};
@@ -79,6 +80,13 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// The next endpoint of a rule's backend share (None for an invalid share, or a backend
+    /// without endpoints).
+    pub fn next_endpoint_of(&self, share: &BackendShare) -> Option<SocketAddr> {
+        let backend = *share.target.as_ref().ok()?;
+        self.next_endpoint(backend as usize)
+    }
+
     /// The next endpoint of `backend`, round robin. None when it has no endpoints.
     pub fn next_endpoint(&self, backend: usize) -> Option<SocketAddr> {
         let endpoints = &self.snapshot.backends.get(backend)?.endpoints;

@@ -16,7 +16,7 @@ use h2::client::SendRequest;
 use http::{HeaderMap, Request, Response};
 use portcullis_api::CompiledConfig;
 use portcullis_api::config::{
-    BackendProtocol, Filter, HeaderModifier, HeaderValue, RequestRedirect,
+    BackendProtocol, Filter, HeaderModifier, HeaderValue, RequestRedirect, RetryPolicy, RouteRule,
 };
 use support::config::{exact, prefix, route, rule, to};
 use support::{Backend, Client, ConfigBuilder, Proxy, free_port};
@@ -1059,4 +1059,37 @@ fn a_connection_that_ends_cancels_its_streams_upstream_connects_and_the_core_ser
         .expect("the core answered after a stream was cancelled mid-connect");
         assert_eq!(answer.status, 200);
     });
+}
+
+#[test]
+fn an_http2_request_is_retried_on_its_rule_s_codes() {
+    let http1 = Backend::start("h1");
+    let port = free_port();
+    let retrying = RouteRule {
+        retry: Some(RetryPolicy {
+            codes: vec![500],
+            attempts: 3,
+            backoff_ms: 5,
+        }),
+        ..rule(vec![prefix("/")], vec![to("ns/h1:80", 1)])
+    };
+    let config = ConfigBuilder::new(1)
+        .backend("ns/h1:80", &[&http1])
+        .http_port(
+            port,
+            "http",
+            vec![route("ns/retry", &["retry.test"], vec![retrying])],
+        )
+        .build();
+    let _proxy = Proxy::start(&config);
+    runtime().block_on(async {
+        let client = connect(port).await;
+        let answer = exchange(&client, get("http://retry.test/fail/2/500/h2"), b"").await;
+        assert_eq!(answer.status, 200);
+        let answer = exchange(&client, get("http://retry.test/fail/5/500/spent"), b"").await;
+        assert_eq!(answer.status, 500);
+    });
+    let received = |path: &str| http1.requests().iter().filter(|r| r.path == path).count();
+    assert_eq!(received("/fail/2/500/h2"), 3);
+    assert_eq!(received("/fail/5/500/spent"), 4);
 }

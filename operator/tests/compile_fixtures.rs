@@ -128,6 +128,8 @@ struct Decision {
     /// For each backend with a non-zero weight: the protocol the proxy speaks to it
     /// ("HTTP/1.1", "HTTP/2"), or "invalid".
     protocols: Option<Vec<String>>,
+    /// The rule's retry policy as "codes=500,502 attempts=2 backoff=25ms", or "none".
+    retry: Option<String>,
 }
 
 #[test]
@@ -655,6 +657,25 @@ fn check_request(
             "{what}: matched route {} (expected {route})",
             rule.route_name
         ));
+    }
+    if let Some(expected) = &expect.retry {
+        let actual = match &rule.retry {
+            None => "none".to_string(),
+            Some(retry) => format!(
+                "codes={} attempts={} backoff={}ms",
+                retry
+                    .codes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                retry.attempts,
+                retry.backoff.as_millis()
+            ),
+        };
+        if &actual != expected {
+            problems.push(format!("{what}: retry {actual} (expected {expected})"));
+        }
     }
     let shares = weighted_shares(snapshot, &rule.backends);
     let tls = format!("{what}: backend TLS");

@@ -5,6 +5,7 @@
 //! are answered in order. Each request takes the routing snapshot current when its head is
 //! complete and keeps it to the end, so a config swap never changes a request mid-flight.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use crate::proxy::redirect::{self, Origin};
 use crate::proxy::serialize::{
     self, HeaderEdits, OutFraming, Persistence, UpstreamRequest, client_framing,
 };
-use crate::proxy::upstream::{PoolKey, UpstreamConn, UpstreamStream};
+use crate::proxy::upstream::{self, UpstreamConn, UpstreamStream};
 use crate::route::cors::{CorsPolicy, CorsReply, CorsRequest};
 use crate::route::host::{MAX_HOST_LEN, normalize};
 use crate::route::matcher::RequestView;
@@ -536,11 +537,12 @@ async fn handle<T: Transport>(
             let exchange = Exchange {
                 http2,
                 shard,
+                installed,
                 settings,
                 rule,
                 share,
                 cors,
-                endpoint,
+                endpoint: Cell::new(endpoint),
                 tls,
                 keep_alive,
                 head_request,
@@ -872,11 +874,13 @@ struct Exchange<'a> {
     /// The backend speaks HTTP/2.
     http2: bool,
     shard: &'a Shard,
+    installed: &'a Installed,
     settings: &'a ProxySettings,
     rule: &'a CompiledRule,
     share: &'a BackendShare,
     cors: Option<&'a CorsPolicy>,
-    endpoint: SocketAddr,
+    /// The endpoint of this attempt (a retry moves on to the backend's next one).
+    endpoint: Cell<SocketAddr>,
     tls: Option<&'a CoreTls>,
     keep_alive: bool,
     head_request: bool,
@@ -918,36 +922,60 @@ impl Exchange<'_> {
             return self.run_over_http2(io, conn).await;
         }
 
-        let mut upstream = match self.send_request(io, conn).await {
-            Ok(upstream) => upstream,
+        let (mut upstream, replayable) = match self.send_request(io, conn).await {
+            Ok(sent) => sent,
             Err(failure) => return self.fail(io, conn, failure, framing).await,
         };
+        let mut retries = 0;
         // The request went out in full; now the response head.
-        let backend_deadline = self.attempt_deadline();
         loop {
-            match self
-                .read_response_head(&mut upstream, &mut conn.response, backend_deadline)
-                .await
-            {
-                Ok(()) => {}
-                Err(failure) => return self.fail(io, conn, failure, RequestFraming::None).await,
-            }
-            let status = conn.response.status;
-            if status == 101 {
-                if !conn.head.upgrade {
-                    self.shard.counters.upstream_error(UpstreamError::Protocol);
-                    return self
-                        .fail(io, conn, Failure::Status(502), RequestFraming::None)
-                        .await;
+            let backend_deadline = self.attempt_deadline();
+            loop {
+                match self
+                    .read_response_head(&mut upstream, &mut conn.response, backend_deadline)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(failure) => {
+                        return self.fail(io, conn, failure, RequestFraming::None).await;
+                    }
                 }
-                break;
+                let status = conn.response.status;
+                if status == 101 {
+                    if !conn.head.upgrade {
+                        self.shard.counters.upstream_error(UpstreamError::Protocol);
+                        return self
+                            .fail(io, conn, Failure::Status(502), RequestFraming::None)
+                            .await;
+                    }
+                    break;
+                }
+                if status >= 200 {
+                    break;
+                }
+                // Interim responses (100 Continue, 103 Early Hints): the proxy already
+                // answered Expect itself, so they are dropped.
+                upstream.rx.consume(conn.response.head_len);
             }
-            if status >= 200 {
+            let retry = self.rule.retry.as_deref().filter(|_| replayable);
+            let Some(wait) =
+                retry.and_then(|r| r.wait_before(conn.response.status, retries + 1, self.deadline))
+            else {
                 break;
+            };
+            // The response is abandoned unread, and its connection with it.
+            drop(upstream);
+            retries += 1;
+            increment(&self.shard.counters.retries);
+            glommio::timer::Timer::new(wait).await;
+            if let Some(next) = self.installed.next_endpoint_of(self.share) {
+                self.endpoint.set(next);
             }
-            // Interim responses (100 Continue, 103 Early Hints): the proxy already answered
-            // Expect itself, so they are dropped.
-            upstream.rx.consume(conn.response.head_len);
+            // `conn.out` still holds the whole request.
+            upstream = match self.deliver(&conn.out).await {
+                Ok(upstream) => upstream,
+                Err(failure) => return self.fail(io, conn, failure, RequestFraming::None).await,
+            };
         }
 
         let status = conn.response.status;
@@ -1043,15 +1071,13 @@ impl Exchange<'_> {
         }
     }
 
-    /// Connects (or reuses a pooled connection) and sends the head and body. A reused
-    /// connection that turns out to be dead before anything could have been processed is
-    /// replaced by a fresh one once.
+    /// Connects (or reuses a pooled connection) and sends the head and body. Also says
+    /// whether the whole request is still in `conn.out` (a retry can send it again).
     async fn send_request<T: Transport>(
         &self,
         io: &mut T,
         conn: &mut Downstream,
-    ) -> Result<UpstreamConn, Failure> {
-        let idle_timeout = Duration::from_millis(self.settings.upstream_idle_timeout_ms);
+    ) -> Result<(UpstreamConn, bool), Failure> {
         let mut framing = conn.head.framing;
         let body_started = !conn.rx.is_empty();
         if framing == RequestFraming::None {
@@ -1070,20 +1096,9 @@ impl Exchange<'_> {
                 rest => RequestFraming::Length(rest),
             };
         }
-        let pooled = PoolKey::new(self.endpoint, self.tls.map(|tls| &*tls.settings));
-        let mut upstream = match self.shard.pool.checkout(pooled, idle_timeout) {
-            Some(upstream) => upstream,
-            None => self.connect().await?,
-        };
-        if send(&mut upstream.stream, &conn.out).await.is_err() {
-            self.shard.counters.upstream_error(UpstreamError::Reset);
-            upstream = self.connect().await?;
-            if send(&mut upstream.stream, &conn.out).await.is_err() {
-                self.shard.counters.upstream_error(UpstreamError::Reset);
-                return Err(Failure::Status(502));
-            }
-        }
-        if framing != RequestFraming::None {
+        let mut upstream = self.deliver(&conn.out).await?;
+        let whole = framing == RequestFraming::None;
+        if !whole {
             if conn.head.expect_continue
                 && !body_started
                 && send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
@@ -1101,24 +1116,21 @@ impl Exchange<'_> {
         }
         // With a body, the copies leave once all of it is in.
         self.launch_mirrors(&mut conn.mirror);
-        Ok(upstream)
+        Ok((upstream, whole))
+    }
+
+    /// Sends `request` to this attempt's endpoint (see [`upstream::deliver`]).
+    async fn deliver(&self, request: &[u8]) -> Result<UpstreamConn, Failure> {
+        let endpoint = self.endpoint.get();
+        upstream::deliver(self.shard, self.settings, endpoint, self.tls, request)
+            .await
+            .ok_or(Failure::Status(502))
     }
 
     fn launch_mirrors(&self, mirror: &mut Option<Box<MirrorRequest>>) {
         if let Some(mirror) = mirror.take() {
             let connect_timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
             mirror.launch(&self.shard.counters.mirrors, connect_timeout);
-        }
-    }
-
-    async fn connect(&self) -> Result<UpstreamConn, Failure> {
-        let timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
-        match UpstreamConn::connect(self.endpoint, timeout, self.tls).await {
-            Ok(upstream) => Ok(upstream),
-            Err(e) => {
-                e.record(&self.shard.counters, self.endpoint, self.tls);
-                Err(Failure::Status(502))
-            }
         }
     }
 

@@ -22,11 +22,13 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
+use portcullis_api::config::ProxySettings;
 use rustls::ClientConfig;
 
-use crate::io::{RecvBuf, TlsSocket, Transport};
+use crate::io::{RecvBuf, TlsSocket, Transport, send};
 use crate::metrics::{CoreCounters, UpstreamError};
 use crate::proxy::backend_tls::{CoreTls, UpstreamTls};
+use crate::shard::Shard;
 use crate::sys::{IdleSocket, idle_socket_state};
 
 /// Which idle connections a request may take: same endpoint, same TLS settings.
@@ -197,6 +199,41 @@ impl UpstreamConn {
             key,
         })
     }
+}
+
+/// Sends `request` (a whole head, maybe with body bytes) to `endpoint` on a pooled
+/// connection, or a new one. A pooled connection that turns out to be dead before anything
+/// could have been processed is replaced by a fresh one once. Failures are counted; None
+/// means the backend could not be reached (answered 502).
+pub async fn deliver(
+    shard: &Shard,
+    settings: &ProxySettings,
+    endpoint: SocketAddr,
+    tls: Option<&CoreTls>,
+    request: &[u8],
+) -> Option<UpstreamConn> {
+    let idle_timeout = Duration::from_millis(settings.upstream_idle_timeout_ms);
+    let connect_timeout = Duration::from_millis(settings.upstream_connect_timeout_ms);
+    let connect = || async {
+        UpstreamConn::connect(endpoint, connect_timeout, tls)
+            .await
+            .map_err(|error| error.record(&shard.counters, endpoint, tls))
+            .ok()
+    };
+    let key = PoolKey::new(endpoint, tls.map(|tls| &*tls.settings));
+    let mut upstream = match shard.pool.checkout(key, idle_timeout) {
+        Some(upstream) => upstream,
+        None => connect().await?,
+    };
+    if send(&mut upstream.stream, request).await.is_err() {
+        shard.counters.upstream_error(UpstreamError::Reset);
+        upstream = connect().await?;
+        if send(&mut upstream.stream, request).await.is_err() {
+            shard.counters.upstream_error(UpstreamError::Reset);
+            return None;
+        }
+    }
+    Some(upstream)
 }
 
 /// A connection that carries opaque bytes (a terminated TLSRoute's decrypted stream): TLS,

@@ -12,7 +12,7 @@
 //! many routes a listener has.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_api::config::{
     BackendTarget, Filter, HeaderModifier, HttpRoute, Listener, PathModifier, RouteRule,
@@ -208,7 +208,43 @@ pub struct CompiledRule {
     pub backends: BackendChoice,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    pub retry: Option<Box<Retry>>,
 }
+
+/// A rule's retry policy (see [`portcullis_api::config::RetryPolicy`]).
+#[derive(Debug)]
+pub struct Retry {
+    pub codes: Box<[u16]>,
+    pub attempts: u32,
+    /// Wait before the first retry; doubled before each next one.
+    pub backoff: Duration,
+}
+
+impl Retry {
+    /// How long to wait before sending a request again after a response with `status`, as
+    /// retry number `retry` (1 for the first); None when the status is not retried, the
+    /// attempts are spent, or the request's `deadline` would pass first.
+    pub fn wait_before(
+        &self,
+        status: u16,
+        retry: u32,
+        deadline: Option<Instant>,
+    ) -> Option<Duration> {
+        if !self.codes.contains(&status) || retry == 0 || retry > self.attempts {
+            return None;
+        }
+        let wait = self
+            .backoff
+            .saturating_mul(1 << (retry - 1).min(MAX_BACKOFF_DOUBLINGS));
+        match deadline {
+            Some(deadline) if Instant::now() + wait >= deadline => None,
+            _ => Some(wait),
+        }
+    }
+}
+
+/// Backoff stops growing after this many doublings (32 × the first wait).
+const MAX_BACKOFF_DOUBLINGS: u32 = 5;
 
 /// A RequestMirror filter: copies numerator / denominator of the rule's requests to the
 /// backend at index `backend`.
@@ -495,6 +531,13 @@ fn compile_rule(
             .backend_request_ms
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis),
+        retry: rule.retry.as_ref().map(|retry| {
+            Box::new(Retry {
+                codes: retry.codes.clone().into_boxed_slice(),
+                attempts: retry.attempts,
+                backoff: Duration::from_millis(retry.backoff_ms),
+            })
+        }),
     };
     for filter in &rule.filters {
         match filter {

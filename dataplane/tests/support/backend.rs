@@ -2,6 +2,8 @@
 //! and answers with a JSON echo, or in the way the request path asks for:
 //!
 //! - `/status/NNN`: answer with that status.
+//! - `/fail/N/NNN/…`: answer status NNN to the first N requests for this exact path, then echo
+//!   (what a backend that recovers looks like to a retrying proxy).
 //! - `/chunked/N`: a chunked response of N bytes.
 //! - `/close/N`: a response of N bytes delimited by closing the connection (no length).
 //! - `/sleep/MS`: wait MS milliseconds, then echo.
@@ -176,7 +178,12 @@ pub(super) fn serve_stream<S: Read + Write>(
             body: body.clone(),
             connection,
         };
-        requests.lock().unwrap().push(recorded);
+        let seen_before = {
+            let mut requests = requests.lock().unwrap();
+            let seen = requests.iter().filter(|r| r.path == path).count() as u64;
+            requests.push(recorded);
+            seen
+        };
 
         let common = format!("x-backend: {name}\r\nx-connection: {connection}\r\n");
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -187,9 +194,11 @@ pub(super) fn serve_stream<S: Read + Write>(
                 .and_then(|s| s.parse::<u64>().ok())
         };
         let close_requested = get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        let failing = segments.first() == Some(&"fail")
+            && number(1).is_some_and(|failures| seen_before < failures);
         match segments.first().copied() {
-            Some("status") => {
-                let status = number(1).unwrap_or(200);
+            Some("status") | Some("fail") if segments[0] == "status" || failing => {
+                let status = number(if failing { 2 } else { 1 }).unwrap_or(200);
                 let body = format!("status {status}\n");
                 let no_body = status == 204 || status == 304 || method == "HEAD";
                 let framing = if status == 204 || status == 304 {

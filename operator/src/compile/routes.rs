@@ -14,8 +14,9 @@ use std::rc::Rc;
 use kube::ResourceExt;
 use portcullis_api::config::{
     Backend, BackendTarget, Cors, DEFAULT_CORS_MAX_AGE_SECONDS, Filter, HeaderMatch,
-    HeaderModifier, HeaderValue, PathMatch, PathModifier, QueryParamMatch, RequestMirror,
-    RequestRedirect, RouteMatch, RouteRule, RuleTimeouts, StringMatch, UrlRewrite, WeightedBackend,
+    HeaderModifier, HeaderValue, MAX_RETRY_ATTEMPTS, PathMatch, PathModifier, QueryParamMatch,
+    RequestMirror, RequestRedirect, RetryPolicy, RouteMatch, RouteRule, RuleTimeouts, StringMatch,
+    UrlRewrite, WeightedBackend,
 };
 use portcullis_api::gateway_api::grpcroute::GrpcRoute;
 use portcullis_api::gateway_api::httproute::*;
@@ -661,6 +662,11 @@ fn translate_rule(
                     }));
                 }
             }
+            HttpRouteRulesFiltersType::ExternalAuth => {
+                // Serving the rule without the authorization it asks for would let every
+                // request through: the rule is not programmed.
+                return Err(unsupported("the ExternalAuth filter is not supported"));
+            }
             HttpRouteRulesFiltersType::Cors => {
                 let c = filter.cors.as_ref().ok_or_else(missing("cors"))?;
                 filters.push(Filter::Cors(Cors {
@@ -783,12 +789,19 @@ fn translate_rule(
         },
         None => RuleTimeouts::default(),
     };
+    let retry = rule
+        .retry
+        .as_ref()
+        .map(translate_retry)
+        .transpose()?
+        .flatten();
     let translated = RouteRule {
         name: rule.name.clone(),
         matches,
         filters,
         backends: weighted,
         timeouts,
+        retry,
     };
     validate_rule(&translated).map_err(|e| {
         let message = if e.path.is_empty() {
@@ -913,6 +926,49 @@ fn method_name(method: &HttpRouteRulesMatchesMethod) -> String {
 }
 
 /// Gateway API Duration ("1h", "30s", "500ms", "1m30s"; up to four parts) in milliseconds.
+/// Wait before the first retry when the rule names none (as Envoy's default base interval).
+const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
+/// Retries when the rule names no count.
+const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
+
+/// A rule's `retry`; None when it retries nothing (no status codes: retrying on connection
+/// errors is not implemented, and nothing else would trigger a retry).
+fn translate_retry(retry: &HttpRouteRulesRetry) -> Result<Option<RetryPolicy>, Problem> {
+    let codes = retry.codes.as_deref().unwrap_or_default();
+    if codes.is_empty() {
+        return Ok(None);
+    }
+    let codes = codes
+        .iter()
+        .map(|code| {
+            u16::try_from(*code)
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .ok_or_else(|| unsupported(format!("retry code {code} is not between 400 and 599")))
+        })
+        .collect::<Result<Vec<u16>, Problem>>()?;
+    let attempts = match retry.attempts {
+        None => DEFAULT_RETRY_ATTEMPTS,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_RETRY_ATTEMPTS).contains(n))
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "retry attempts {n} is not between 1 and {MAX_RETRY_ATTEMPTS}"
+                ))
+            })?,
+    };
+    let backoff_ms = match retry.backoff.as_deref() {
+        Some(text) => parse_duration(text)?,
+        None => DEFAULT_RETRY_BACKOFF_MS,
+    };
+    Ok(Some(RetryPolicy {
+        codes,
+        attempts,
+        backoff_ms,
+    }))
+}
+
 pub fn parse_duration(text: &str) -> Result<u64, Problem> {
     let invalid = || unsupported(format!("invalid duration {text:?}"));
     let mut total: u64 = 0;

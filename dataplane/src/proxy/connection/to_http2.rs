@@ -70,7 +70,7 @@ impl Exchange<'_> {
             Ok(request) => request,
             Err(failure) => return self.fail(io, conn, failure, framing).await,
         };
-        let key = PoolKey::new(self.endpoint, self.tls.map(|tls| &*tls.settings));
+        let key = PoolKey::new(self.endpoint.get(), self.tls.map(|tls| &*tls.settings));
         let connect_timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
         let opened = match self
             .shard
@@ -85,7 +85,7 @@ impl Exchange<'_> {
                     Failure::Status(502)
                 }),
             Err(error) => {
-                error.record(&self.shard.counters, self.endpoint, self.tls);
+                error.record(&self.shard.counters, self.endpoint.get(), self.tls);
                 Err(Failure::Status(502))
             }
         };

@@ -2,6 +2,7 @@
 //! connection (bodies and trailers both ways at once, as gRPC streaming needs), or to an
 //! HTTP/1.1 backend over the core's keep-alive pool (the body is sent, then the response read).
 
+use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use crate::http::chunked::{self, ChunkedDecoder, Decoded};
 use crate::http::request::{self, RequestFraming, RequestHead};
 use crate::http::response::{self, ResponseFraming};
 use crate::io::{Transport, send};
-use crate::metrics::UpstreamError;
+use crate::metrics::{UpstreamError, increment};
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::connection::{Downstream, cors_reply};
 use crate::proxy::h2::head::{self, OWN_HEAD_LIMITS};
@@ -26,21 +27,23 @@ use crate::proxy::h2::send_all;
 use crate::proxy::h2::server::answer_locally;
 use crate::proxy::mirror::MirrorRequest;
 use crate::proxy::serialize::{self, HeaderEdits, OutFraming, Persistence};
-use crate::proxy::upstream::{PoolKey, UpstreamConn};
+use crate::proxy::upstream::{self, PoolKey, UpstreamConn};
 use crate::route::cors::{CorsPolicy, CorsRequest};
 use crate::route::table::{BackendShare, CompiledRule};
-use crate::shard::Shard;
+use crate::shard::{Installed, Shard};
 
 /// Upstream bytes read per fill while relaying an HTTP/1.1 response body.
 const BODY_BUFFER: usize = 16 * 1024;
 
 pub(super) struct Forward<'a> {
     pub shard: &'a Shard,
+    pub installed: &'a Installed,
     pub settings: &'a ProxySettings,
     pub rule: &'a CompiledRule,
     pub share: &'a BackendShare,
     pub cors: Option<&'a CorsPolicy>,
-    pub endpoint: SocketAddr,
+    /// The endpoint of this attempt (a retry moves on to the backend's next one).
+    pub endpoint: Cell<SocketAddr>,
     pub tls: Option<&'a CoreTls>,
     /// The client sent `te: trailers`.
     pub te_trailers: bool,
@@ -87,7 +90,7 @@ impl Forward<'_> {
             .map_err(|_| Failure::Status(500))?,
             _ => return Err(Failure::Status(500)),
         };
-        let key = PoolKey::new(self.endpoint, self.tls.map(|tls| &*tls.settings));
+        let key = PoolKey::new(self.endpoint.get(), self.tls.map(|tls| &*tls.settings));
         let connect_timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
         let mut sender = match self
             .shard
@@ -97,7 +100,7 @@ impl Forward<'_> {
         {
             Ok(sender) => sender,
             Err(error) => {
-                error.record(&self.shard.counters, self.endpoint, self.tls);
+                error.record(&self.shard.counters, self.endpoint.get(), self.tls);
                 return Err(Failure::Status(502));
             }
         };
@@ -212,21 +215,9 @@ impl Forward<'_> {
         mut body: RecvStream,
         respond: &mut SendResponse<Bytes>,
     ) -> Result<u16, Failure> {
-        let idle_timeout = Duration::from_millis(self.settings.upstream_idle_timeout_ms);
-        let key = PoolKey::new(self.endpoint, self.tls.map(|tls| &*tls.settings));
-        let mut upstream = match self.shard.pool.checkout(key, idle_timeout) {
-            Some(upstream) => upstream,
-            None => self.connect().await?,
-        };
-        if send(&mut upstream.stream, &conn.out).await.is_err() {
-            // A pooled connection the backend closed meanwhile: one fresh try.
-            self.shard.counters.upstream_error(UpstreamError::Reset);
-            upstream = self.connect().await?;
-            if send(&mut upstream.stream, &conn.out).await.is_err() {
-                self.shard.counters.upstream_error(UpstreamError::Reset);
-                return Err(Failure::Status(502));
-            }
-        }
+        let mut upstream = self.deliver(&conn.out).await?;
+        // Without a body, `conn.out` holds the whole request, which a retry sends again.
+        let replayable = conn.head.framing == RequestFraming::None;
         let chunked = conn.head.framing == RequestFraming::Chunked;
         let mut mirror = conn.mirror.take();
         if conn.head.framing != RequestFraming::None {
@@ -275,19 +266,41 @@ impl Forward<'_> {
         drop(body);
         self.launch_mirror(mirror);
 
-        // The response head; interim (1xx) responses are dropped.
-        let deadline = self.attempt_deadline();
+        let mut retries = 0;
         loop {
-            self.within_deadline(
-                deadline,
-                respond,
-                self.read_response_head(conn, &mut upstream),
-            )
-            .await??;
-            if conn.response.status >= 200 {
-                break;
+            // The response head; interim (1xx) responses are dropped.
+            let deadline = self.attempt_deadline();
+            loop {
+                self.within_deadline(
+                    deadline,
+                    respond,
+                    self.read_response_head(conn, &mut upstream),
+                )
+                .await??;
+                if conn.response.status >= 200 {
+                    break;
+                }
+                upstream.rx.consume(conn.response.head_len);
             }
-            upstream.rx.consume(conn.response.head_len);
+            let retry = self.rule.retry.as_deref().filter(|_| replayable);
+            let Some(wait) =
+                retry.and_then(|r| r.wait_before(conn.response.status, retries + 1, self.deadline))
+            else {
+                break;
+            };
+            // The response is abandoned unread, and its connection with it.
+            drop(upstream);
+            retries += 1;
+            increment(&self.shard.counters.retries);
+            self.within_deadline(None, respond, async {
+                Timer::new(wait).await;
+                Ok(())
+            })
+            .await??;
+            if let Some(next) = self.installed.next_endpoint_of(self.share) {
+                self.endpoint.set(next);
+            }
+            upstream = self.deliver(&conn.out).await?;
         }
         let status = conn.response.status;
         if status == 101 {
@@ -427,14 +440,12 @@ impl Forward<'_> {
         }
     }
 
-    async fn connect(&self) -> Result<UpstreamConn, Failure> {
-        let timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
-        UpstreamConn::connect(self.endpoint, timeout, self.tls)
+    /// Sends `request` to this attempt's endpoint (see [`upstream::deliver`]).
+    async fn deliver(&self, request: &[u8]) -> Result<UpstreamConn, Failure> {
+        let endpoint = self.endpoint.get();
+        upstream::deliver(self.shard, self.settings, endpoint, self.tls, request)
             .await
-            .map_err(|error| {
-                error.record(&self.shard.counters, self.endpoint, self.tls);
-                Failure::Status(502)
-            })
+            .ok_or(Failure::Status(502))
     }
 
     fn response_edits<'r>(&'r self, request: &'r CorsRequest) -> HeaderEdits<'r> {

@@ -311,11 +311,12 @@ async fn serve_stream(
         } => {
             let forward = Forward {
                 shard,
+                installed: &installed,
                 settings,
                 rule,
                 share,
                 cors,
-                endpoint,
+                endpoint: Cell::new(endpoint),
                 tls,
                 te_trailers,
                 head_request,
