@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs Portcullis into the cluster named by KUBECONFIG (default: the local cluster's).
 #
-#   hack/deploy.sh install     Gateway API standard CRDs (from the pinned Go module) and ours
+#   hack/deploy.sh install     Gateway API CRDs (from the pinned Go module) and ours
 #   hack/deploy.sh deploy      install + the proxy's seccomp profile (local cluster) + the operator
 #   hack/deploy.sh undeploy    the operator and its namespace (CRDs and Gateways stay)
 #   hack/deploy.sh uninstall   undeploy + every CRD install added
 #
 # IMG and PROXY_IMG name the images (defaults: what hack/images/build.sh imports).
+# GATEWAY_API_CHANNEL=experimental installs the experimental channel's CRDs (a superset:
+# HTTPRoute `retry`, for example) instead of the standard ones.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=local-cluster/versions.env
@@ -14,6 +16,11 @@ source "$ROOT/hack/local-cluster/versions.env"
 IMG=${IMG:-example.test/portcullis/portcullis:dev}
 PROXY_IMG=${PROXY_IMG:-example.test/portcullis/proxy:dev}
 NAMESPACE=portcullis-system
+GATEWAY_API_CHANNEL=${GATEWAY_API_CHANNEL:-standard}
+case "$GATEWAY_API_CHANNEL" in
+  standard | experimental) ;;
+  *) echo "GATEWAY_API_CHANNEL must be standard or experimental, not $GATEWAY_API_CHANNEL" >&2; exit 2 ;;
+esac
 
 if [ -z "${KUBECTL:-}" ]; then
   if command -v kubectl >/dev/null; then KUBECTL=kubectl; else KUBECTL=$CACHE/k8s-$K8S_VERSION/bin/kubectl; fi
@@ -24,11 +31,11 @@ k() { "$KUBECTL" "$@"; }
 gateway_api_crds() {
   local dir
   dir=$("$ROOT/hack/gateway-api-module.sh")
-  echo "$dir/config/crd/standard"
+  echo "$dir/config/crd/$GATEWAY_API_CHANNEL"
 }
 
 install_crds() {
-  echo "installing the Gateway API $GATEWAY_API_VERSION standard CRDs and Portcullis's CRDs"
+  echo "installing the Gateway API $GATEWAY_API_VERSION $GATEWAY_API_CHANNEL CRDs and Portcullis's CRDs"
   k apply --server-side --force-conflicts -f "$(gateway_api_crds)" >/dev/null
   k apply --server-side --force-conflicts -k "$ROOT/config/crd" >/dev/null
   k wait --for=condition=Established --timeout=60s crd \
