@@ -36,7 +36,14 @@ gateway_api_crds() {
 
 install_crds() {
   echo "installing the Gateway API $GATEWAY_API_VERSION $GATEWAY_API_CHANNEL CRDs and Portcullis's CRDs"
-  k apply --server-side --force-conflicts -f "$(gateway_api_crds)" >/dev/null
+  local crds
+  crds=$(gateway_api_crds)
+  # The experimental directory is a kustomization (the standard one a plain list of files).
+  if [ -f "$crds/kustomization.yaml" ]; then
+    k apply --server-side --force-conflicts -k "$crds" >/dev/null
+  else
+    k apply --server-side --force-conflicts -f "$crds" >/dev/null
+  fi
   k apply --server-side --force-conflicts -k "$ROOT/config/crd" >/dev/null
   k wait --for=condition=Established --timeout=60s crd \
     gatewayclasses.gateway.networking.k8s.io gateways.gateway.networking.k8s.io \
