@@ -3,8 +3,9 @@
 # pinned in conformance/go.mod) against Portcullis on the local cluster.
 #
 #   1. local cluster up (an already running one is reused), unless KUBECONFIG names a cluster
-#   2. our images, the Gateway API CRDs of the pinned version (standard; GATEWAY_API_CHANNEL=experimental
-#      for the experimental ones), the operator
+#   2. our images, the Gateway API CRDs of the pinned version (the experimental channel, a superset
+#      of the standard one that HTTPRouteRetry needs; GATEWAY_API_CHANNEL=standard for the
+#      standard CRDs), the operator
 #   3. the suite's backends built from the conformance module's Go source (echo-basic, and
 #      coredns for the base manifests) and imported under the exact image names its manifests use
 #   4. GatewayClass portcullis-conformance, then the suite with the profiles we claim; the
@@ -22,6 +23,7 @@ mkdir -p target
 # shellcheck source=local-cluster/versions.env
 source hack/local-cluster/versions.env
 export GOTOOLCHAIN=local
+export GATEWAY_API_CHANNEL=${GATEWAY_API_CHANNEL:-experimental}
 started=$(date +%s)
 stamp() { echo "== $* ($(( $(date +%s) - started )) s)"; }
 

@@ -40,6 +40,7 @@ pub fn supported() -> Vec<&'static str> {
         "HTTPRouteRequestMultipleMirrors",
         "HTTPRouteRequestPercentageMirror",
         "HTTPRouteRequestTimeout",
+        "HTTPRouteRetry",
         "HTTPRouteResponseHeaderModification",
         "HTTPRouteSchemeRedirect",
         "ReferenceGrant",
