@@ -205,6 +205,8 @@ pub struct RouteRule {
 
 /// Most retries one request may make (after its first attempt).
 pub const MAX_RETRY_ATTEMPTS: u32 = 16;
+/// Longest first wait before a retry (one hour; later waits double up to 32 times this).
+pub const MAX_RETRY_BACKOFF_MS: u64 = 3_600_000;
 
 /// Retries of a rule's requests: an upstream response with one of `codes` is discarded and
 /// the request sent again (to the next endpoint of the same backend), at most `attempts`

@@ -478,6 +478,12 @@ impl Validator {
                 if let Some(code) = retry.codes.iter().find(|c| !(400..=599).contains(*c)) {
                     v.fail(format!("code {code} is not between 400 and 599"));
                 }
+                if retry.backoff_ms > MAX_RETRY_BACKOFF_MS {
+                    v.fail(format!(
+                        "backoff_ms {} exceeds {MAX_RETRY_BACKOFF_MS}",
+                        retry.backoff_ms
+                    ));
+                }
                 if retry.attempts == 0 || retry.attempts > MAX_RETRY_ATTEMPTS {
                     v.fail(format!(
                         "attempts {} is not between 1 and {MAX_RETRY_ATTEMPTS}",

@@ -208,6 +208,14 @@ fn cors_and_mirror_filters_validate() {
     assert_eq!(validate(&config), Ok(()));
 }
 
+fn retry(codes: &[u16], attempts: u32, backoff_ms: u64) -> RetryPolicy {
+    RetryPolicy {
+        codes: codes.to_vec(),
+        attempts,
+        backoff_ms,
+    }
+}
+
 fn rule(config: &mut CompiledConfig) -> &mut RouteRule {
     &mut config.ports[0].listeners[0].routes[0].rules[0]
 }
@@ -215,6 +223,9 @@ fn rule(config: &mut CompiledConfig) -> &mut RouteRule {
 #[test]
 fn base_is_valid() {
     assert_eq!(validate(&base()), Ok(()));
+    let mut config = base();
+    rule(&mut config).retry = Some(retry(&[500, 503], MAX_RETRY_ATTEMPTS, MAX_RETRY_BACKOFF_MS));
+    assert_eq!(validate(&config), Ok(()));
 }
 
 /// Each case breaks one invariant; the error must name where.
@@ -340,6 +351,31 @@ fn invalid_configs_are_reported_with_their_path() {
             "weight too large",
             |c| rule(c).backends[0].weight = MAX_WEIGHT + 1,
             "ports[0].listeners[0].routes[0].rules[0].backends[0]",
+        ),
+        (
+            "retry without codes",
+            |c| rule(c).retry = Some(retry(&[], 1, 25)),
+            "ports[0].listeners[0].routes[0].rules[0].retry",
+        ),
+        (
+            "retry on a success code",
+            |c| rule(c).retry = Some(retry(&[500, 200], 1, 25)),
+            "ports[0].listeners[0].routes[0].rules[0].retry",
+        ),
+        (
+            "retry zero times",
+            |c| rule(c).retry = Some(retry(&[503], 0, 25)),
+            "ports[0].listeners[0].routes[0].rules[0].retry",
+        ),
+        (
+            "too many retries",
+            |c| rule(c).retry = Some(retry(&[503], MAX_RETRY_ATTEMPTS + 1, 25)),
+            "ports[0].listeners[0].routes[0].rules[0].retry",
+        ),
+        (
+            "retry backoff too long",
+            |c| rule(c).retry = Some(retry(&[503], 1, MAX_RETRY_BACKOFF_MS + 1)),
+            "ports[0].listeners[0].routes[0].rules[0].retry",
         ),
         (
             "redirect on a backend",

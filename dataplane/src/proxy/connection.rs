@@ -971,8 +971,22 @@ impl Exchange<'_> {
             if let Some(next) = self.installed.next_endpoint_of(self.share) {
                 self.endpoint.set(next);
             }
-            // `conn.out` still holds the whole request.
-            upstream = match self.deliver(&conn.out).await {
+            // `conn.out` still holds the whole request; sending it ends by the request's
+            // deadline too.
+            let resent = match self.deadline {
+                Some(deadline) => {
+                    future::or(self.deliver(&conn.out), async {
+                        glommio::timer::Timer::new(
+                            deadline.saturating_duration_since(Instant::now()),
+                        )
+                        .await;
+                        Err(Failure::Status(504))
+                    })
+                    .await
+                }
+                None => self.deliver(&conn.out).await,
+            };
+            upstream = match resent {
                 Ok(upstream) => upstream,
                 Err(failure) => return self.fail(io, conn, failure, RequestFraming::None).await,
             };

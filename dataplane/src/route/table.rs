@@ -236,8 +236,9 @@ impl Retry {
         let wait = self
             .backoff
             .saturating_mul(1 << (retry - 1).min(MAX_BACKOFF_DOUBLINGS));
-        match deadline {
-            Some(deadline) if Instant::now() + wait >= deadline => None,
+        match (deadline, Instant::now().checked_add(wait)) {
+            (_, None) => None,
+            (Some(deadline), Some(end)) if end >= deadline => None,
             _ => Some(wait),
         }
     }

@@ -558,7 +558,9 @@ fn translate_rule(
     out: &mut TranslatedRoute,
 ) -> Result<RouteRule, Problem> {
     let mut filters = Vec::new();
-    let mut extension_ref = None;
+    // A filter the proxy cannot apply must not be skipped: the requests it would have handled
+    // get an error response (500). Its description and the reason reported for it.
+    let mut unservable_filter: Option<(String, &'static str)> = None;
     for filter in rule.filters.iter().flatten() {
         match filter.r#type {
             HttpRouteRulesFiltersType::RequestHeaderModifier => {
@@ -627,13 +629,14 @@ fn translate_rule(
                 }));
             }
             HttpRouteRulesFiltersType::ExtensionRef => {
-                // An unresolvable custom filter must not be skipped: the requests it would
-                // have handled get an error response.
                 let name = filter
                     .extension_ref
                     .as_ref()
                     .map(|e| format!("{}/{} {}", e.group, e.kind, e.name));
-                extension_ref = Some(name.unwrap_or_default());
+                unservable_filter = Some((
+                    format!("ExtensionRef filter {}", name.unwrap_or_default()),
+                    reasons::INVALID_KIND,
+                ));
             }
             HttpRouteRulesFiltersType::RequestMirror => {
                 let m = filter
@@ -663,9 +666,12 @@ fn translate_rule(
                 }
             }
             HttpRouteRulesFiltersType::ExternalAuth => {
-                // Serving the rule without the authorization it asks for would let every
-                // request through: the rule is not programmed.
-                return Err(unsupported("the ExternalAuth filter is not supported"));
+                // Dropping the rule would hand its requests to a broader rule, without the
+                // authorization asked for.
+                unservable_filter = Some((
+                    "the ExternalAuth filter".to_string(),
+                    reasons::UNSUPPORTED_VALUE,
+                ));
             }
             HttpRouteRulesFiltersType::Cors => {
                 let c = filter.cors.as_ref().ok_or_else(missing("cors"))?;
@@ -738,9 +744,9 @@ fn translate_rule(
                 }
             }
         }
-        let target = match (resolved, backend_problem, &extension_ref) {
-            (_, _, Some(extension)) => {
-                BackendTarget::Invalid(format!("ExtensionRef filter {extension} is not supported"))
+        let target = match (resolved, backend_problem, &unservable_filter) {
+            (_, _, Some((filter, _))) => {
+                BackendTarget::Invalid(format!("{filter} is not supported"))
             }
             (_, Some(problem), None) => {
                 if out.unresolved.is_none() {
@@ -758,22 +764,18 @@ fn translate_rule(
             filters: backend_filters,
         });
     }
-    if let (Some(extension), None) = (&extension_ref, &out.unresolved) {
+    if let (Some((filter, reason)), None) = (&unservable_filter, &out.unresolved) {
         out.unresolved = Some((
-            reasons::INVALID_KIND,
-            format!(
-                "ExtensionRef filter {extension} is not supported; its requests are answered 500"
-            ),
+            reason,
+            format!("{filter} is not supported; its requests are answered 500"),
         ));
     }
-    if let Some(extension) = &extension_ref
+    if let Some((filter, _)) = &unservable_filter
         && weighted.is_empty()
     {
         weighted.push(WeightedBackend {
             weight: 1,
-            target: BackendTarget::Invalid(format!(
-                "ExtensionRef filter {extension} is not supported"
-            )),
+            target: BackendTarget::Invalid(format!("{filter} is not supported")),
             filters: Vec::new(),
         });
     }
@@ -925,7 +927,6 @@ fn method_name(method: &HttpRouteRulesMatchesMethod) -> String {
     name.to_string()
 }
 
-/// Gateway API Duration ("1h", "30s", "500ms", "1m30s"; up to four parts) in milliseconds.
 /// Wait before the first retry when the rule names none (as Envoy's default base interval).
 const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
 /// Retries when the rule names no count.
@@ -969,6 +970,7 @@ fn translate_retry(retry: &HttpRouteRulesRetry) -> Result<Option<RetryPolicy>, P
     }))
 }
 
+/// Gateway API Duration ("1h", "30s", "500ms", "1m30s"; up to four parts) in milliseconds.
 pub fn parse_duration(text: &str) -> Result<u64, Problem> {
     let invalid = || unsupported(format!("invalid duration {text:?}"));
     let mut total: u64 = 0;

@@ -300,7 +300,9 @@ impl Forward<'_> {
             if let Some(next) = self.installed.next_endpoint_of(self.share) {
                 self.endpoint.set(next);
             }
-            upstream = self.deliver(&conn.out).await?;
+            upstream = self
+                .within_deadline(self.deadline, respond, self.deliver(&conn.out))
+                .await??;
         }
         let status = conn.response.status;
         if status == 101 {
