@@ -38,6 +38,13 @@ install_crds() {
   echo "installing the Gateway API $GATEWAY_API_VERSION $GATEWAY_API_CHANNEL CRDs and Portcullis's CRDs"
   local crds
   crds=$(gateway_api_crds)
+  if [ "$GATEWAY_API_CHANNEL" = experimental ]; then
+    # Standard-channel CRDs come with a policy that refuses experimental CRDs over them; moving
+    # to the experimental channel (a superset) means removing it first, as its message says.
+    # The experimental bundle installs its own.
+    k delete --ignore-not-found validatingadmissionpolicybinding safe-upgrades.gateway.networking.k8s.io >/dev/null
+    k delete --ignore-not-found validatingadmissionpolicy safe-upgrades.gateway.networking.k8s.io >/dev/null
+  fi
   # The experimental directory is a kustomization (the standard one a plain list of files).
   if [ -f "$crds/kustomization.yaml" ]; then
     k apply --server-side --force-conflicts -k "$crds" >/dev/null
