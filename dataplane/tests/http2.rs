@@ -32,12 +32,18 @@ fn runtime() -> Runtime {
 
 /// An h2c client connection to `port`.
 async fn connect(port: u16) -> SendRequest<Bytes> {
+    connect_abortable(port).await.0
+}
+
+/// An h2c client connection to `port`, and the task driving it: aborting the task makes the
+/// client vanish without a GOAWAY.
+async fn connect_abortable(port: u16) -> (SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    sender
+    (sender, driver)
 }
 
 /// What a response looked like in full.
@@ -922,11 +928,7 @@ fn a_client_that_goes_away_abandons_its_streams_upstream() {
         .build();
     let _proxy = Proxy::start(&config);
     runtime().block_on(async {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, driver) = connect_abortable(port).await;
         let mut sender = client.ready().await.unwrap();
         let (_response, _) = sender
             .send_request(get("http://held.test/held"), true)
@@ -1017,11 +1019,7 @@ fn a_connection_that_ends_cancels_its_streams_upstream_connects_and_the_core_ser
     // One core: a wedged executor would leave nobody to answer.
     let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
     runtime().block_on(async {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, driver) = connect_abortable(port).await;
         let mut sender = client.ready().await.unwrap();
         let (_response, _) = sender
             .send_request(get("http://stuck.test/"), true)
@@ -1089,7 +1087,6 @@ fn an_http2_request_is_retried_on_its_rule_s_codes() {
         let answer = exchange(&client, get("http://retry.test/fail/5/500/spent"), b"").await;
         assert_eq!(answer.status, 500);
     });
-    let received = |path: &str| http1.requests().iter().filter(|r| r.path == path).count();
-    assert_eq!(received("/fail/2/500/h2"), 3);
-    assert_eq!(received("/fail/5/500/spent"), 4);
+    assert_eq!(http1.received("/fail/2/500/h2"), 3);
+    assert_eq!(http1.received("/fail/5/500/spent"), 4);
 }

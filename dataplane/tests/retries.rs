@@ -105,9 +105,7 @@ fn start() -> Setup {
 impl Setup {
     /// Requests both backends received for `path`.
     fn received(&self, path: &str) -> usize {
-        let count =
-            |backend: &Backend| backend.requests().iter().filter(|r| r.path == path).count();
-        count(&self.a) + count(&self.b)
+        self.a.received(path) + self.b.received(path)
     }
 }
 
@@ -158,16 +156,10 @@ fn a_retry_goes_to_the_next_endpoint() {
     let mut client = Client::connect(setup.port);
     // Each endpoint fails the path once: the first attempt fails on one, the retry on the
     // other, the second retry succeeds on the first again.
-    let response = client.get("pair.example", "/fail/1/500/c");
+    let path = "/fail/1/500/c";
+    let response = client.get("pair.example", path);
     assert_eq!(response.status, 200);
-    let on = |backend: &Backend| {
-        backend
-            .requests()
-            .iter()
-            .filter(|r| r.path == "/fail/1/500/c")
-            .count()
-    };
-    let mut split = [on(&setup.a), on(&setup.b)];
+    let mut split = [setup.a.received(path), setup.b.received(path)];
     split.sort();
     assert_eq!(split, [1, 2]);
 }

@@ -27,6 +27,7 @@ use crate::proxy::h2;
 use crate::proxy::min_rate::MinRate;
 use crate::proxy::mirror::MirrorRequest;
 use crate::proxy::redirect::{self, Origin};
+use crate::proxy::retry;
 use crate::proxy::serialize::{
     self, HeaderEdits, OutFraming, Persistence, UpstreamRequest, client_framing,
 };
@@ -957,16 +958,19 @@ impl Exchange<'_> {
                 // answered Expect itself, so they are dropped.
                 upstream.rx.consume(conn.response.head_len);
             }
-            let retry = self.rule.retry.as_deref().filter(|_| replayable);
-            let Some(wait) =
-                retry.and_then(|r| r.wait_before(conn.response.status, retries + 1, self.deadline))
-            else {
+            let status = conn.response.status;
+            let Some(wait) = retry::wait_before_retry(
+                self.shard,
+                self.rule,
+                replayable,
+                status,
+                &mut retries,
+                self.deadline,
+            ) else {
                 break;
             };
             // The response is abandoned unread, and its connection with it.
             drop(upstream);
-            retries += 1;
-            increment(&self.shard.counters.retries);
             glommio::timer::Timer::new(wait).await;
             if let Some(next) = self.installed.next_endpoint_of(self.share) {
                 self.endpoint.set(next);

@@ -6,5 +6,6 @@ pub mod h2;
 pub mod min_rate;
 pub mod mirror;
 pub mod redirect;
+pub mod retry;
 pub mod serialize;
 pub mod upstream;

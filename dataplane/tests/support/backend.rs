@@ -23,6 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+fn received_for(requests: &[Recorded], path: &str) -> usize {
+    requests.iter().filter(|r| r.path == path).count()
+}
+
 /// One request as the backend received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -95,6 +99,11 @@ impl Backend {
 
     pub fn request_count(&self) -> usize {
         self.requests.lock().unwrap().len()
+    }
+
+    /// Requests received for exactly `path`.
+    pub fn received(&self, path: &str) -> usize {
+        received_for(&self.requests.lock().unwrap(), path)
     }
 
     /// Upstream connections accepted so far.
@@ -180,7 +189,7 @@ pub(super) fn serve_stream<S: Read + Write>(
         };
         let seen_before = {
             let mut requests = requests.lock().unwrap();
-            let seen = requests.iter().filter(|r| r.path == path).count() as u64;
+            let seen = received_for(&requests, &path) as u64;
             requests.push(recorded);
             seen
         };

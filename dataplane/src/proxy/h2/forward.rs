@@ -19,13 +19,14 @@ use crate::http::chunked::{self, ChunkedDecoder, Decoded};
 use crate::http::request::{self, RequestFraming, RequestHead};
 use crate::http::response::{self, ResponseFraming};
 use crate::io::{Transport, send};
-use crate::metrics::{UpstreamError, increment};
+use crate::metrics::UpstreamError;
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::connection::{Downstream, cors_reply};
 use crate::proxy::h2::head::{self, OWN_HEAD_LIMITS};
 use crate::proxy::h2::send_all;
 use crate::proxy::h2::server::answer_locally;
 use crate::proxy::mirror::MirrorRequest;
+use crate::proxy::retry;
 use crate::proxy::serialize::{self, HeaderEdits, OutFraming, Persistence};
 use crate::proxy::upstream::{self, PoolKey, UpstreamConn};
 use crate::route::cors::{CorsPolicy, CorsRequest};
@@ -282,16 +283,19 @@ impl Forward<'_> {
                 }
                 upstream.rx.consume(conn.response.head_len);
             }
-            let retry = self.rule.retry.as_deref().filter(|_| replayable);
-            let Some(wait) =
-                retry.and_then(|r| r.wait_before(conn.response.status, retries + 1, self.deadline))
-            else {
+            let status = conn.response.status;
+            let Some(wait) = retry::wait_before_retry(
+                self.shard,
+                self.rule,
+                replayable,
+                status,
+                &mut retries,
+                self.deadline,
+            ) else {
                 break;
             };
             // The response is abandoned unread, and its connection with it.
             drop(upstream);
-            retries += 1;
-            increment(&self.shard.counters.retries);
             self.within_deadline(None, respond, async {
                 Timer::new(wait).await;
                 Ok(())

@@ -14,6 +14,7 @@ use glommio::timer::Timer;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::Request;
+use portcullis_api::config::ProxySettings;
 
 use crate::access_log::AccessLog;
 use crate::error;
@@ -77,7 +78,15 @@ pub async fn serve<T: Transport>(
     };
     increment(&shard.counters.http2_connections);
     let streams = Rc::new(Streams::default());
-    serve_streams(&shard, &mut connection, &streams, info, &server_name).await;
+    serve_streams(
+        &shard,
+        &settings,
+        &mut connection,
+        &streams,
+        info,
+        &server_name,
+    )
+    .await;
     // Nothing reaches the client once the connection is no longer polled, so streams still
     // running would only load their backends: they stop now, and the connection counts as
     // open (for draining and connection limits) until they have.
@@ -110,12 +119,12 @@ impl Streams {
 /// Accepts streams until the connection ends or fails (h2 has then told the client why).
 async fn serve_streams<T: Transport>(
     shard: &Rc<Shard>,
+    settings: &ProxySettings,
     connection: &mut h2::server::Connection<io::Stream<T>, Bytes>,
     streams: &Rc<Streams>,
     info: ConnInfo,
     server_name: &Option<Rc<str>>,
 ) {
-    let settings = shard.current().snapshot.settings.clone();
     let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
     let max_streams = settings.max_requests_per_connection;
     let mut accepted: u64 = 0;
