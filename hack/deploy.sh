@@ -45,12 +45,36 @@ install_crds() {
     k delete --ignore-not-found validatingadmissionpolicybinding safe-upgrades.gateway.networking.k8s.io >/dev/null
     k delete --ignore-not-found validatingadmissionpolicy safe-upgrades.gateway.networking.k8s.io >/dev/null
   fi
-  # The experimental directory is a kustomization (the standard one a plain list of files).
+  # The bundle's files: the experimental directory lists them in a kustomization (it holds
+  # files it does not install), the standard one is the plain list.
+  local files=() policy=() file
   if [ -f "$crds/kustomization.yaml" ]; then
-    k apply --server-side --force-conflicts -k "$crds" >/dev/null
+    mapfile -t files < <(sed -n 's/^- //p' "$crds/kustomization.yaml")
   else
-    k apply --server-side --force-conflicts -f "$crds" >/dev/null
+    mapfile -t files < <(cd "$crds" && ls -- *.yaml)
   fi
+  local crd_args=()
+  for file in "${files[@]}"; do
+    case $file in
+      *vap*) policy+=(-f "$crds/$file") ;;
+      *) crd_args+=(-f "$crds/$file") ;;
+    esac
+  done
+  # The policy goes in last: applied with the CRDs, it would be back before a CRD the API server
+  # refused while its admission still saw the deleted one (its informer lags the delete) and
+  # refuse every retry. Only that refusal is retried.
+  local attempt err
+  for attempt in $(seq 1 30); do
+    if err=$(k apply --server-side --force-conflicts "${crd_args[@]}" 2>&1 >/dev/null); then
+      break
+    fi
+    if ! grep -q 'safe-upgrades' <<<"$err" || [ "$attempt" = 30 ]; then
+      echo "$err" >&2
+      return 1
+    fi
+    sleep 1
+  done
+  if [ ${#policy[@]} -gt 0 ]; then k apply --server-side --force-conflicts "${policy[@]}" >/dev/null; fi
   k apply --server-side --force-conflicts -k "$ROOT/config/crd" >/dev/null
   k wait --for=condition=Established --timeout=60s crd \
     gatewayclasses.gateway.networking.k8s.io gateways.gateway.networking.k8s.io \
