@@ -253,6 +253,10 @@ pub enum PathMatch {
     /// Element-wise prefix: "/foo" matches "/foo" and "/foo/bar", not "/foobar".
     PathPrefix(String),
     RegularExpression(String),
+    /// `/<any service>/<method>`: a gRPC method named without its service (the value is the
+    /// method). It ranks below every prefix longer than "/" (a gRPC service match names more
+    /// service characters, which GRPCRoute ranks first) and above the prefix "/".
+    GrpcMethod(String),
 }
 
 impl Default for PathMatch {

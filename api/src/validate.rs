@@ -507,6 +507,7 @@ impl Validator {
         self.within(Segment::Field(".path"), |v| match &m.path {
             PathMatch::Exact(p) | PathMatch::PathPrefix(p) => v.absolute_path(p),
             PathMatch::RegularExpression(r) => v.regex(r),
+            PathMatch::GrpcMethod(method) => v.grpc_method(method),
         });
         for (i, h) in m.headers.iter().enumerate() {
             self.at(".headers", i, |v| {
@@ -697,13 +698,23 @@ impl Validator {
     fn absolute_path(&mut self, path: &str) {
         if !path.starts_with('/') {
             self.fail(format!("path {path:?} must start with '/'"));
-        } else if path
-            .bytes()
-            .any(|b| b <= 0x20 || b == 0x7f || b == b'?' || b == b'#')
-        {
+        } else if path.bytes().any(not_in_path) {
             self.fail(format!(
                 "path {path:?} contains characters not allowed in a path"
             ));
+        }
+    }
+
+    fn grpc_method(&mut self, method: &str) {
+        if method.is_empty() {
+            self.fail("gRPC method must not be empty");
+        } else {
+            // The method is the path's last element: a path's characters, without a '/'.
+            if method.bytes().any(|b| b == b'/' || not_in_path(b)) {
+                self.fail(format!(
+                    "gRPC method {method:?} contains characters not allowed in a path element"
+                ));
+            }
         }
     }
 
@@ -832,3 +843,8 @@ pub fn is_dns_name(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// Bytes a request path never holds as they are (the query and fragment have been split off).
+fn not_in_path(b: u8) -> bool {
+    b <= 0x20 || b == 0x7f || b == b'?' || b == b'#'
+}

@@ -287,6 +287,16 @@ fn invalid_configs_are_reported_with_their_path() {
             "ports[0].listeners[0].routes[0].rules[0].matches[0].path",
         ),
         (
+            "empty gRPC method",
+            |c| rule(c).matches[0].path = PathMatch::GrpcMethod(String::new()),
+            "ports[0].listeners[0].routes[0].rules[0].matches[0].path",
+        ),
+        (
+            "gRPC method holding a path",
+            |c| rule(c).matches[0].path = PathMatch::GrpcMethod("Svc/Get".into()),
+            "ports[0].listeners[0].routes[0].rules[0].matches[0].path",
+        ),
+        (
             "bad header name",
             |c| rule(c).matches[0].headers[0].name = "x version".into(),
             "ports[0].listeners[0].routes[0].rules[0].matches[0].headers[0]",

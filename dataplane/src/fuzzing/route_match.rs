@@ -14,7 +14,7 @@ use crate::route::matcher::{PathMatcher, RequestView};
 use crate::route::table::{EntryId, ListenerTable};
 
 /// The routes the matcher is fuzzed against: exact and wildcard hostnames on routes and
-/// listeners, exact, prefix and regex paths, header, query and method conditions.
+/// listeners, exact, prefix, regex and gRPC method paths, header, query and method conditions.
 pub(super) const ROUTES_CONFIG: &str = r#"{
   "schema_version": 1,
   "generation": 1,
@@ -54,6 +54,14 @@ pub(super) const ROUTES_CONFIG: &str = r#"{
         {"matches": [{"path": {"type": "PathPrefix", "value": "/%2F"}},
                      {"path": {"type": "Exact", "value": "/foo/bar/"}},
                      {"path": {"type": "PathPrefix", "value": "/long/path/with/many/elements"}}]}
+      ]},
+      {"name": "fuzz/grpc", "hostnames": ["grpc.test"], "rules": [
+        {"matches": [{"path": {"type": "GrpcMethod", "value": "Get"}}]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/pkg.Svc/"}}]},
+        {"matches": [{"path": {"type": "GrpcMethod", "value": "Get"},
+                      "headers": [{"name": "x-mode", "value": {"type": "Exact", "value": "on"}}]}]},
+        {"matches": [{"path": {"type": "Exact", "value": "/pkg.Svc/Get"}}]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}
       ]},
       {"name": "fuzz/empty", "rules": []},
       {"name": "fuzz/catch", "hostnames": ["catch.test"], "rules": [{}]}
@@ -234,8 +242,8 @@ fn reference_listener(listeners: &[ListenerTable], host: &str) -> usize {
 }
 
 /// Brute force: the most specific host group with any matching entry, and in it the entry
-/// first by path kind (exact, regex, then longer prefixes), then by the match's precedence,
-/// then by configuration order.
+/// first by path kind (exact, regex, longer prefixes, gRPC methods, the root prefix), then by
+/// the match's precedence, then by configuration order.
 fn reference_find(
     listener: &ListenerTable,
     entry_hosts: &[Vec<HostPattern>],
@@ -264,7 +272,9 @@ fn reference_find(
                 let (kind, prefix_len) = match &entry.matcher.path {
                     PathMatcher::Exact(_) => (0, 0),
                     PathMatcher::Regex(_) => (1, 0),
-                    PathMatcher::Prefix { key, .. } => (2, key.len()),
+                    PathMatcher::Prefix { key, .. } if !key.is_empty() => (2, key.len()),
+                    PathMatcher::GrpcMethod { .. } => (3, 0),
+                    PathMatcher::Prefix { .. } => (4, 0),
                 };
                 (
                     kind,

@@ -50,6 +50,10 @@ pub enum PathMatcher {
         declared_len: usize,
     },
     Regex(Regex),
+    /// `/<any service>/<method>`; `suffix` is `/<method>`.
+    GrpcMethod {
+        suffix: Box<[u8]>,
+    },
 }
 
 #[derive(Debug)]
@@ -99,6 +103,9 @@ impl CompiledMatch {
                 declared_len: p.len(),
             },
             PathMatch::RegularExpression(r) => PathMatcher::Regex(full_match_regex(r)?),
+            PathMatch::GrpcMethod(method) => PathMatcher::GrpcMethod {
+                suffix: format!("/{method}").into_bytes().into(),
+            },
         };
         // Gateway API: when a match lists the same header or parameter twice, only the
         // first counts.
@@ -161,6 +168,7 @@ impl CompiledMatch {
             PathMatcher::Exact(p) => **p == *request.path,
             PathMatcher::Prefix { key, .. } => prefix_matches(key, request.path),
             PathMatcher::Regex(r) => r.is_match(request.path),
+            PathMatcher::GrpcMethod { suffix } => grpc_method_of(request.path) == Some(suffix),
         };
         path_ok && self.matches_conditions(request)
     }
@@ -188,6 +196,14 @@ impl CompiledMatch {
             _ => 0,
         }
     }
+}
+
+/// `/<method>` of a `/<service>/<method>` path (both elements non-empty), or None.
+pub fn grpc_method_of(path: &[u8]) -> Option<&[u8]> {
+    let rest = path.strip_prefix(b"/")?;
+    let service_len = rest.iter().position(|&b| b == b'/')?;
+    let suffix = &rest[service_len..];
+    (service_len > 0 && suffix.len() > 1 && !suffix[1..].contains(&b'/')).then_some(suffix)
 }
 
 /// "/foo/" → "/foo", "/" → "".

@@ -4,7 +4,8 @@
 //! 1. hostname: the route hostname that matches the request host most specifically (exact,
 //!    then longer wildcards, then routes without hostnames);
 //! 2. path: Exact, then RegularExpression (implementation-specific, as in Envoy Gateway), then
-//!    PathPrefix by declared length;
+//!    PathPrefix by declared length, the root prefix "/" last (after gRPC method-only
+//!    matches, which GRPCRoute ranks below service matches);
 //! 3. method match, then more header matches, then more query parameter matches;
 //! 4. route order as compiled (oldest route, then "namespace/name"), then rule order.
 //!
@@ -21,7 +22,7 @@ use portcullis_api::config::{
 
 use super::cors::CorsPolicy;
 use super::host::HostPattern;
-use super::matcher::{CompiledMatch, PathMatcher, RequestView, prefix_matches};
+use super::matcher::{CompiledMatch, PathMatcher, RequestView, grpc_method_of, prefix_matches};
 use super::stream_route::StreamRouteTable;
 use super::{BuildContext, ConfigMap};
 
@@ -271,6 +272,8 @@ pub struct RuleIndex {
     regex: Vec<EntryId>,
     prefixes: ConfigMap<Box<[u8]>, Vec<EntryId>>,
     longest_prefix: usize,
+    /// gRPC method-only matches by `/<method>`.
+    grpc_methods: ConfigMap<Box<[u8]>, Vec<EntryId>>,
 }
 
 impl RuleIndex {
@@ -278,6 +281,11 @@ impl RuleIndex {
         match &matcher.path {
             PathMatcher::Exact(p) => self.exact.entry(p.clone()).or_default().push(id),
             PathMatcher::Regex(_) => self.regex.push(id),
+            PathMatcher::GrpcMethod { suffix } => self
+                .grpc_methods
+                .entry(suffix.clone())
+                .or_default()
+                .push(id),
             PathMatcher::Prefix { key, .. } => {
                 self.longest_prefix = self.longest_prefix.max(key.len());
                 self.prefixes.entry(key.clone()).or_default().push(id);
@@ -287,7 +295,12 @@ impl RuleIndex {
 
     fn sort(&mut self, entries: &[Entry]) {
         let key = |id: &EntryId| entries[*id as usize].matcher.precedence();
-        for bucket in self.exact.values_mut().chain(self.prefixes.values_mut()) {
+        for bucket in self
+            .exact
+            .values_mut()
+            .chain(self.prefixes.values_mut())
+            .chain(self.grpc_methods.values_mut())
+        {
             bucket.sort_by_key(key);
         }
         self.regex.sort_by_key(key);
@@ -314,28 +327,36 @@ impl RuleIndex {
                 return Some(*id);
             }
         }
-        if self.prefixes.is_empty() {
-            return None;
-        }
-        // Candidate keys, longest first: the whole path, then the path cut before each '/'.
+        // Candidate keys, longest first: the whole path, then the path cut before each '/';
+        // the gRPC method-only matches come after every key but the root's.
         let path = request.path;
         let mut end = path.len().min(self.longest_prefix);
         if end < path.len() && path[end] != b'/' {
             // Shorten to the last element boundary at or before the longest key.
             end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
         }
-        loop {
-            let candidate = &path[..end];
-            if prefix_matches(candidate, path)
-                && let Some(found) = self.prefixes.get(candidate).and_then(|b| first_match(b))
-            {
-                return Some(found);
+        if !self.prefixes.is_empty() {
+            while end > 0 {
+                let candidate = &path[..end];
+                if prefix_matches(candidate, path)
+                    && let Some(found) = self.prefixes.get(candidate).and_then(|b| first_match(b))
+                {
+                    return Some(found);
+                }
+                end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
             }
-            if end == 0 {
-                return None;
-            }
-            end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
         }
+        if !self.grpc_methods.is_empty()
+            && let Some(found) = grpc_method_of(path)
+                .and_then(|method| self.grpc_methods.get(method))
+                .and_then(|b| first_match(b))
+        {
+            return Some(found);
+        }
+        if !prefix_matches(b"", path) {
+            return None;
+        }
+        self.prefixes.get(&[][..]).and_then(|b| first_match(b))
     }
 }
 

@@ -12,16 +12,16 @@
 //! |---|---|---|
 //! | `S` | `M` | Exact `/S/M` |
 //! | `S` | – | PathPrefix `/S/` |
-//! | – | `M` | RegularExpression `/[^/]+/M` |
+//! | – | `M` | GrpcMethod `M` (`/<any service>/M`) |
 //! | – | – | every path |
 //! | regex `S` and/or `M` | | RegularExpression `/(?:S)/(?:M)`, `[^/]+` for the one left out |
 //!
-//! Precedence follows the routing tables' HTTPRoute order (exact paths, then regular
-//! expressions, then the longest prefix; then header count; then route age and rule order).
-//! That gives GRPCRoute's order (service characters, then method characters, then headers) for
-//! the core service-and-method matches. A method-only match is a regular expression and so
-//! ranks above a service-only (prefix) match, where GRPCRoute would rank the service first;
-//! both forms are implementation-specific.
+//! Precedence follows the routing tables' order (exact paths, then regular expressions, then
+//! the longest prefix, then method-only matches, then the prefix "/"; then header count; then
+//! route age and rule order). That is GRPCRoute's order for Exact matches: service characters
+//! (a service-and-method or service-only match beats a method-only one), then method
+//! characters (a method-only match beats none), then headers. RegularExpression matches rank
+//! as regular expressions, which the API leaves to the implementation.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -145,9 +145,7 @@ fn method_path(m: &GrpcRouteRulesMatchesMethod) -> Result<PathMatch, Problem> {
             Ok(match (service, method) {
                 (Some(service), Some(method)) => PathMatch::Exact(format!("/{service}/{method}")),
                 (Some(service), None) => PathMatch::PathPrefix(format!("/{service}/")),
-                (None, Some(method)) => {
-                    PathMatch::RegularExpression(format!("/{any}/{}", escape_regex(method)))
-                }
+                (None, Some(method)) => PathMatch::GrpcMethod(method.into()),
                 (None, None) => PathMatch::PathPrefix("/".into()),
             })
         }
@@ -160,18 +158,6 @@ fn method_path(m: &GrpcRouteRulesMatchesMethod) -> Result<PathMatch, Problem> {
             )),
         }),
     }
-}
-
-/// `text` as a regular expression matching exactly it.
-fn escape_regex(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -206,7 +192,7 @@ mod tests {
             ),
             (
                 method(exact.clone(), None, Some("Get")),
-                PathMatch::RegularExpression("/[^/]+/Get".into()),
+                PathMatch::GrpcMethod("Get".into()),
             ),
             (
                 method(exact.clone(), Some(""), Some("")),
@@ -235,12 +221,6 @@ mod tests {
             method_path(&method(regex, Some("pkg.Svc"), None)).unwrap(),
             PathMatch::RegularExpression("/(?:pkg.Svc)/(?:[^/]+)".into())
         );
-    }
-
-    #[test]
-    fn regex_escaping() {
-        assert_eq!(escape_regex("Get"), "Get");
-        assert_eq!(escape_regex("a.b*c"), r"a\.b\*c");
     }
 
     #[test]

@@ -27,6 +27,10 @@ fn regex(pattern: &str) -> Value {
     json!({"path": {"type": "RegularExpression", "value": pattern}})
 }
 
+fn grpc_method(method: &str) -> Value {
+    json!({"path": {"type": "GrpcMethod", "value": method}})
+}
+
 /// A match on `path` plus a method, header and query conditions (exact values).
 fn conditions(
     path: Value,
@@ -265,9 +269,10 @@ fn random_path(rng: &mut Rng) -> String {
 
 fn random_match(rng: &mut Rng) -> Value {
     let path = random_path(rng);
-    let path = match rng.below(5) {
+    let path = match rng.below(6) {
         0 => exact(&path),
         1 => regex(&format!("{}(/.*)?", path.trim_end_matches('/'))),
+        2 => grpc_method(rng.pick(SEGMENTS)),
         _ => prefix(&path),
     };
     let method = (rng.below(3) == 0).then_some("GET");
@@ -334,10 +339,12 @@ fn linear_scan<'c>(
         if !c.matcher.matches(view) {
             return None;
         }
-        let kind = match c.matcher.path {
+        let kind = match &c.matcher.path {
             PathMatcher::Exact(_) => 0,
             PathMatcher::Regex(_) => 1,
-            PathMatcher::Prefix { .. } => 2,
+            PathMatcher::Prefix { key, .. } if !key.is_empty() => 2,
+            PathMatcher::GrpcMethod { .. } => 3,
+            PathMatcher::Prefix { .. } => 4,
         };
         let rank = (
             std::cmp::Reverse(host_rank),
@@ -455,6 +462,60 @@ fn regex_paths_rank_between_exact_and_prefix() {
     assert_eq!(get(&snapshot, HOST, "/a").as_deref(), Some("r"));
     assert_eq!(get(&snapshot, HOST, "/a/b"), None);
     assert_eq!(get(&snapshot, HOST, "/b/a"), None);
+}
+
+#[test]
+fn grpc_method_only_matches_rank_below_service_matches_and_above_the_root() {
+    let snapshot = single_listener(vec![
+        route(
+            "ns/method",
+            &[],
+            vec![rule("method", vec![grpc_method("Get")])],
+        ),
+        route(
+            "ns/method-with-header",
+            &[],
+            vec![rule(
+                "method-with-header",
+                vec![conditions(
+                    grpc_method("Get"),
+                    None,
+                    &[("x-mode", "on")],
+                    &[],
+                )],
+            )],
+        ),
+        route(
+            "ns/service",
+            &[],
+            vec![rule("service", vec![prefix("/pkg.Svc/")])],
+        ),
+        route(
+            "ns/exact",
+            &[],
+            vec![rule("exact", vec![exact("/pkg.Svc/Get")])],
+        ),
+        route("ns/root", &[], vec![rule("root", vec![])]),
+    ]);
+    let on: &[(&str, &str)] = &[("x-mode", "on")];
+    check(
+        &snapshot,
+        &[
+            ("POST", "/pkg.Svc/Get", &[], "exact"),
+            // GRPCRoute ranks service characters before method characters.
+            ("POST", "/pkg.Svc/List", &[], "service"),
+            ("POST", "/other.Svc/Get", &[], "method"),
+            // Among method-only matches, more header matches first.
+            ("POST", "/other.Svc/Get", on, "method-with-header"),
+            ("POST", "/other.Svc/List", &[], "root"),
+            // The method must be the whole last element, with a non-empty service before it.
+            ("POST", "/other.Svc/Getter", &[], "root"),
+            ("POST", "//Get", &[], "root"),
+            ("POST", "/Get", &[], "root"),
+            ("POST", "/a/b/Get", &[], "root"),
+            ("POST", "/other.Svc/Get/", &[], "root"),
+        ],
+    );
 }
 
 #[test]
