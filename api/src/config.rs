@@ -208,11 +208,13 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 16;
 /// Longest first wait before a retry (one hour; later waits double up to 32 times this).
 pub const MAX_RETRY_BACKOFF_MS: u64 = 3_600_000;
 
-/// Retries of a rule's requests: an upstream response with one of `codes` is discarded and
-/// the request sent again (to the next endpoint of the same backend), at most `attempts`
-/// times, waiting `backoff_ms` before the first retry and twice as long before each next one.
-/// Only requests held whole in the proxy (no body, or a small one that arrived with the
-/// head) are retried; the rest get the first response.
+/// Retries of a rule's requests: an attempt that got no response (the connect failed, the
+/// connection reset or closed before a response head, the backend request timeout passed)
+/// or a response with one of `codes` (which may be empty) is abandoned and the request sent
+/// again (to the next endpoint of the same backend), at most `attempts` times, waiting
+/// `backoff_ms` before the first retry and twice as long before each next one. Only requests
+/// held whole in the proxy (no body, or a small one that arrived with the head) are retried;
+/// the rest get the first outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {

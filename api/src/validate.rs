@@ -472,9 +472,6 @@ impl Validator {
         }
         if let Some(retry) = &rule.retry {
             self.within(Segment::Field(".retry"), |v| {
-                if retry.codes.is_empty() {
-                    v.fail("codes must not be empty");
-                }
                 if let Some(code) = retry.codes.iter().find(|c| !(400..=599).contains(*c)) {
                     v.fail(format!("code {code} is not between 400 and 599"));
                 }

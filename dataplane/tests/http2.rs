@@ -99,13 +99,18 @@ fn get(uri: &str) -> Request<()> {
 
 /// An HTTP/2 (h2c) backend: echoes each request's body back as it arrives, then ends with
 /// `grpc-status: 0` trailers. Response headers carry `x-backend`, the request's path and
-/// the request headers the test asks about (`x-seen-<name>`).
+/// the request headers the test asks about (`x-seen-<name>`). A path `/fail/N/NNN/…` is
+/// answered with status NNN (and no body) on its first N requests.
 struct Http2Backend {
     addr: SocketAddr,
     /// Path and body of every request whose body ended.
     received: Received,
+    /// The path of every request, as it arrived.
+    arrived: Arrived,
     _runtime: std::thread::JoinHandle<()>,
 }
+
+type Arrived = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
@@ -123,7 +128,8 @@ impl Http2Backend {
         let addr = std_listener.local_addr().unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let received = Received::default();
-        let record = received.clone();
+        let arrived = Arrived::default();
+        let record = (received.clone(), arrived.clone());
         let thread = std::thread::spawn(move || {
             runtime().block_on(async move {
                 let listener = TcpListener::from_std(std_listener).unwrap();
@@ -149,8 +155,19 @@ impl Http2Backend {
         Http2Backend {
             addr,
             received,
+            arrived,
             _runtime: thread,
         }
+    }
+
+    /// How many requests for `path` arrived.
+    fn arrivals(&self, path: &str) -> usize {
+        self.arrived
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
     }
 
     fn endpoint(&self) -> String {
@@ -158,8 +175,11 @@ impl Http2Backend {
     }
 }
 
-async fn serve_backend_connection<T>(tcp: T, name: &'static str, received: Received)
-where
+async fn serve_backend_connection<T>(
+    tcp: T,
+    name: &'static str,
+    (received, arrived): (Received, Arrived),
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let Ok(mut connection) = h2::server::handshake(tcp).await else {
@@ -167,6 +187,21 @@ where
     };
     while let Some(Ok((request, mut respond))) = connection.accept().await {
         let received = received.clone();
+        let path = request.uri().path().to_string();
+        let earlier = {
+            let mut arrived = arrived.lock().unwrap();
+            let earlier = arrived.iter().filter(|p| **p == path).count();
+            arrived.push(path.clone());
+            earlier
+        };
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if let ["fail", failures, status, ..] = segments[..]
+            && earlier < failures.parse::<usize>().unwrap()
+        {
+            let response = Response::builder().status(status).body(()).unwrap();
+            let _ = respond.send_response(response, true);
+            continue;
+        }
         tokio::spawn(async move {
             let (parts, mut body) = request.into_parts();
             let mut response = Response::builder()
@@ -476,6 +511,7 @@ fn an_unreachable_http2_backend_answers_502_and_the_connection_stays_usable() {
     let closed = Http2Backend {
         addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         received: Received::default(),
+        arrived: Arrived::default(),
         _runtime: std::thread::spawn(|| {}),
     };
     let port = free_port();
@@ -1060,7 +1096,7 @@ fn a_connection_that_ends_cancels_its_streams_upstream_connects_and_the_core_ser
 }
 
 #[test]
-fn an_http2_request_is_retried_on_its_rule_s_codes() {
+fn an_http2_request_is_retried_on_its_rule_s_codes_and_when_unanswered() {
     let http1 = Backend::start("h1");
     let port = free_port();
     let retrying = RouteRule {
@@ -1086,7 +1122,82 @@ fn an_http2_request_is_retried_on_its_rule_s_codes() {
         assert_eq!(answer.status, 200);
         let answer = exchange(&client, get("http://retry.test/fail/5/500/spent"), b"").await;
         assert_eq!(answer.status, 500);
+        // An attempt closed unanswered is retried too.
+        let answer = exchange(&client, get("http://retry.test/drop/2/h2"), b"").await;
+        assert_eq!(answer.status, 200);
+        let answer = exchange(&client, get("http://retry.test/drop/9/spent"), b"").await;
+        assert_eq!(answer.status, 502);
     });
     assert_eq!(http1.received("/fail/2/500/h2"), 3);
     assert_eq!(http1.received("/fail/5/500/spent"), 4);
+    assert_eq!(http1.received("/drop/2/h2"), 3);
+    assert_eq!(http1.received("/drop/9/spent"), 4);
+}
+
+#[test]
+fn requests_to_http2_backends_are_retried_from_either_client_protocol() {
+    let http2 = Http2Backend::start("h2");
+    let port = free_port();
+    // Nothing listens on `refused`: connecting to it fails.
+    let refused = format!("127.0.0.1:{}", free_port());
+    let retrying = |codes: Vec<u16>, backend: &str| RouteRule {
+        retry: Some(RetryPolicy {
+            codes,
+            attempts: 2,
+            backoff_ms: 5,
+        }),
+        ..rule(vec![prefix("/")], vec![to(backend, 1)])
+    };
+    let config = ConfigBuilder::new(1)
+        .backend_at("ns/h2:80", &[&http2.endpoint()])
+        .backend_protocol("ns/h2:80", BackendProtocol::Http2)
+        .backend_at("ns/half-down:80", &[&refused, &http2.endpoint()])
+        .backend_protocol("ns/half-down:80", BackendProtocol::Http2)
+        .http_port(
+            port,
+            "http",
+            vec![
+                route(
+                    "ns/codes",
+                    &["codes.test"],
+                    vec![retrying(vec![503], "ns/h2:80")],
+                ),
+                route(
+                    "ns/half-down",
+                    &["half-down.test"],
+                    vec![retrying(vec![], "ns/half-down:80")],
+                ),
+            ],
+        )
+        .build();
+    let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
+
+    // An HTTP/1.1 client.
+    let mut client = Client::connect(port);
+    let response = client.get("codes.test", "/fail/1/503/h1");
+    assert_eq!(response.status, 200);
+    assert_eq!(http2.arrivals("/fail/1/503/h1"), 2);
+    let response = client.get("codes.test", "/fail/5/503/h1-spent");
+    assert_eq!(response.status, 503);
+    assert_eq!(http2.arrivals("/fail/5/503/h1-spent"), 3);
+    for i in 0..4 {
+        let response = client.get("half-down.test", &format!("/h1/{i}"));
+        assert_eq!(response.status, 200, "{}", response.body_text());
+    }
+
+    // An HTTP/2 client.
+    runtime().block_on(async {
+        let client = connect(port).await;
+        let answer = exchange(&client, get("http://codes.test/fail/1/503/h2"), b"").await;
+        assert_eq!(answer.status, 200);
+        let answer = exchange(&client, get("http://codes.test/fail/2/500/h2-other"), b"").await;
+        assert_eq!(answer.status, 500);
+        for i in 0..4 {
+            let answer =
+                exchange(&client, get(&format!("http://half-down.test/h2/{i}")), b"").await;
+            assert_eq!(answer.status, 200);
+        }
+    });
+    assert_eq!(http2.arrivals("/fail/1/503/h2"), 2);
+    assert_eq!(http2.arrivals("/fail/2/500/h2-other"), 1);
 }

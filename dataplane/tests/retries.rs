@@ -1,7 +1,8 @@
-//! HTTPRoute rule retries over real sockets: a response with one of the rule's codes is
-//! discarded and the request sent again, up to `attempts` more times, to the backend's next
-//! endpoint; other codes, spent attempts, requests with streamed bodies and the request
-//! deadline all end with the backend's own answer.
+//! HTTPRoute rule retries over real sockets: a response with one of the rule's codes, or no
+//! response at all (connection refused, closed unanswered, backend timeout), is abandoned and
+//! the request sent again, up to `attempts` more times, to the backend's next endpoint;
+//! other codes, spent attempts, requests with streamed bodies and the request deadline all
+//! end with the backend's own answer (or the proxy's 502/504).
 
 mod support;
 
@@ -14,6 +15,7 @@ struct Policy {
     attempts: u32,
     backoff_ms: u64,
     request_ms: Option<u64>,
+    backend_ms: Option<u64>,
     backend: &'static str,
 }
 
@@ -22,6 +24,7 @@ const QUICK: Policy = Policy {
     attempts: 3,
     backoff_ms: 10,
     request_ms: None,
+    backend_ms: None,
     backend: "ns/flaky:80",
 };
 
@@ -34,7 +37,7 @@ fn retrying(host: &str, policy: Policy) -> HttpRoute {
         }),
         timeouts: RuleTimeouts {
             request_ms: policy.request_ms,
-            backend_request_ms: None,
+            backend_request_ms: policy.backend_ms,
         },
         ..rule(vec![prefix("/")], vec![to(policy.backend, 1)])
     };
@@ -53,9 +56,12 @@ fn start() -> Setup {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let port = free_port();
+    // Nothing listens on `refused`: connecting to it fails.
+    let refused = format!("127.0.0.1:{}", free_port());
     let config = ConfigBuilder::new(1)
         .backend("ns/flaky:80", &[&a])
         .backend("ns/pair:80", &[&a, &b])
+        .backend_at("ns/half-down:80", &[&refused, &b.endpoint()])
         .http_port(
             port,
             "http",
@@ -83,6 +89,29 @@ fn start() -> Setup {
                         backend: "ns/pair:80",
                         ..QUICK
                     },
+                ),
+                retrying(
+                    "unanswered.example",
+                    Policy {
+                        codes: &[],
+                        attempts: 2,
+                        backend_ms: Some(300),
+                        ..QUICK
+                    },
+                ),
+                retrying(
+                    "half-down.example",
+                    Policy {
+                        codes: &[],
+                        attempts: 1,
+                        backend: "ns/half-down:80",
+                        ..QUICK
+                    },
+                ),
+                route(
+                    "ns/half-down-plain.example",
+                    &["half-down-plain.example"],
+                    vec![rule(vec![prefix("/")], vec![to("ns/half-down:80", 1)])],
                 ),
                 route(
                     "ns/plain.example",
@@ -191,4 +220,56 @@ fn no_retry_starts_after_the_request_deadline() {
     let response = client.get("deadline.example", "/fail/9/500/slow");
     assert_eq!(response.status, 500);
     assert_eq!(setup.received("/fail/9/500/slow"), 2);
+}
+
+#[test]
+fn an_attempt_closed_unanswered_or_timed_out_is_retried_without_codes() {
+    let setup = start();
+    let mut client = Client::connect(setup.port);
+    let response = client.get("unanswered.example", "/drop/2/a");
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    assert_eq!(setup.received("/drop/2/a"), 3);
+    // The first attempt outlives the 300 ms backend timeout; the retry is answered at once.
+    let started = std::time::Instant::now();
+    let response = client.get("unanswered.example", "/stall/1/3000/b");
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    assert!(started.elapsed() < std::time::Duration::from_millis(2500));
+    assert_eq!(setup.received("/stall/1/3000/b"), 2);
+    // A status is still the backend's answer when the rule names no codes.
+    let response = client.get("unanswered.example", "/fail/1/500/c");
+    assert_eq!(response.status, 500);
+    // Spent attempts: the proxy's own 502.
+    let response = client.get("unanswered.example", "/drop/5/d");
+    assert_eq!(response.status, 502);
+    assert_eq!(setup.received("/drop/5/d"), 3);
+    // A streamed body is not held for a retry.
+    let response = client.request(
+        "POST /drop/1/e HTTP/1.1\r\nHost: unanswered.example\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(response.status, 502);
+    assert_eq!(setup.received("/drop/1/e"), 1);
+    // Without a retry policy, an unanswered attempt is the proxy's 502.
+    let response = client.get("plain.example", "/drop/1/f");
+    assert_eq!(response.status, 502);
+}
+
+#[test]
+fn a_refused_connect_is_retried_on_the_next_endpoint() {
+    let setup = start();
+    let mut client = Client::connect(setup.port);
+    // Round robin over a refused endpoint and a live one: without retries every other
+    // request fails, with them none does.
+    let plain: Vec<u16> = (0..4)
+        .map(|i| {
+            client
+                .get("half-down-plain.example", &format!("/plain/{i}"))
+                .status
+        })
+        .collect();
+    assert_eq!(plain.iter().filter(|s| **s == 502).count(), 2, "{plain:?}");
+    for i in 0..4 {
+        let response = client.get("half-down.example", &format!("/retried/{i}"));
+        assert_eq!(response.status, 200, "{}", response.body_text());
+    }
 }

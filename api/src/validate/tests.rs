@@ -363,11 +363,6 @@ fn invalid_configs_are_reported_with_their_path() {
             "ports[0].listeners[0].routes[0].rules[0].backends[0]",
         ),
         (
-            "retry without codes",
-            |c| rule(c).retry = Some(retry(&[], 1, 25)),
-            "ports[0].listeners[0].routes[0].rules[0].retry",
-        ),
-        (
             "retry on a success code",
             |c| rule(c).retry = Some(retry(&[500, 200], 1, 25)),
             "ports[0].listeners[0].routes[0].rules[0].retry",

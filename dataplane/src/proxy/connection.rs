@@ -23,6 +23,7 @@ use crate::http::response::{self, ResponseFraming, ResponseHead};
 use crate::io::{IDLE_READ_CHUNK, RecvBuf, Transport, send};
 use crate::metrics::{RouteCounters, UpstreamError, increment};
 use crate::proxy::backend_tls::CoreTls;
+use crate::proxy::failure::Failure;
 use crate::proxy::h2;
 use crate::proxy::min_rate::MinRate;
 use crate::proxy::mirror::MirrorRequest;
@@ -895,14 +896,6 @@ struct BodyStream<'a> {
     mirror: &'a mut Option<Box<MirrorRequest>>,
 }
 
-/// Why an exchange failed before a response head reached the client.
-enum Failure {
-    /// Answer with this status.
-    Status(u16),
-    /// The client side failed; just close.
-    ClientGone,
-}
-
 impl Exchange<'_> {
     /// Header edits for an error the proxy answers itself: only the CORS headers, so a
     /// browser lets the page see the error.
@@ -923,78 +916,44 @@ impl Exchange<'_> {
             return self.run_over_http2(io, conn).await;
         }
 
-        let (mut upstream, replayable) = match self.send_request(io, conn).await {
-            Ok(sent) => sent,
-            Err(failure) => return self.fail(io, conn, failure, framing).await,
+        let (sent, replayable) = self.send_request(io, conn).await;
+        // A request that failed while its body was still coming leaves the rest unread.
+        let unread_body = match sent {
+            Err(_) if !replayable => framing,
+            _ => RequestFraming::None,
         };
+        let mut attempt = sent;
         let mut retries = 0;
-        // The request went out in full; now the response head.
-        loop {
-            let backend_deadline = self.attempt_deadline();
-            loop {
-                match self
-                    .read_response_head(&mut upstream, &mut conn.response, backend_deadline)
+        let mut upstream = loop {
+            let outcome = match attempt {
+                Ok(mut upstream) => self
+                    .read_final_response_head(&mut upstream, conn)
                     .await
-                {
-                    Ok(()) => {}
-                    Err(failure) => {
-                        return self.fail(io, conn, failure, RequestFraming::None).await;
-                    }
-                }
-                let status = conn.response.status;
-                if status == 101 {
-                    if !conn.head.upgrade {
-                        self.shard.counters.upstream_error(UpstreamError::Protocol);
-                        return self
-                            .fail(io, conn, Failure::Status(502), RequestFraming::None)
-                            .await;
-                    }
-                    break;
-                }
-                if status >= 200 {
-                    break;
-                }
-                // Interim responses (100 Continue, 103 Early Hints): the proxy already
-                // answered Expect itself, so they are dropped.
-                upstream.rx.consume(conn.response.head_len);
-            }
-            let status = conn.response.status;
+                    .map(|()| upstream),
+                Err(failure) => Err(failure),
+            };
             let Some(wait) = retry::wait_before_retry(
                 self.shard,
                 self.rule,
                 replayable,
-                status,
+                (&outcome, conn.response.status),
                 &mut retries,
                 self.deadline,
             ) else {
-                break;
+                match outcome {
+                    Ok(upstream) => break upstream,
+                    Err(failure) => return self.fail(io, conn, failure, unread_body).await,
+                }
             };
-            // The response is abandoned unread, and its connection with it.
-            drop(upstream);
+            // A response is abandoned unread, and its connection with it.
+            drop(outcome);
             glommio::timer::Timer::new(wait).await;
             if let Some(next) = self.installed.next_endpoint_of(self.share) {
                 self.endpoint.set(next);
             }
-            // `conn.out` still holds the whole request; sending it ends by the request's
-            // deadline too.
-            let resent = match self.deadline {
-                Some(deadline) => {
-                    future::or(self.deliver(&conn.out), async {
-                        glommio::timer::Timer::new(
-                            deadline.saturating_duration_since(Instant::now()),
-                        )
-                        .await;
-                        Err(Failure::Status(504))
-                    })
-                    .await
-                }
-                None => self.deliver(&conn.out).await,
-            };
-            upstream = match resent {
-                Ok(upstream) => upstream,
-                Err(failure) => return self.fail(io, conn, failure, RequestFraming::None).await,
-            };
-        }
+            // `conn.out` still holds the whole request.
+            attempt = self.by_request_deadline(self.deliver(&conn.out)).await;
+        };
 
         let status = conn.response.status;
         let edits = HeaderEdits {
@@ -1081,6 +1040,45 @@ impl Exchange<'_> {
         }
     }
 
+    /// Reads the response head that answers the request: interim (1xx) responses are
+    /// dropped (the proxy already answered `Expect` itself), and a 101 only answers an
+    /// upgrade request.
+    async fn read_final_response_head(
+        &self,
+        upstream: &mut UpstreamConn,
+        conn: &mut Downstream,
+    ) -> Result<(), Failure> {
+        let backend_deadline = self.attempt_deadline();
+        loop {
+            self.read_response_head(upstream, &mut conn.response, backend_deadline)
+                .await?;
+            match conn.response.status {
+                101 if !conn.head.upgrade => {
+                    self.shard.counters.upstream_error(UpstreamError::Protocol);
+                    return Err(Failure::Status(502));
+                }
+                101 | 200.. => return Ok(()),
+                _ => upstream.rx.consume(conn.response.head_len),
+            }
+        }
+    }
+
+    /// `work`, or a 504 once the request's deadline passes.
+    async fn by_request_deadline<R>(
+        &self,
+        work: impl Future<Output = Result<R, Failure>>,
+    ) -> Result<R, Failure> {
+        let Some(deadline) = self.deadline else {
+            return work.await;
+        };
+        future::or(work, async {
+            glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now())).await;
+            self.shard.counters.upstream_error(UpstreamError::Timeout);
+            Err(Failure::Status(504))
+        })
+        .await
+    }
+
     fn attempt_deadline(&self) -> Option<Instant> {
         let backend = self.rule.backend_timeout.map(|t| Instant::now() + t);
         match (backend, self.deadline) {
@@ -1090,12 +1088,12 @@ impl Exchange<'_> {
     }
 
     /// Connects (or reuses a pooled connection) and sends the head and body. Also says
-    /// whether the whole request is still in `conn.out` (a retry can send it again).
+    /// whether the whole request is in `conn.out` (a retry can send it again), failed or not.
     async fn send_request<T: Transport>(
         &self,
         io: &mut T,
         conn: &mut Downstream,
-    ) -> Result<(UpstreamConn, bool), Failure> {
+    ) -> (Result<UpstreamConn, Failure>, bool) {
         let mut framing = conn.head.framing;
         let body_started = !conn.rx.is_empty();
         if framing == RequestFraming::None {
@@ -1114,27 +1112,30 @@ impl Exchange<'_> {
                 rest => RequestFraming::Length(rest),
             };
         }
-        let mut upstream = self.deliver(&conn.out).await?;
         let whole = framing == RequestFraming::None;
-        if !whole {
-            if conn.head.expect_continue
-                && !body_started
-                && send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
-            {
-                return Err(Failure::ClientGone);
+        let sent = async {
+            let mut upstream = self.deliver(&conn.out).await?;
+            if !whole {
+                if conn.head.expect_continue
+                    && !body_started
+                    && send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                {
+                    return Err(Failure::ClientGone);
+                }
+                let body = BodyStream {
+                    rx: &mut conn.rx,
+                    scratch: &mut conn.scratch,
+                    mirror: &mut conn.mirror,
+                };
+                let mut sink = Http1Body(&mut upstream.stream);
+                self.stream_request_body(io, body, &mut sink, framing)
+                    .await?;
             }
-            let body = BodyStream {
-                rx: &mut conn.rx,
-                scratch: &mut conn.scratch,
-                mirror: &mut conn.mirror,
-            };
-            let mut sink = Http1Body(&mut upstream.stream);
-            self.stream_request_body(io, body, &mut sink, framing)
-                .await?;
-        }
-        // With a body, the copies leave once all of it is in.
-        self.launch_mirrors(&mut conn.mirror);
-        Ok((upstream, whole))
+            // With a body, the copies leave once all of it is in.
+            self.launch_mirrors(&mut conn.mirror);
+            Ok(upstream)
+        };
+        (sent.await, whole)
     }
 
     /// Sends `request` to this attempt's endpoint (see [`upstream::deliver`]).
@@ -1142,7 +1143,7 @@ impl Exchange<'_> {
         let endpoint = self.endpoint.get();
         upstream::deliver(self.shard, self.settings, endpoint, self.tls, request)
             .await
-            .ok_or(Failure::Status(502))
+            .ok_or(Failure::Unanswered(502))
     }
 
     fn launch_mirrors(&self, mirror: &mut Option<Box<MirrorRequest>>) {
@@ -1249,7 +1250,7 @@ impl Exchange<'_> {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         self.shard.counters.upstream_error(UpstreamError::Timeout);
-                        return Err(Failure::Status(504));
+                        return Err(Failure::Unanswered(504));
                     }
                     Some(left)
                 }
@@ -1264,15 +1265,15 @@ impl Exchange<'_> {
                 Ok(n) if n > 0 => {}
                 Ok(_) => {
                     self.shard.counters.upstream_error(UpstreamError::Reset);
-                    return Err(Failure::Status(502));
+                    return Err(Failure::Unanswered(502));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     self.shard.counters.upstream_error(UpstreamError::Timeout);
-                    return Err(Failure::Status(504));
+                    return Err(Failure::Unanswered(504));
                 }
                 Err(_) => {
                     self.shard.counters.upstream_error(UpstreamError::Reset);
-                    return Err(Failure::Status(502));
+                    return Err(Failure::Unanswered(502));
                 }
             }
         }
@@ -1382,7 +1383,7 @@ impl Exchange<'_> {
     ) -> (u16, Next) {
         match failure {
             Failure::ClientGone => (499, Next::Close),
-            Failure::Status(status) => {
+            Failure::Status(status) | Failure::Unanswered(status) => {
                 let keep_alive = self.keep_alive && unread_body == RequestFraming::None;
                 let sent = reply_local(
                     io,

@@ -2,6 +2,7 @@
 
 pub mod backend_tls;
 pub mod connection;
+pub mod failure;
 pub mod h2;
 pub mod min_rate;
 pub mod mirror;

@@ -215,23 +215,38 @@ pub struct CompiledRule {
 /// A rule's retry policy (see [`portcullis_api::config::RetryPolicy`]).
 #[derive(Debug)]
 pub struct Retry {
+    /// Response statuses retried; an attempt that got no response is retried regardless.
     pub codes: Box<[u16]>,
     pub attempts: u32,
     /// Wait before the first retry; doubled before each next one.
     pub backoff: Duration,
 }
 
+/// How one attempt at a backend ended, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A response head with this status arrived.
+    Responded(u16),
+    /// No response: the connect failed, the connection closed or reset before a response
+    /// head, or the backend request timeout passed.
+    Unanswered,
+}
+
 impl Retry {
-    /// How long to wait before sending a request again after a response with `status`, as
-    /// retry number `retry` (1 for the first); None when the status is not retried, the
-    /// attempts are spent, or the request's `deadline` would pass first.
+    /// How long to wait before sending a request again after an attempt that ended with
+    /// `outcome`, as retry number `retry` (1 for the first); None when the outcome is not
+    /// retried, the attempts are spent, or the request's `deadline` would pass first.
     pub fn wait_before(
         &self,
-        status: u16,
+        outcome: AttemptOutcome,
         retry: u32,
         deadline: Option<Instant>,
     ) -> Option<Duration> {
-        if !self.codes.contains(&status) || retry == 0 || retry > self.attempts {
+        let retried = match outcome {
+            AttemptOutcome::Responded(status) => self.codes.contains(&status),
+            AttemptOutcome::Unanswered => true,
+        };
+        if !retried || retry == 0 || retry > self.attempts {
             return None;
         }
         let wait = self

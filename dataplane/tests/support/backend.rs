@@ -4,6 +4,8 @@
 //! - `/status/NNN`: answer with that status.
 //! - `/fail/N/NNN/…`: answer status NNN to the first N requests for this exact path, then echo
 //!   (what a backend that recovers looks like to a retrying proxy).
+//! - `/drop/N/…`: close the connection unanswered on the first N requests for this path.
+//! - `/stall/N/MS/…`: wait MS milliseconds before answering the first N requests for this path.
 //! - `/chunked/N`: a chunked response of N bytes.
 //! - `/close/N`: a response of N bytes delimited by closing the connection (no length).
 //! - `/sleep/MS`: wait MS milliseconds, then echo.
@@ -205,7 +207,21 @@ pub(super) fn serve_stream<S: Read + Write>(
         let close_requested = get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
         let failing = segments.first() == Some(&"fail")
             && number(1).is_some_and(|failures| seen_before < failures);
+        let early = number(1).is_some_and(|n| seen_before < n);
         match segments.first().copied() {
+            Some("drop") if early => return Ok(()),
+            Some("stall") if early => {
+                std::thread::sleep(Duration::from_millis(number(2).unwrap_or(1000)));
+                echo(
+                    reader.get_mut(),
+                    &common,
+                    name,
+                    &method,
+                    &path,
+                    &headers,
+                    &body,
+                )?;
+            }
             Some("status") | Some("fail") if segments[0] == "status" || failing => {
                 let status = number(if failing { 2 } else { 1 }).unwrap_or(200);
                 let body = format!("status {status}\n");

@@ -41,6 +41,8 @@ pub fn supported() -> Vec<&'static str> {
         "HTTPRouteRequestPercentageMirror",
         "HTTPRouteRequestTimeout",
         "HTTPRouteRetry",
+        "HTTPRouteRetryBackendTimeout",
+        "HTTPRouteRetryConnectionError",
         "HTTPRouteResponseHeaderModification",
         "HTTPRouteSchemeRedirect",
         "ReferenceGrant",

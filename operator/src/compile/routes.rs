@@ -791,12 +791,7 @@ fn translate_rule(
         },
         None => RuleTimeouts::default(),
     };
-    let retry = rule
-        .retry
-        .as_ref()
-        .map(translate_retry)
-        .transpose()?
-        .flatten();
+    let retry = rule.retry.as_ref().map(translate_retry).transpose()?;
     let translated = RouteRule {
         name: rule.name.clone(),
         matches,
@@ -932,14 +927,13 @@ const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
 /// Retries when the rule names no count.
 const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
 
-/// A rule's `retry`; None when it retries nothing (no status codes: retrying on connection
-/// errors is not implemented, and nothing else would trigger a retry).
-fn translate_retry(retry: &HttpRouteRulesRetry) -> Result<Option<RetryPolicy>, Problem> {
-    let codes = retry.codes.as_deref().unwrap_or_default();
-    if codes.is_empty() {
-        return Ok(None);
-    }
-    let codes = codes
+/// A rule's `retry`. Without codes it still retries attempts that got no response (see
+/// `RetryPolicy`), as the API's backoff text describes retrying after a timeout.
+fn translate_retry(retry: &HttpRouteRulesRetry) -> Result<RetryPolicy, Problem> {
+    let codes = retry
+        .codes
+        .as_deref()
+        .unwrap_or_default()
         .iter()
         .map(|code| {
             u16::try_from(*code)
@@ -963,11 +957,11 @@ fn translate_retry(retry: &HttpRouteRulesRetry) -> Result<Option<RetryPolicy>, P
         Some(text) => parse_duration(text)?,
         None => DEFAULT_RETRY_BACKOFF_MS,
     };
-    Ok(Some(RetryPolicy {
+    Ok(RetryPolicy {
         codes,
         attempts,
         backoff_ms,
-    }))
+    })
 }
 
 /// Gateway API Duration ("1h", "30s", "500ms", "1m30s"; up to four parts) in milliseconds.

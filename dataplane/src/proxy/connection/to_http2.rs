@@ -20,6 +20,7 @@ use crate::metrics::UpstreamError;
 use crate::proxy::h2::head::{self, OWN_HEAD_LIMITS};
 use crate::proxy::h2::send_all;
 use crate::proxy::min_rate::MinRate;
+use crate::proxy::retry;
 use crate::proxy::serialize::{self, HeaderEdits, client_framing};
 use crate::proxy::upstream::PoolKey;
 use crate::shard::Shard;
@@ -59,91 +60,50 @@ impl Exchange<'_> {
         let framing = conn.head.framing;
         let client_version = conn.head.version;
         let mut upstream_head = RequestHead::default();
-        let request = match request::parse(&conn.out, &OWN_HEAD_LIMITS, &mut upstream_head) {
-            Ok(true) => {
-                head::upstream_request(&conn.out, &upstream_head, self.tls.is_some(), false)
-                    .map_err(|_| Failure::Status(500))
-            }
-            _ => Err(Failure::Status(500)),
-        };
-        let request = match request {
-            Ok(request) => request,
-            Err(failure) => return self.fail(io, conn, failure, framing).await,
-        };
-        let key = PoolKey::new(self.endpoint.get(), self.tls.map(|tls| &*tls.settings));
-        let connect_timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
-        let opened = match self
-            .shard
-            .http2_pool
-            .ready(key, self.tls, connect_timeout)
-            .await
-        {
-            Ok(mut sender) => sender
-                .send_request(request, framing == RequestFraming::None)
-                .map_err(|_| {
-                    self.shard.counters.upstream_error(UpstreamError::Reset);
-                    Failure::Status(502)
-                }),
-            Err(error) => {
-                error.record(&self.shard.counters, self.endpoint.get(), self.tls);
-                Err(Failure::Status(502))
-            }
-        };
-        let (response, mut request_body) = match opened {
-            Ok(opened) => opened,
-            Err(failure) => return self.fail(io, conn, failure, framing).await,
-        };
-
-        if framing != RequestFraming::None {
-            if conn.head.expect_continue
-                && conn.rx.is_empty()
-                && send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
-            {
-                return (499, Next::Close);
-            }
-            let body = BodyStream {
-                rx: &mut conn.rx,
-                scratch: &mut conn.scratch,
-                mirror: &mut conn.mirror,
-            };
-            let mut sink = Http2Body {
-                stream: &mut request_body,
-                idle: Duration::from_millis(self.settings.body_idle_timeout_ms),
-            };
-            if let Err(failure) = self.stream_request_body(io, body, &mut sink, framing).await {
-                request_body.send_reset(h2::Reason::CANCEL);
-                return self.fail(io, conn, failure, framing).await;
-            }
-            if request_body.send_data(Bytes::new(), true).is_err() {
-                self.shard.counters.upstream_error(UpstreamError::Reset);
-                return self
-                    .fail(io, conn, Failure::Status(502), RequestFraming::None)
-                    .await;
-            }
+        if !matches!(
+            request::parse(&conn.out, &OWN_HEAD_LIMITS, &mut upstream_head),
+            Ok(true)
+        ) {
+            return self.fail(io, conn, Failure::Status(500), framing).await;
         }
-        self.launch_mirrors(&mut conn.mirror);
-
-        let waited = match self.attempt_deadline() {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                glommio::timer::timeout(left, async { Ok(response.await) })
-                    .await
-                    .map_err(|_| Failure::Status(504))
+        // Without a body, the request is all in `conn.out`: a retry opens a new stream for it.
+        let replayable = framing == RequestFraming::None;
+        let mut body_read = false;
+        let mut retries = 0;
+        let mut attempt = self
+            .http2_attempt(io, conn, &upstream_head, &mut body_read)
+            .await;
+        let response = loop {
+            let status = attempt.as_ref().map_or(0, |r| r.status().as_u16());
+            let Some(wait) = retry::wait_before_retry(
+                self.shard,
+                self.rule,
+                replayable,
+                (&attempt, status),
+                &mut retries,
+                self.deadline,
+            ) else {
+                match attempt {
+                    Ok(response) => break response,
+                    Err(failure) => {
+                        let unread = if body_read {
+                            RequestFraming::None
+                        } else {
+                            framing
+                        };
+                        return self.fail(io, conn, failure, unread).await;
+                    }
+                }
+            };
+            // Dropping an abandoned response resets its stream.
+            drop(attempt);
+            glommio::timer::Timer::new(wait).await;
+            if let Some(next) = self.installed.next_endpoint_of(self.share) {
+                self.endpoint.set(next);
             }
-            None => Ok(response.await),
-        };
-        let response = match waited {
-            Ok(Ok(response)) => response,
-            Ok(Err(_)) => {
-                self.shard.counters.upstream_error(UpstreamError::Reset);
-                return self
-                    .fail(io, conn, Failure::Status(502), RequestFraming::None)
-                    .await;
-            }
-            Err(failure) => {
-                self.shard.counters.upstream_error(UpstreamError::Timeout);
-                return self.fail(io, conn, failure, RequestFraming::None).await;
-            }
+            attempt = self
+                .by_request_deadline(self.http2_attempt(io, conn, &upstream_head, &mut body_read))
+                .await;
         };
         let (parts, mut response_body) = response.into_parts();
         let status = parts.status.as_u16();
@@ -219,6 +179,85 @@ impl Exchange<'_> {
             self.settings.body_idle_timeout_ms,
         )));
         (status, after(keep_alive))
+    }
+
+    /// One attempt at this exchange's endpoint: a stream on this core's HTTP/2 connection to
+    /// it, the request (the client's body streamed through, which sets `body_read`), and the
+    /// response head within the attempt's deadline.
+    async fn http2_attempt<T: Transport>(
+        &self,
+        io: &mut T,
+        conn: &mut Downstream,
+        upstream_head: &RequestHead,
+        body_read: &mut bool,
+    ) -> Result<http::Response<h2::RecvStream>, Failure> {
+        let framing = conn.head.framing;
+        let request = head::upstream_request(&conn.out, upstream_head, self.tls.is_some(), false)
+            .map_err(|_| Failure::Status(500))?;
+        let key = PoolKey::new(self.endpoint.get(), self.tls.map(|tls| &*tls.settings));
+        let connect_timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
+        let mut sender = self
+            .shard
+            .http2_pool
+            .ready(key, self.tls, connect_timeout)
+            .await
+            .map_err(|error| {
+                error.record(&self.shard.counters, self.endpoint.get(), self.tls);
+                Failure::Unanswered(502)
+            })?;
+        let (response, mut request_body) = sender
+            .send_request(request, framing == RequestFraming::None)
+            .map_err(|_| {
+                self.shard.counters.upstream_error(UpstreamError::Reset);
+                Failure::Unanswered(502)
+            })?;
+        if framing != RequestFraming::None {
+            if conn.head.expect_continue
+                && conn.rx.is_empty()
+                && send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+            {
+                return Err(Failure::ClientGone);
+            }
+            let body = BodyStream {
+                rx: &mut conn.rx,
+                scratch: &mut conn.scratch,
+                mirror: &mut conn.mirror,
+            };
+            let mut sink = Http2Body {
+                stream: &mut request_body,
+                idle: Duration::from_millis(self.settings.body_idle_timeout_ms),
+            };
+            if let Err(failure) = self.stream_request_body(io, body, &mut sink, framing).await {
+                request_body.send_reset(h2::Reason::CANCEL);
+                return Err(failure);
+            }
+            *body_read = true;
+            if request_body.send_data(Bytes::new(), true).is_err() {
+                self.shard.counters.upstream_error(UpstreamError::Reset);
+                return Err(Failure::Status(502));
+            }
+        }
+        *body_read = true;
+        self.launch_mirrors(&mut conn.mirror);
+
+        let waited = match self.attempt_deadline() {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                glommio::timer::timeout(left, async { Ok(response.await) }).await
+            }
+            None => Ok(response.await),
+        };
+        match waited {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => {
+                self.shard.counters.upstream_error(UpstreamError::Reset);
+                Err(Failure::Unanswered(502))
+            }
+            Err(_) => {
+                self.shard.counters.upstream_error(UpstreamError::Timeout);
+                Err(Failure::Unanswered(504))
+            }
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use crate::io::{Transport, send};
 use crate::metrics::UpstreamError;
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::connection::{Downstream, cors_reply};
+use crate::proxy::failure::Failure;
 use crate::proxy::h2::head::{self, OWN_HEAD_LIMITS};
 use crate::proxy::h2::send_all;
 use crate::proxy::h2::server::answer_locally;
@@ -53,13 +54,6 @@ pub(super) struct Forward<'a> {
     pub deadline: Option<Instant>,
 }
 
-/// Why a forward ended before the response head went to the client.
-enum Failure {
-    Status(u16),
-    /// The client reset the stream; nothing to answer.
-    ClientGone,
-}
-
 impl Forward<'_> {
     /// Forwards to an HTTP/2 backend. `conn.out` holds the upstream head the engine wrote.
     pub async fn to_http2(
@@ -81,59 +75,42 @@ impl Forward<'_> {
         respond: &mut SendResponse<Bytes>,
     ) -> Result<u16, Failure> {
         let mut upstream_head = RequestHead::default();
-        let request = match request::parse(&conn.out, &OWN_HEAD_LIMITS, &mut upstream_head) {
-            Ok(true) => head::upstream_request(
-                &conn.out,
-                &upstream_head,
-                self.tls.is_some(),
-                self.te_trailers,
-            )
-            .map_err(|_| Failure::Status(500))?,
-            _ => return Err(Failure::Status(500)),
-        };
-        let key = PoolKey::new(self.endpoint.get(), self.tls.map(|tls| &*tls.settings));
-        let connect_timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
-        let mut sender = match self
-            .shard
-            .http2_pool
-            .ready(key, self.tls, connect_timeout)
-            .await
-        {
-            Ok(sender) => sender,
-            Err(error) => {
-                error.record(&self.shard.counters, self.endpoint.get(), self.tls);
-                return Err(Failure::Status(502));
-            }
-        };
-        let end_of_stream = body.is_end_stream();
-        let (response, request_body) =
-            sender.send_request(request, end_of_stream).map_err(|_| {
-                self.shard.counters.upstream_error(UpstreamError::Reset);
-                Failure::Status(502)
-            })?;
-        let mirror = conn.mirror.take();
-        let chunked = conn.head.framing == RequestFraming::Chunked;
-        if end_of_stream {
-            self.launch_mirror(mirror);
-        } else {
-            // The request body streams while the response comes back (full duplex).
-            let copy = BodyCopy {
-                mirror,
-                chunked,
-                counters: self.shard.counters.mirrors.clone(),
-                connect_timeout,
-                idle: self.body_idle(),
-            };
-            glommio::spawn_local(relay_request_body(body, request_body, copy)).detach();
+        if !matches!(
+            request::parse(&conn.out, &OWN_HEAD_LIMITS, &mut upstream_head),
+            Ok(true)
+        ) {
+            return Err(Failure::Status(500));
         }
-
-        let response = self
-            .within_deadline(self.attempt_deadline(), respond, response)
-            .await?
-            .map_err(|_| {
-                self.shard.counters.upstream_error(UpstreamError::Reset);
-                Failure::Status(502)
-            })?;
+        // Without a body, the request is all in `conn.out`: a retry opens a new stream for it.
+        let replayable = body.is_end_stream();
+        let mut body = Some(body);
+        let mut attempt = self
+            .http2_attempt(conn, &upstream_head, &mut body, respond)
+            .await;
+        let mut retries = 0;
+        let response = loop {
+            let status = attempt.as_ref().map_or(0, |r| r.status().as_u16());
+            let Some(wait) = retry::wait_before_retry(
+                self.shard,
+                self.rule,
+                replayable,
+                (&attempt, status),
+                &mut retries,
+                self.deadline,
+            ) else {
+                break attempt?;
+            };
+            // Dropping an abandoned response resets its stream.
+            drop(attempt);
+            self.within_deadline(None, respond, Timer::new(wait))
+                .await?;
+            if let Some(next) = self.installed.next_endpoint_of(self.share) {
+                self.endpoint.set(next);
+            }
+            attempt = self
+                .http2_attempt(conn, &upstream_head, &mut body, respond)
+                .await;
+        };
         let (parts, mut response_body) = response.into_parts();
         let status = parts.status.as_u16();
         head::response_as_h1(&parts, &mut conn.scratch);
@@ -197,6 +174,65 @@ impl Forward<'_> {
         Ok(status)
     }
 
+    /// One attempt at this forward's endpoint: a stream on this core's HTTP/2 connection to
+    /// it (connected by the request's deadline), the request (its body, taken from `body`,
+    /// streams on beside the response), and the response head within the attempt's deadline.
+    async fn http2_attempt(
+        &self,
+        conn: &mut Downstream,
+        upstream_head: &RequestHead,
+        body: &mut Option<RecvStream>,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Result<http::Response<RecvStream>, Failure> {
+        let request = head::upstream_request(
+            &conn.out,
+            upstream_head,
+            self.tls.is_some(),
+            self.te_trailers,
+        )
+        .map_err(|_| Failure::Status(500))?;
+        let key = PoolKey::new(self.endpoint.get(), self.tls.map(|tls| &*tls.settings));
+        let connect_timeout = Duration::from_millis(self.settings.upstream_connect_timeout_ms);
+        let ready = self.shard.http2_pool.ready(key, self.tls, connect_timeout);
+        let mut sender = self
+            .within_deadline(self.deadline, respond, ready)
+            .await?
+            .map_err(|error| {
+                error.record(&self.shard.counters, self.endpoint.get(), self.tls);
+                Failure::Unanswered(502)
+            })?;
+        let end_of_stream = body.as_ref().is_none_or(RecvStream::is_end_stream);
+        let (response, request_body) =
+            sender.send_request(request, end_of_stream).map_err(|_| {
+                self.shard.counters.upstream_error(UpstreamError::Reset);
+                Failure::Unanswered(502)
+            })?;
+        let mirror = conn.mirror.take();
+        let chunked = conn.head.framing == RequestFraming::Chunked;
+        // An ended body stays where it is (dropping it early is nothing the client asked for).
+        let streamed = if end_of_stream { None } else { body.take() };
+        match streamed {
+            None => self.launch_mirror(mirror),
+            Some(body) => {
+                // The request body streams while the response comes back (full duplex).
+                let copy = BodyCopy {
+                    mirror,
+                    chunked,
+                    counters: self.shard.counters.mirrors.clone(),
+                    connect_timeout,
+                    idle: self.body_idle(),
+                };
+                glommio::spawn_local(relay_request_body(body, request_body, copy)).detach();
+            }
+        }
+        self.within_deadline(self.attempt_deadline(), respond, response)
+            .await?
+            .map_err(|_| {
+                self.shard.counters.upstream_error(UpstreamError::Reset);
+                Failure::Unanswered(502)
+            })
+    }
+
     /// Forwards to an HTTP/1.1 backend. `conn.out` holds the upstream head the engine wrote.
     pub async fn to_http1(
         &self,
@@ -213,12 +249,89 @@ impl Forward<'_> {
     async fn exchange_http1(
         &self,
         conn: &mut Downstream,
-        mut body: RecvStream,
+        body: RecvStream,
         respond: &mut SendResponse<Bytes>,
     ) -> Result<u16, Failure> {
-        let mut upstream = self.deliver(&conn.out).await?;
         // Without a body, `conn.out` holds the whole request, which a retry sends again.
         let replayable = conn.head.framing == RequestFraming::None;
+        let mut attempt = self.send_http1_request(conn, body).await;
+        let mut retries = 0;
+        let mut upstream = loop {
+            let outcome = match attempt {
+                Ok(mut upstream) => self
+                    .read_final_response_head(conn, &mut upstream, respond)
+                    .await
+                    .map(|()| upstream),
+                Err(failure) => Err(failure),
+            };
+            let Some(wait) = retry::wait_before_retry(
+                self.shard,
+                self.rule,
+                replayable,
+                (&outcome, conn.response.status),
+                &mut retries,
+                self.deadline,
+            ) else {
+                break outcome?;
+            };
+            // A response is abandoned unread, and its connection with it.
+            drop(outcome);
+            self.within_deadline(None, respond, Timer::new(wait))
+                .await?;
+            if let Some(next) = self.installed.next_endpoint_of(self.share) {
+                self.endpoint.set(next);
+            }
+            attempt = self
+                .within_deadline(self.deadline, respond, self.deliver(&conn.out))
+                .await
+                .and_then(|delivered| delivered);
+        };
+        let status = conn.response.status;
+        if status == 101 {
+            // HTTP/2 has no Upgrade; a backend switching protocols is broken.
+            self.shard.counters.upstream_error(UpstreamError::Protocol);
+            return Err(Failure::Status(502));
+        }
+        let framing = conn.response.framing;
+        let reusable = conn.response.reusable;
+        serialize::client_response(
+            &mut conn.out,
+            upstream.rx.data(),
+            &conn.response,
+            self.response_edits(&conn.cors),
+            OutFraming::None,
+            Version::Http11,
+            Persistence::KeepAlive,
+        );
+        upstream.rx.consume(conn.response.head_len);
+        let client_head = self.send_head(conn, respond, framing == ResponseFraming::None)?;
+        let complete = match client_head {
+            None => true,
+            Some(mut client_body) => {
+                let complete = self
+                    .relay_http1_body(&mut upstream, framing, &mut client_body)
+                    .await;
+                if !complete {
+                    client_body.send_reset(h2::Reason::INTERNAL_ERROR);
+                }
+                complete
+            }
+        };
+        if complete && reusable {
+            self.shard
+                .pool
+                .checkin(upstream, self.settings.upstream_max_idle_per_endpoint);
+        }
+        Ok(status)
+    }
+
+    /// Sends the request head and body to an HTTP/1.1 backend.
+    async fn send_http1_request(
+        &self,
+        conn: &mut Downstream,
+        mut body: RecvStream,
+    ) -> Result<UpstreamConn, Failure> {
+        let mut upstream = self.deliver(&conn.out).await?;
         let chunked = conn.head.framing == RequestFraming::Chunked;
         let mut mirror = conn.mirror.take();
         if conn.head.framing != RequestFraming::None {
@@ -267,84 +380,26 @@ impl Forward<'_> {
         drop(body);
         self.launch_mirror(mirror);
 
-        let mut retries = 0;
+        Ok(upstream)
+    }
+
+    /// Reads the response head that answers the request, within the attempt's deadline;
+    /// interim (1xx) responses are dropped.
+    async fn read_final_response_head(
+        &self,
+        conn: &mut Downstream,
+        upstream: &mut UpstreamConn,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Result<(), Failure> {
+        let deadline = self.attempt_deadline();
         loop {
-            // The response head; interim (1xx) responses are dropped.
-            let deadline = self.attempt_deadline();
-            loop {
-                self.within_deadline(
-                    deadline,
-                    respond,
-                    self.read_response_head(conn, &mut upstream),
-                )
+            self.within_deadline(deadline, respond, self.read_response_head(conn, upstream))
                 .await??;
-                if conn.response.status >= 200 {
-                    break;
-                }
-                upstream.rx.consume(conn.response.head_len);
+            if conn.response.status >= 200 {
+                return Ok(());
             }
-            let status = conn.response.status;
-            let Some(wait) = retry::wait_before_retry(
-                self.shard,
-                self.rule,
-                replayable,
-                status,
-                &mut retries,
-                self.deadline,
-            ) else {
-                break;
-            };
-            // The response is abandoned unread, and its connection with it.
-            drop(upstream);
-            self.within_deadline(None, respond, async {
-                Timer::new(wait).await;
-                Ok(())
-            })
-            .await??;
-            if let Some(next) = self.installed.next_endpoint_of(self.share) {
-                self.endpoint.set(next);
-            }
-            upstream = self
-                .within_deadline(self.deadline, respond, self.deliver(&conn.out))
-                .await??;
+            upstream.rx.consume(conn.response.head_len);
         }
-        let status = conn.response.status;
-        if status == 101 {
-            // HTTP/2 has no Upgrade; a backend switching protocols is broken.
-            self.shard.counters.upstream_error(UpstreamError::Protocol);
-            return Err(Failure::Status(502));
-        }
-        let framing = conn.response.framing;
-        let reusable = conn.response.reusable;
-        serialize::client_response(
-            &mut conn.out,
-            upstream.rx.data(),
-            &conn.response,
-            self.response_edits(&conn.cors),
-            OutFraming::None,
-            Version::Http11,
-            Persistence::KeepAlive,
-        );
-        upstream.rx.consume(conn.response.head_len);
-        let client_head = self.send_head(conn, respond, framing == ResponseFraming::None)?;
-        let complete = match client_head {
-            None => true,
-            Some(mut client_body) => {
-                let complete = self
-                    .relay_http1_body(&mut upstream, framing, &mut client_body)
-                    .await;
-                if !complete {
-                    client_body.send_reset(h2::Reason::INTERNAL_ERROR);
-                }
-                complete
-            }
-        };
-        if complete && reusable {
-            self.shard
-                .pool
-                .checkin(upstream, self.settings.upstream_max_idle_per_endpoint);
-        }
-        Ok(status)
     }
 
     async fn read_response_head(
@@ -374,7 +429,7 @@ impl Forward<'_> {
                 Ok(n) if n > 0 => {}
                 _ => {
                     self.shard.counters.upstream_error(UpstreamError::Reset);
-                    return Err(Failure::Status(502));
+                    return Err(Failure::Unanswered(502));
                 }
             }
         }
@@ -451,7 +506,7 @@ impl Forward<'_> {
         let endpoint = self.endpoint.get();
         upstream::deliver(self.shard, self.settings, endpoint, self.tls, request)
             .await
-            .ok_or(Failure::Status(502))
+            .ok_or(Failure::Unanswered(502))
     }
 
     fn response_edits<'r>(&'r self, request: &'r CorsRequest) -> HeaderEdits<'r> {
@@ -515,7 +570,7 @@ impl Forward<'_> {
                 Some(deadline) => {
                     Timer::new(deadline.saturating_duration_since(Instant::now())).await;
                     self.shard.counters.upstream_error(UpstreamError::Timeout);
-                    Err(Failure::Status(504))
+                    Err(Failure::Unanswered(504))
                 }
                 None => future::pending().await,
             }
@@ -541,7 +596,7 @@ impl Forward<'_> {
             mirror.abandon(&self.shard.counters.mirrors);
         }
         match failure {
-            Failure::Status(status) => {
+            Failure::Status(status) | Failure::Unanswered(status) => {
                 let edits = cors_reply(self.cors, &conn.cors, false).map(|cors| HeaderEdits {
                     rule: &crate::proxy::connection::NO_EDITS,
                     backend: &crate::proxy::connection::NO_EDITS,
