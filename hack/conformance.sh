@@ -107,6 +107,7 @@ status=0
     -conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP \
     -organization=portcullis -project=portcullis -url=https://portcullis.dev \
     -version="v$version-$commit" -contact=@portcullis/maintainers -mode=default \
+    -usable-address=203.0.113.10 -unusable-address=127.0.0.2 \
     "${report_args[@]}" "$@") 2>&1 | tee target/conformance/suite.log || status=$?
 grep -E '^    --- FAIL' target/conformance/suite.log || true
 echo "passed: $(grep -cE '^    --- PASS' target/conformance/suite.log || true)  failed: $(grep -cE '^    --- FAIL' target/conformance/suite.log || true)  skipped: $(grep -cE '^    --- SKIP' target/conformance/suite.log || true)"

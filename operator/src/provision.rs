@@ -223,6 +223,9 @@ pub fn render(
                 "protocol": "TCP",
             })).collect::<Vec<_>>(),
         });
+        if !output.static_addresses.is_empty() {
+            spec["externalIPs"] = json!(output.static_addresses);
+        }
         if let Some(policy) = service_params.external_traffic_policy {
             spec["externalTrafficPolicy"] =
                 serde_json::to_value(policy).context("externalTrafficPolicy")?;

@@ -66,6 +66,8 @@ struct ExpectedGateway {
     /// The names of the certificates its config carries (listeners' and the backend client
     /// certificate), in config order.
     certificates: Option<Vec<String>>,
+    /// The static addresses its Service gets as external IPs.
+    static_addresses: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +210,14 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             && serves != expect_serves
         {
             problems.push(format!("Gateway {key}: serves listeners = {serves}"));
+        }
+        if let Some(expected) = &expected_gateway.static_addresses
+            && *expected != gateway.static_addresses
+        {
+            problems.push(format!(
+                "Gateway {key}: static addresses {:?}",
+                gateway.static_addresses
+            ));
         }
         for (port, expected) in &expected_gateway.client_validation {
             let config_port = gateway

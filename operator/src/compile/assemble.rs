@@ -36,6 +36,7 @@ impl GatewayState {
             listeners,
             config,
             parameters: self.parameters,
+            static_addresses: self.static_addresses,
         }
     }
 

@@ -71,6 +71,7 @@ pub mod reasons {
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
+    pub const ADDRESS_NOT_USABLE: &str = "AddressNotUsable";
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     /// Gateway ResolvedRefs: some listener's ResolvedRefs is False.
     pub const LISTENERS_NOT_RESOLVED: &str = "ListenersNotResolved";

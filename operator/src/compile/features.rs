@@ -18,6 +18,7 @@ pub fn supported() -> Vec<&'static str> {
         "GatewayInfrastructurePropagation",
         "ListenerSet",
         "GatewayPort8080",
+        "GatewayStaticAddresses",
         "HTTPRoute",
         "HTTPRoute303RedirectStatusCode",
         "HTTPRoute307RedirectStatusCode",

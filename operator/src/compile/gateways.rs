@@ -2,6 +2,7 @@
 //! conflicts, TLS certificate references and which route kinds and namespaces may attach.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -211,8 +212,12 @@ pub struct GatewayState {
     /// Accepted=False for the Gateway itself (class not accepted, bad parametersRef,
     /// unsupported address type).
     pub rejected: Option<Problem>,
-    /// Programmed=False/AddressNotAssigned: spec.addresses asks for one we cannot give.
-    pub address_not_assigned: Option<String>,
+    /// Programmed=False/AddressNotUsable: spec.addresses asks for one that cannot carry
+    /// traffic.
+    pub address_not_usable: Option<String>,
+    /// The IP addresses spec.addresses asks for by value, in order, without repeats: the
+    /// Gateway's Service gets them as external IPs and they are the Gateway's addresses.
+    pub static_addresses: Vec<String>,
     pub listeners: Vec<ListenerState>,
     /// The ListenerSets whose parentRef names this Gateway, in precedence order.
     pub listener_sets: Vec<ListenerSetState>,
@@ -262,14 +267,19 @@ pub fn gateways(
                 ),
             }
         };
-        let (rejected, address_not_assigned) = match (rejected, requested_addresses(gateway)) {
-            (Some(rejected), _) => (Some(rejected), None),
-            (None, Ok(())) => (None, None),
-            (None, Err(AddressProblem::UnsupportedType(message))) => {
-                (Some((reasons::UNSUPPORTED_ADDRESS, message)), None)
-            }
-            (None, Err(AddressProblem::NotAssignable(message))) => (None, Some(message)),
-        };
+        let (rejected, address_not_usable, static_addresses) =
+            match (rejected, requested_addresses(gateway)) {
+                (Some(rejected), _) => (Some(rejected), None, Vec::new()),
+                (None, Ok(addresses)) => (None, None, addresses),
+                (None, Err(AddressProblem::UnsupportedType(message))) => (
+                    Some((reasons::UNSUPPORTED_ADDRESS, message)),
+                    None,
+                    Vec::new(),
+                ),
+                (None, Err(AddressProblem::NotUsable(message))) => {
+                    (None, Some(message), Vec::new())
+                }
+            };
         let mut listeners: Vec<ListenerState> = gateway
             .spec
             .listeners
@@ -297,7 +307,8 @@ pub fn gateways(
                 generation,
                 class_name: gateway.spec.gateway_class_name.clone(),
                 rejected,
-                address_not_assigned,
+                address_not_usable,
+                static_addresses,
                 listeners,
                 listener_sets: Vec::new(),
                 parameters,
@@ -312,13 +323,17 @@ pub fn gateways(
 
 enum AddressProblem {
     UnsupportedType(String),
-    NotAssignable(String),
+    NotUsable(String),
 }
 
-/// `spec.addresses`: the Gateway's address is its Service's, so an entry of type IPAddress
-/// without a value (let the implementation choose) is honoured; an address with a value would
-/// need a Service with that exact address, which the operator does not request.
-fn requested_addresses(gateway: &Gateway) -> Result<(), AddressProblem> {
+/// `spec.addresses`. Only IPAddress is supported. An entry without a value lets the Gateway
+/// have its Service's address; an entry with one is a static address, which the Service
+/// takes as an external IP (nodes then accept the Gateway's traffic sent to it). An address
+/// no node could receive traffic on (loopback, unspecified, multicast, link-local, broadcast)
+/// is not usable.
+fn requested_addresses(gateway: &Gateway) -> Result<Vec<String>, AddressProblem> {
+    let mut addresses = Vec::new();
+    let mut not_usable = None;
     for address in gateway.spec.addresses.iter().flatten() {
         let kind = address.r#type.as_deref().unwrap_or("IPAddress");
         if kind != "IPAddress" {
@@ -326,14 +341,50 @@ fn requested_addresses(gateway: &Gateway) -> Result<(), AddressProblem> {
                 "address type {kind:?} is not supported (IPAddress is)"
             )));
         }
-        if let Some(value) = address.value.as_deref().filter(|v| !v.is_empty()) {
-            return Err(AddressProblem::NotAssignable(format!(
-                "static address {value} cannot be assigned: the Gateway's address is the one \
-                 its Service gets; remove the value to accept it"
-            )));
+        let Some(value) = address.value.as_deref().filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        match value.parse::<IpAddr>() {
+            Ok(ip) => match unusable_because(ip) {
+                Some(why) => {
+                    not_usable.get_or_insert_with(|| {
+                        format!(
+                            "static address {value} is {why}, which cannot receive the \
+                             Gateway's traffic; remove it or use a unicast address"
+                        )
+                    });
+                }
+                None => {
+                    let canonical = ip.to_string();
+                    if !addresses.contains(&canonical) {
+                        addresses.push(canonical);
+                    }
+                }
+            },
+            Err(_) => {
+                not_usable.get_or_insert_with(|| {
+                    format!("static address {value:?} is not an IP address")
+                });
+            }
         }
     }
-    Ok(())
+    match not_usable {
+        Some(message) => Err(AddressProblem::NotUsable(message)),
+        None => Ok(addresses),
+    }
+}
+
+/// Why `ip` cannot be a Gateway's address, if it cannot.
+fn unusable_because(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("link-local"),
+        ip if ip.is_unspecified() => Some("the unspecified address"),
+        ip if ip.is_loopback() => Some("a loopback address"),
+        ip if ip.is_multicast() => Some("a multicast address"),
+        _ => None,
+    }
 }
 
 fn gateway_parameters(
@@ -761,11 +812,11 @@ impl GatewayState {
             )
         };
         let programmed =
-            if let (true, Some(message)) = (accepted.is_true(), &self.address_not_assigned) {
+            if let (true, Some(message)) = (accepted.is_true(), &self.address_not_usable) {
                 Condition::new(
                     types::PROGRAMMED,
                     Status::False,
-                    reasons::ADDRESS_NOT_ASSIGNED,
+                    reasons::ADDRESS_NOT_USABLE,
                     message.clone(),
                     g,
                 )

@@ -145,6 +145,10 @@ pub struct GatewayOutput {
     /// GatewayParameters: the class defaults with the Gateway's override merged over them.
     #[serde(skip)]
     pub parameters: GatewayParametersSpec,
+    /// The static IP addresses the Gateway asks for (`spec.addresses` with values), all
+    /// usable: its Service's external IPs, and its addresses once the Service has them.
+    #[serde(skip)]
+    pub static_addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -486,7 +486,7 @@ impl Reconciler {
                 continue;
             };
             let delivery = self.delivery(stores, key);
-            let addresses = addresses(stores, existing);
+            let addresses = addresses(stores, existing, &gateway.static_addresses);
             let new = status::gateway_status(
                 existing.status.as_ref(),
                 gateway,
@@ -521,11 +521,16 @@ impl Reconciler {
                 continue;
             };
             let delivery = self.delivery(stores, &set.gateway);
+            let static_addresses = output
+                .gateways
+                .get(&set.gateway)
+                .map(|g| g.static_addresses.as_slice())
+                .unwrap_or_default();
             let has_address = input
                 .gateways
                 .iter()
                 .find(|g| ObjectKey::of(*g) == set.gateway)
-                .is_some_and(|g| !addresses(stores, g).is_empty());
+                .is_some_and(|g| !addresses(stores, g, static_addresses).is_empty());
             let Some(new) = status::listener_set_status(
                 existing.status.as_ref(),
                 set,
@@ -792,8 +797,13 @@ fn pod_ready(pod: &Pod) -> bool {
         && pod.metadata.deletion_timestamp.is_none()
 }
 
-/// The Gateway's addresses: its Service's load-balancer ingress, else its ClusterIP.
-fn addresses(stores: &Stores, gateway: &Gateway) -> Vec<GatewayStatusAddresses> {
+/// The Gateway's addresses: its static addresses once its Service has them all as external
+/// IPs; without static addresses, its Service's load-balancer ingress, else its ClusterIP.
+fn addresses(
+    stores: &Stores,
+    gateway: &Gateway,
+    static_addresses: &[String],
+) -> Vec<GatewayStatusAddresses> {
     let namespace = gateway.namespace().unwrap_or_default();
     let name = provision::resource_name(&gateway.name_any(), &gateway.spec.gateway_class_name);
     let Some(service) = stores
@@ -804,6 +814,23 @@ fn addresses(stores: &Stores, gateway: &Gateway) -> Vec<GatewayStatusAddresses> 
     else {
         return Vec::new();
     };
+    if !static_addresses.is_empty() {
+        let external = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.external_ips.as_deref())
+            .unwrap_or_default();
+        if !static_addresses.iter().all(|a| external.contains(a)) {
+            return Vec::new();
+        }
+        return static_addresses
+            .iter()
+            .map(|a| GatewayStatusAddresses {
+                r#type: Some("IPAddress".into()),
+                value: a.clone(),
+            })
+            .collect();
+    }
     let mut out = Vec::new();
     for ingress in service
         .status

@@ -523,6 +523,7 @@ mod tests {
             }],
             config: None,
             parameters: Default::default(),
+            static_addresses: Vec::new(),
         }
     }
 

@@ -44,6 +44,8 @@ kind: Gateway
 metadata: {name: scaled, namespace: infra, uid: "9999"}
 spec:
   gatewayClassName: portcullis
+  addresses:
+  - {type: IPAddress, value: 203.0.113.7}
   infrastructure:
     parametersRef: {group: portcullis.dev, kind: GatewayParameters, name: fixed}
   listeners:
@@ -275,6 +277,13 @@ fn service_follows_the_listeners_and_parameters() {
         .collect();
     assert_eq!(ports, [80, 8080]);
     assert_eq!(s["spec"]["selector"][GATEWAY_NAME_LABEL], "edge");
+    assert!(s["spec"].get("externalIPs").is_none());
+    // A Gateway's static addresses become its Service's external IPs.
+    let scaled = json(&rendered("scaled").service.unwrap());
+    assert_eq!(
+        scaled["spec"]["externalIPs"],
+        serde_json::json!(["203.0.113.7"])
+    );
 }
 
 #[test]
