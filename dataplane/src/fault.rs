@@ -16,3 +16,22 @@ pub fn on_request(path: &[u8]) {
     #[cfg(not(feature = "fault-injection"))]
     let _ = path;
 }
+
+/// Environment variable naming a worker core (by index) that stops before it starts, as one
+/// whose executor cannot be created would.
+#[cfg(feature = "fault-injection")]
+pub const CORE_START_ENV: &str = "PORTCULLIS_FAULT_CORE_START";
+
+/// Whether worker core `id` is to stop before it starts.
+pub fn core_start_fails(id: usize) -> bool {
+    #[cfg(feature = "fault-injection")]
+    return std::env::var(CORE_START_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        == Some(id);
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = id;
+        false
+    }
+}

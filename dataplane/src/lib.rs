@@ -86,9 +86,11 @@ pub fn run(options: Options) -> Result<(), String> {
 
     let mut core_handles = Vec::with_capacity(cpus.len());
     let mut links = Vec::with_capacity(cpus.len());
+    let mut starting = Vec::with_capacity(cpus.len());
     for (id, cpu) in cpus.iter().copied().enumerate() {
         let (command_tx, command_rx) = shared_channel::new_bounded(4);
         let (reply_tx, reply_rx) = shared_channel::new_bounded(4);
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let handle = shard::spawn(
             id,
             cpu,
@@ -96,10 +98,24 @@ pub fn run(options: Options) -> Result<(), String> {
             reply_tx,
             ticket_key.clone(),
             options.access_log,
+            started_tx,
         )
         .map_err(|e| format!("starting worker core {id} on CPU {cpu}: {e}"))?;
         core_handles.push(handle);
         links.push((command_tx, reply_rx));
+        starting.push(started_rx);
+    }
+    // A core whose executor could not be created would leave the control thread waiting for
+    // it forever (and the admin endpoint unserved, SIGTERM unheeded): fail with its error.
+    for (id, started) in starting.into_iter().enumerate() {
+        if started.recv().is_err() {
+            let what = format!("starting worker core {id} on CPU {}", cpus[id]);
+            let handle = core_handles.swap_remove(id);
+            return Err(match handle.join() {
+                Err(error) => executor_failure(&what, &error),
+                Ok(()) => format!("{what}: it stopped before it started"),
+            });
+        }
     }
     info!(
         "starting",
@@ -141,10 +157,12 @@ pub fn run(options: Options) -> Result<(), String> {
             result
         })
         .map_err(|e| format!("starting the control thread: {e}"))?;
-    let result = control
-        .join()
-        .map_err(|e| executor_failure("control thread failed", &e))
-        .and_then(|r| r);
+    let result = match control.join() {
+        Ok(result) => result,
+        // Its executor never ran (or it panicked): the cores may still be waiting to connect
+        // to it, so they are not joined.
+        Err(e) => return Err(executor_failure("control thread failed", &e)),
+    };
     for handle in core_handles {
         let _ = handle.join();
     }

@@ -233,11 +233,19 @@ pub fn spawn(
     replies: SharedSender<ShardReply>,
     ticket_key: TicketKey,
     access_log: bool,
+    started: std::sync::mpsc::SyncSender<()>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
     LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&format!("portcullis-core-{id}"))
         .io_memory(IO_MEMORY)
         .spawn(move || async move {
+            // glommio creates the executor (its io_uring rings, the CPU binding) inside the
+            // thread: `started` tells the caller it exists. If it cannot be created, `started`
+            // is dropped unsent.
+            if crate::fault::core_start_fails(id) {
+                return;
+            }
+            let _ = started.send(());
             let (commands, replies) =
                 futures_lite::future::zip(commands.connect(), replies.connect()).await;
             match Shard::new(id, ticket_key, access_log) {

@@ -1,6 +1,6 @@
 //! A panic on one connection's request path closes that connection only: the core keeps
 //! running, its other connections keep their keep-alive sessions, and new connections are
-//! served. The fault is injected through the `fault-injection` feature (src/fault.rs); run
+//! served. A core that cannot start ends the proxy with its error at once. The fault is injected through the `fault-injection` feature (src/fault.rs); run
 //! with `cargo test -p portcullis-dataplane --features fault-injection --test panic_containment`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -128,4 +128,46 @@ fn a_panicking_http2_stream_resets_only_itself() {
         }
     });
     assert_eq!(metric(&proxy, "portcullis_connection_panics_total"), 1);
+}
+
+#[test]
+fn a_core_that_cannot_start_ends_the_proxy_with_its_error_instead_of_a_hang() {
+    // glommio creates a core's executor (io_uring rings, CPU binding) on the core's own
+    // thread; when that fails, the proxy used to wait for the core forever, with its admin
+    // port bound but unserved. The fault stops core 0 before it starts, as such a failure does.
+    let socket_dir = std::env::temp_dir().join(format!("portcullis-core-start-{}", free_port()));
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut proxy = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-proxy"))
+        .args([
+            "--cores",
+            "1",
+            "--admin-address",
+            &admin,
+            "--control-socket",
+        ])
+        .arg(socket_dir.join("control.sock"))
+        .env(portcullis_dataplane::fault::CORE_START_ENV, "0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = proxy.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = proxy.kill();
+            panic!("the proxy still runs 20 s after its only core failed to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut proxy.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("starting worker core 0 on CPU"),
+        "stderr: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&socket_dir);
 }
