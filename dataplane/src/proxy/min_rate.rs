@@ -2,12 +2,14 @@
 //! sends (or reads) a byte every few seconds: each byte is progress, and the connection, its
 //! buffers and possibly an upstream connection stay held for as long as the client likes.
 //!
-//! So once a grace period for slow starts has passed, the body must average the minimum rate
-//! from its start: each delivered byte buys 1/rate of waiting beyond the grace period. An
-//! average from the start, not over a sliding window: a window cut off a slow reader's first
-//! TCP window sooner, but also clients well above the rate whose progress comes in steps (a
-//! TLS record is counted when rustls takes it, the socket only later) or who pause reading
-//! longer than a window after taking megabytes (a media player with a full buffer).
+//! So once a grace period for slow starts has passed, the body must have averaged the minimum
+//! rate from its start: each delivered byte buys 1/rate of waiting, and the grace period only
+//! delays the check (as Kestrel's MinDataRate does). It does not add to what the bytes bought:
+//! with that, a slow reader's first TCP window (1–2 KiB taken at once) bought it 4–8 s beyond
+//! the grace. An average from the start, not over a sliding window: a window would also cut
+//! off clients well above the rate whose progress comes in steps (a TLS record is counted when
+//! rustls takes it, the socket only later) or who pause reading longer than a window after
+//! taking megabytes (a media player with a full buffer).
 //!
 //! The clock runs only while the proxy waits for this peer (`resume` .. `pause`): time spent
 //! waiting for the upstream, such as the gaps of a server-sent event stream or a long poll, is
@@ -98,7 +100,7 @@ impl MinRate {
         // The time the bytes so far have bought, in whole nanoseconds (u128: no overflow).
         let earned_ns = u128::from(delivered) * 1_000_000_000 / u128::from(self.bytes_per_s);
         let earned = Duration::from_nanos(u64::try_from(earned_ns).unwrap_or(u64::MAX));
-        let Some(deadline) = self.start.checked_add(self.grace.saturating_add(earned)) else {
+        let Some(deadline) = self.start.checked_add(self.grace.max(earned)) else {
             return Some(idle_left.min(RECHECK_MAX));
         };
         let left = deadline.saturating_duration_since(now);
@@ -171,9 +173,18 @@ mod tests {
         let t0 = Instant::now();
         let mut rate = MinRate::start(&settings(100, 1_000, 60_000), t0);
         rate.record(250);
-        // 1 s grace + 2.5 s for 250 bytes at 100 B/s.
-        assert_eq!(rate.next_wait(t0 + secs(3.0), 0), Some(secs(0.5)));
-        assert_eq!(rate.next_wait(t0 + secs(3.5), 0), None);
+        // 250 bytes at 100 B/s buy 2.5 s from the start; the 1 s grace is inside them.
+        assert_eq!(rate.next_wait(t0 + secs(2.0), 0), Some(secs(0.5)));
+        assert_eq!(rate.next_wait(t0 + secs(2.5), 0), None);
+    }
+
+    #[test]
+    fn the_grace_period_delays_the_check_and_adds_no_time() {
+        // slowhttptest's slow read: 1 KiB of a first TCP window at once, then 32 B/s, against
+        // 240 B/s after 5 s. The 1 KiB bought 4.3 s, inside the grace: cut off at 5 s.
+        let mut rate = MinRate::start(&settings(240, 5_000, 60_000), Instant::now());
+        let cut = lifetime(&mut rate, 30.0, |t| 1024 + (t * 32.0) as u64);
+        assert_eq!(cut.map(|c| (c * 10.0).round() / 10.0), Some(5.0));
     }
 
     #[test]
@@ -197,7 +208,7 @@ mod tests {
         // slowhttptest's slow body: a few bytes every 10 s against 240 B/s after 5 s.
         let mut rate = MinRate::start(&settings(240, 5_000, 60_000), Instant::now());
         let cut = lifetime(&mut rate, 30.0, |t| ((t / 10.0).floor() as u64 + 1) * 24);
-        assert_eq!(cut.map(|c| (c * 10.0).round() / 10.0), Some(5.1));
+        assert_eq!(cut.map(|c| (c * 10.0).round() / 10.0), Some(5.0));
     }
 
     #[test]
@@ -211,10 +222,10 @@ mod tests {
         rate.resume(t0 + secs(30.0));
         rate.record(100);
         assert!(rate.next_wait(t0 + secs(30.01), 0).is_some());
-        // While it waits for the client the clock runs again: 200 bytes buy 0.83 s past the
-        // grace period.
-        assert!(rate.next_wait(t0 + secs(35.8), 0).is_some());
-        assert_eq!(rate.next_wait(t0 + secs(35.9), 0), None);
+        // While it waits for the client the clock runs again, up to the grace period (200
+        // bytes bought only 0.83 s).
+        assert!(rate.next_wait(t0 + secs(34.9), 0).is_some());
+        assert_eq!(rate.next_wait(t0 + secs(35.0), 0), None);
     }
 
     #[test]
@@ -238,8 +249,8 @@ mod tests {
         let t0 = Instant::now();
         let mut rate = MinRate::start(&settings(240, 5_000, 60_000), t0);
         rate.record(1_000_000);
-        assert!(rate.next_wait(t0 + secs(5.0), 999_900).is_some());
-        assert_eq!(rate.next_wait(t0 + secs(6.0), 999_900), None);
+        assert!(rate.next_wait(t0 + secs(4.9), 999_900).is_some());
+        assert_eq!(rate.next_wait(t0 + secs(5.0), 999_900), None);
     }
 
     #[test]
@@ -247,10 +258,10 @@ mod tests {
         let t0 = Instant::now();
         let mut rate = MinRate::start(&settings(1_000, 1_000, 60_000), t0);
         rate.record(1_000_000);
-        // 500 bytes taken: the deadline is 1.5 s.
-        assert_eq!(rate.next_wait(t0 + secs(1.0), 999_500), Some(secs(0.5)));
-        // By then 1 500 more were taken while the write waited.
-        assert_eq!(rate.next_wait(t0 + secs(1.5), 998_000), Some(secs(1.0)));
+        // 1 500 bytes taken: the deadline is 1.5 s.
+        assert_eq!(rate.next_wait(t0 + secs(1.0), 998_500), Some(secs(0.5)));
+        // By then 1 500 more were taken while the write waited: 3 s.
+        assert_eq!(rate.next_wait(t0 + secs(1.5), 997_000), Some(secs(1.0)));
     }
 
     #[test]
