@@ -1201,3 +1201,46 @@ fn requests_to_http2_backends_are_retried_from_either_client_protocol() {
     assert_eq!(http2.arrivals("/fail/1/503/h2"), 2);
     assert_eq!(http2.arrivals("/fail/2/500/h2-other"), 1);
 }
+
+#[test]
+fn an_http2_request_retried_after_a_refused_connect_is_still_copied_once() {
+    let http1 = Backend::start("h1");
+    let shadow = Backend::start("shadow");
+    let port = free_port();
+    // Nothing listens on `refused`: round robin sends every other first attempt there.
+    let refused = format!("127.0.0.1:{}", free_port());
+    let mut primary = rule(vec![prefix("/")], vec![to("ns/h1:80", 1)]);
+    primary.filters = vec![Filter::RequestMirror(
+        portcullis_api::config::RequestMirror {
+            backend: "ns/shadow:80".into(),
+            numerator: 1,
+            denominator: 1,
+        },
+    )];
+    primary.retry = Some(RetryPolicy {
+        codes: Vec::new(),
+        attempts: 1,
+        backoff_ms: 5,
+    });
+    let config = ConfigBuilder::new(1)
+        .backend_at("ns/h1:80", &[&refused, &http1.endpoint()])
+        .backend("ns/shadow:80", &[&shadow])
+        .http_port(port, "http", vec![route("ns/r", &[], vec![primary])])
+        .build();
+    let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
+    runtime().block_on(async {
+        let client = connect(port).await;
+        for i in 0..4 {
+            let answer = exchange(&client, get(&format!("http://a/h2/{i}")), b"").await;
+            assert_eq!(answer.status, 200);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while shadow.request_count() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut paths: Vec<String> = shadow.requests().iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/h2/0", "/h2/1", "/h2/2", "/h2/3"]);
+}

@@ -190,3 +190,48 @@ fn a_dead_mirror_never_affects_the_request() {
         0.0
     );
 }
+
+#[test]
+fn a_retried_request_is_copied_once_even_when_its_first_connect_failed() {
+    let main = Backend::start("main");
+    let shadow = Backend::start("shadow");
+    // Nothing listens on `refused`: round robin sends every other first attempt there.
+    let refused = format!("127.0.0.1:{}", free_port());
+    let mut retried = with_filters("/", vec![mirror("ns/shadow:80", 100, 100)]);
+    retried.retry = Some(portcullis_api::config::RetryPolicy {
+        codes: Vec::new(),
+        attempts: 1,
+        backoff_ms: 5,
+    });
+    let port = free_port();
+    let config = ConfigBuilder::new(1)
+        .backend_at("ns/main:80", &[&refused, &main.endpoint()])
+        .backend("ns/shadow:80", &[&shadow])
+        .http_port(
+            port,
+            "http",
+            vec![route("ns/r", &["example.com"], vec![retried])],
+        )
+        .build();
+    let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
+    let mut client = Client::connect(port);
+    for i in 0..4 {
+        let response = client.get("example.com", &format!("/h1/{i}"));
+        assert_eq!(response.status, 200);
+    }
+    // HTTP/1.1 with a small body held whole.
+    let response = client
+        .request("POST /h1/body HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(response.status, 200);
+    let response = client
+        .request("POST /h1/body2 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(response.status, 200);
+    wait_for(&shadow, 6);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut paths: Vec<String> = shadow.requests().iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/h1/0", "/h1/1", "/h1/2", "/h1/3", "/h1/body", "/h1/body2"]
+    );
+}

@@ -953,6 +953,11 @@ impl Exchange<'_> {
             }
             // `conn.out` still holds the whole request.
             attempt = self.by_request_deadline(self.deliver(&conn.out)).await;
+            if attempt.is_ok() {
+                // Copies of a request held whole leave once it has gone out; the first
+                // attempt's connect may have failed before they could.
+                self.launch_mirrors(&mut conn.mirror);
+            }
         };
 
         let status = conn.response.status;

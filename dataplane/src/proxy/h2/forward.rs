@@ -285,6 +285,10 @@ impl Forward<'_> {
                 .within_deadline(self.deadline, respond, self.deliver(&conn.out))
                 .await
                 .and_then(|delivered| delivered);
+            if attempt.is_ok() {
+                // The first attempt's connect may have failed before the copy could leave.
+                self.launch_mirror(conn.mirror.take());
+            }
         };
         let status = conn.response.status;
         if status == 101 {
