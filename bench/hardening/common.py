@@ -499,6 +499,8 @@ class SocketTracker:
     - "client": the client closed first (CLOSE-WAIT, LAST-ACK);
     - "gone": the socket vanished between two polls (a reset from either side, or a close with
       unread data, which the kernel turns into a reset).
+    It also keeps when the proxy was first seen to have sent bytes on it (`bytes_sent` of
+    `ss -i`): for a request that is answered, when its response began.
     Resolution is the poll interval."""
 
     PROXY_CLOSED = {"FIN-WAIT-1", "FIN-WAIT-2", "CLOSING", "TIME-WAIT"}
@@ -524,14 +526,17 @@ class SocketTracker:
 
     def _poll(self):
         t = time.monotonic()
-        out = subprocess.run(["ss", "-tanH", f"( sport = :{self.port} )"],
+        out = subprocess.run(["ss", "-tanHiO", f"( sport = :{self.port} )"],
                              capture_output=True, text=True).stdout
         seen = {}
+        sending = set()
         for line in out.splitlines():
             parts = line.split()
             if len(parts) < 5 or parts[0] == "LISTEN":
                 continue
             seen[parts[4]] = parts[0]
+            if any(p.startswith("bytes_sent:") and p != "bytes_sent:0" for p in parts[5:]):
+                sending.add(parts[4])
         established = {}
         syn_recv = 0
         for peer, state in seen.items():
@@ -543,7 +548,10 @@ class SocketTracker:
                 ip = peer.rsplit(":", 1)[0]
                 established[ip] = established.get(ip, 0) + 1
                 if entry is None or entry["left"] is not None:
-                    self.conns[peer] = {"first": t, "left": None, "how": None}
+                    entry = self.conns[peer] = {"first": t, "left": None, "how": None,
+                                                "sending": None}
+                if peer in sending and entry["sending"] is None:
+                    entry["sending"] = t
             elif entry is not None and entry["left"] is None:
                 entry["left"] = t
                 entry["how"] = ("proxy" if state in self.PROXY_CLOSED
@@ -562,6 +570,16 @@ class SocketTracker:
         """[(first, left|None, how)] for connections from `ip` first seen at or after `since`."""
         return [(e["first"], e["left"], e["how"]) for peer, e in self.conns.items()
                 if peer.rsplit(":", 1)[0] == ip and (since is None or e["first"] >= since)]
+
+    def since_sending(self, ip, since=None):
+        """[(sending - first, left - sending)] for connections from `ip` first seen at or after
+        `since` that the proxy sent bytes on and then closed: how long the response took to
+        begin, and how long the connection lived after that."""
+        return [(e["sending"] - e["first"], e["left"] - e["sending"])
+                for peer, e in self.conns.items()
+                if peer.rsplit(":", 1)[0] == ip and (since is None or e["first"] >= since)
+                and e["sending"] is not None and e["left"] is not None
+                and e["how"] in ("proxy", "gone")]
 
     def poll_interval(self):
         """Mean and max seconds between polls actually achieved."""

@@ -193,6 +193,21 @@ def csv_lifetimes(rows, count):
     return lifetimes
 
 
+def summarize_after_response(pairs):
+    """p50/p99/max of the wait for the response and of the lifetime after it began."""
+    waits = sorted(w for w, _ in pairs)
+    lives = sorted(life for _, life in pairs)
+    if not pairs:
+        return None
+
+    def stats(values):
+        return {"p50": round(percentile(values, 50), 2), "p99": round(percentile(values, 99), 2),
+                "max": round(max(values), 2)}
+
+    return {"connections": len(pairs), "response_wait_s": stats(waits),
+            "lifetime_after_response_s": stats(lives)}
+
+
 def run_attack(name, spec, args, work, settings):
     flags, path, expected_s, timer = spec
     print(f"\n==> attack: {name} ({timer})", flush=True)
@@ -320,6 +335,10 @@ def run_attack(name, spec, args, work, settings):
             "limit_s": limit,
             "over_limit": sum(1 for x in closed_by_proxy if limit is not None and x > limit),
             "all_closed_within_limit": all_closed_in_time,
+            # Slow read only: the proxy's write-side timer starts when the response does, so
+            # the whole lifetime above also counts the wait for the backend's response.
+            "after_response_began_s": summarize_after_response(
+                tracker.since_sending(SLOW_SOURCE, since=t_attack - 0.5)) if name == "read" else None,
             "slowhttptest_csv_fifo_lifetime_s": {
                 "p50": percentile(csv_life, 50), "max": max(csv_life, default=None)},
         },
@@ -466,6 +485,12 @@ def main():
               f"{s['peak_concurrent']:5d} {s['closed_by_proxy']:6d} {s['still_open_when_attack_ended']:5d} "
               f"{f(s['lifetime_s']['p50'], 8)} {f(s['lifetime_s']['max'], 6)} {f(s['limit_s'], 6)} "
               f"{f(m['rss_kib_before'], 10, 0)} {f(m['rss_kib_peak'], 8, 0)} {f(m['kib_per_slow_connection'], 8)}  {verdict}")
+        after = s.get("after_response_began_s")
+        if after:
+            wait, life = after["response_wait_s"], after["lifetime_after_response_s"]
+            print(f"{'':8s} {after['connections']} connections: response began after p50 "
+                  f"{wait['p50']} / max {wait['max']} s; lived after it p50 {life['p50']} / "
+                  f"max {life['max']} s (timer {r['expected_lifetime_s']} s)")
     print("(latencies in ms, lifetimes in s, RSS in KiB)")
     print(f"\nwritten: {path}")
 
