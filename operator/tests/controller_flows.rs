@@ -396,6 +396,30 @@ async fn our_gateway_class_is_accepted_and_others_are_left_alone() {
         );
     }
 
+    // The leader's orphan sweep lists our objects, as metadata, of the kinds it provisions.
+    let managed_by = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+    let is_sweep = |r: &support::fake_api::RecordedRequest| {
+        !r.watch
+            && r.accept
+                .as_deref()
+                .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+            && r.query.get("labelSelector") == Some(&managed_by)
+    };
+    for path in [
+        "/apis/apps/v1/deployments",
+        "/api/v1/services",
+        "/api/v1/serviceaccounts",
+        "/api/v1/secrets",
+        "/api/v1/configmaps",
+    ] {
+        assert!(
+            !fake
+                .requests_where(|r| r.path == path && is_sweep(r))
+                .is_empty(),
+            "no sweep of {path}"
+        );
+    }
+
     // The watches: a LIST then a WATCH from its resourceVersion for every kind; Secrets as
     // metadata only, Pods of ours only.
     for path in [
@@ -410,7 +434,7 @@ async fn our_gateway_class_is_accepted_and_others_are_left_alone() {
         "/api/v1/secrets",
         "/api/v1/pods",
     ] {
-        let lists = fake.requests_where(|r| r.path == path && !r.watch);
+        let lists = fake.requests_where(|r| r.path == path && !r.watch && !is_sweep(r));
         let watches = fake.requests_where(|r| r.path == path && r.watch);
         assert!(!lists.is_empty() && !watches.is_empty(), "{path}");
         assert!(
@@ -1324,5 +1348,116 @@ async fn the_backend_client_certificate_secret_is_read_and_resolved() {
             .find(|e| e["reason"] == "ResolvedRefs")
     })
     .await;
+    controller.finish();
+}
+
+/// What is provisioned for a Gateway that stays but stops being ours goes away: moved to
+/// another class of ours, the objects named after the old class are deleted (and new ones
+/// made); moved to another controller's class, all of them are deleted, the namespace's CA
+/// ConfigMap too; a Gateway left without listeners loses its Service. Objects of ours that
+/// no existing Gateway owns are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infrastructure_no_gateway_of_ours_wants_is_deleted() {
+    let fake = FakeApi::new();
+    seed_gateway(&fake);
+    fake.create(gateway_class("portcullis-b", CONTROLLER_NAME));
+    fake.create(gateway_class("other", "example.com/other"));
+    let labelled = |name: &str, owners: Value| {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+                "ownerReferences": owners,
+            },
+            "spec": {"selector": {"matchLabels": {"app": name}}, "template": {}},
+        })
+    };
+    // Ours by label but owned by no Gateway, and owned by a Gateway that is gone: not the
+    // sweep's to delete.
+    fake.create(labelled("hand-made", json!([])));
+    fake.create(labelled(
+        "gone-owner",
+        json!([{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "name": "gone", "uid": "no-such-uid", "controller": true}]),
+    ));
+    let controller = start(&fake, "portcullis-0");
+    let kinds = ["ServiceAccount", "Deployment", "Service"];
+    let all_present = |name: &str| kinds.iter().all(|kind| fake.get(kind, NS, name).is_some());
+    let all_gone = |name: &str| kinds.iter().all(|kind| fake.get(kind, NS, name).is_none());
+    wait_for(&fake, "infra/gw-portcullis", || {
+        all_present(PROVISIONED).then_some(())
+    })
+    .await;
+    assert!(fake.get("ConfigMap", NS, "portcullis-ca").is_some());
+    // The last-good Secret as the leader writes it once a proxy served the config.
+    let uid = fake.get("Gateway", NS, "gw").unwrap()["metadata"]["uid"].clone();
+    fake.create(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "gw-portcullis-last-good",
+            "namespace": NS,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+            "annotations": {"portcullis.dev/content-hash": "ab"},
+            "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1",
+                                 "kind": "Gateway", "name": "gw", "uid": uid,
+                                 "controller": true}],
+        },
+        "data": {"config.json.gz": "AAAA"},
+    }));
+
+    fake.modify("Gateway", NS, "gw", |g| {
+        g["spec"]["gatewayClassName"] = json!("portcullis-b");
+    });
+    wait_for(&fake, "gw-portcullis-b made, gw-portcullis deleted", || {
+        (all_present("gw-portcullis-b") && all_gone(PROVISIONED)).then_some(())
+    })
+    .await;
+    assert!(fake.get("ConfigMap", NS, "portcullis-ca").is_some());
+    // Emptied, not deleted: the operator may not delete Secrets cluster-wide.
+    let last_good = fake
+        .get("Secret", NS, "gw-portcullis-last-good")
+        .expect("the last-good Secret is kept");
+    assert!(last_good.get("data").is_none(), "{last_good}");
+    assert!(
+        last_good["metadata"]["annotations"]
+            .get("portcullis.dev/content-hash")
+            .is_none(),
+        "{last_good}"
+    );
+
+    fake.modify("Gateway", NS, "gw", |g| {
+        g["spec"]["listeners"] = json!([]);
+    });
+    wait_for(
+        &fake,
+        "the Service of a Gateway without listeners deleted",
+        || {
+            fake.get("Service", NS, "gw-portcullis-b")
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(fake.get("Deployment", NS, "gw-portcullis-b").is_some());
+
+    fake.modify("Gateway", NS, "gw", |g| {
+        g["spec"]["gatewayClassName"] = json!("other");
+    });
+    wait_for(&fake, "everything of gw deleted", || {
+        (all_gone("gw-portcullis-b") && fake.get("ConfigMap", NS, "portcullis-ca").is_none())
+            .then_some(())
+    })
+    .await;
+    for name in ["hand-made", "gone-owner"] {
+        assert!(
+            fake.get("Deployment", NS, name).is_some(),
+            "{name} was deleted"
+        );
+    }
+    assert_eq!(controller.reconcile_errors(), 0);
     controller.finish();
 }

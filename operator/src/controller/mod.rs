@@ -15,6 +15,7 @@ pub mod events;
 pub mod leader;
 pub mod status;
 pub mod stores;
+pub mod sweep;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use portcullis_api::gateway_api::backendtlspolicy::BackendTlsPolicy;
@@ -47,6 +48,7 @@ use crate::provision::{self, FIELD_MANAGER, GATEWAY_NAME_LABEL, ProvisionSetting
 use crate::telemetry::{ControllerLabel, Metrics};
 use status::Delivery;
 use stores::{ReferencedObjects, Stores};
+use sweep::{Sweeper, Wanted};
 
 /// Annotation on a proxy pod: the content hash (hex) of the config its proxy serves.
 pub const APPLIED_ANNOTATION: &str = "portcullis.dev/applied-config";
@@ -108,6 +110,7 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
         config_maps: None,
         applied: HashMap::new(),
         annotated: HashMap::new(),
+        sweeper: Sweeper::default(),
     };
     state.secrets = Some(ReferencedObjects::new(state.client.clone()));
     state.config_maps = Some(ReferencedObjects::new(state.client.clone()));
@@ -122,6 +125,7 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
         if is_leader != was_leader {
             // A new leader applies everything once: its cache says nothing about the cluster.
             state.applied.clear();
+            state.sweeper.reset();
             was_leader = is_leader;
         }
         state.metrics.leader.set(i64::from(is_leader));
@@ -158,6 +162,7 @@ struct Reconciler {
     applied: HashMap<String, [u8; 32]>,
     /// Applied-config annotations this replica last wrote, per pod uid.
     annotated: HashMap<String, String>,
+    sweeper: Sweeper,
 }
 
 impl Reconciler {
@@ -207,7 +212,13 @@ impl Reconciler {
         };
         self.metrics.reconciles.get_or_create(&label).inc();
         if is_leader {
-            failures += self.provision(stores, &input, &output).await;
+            let (provision_failures, wanted) = self.provision(stores, &input, &output).await;
+            failures += provision_failures;
+            // A Gateway whose objects could not even be rendered wants something unknown:
+            // sweeping then could delete what it still needs.
+            if provision_failures == 0 {
+                failures += self.remove_orphans(stores, &wanted).await;
+            }
             failures += self.write_statuses(stores, &input, &output).await;
         }
         if failures > 0 {
@@ -271,9 +282,15 @@ impl Reconciler {
     }
 
     /// Applies each Gateway's ServiceAccount, Deployment, Service, last-good Secret and its
-    /// namespace's CA ConfigMap.
-    async fn provision(&mut self, stores: &Stores, input: &Input, output: &Output) -> usize {
+    /// namespace's CA ConfigMap. Returns how many writes failed, and what it wants to exist.
+    async fn provision(
+        &mut self,
+        stores: &Stores,
+        input: &Input,
+        output: &Output,
+    ) -> (usize, Wanted) {
         let mut failures = 0;
+        let mut wanted = Wanted::default();
         // Gateways (name, uid) per namespace: the owners of that namespace's CA ConfigMap.
         let mut owners: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         let provision_settings = self.provision_settings(stores);
@@ -297,6 +314,13 @@ impl Reconciler {
                 }
             };
             let ns = provisioned.namespace.clone();
+            wanted.insert("ServiceAccount", &ns, &provisioned.name);
+            wanted.insert("Deployment", &ns, &provisioned.name);
+            wanted.insert(
+                "Secret",
+                &ns,
+                &provision::last_good_secret_name(&provisioned.name),
+            );
             failures += self
                 .apply(
                     Api::<ServiceAccount>::namespaced(self.client.clone(), &ns),
@@ -309,21 +333,16 @@ impl Reconciler {
                     &provisioned.deployment,
                 )
                 .await;
-            let services: Api<Service> = Api::namespaced(self.client.clone(), &ns);
-            match &provisioned.service {
-                Some(service) => failures += self.apply(services, service).await,
-                None => {
-                    let cache_key = format!("Service/{ns}/{}", provisioned.name);
-                    if self.applied.remove(&cache_key).is_some()
-                        && let Err(e) = services
-                            .delete(&provisioned.name, &DeleteParams::default())
-                            .await
-                    {
-                        warn!(service = %cache_key, error = %e, "deleting the Service failed");
-                    }
-                }
+            // Without listener ports there is no Service; the sweep removes an earlier one.
+            if let Some(service) = &provisioned.service {
+                wanted.insert("Service", &ns, &provisioned.name);
+                let services: Api<Service> = Api::namespaced(self.client.clone(), &ns);
+                failures += self.apply(services, service).await;
             }
             failures += self.persist_last_good(stores, key, &provisioned).await;
+        }
+        for namespace in owners.keys() {
+            wanted.insert("ConfigMap", namespace, provision::CA_CONFIGMAP);
         }
         if let Some(ca) = self.ca_pem.clone() {
             for (namespace, owners) in &owners {
@@ -335,6 +354,28 @@ impl Reconciler {
                     )
                     .await;
             }
+        }
+        (failures, wanted)
+    }
+
+    /// Deletes provisioned objects no Gateway of ours wants any more (see [`sweep`]).
+    /// Returns how many calls failed.
+    async fn remove_orphans(&mut self, stores: &Stores, wanted: &Wanted) -> usize {
+        let gateway_uids: HashSet<String> = stores
+            .gateways
+            .state()
+            .iter()
+            .filter_map(|gateway| gateway.uid())
+            .collect();
+        let (deleted, failures) = self
+            .sweeper
+            .sweep(&self.client, wanted, &gateway_uids)
+            .await;
+        for object in deleted {
+            self.applied.remove(&format!(
+                "{}/{}/{}",
+                object.kind, object.namespace, object.name
+            ));
         }
         failures
     }
