@@ -3,9 +3,10 @@
 //! Secret `<name>-last-good` that a new proxy pod starts from while the operator is away. Pure
 //! rendering; the controller applies the result with server-side apply.
 //!
-//! Names follow GEP-1762: `<gateway>-<gatewayclass>` in the Gateway's namespace (shortened with
-//! a hash beyond 63 characters), labelled `gateway.networking.k8s.io/gateway-name`, owned by
-//! the Gateway so deleting it deletes them. Routes, endpoints and certificates never appear in
+//! Names follow GEP-1762: `<gateway>-<gatewayclass>` in the Gateway's namespace, made a valid
+//! DNS-1035 label where it is not one already (see [`resource_name`]), labelled
+//! `gateway.networking.k8s.io/gateway-name` (see [`label_value`]), owned by the Gateway so
+//! deleting it deletes them. Routes, endpoints and certificates never appear in
 //! the pod template (they travel over the config stream), so they never cause a rollout.
 
 use std::collections::BTreeMap;
@@ -92,16 +93,110 @@ pub struct Provisioned {
     pub service: Option<Service>,
 }
 
-/// `<gateway>-<class>`, shortened to 63 characters with a hash of the full name.
+/// Longest DNS-1035 label (Service names) and longest label value.
+const MAX_LABEL: usize = 63;
+/// Hex characters of the hash that marks a name or label value that had to be changed.
+const HASH_LEN: usize = 8;
+
+/// The first 8 hex characters of SHA-256 over `text`.
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(HASH_LEN / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `name` is a DNS-1035 label (what a Service name must be): 1 to 63 lowercase
+/// alphanumerics or '-', starting with a letter and ending with an alphanumeric.
+pub fn is_dns1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=MAX_LABEL).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Whether `value` is a valid label value: empty, or at most 63 alphanumerics, '-', '_' or
+/// '.', beginning and ending with an alphanumeric.
+pub fn is_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    bytes.is_empty()
+        || (bytes.len() <= MAX_LABEL
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+}
+
+/// The name of the ServiceAccount, Deployment and Service provisioned for Gateway `gateway`
+/// of class `class`: `<gateway>-<class>` (GEP-1762) whenever that is a valid DNS-1035 label,
+/// which every object kind we create accepts, so names of existing Gateways never change.
+///
+/// Gateway and GatewayClass names are DNS subdomains (dots, a leading digit, up to 253
+/// characters), which a Service name may not be. Such a name is rewritten: lowercased,
+/// every character other than [a-z0-9-] replaced by '-', prefixed with `gw-` when it does
+/// not start with a letter, cut to 54 characters without a trailing '-', and always suffixed
+/// with `-` and 8 hex characters of SHA-256 over the unmodified `<gateway>-<class>`. The
+/// hash is added whenever the name had to change, not only when it was too long: the
+/// rewrite maps distinct inputs onto one (`a.b`+`c` and `a-b`+`c` both give `a-b-c`), and
+/// the hash of the original keeps them apart (an unchanged valid name could only equal a
+/// rewritten one by ending in exactly that input's hash). For names that only had to be
+/// shortened the result is what earlier versions produced.
 pub fn resource_name(gateway: &str, class: &str) -> String {
     let full = format!("{gateway}-{class}");
-    if full.len() <= 63 {
+    if is_dns1035_label(&full) {
         return full;
     }
-    let digest = Sha256::digest(full.as_bytes());
-    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    let prefix = full[..54].trim_end_matches(['-', '.']);
-    format!("{prefix}-{hash}")
+    let mut sanitized: String = full
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    if !sanitized.starts_with(|c: char| c.is_ascii_lowercase()) {
+        sanitized.insert_str(0, "gw-");
+    }
+    // ASCII only now, so any byte index is a char boundary; the prefix keeps its first
+    // character, a letter.
+    let keep = sanitized.len().min(MAX_LABEL - HASH_LEN - 1);
+    let prefix = sanitized[..keep].trim_end_matches('-');
+    format!("{prefix}-{}", short_hash(&full))
+}
+
+/// `value` as a label value: unchanged when it is one already (every Gateway name of up to
+/// 63 characters), else its first characters that are valid in a label value (others
+/// replaced by '-'), trimmed to begin and end with an alphanumeric and cut so that `-` and 8
+/// hex characters of SHA-256 over the unmodified `value` fit in 63. The hash keeps distinct
+/// long names distinct. It is the only way to derive a label value from a user-chosen name
+/// here, so that selectors (the Deployment's and the Service's) and the labels they select
+/// always agree; anything else that selects provisioned objects or proxy pods by
+/// [`GATEWAY_NAME_LABEL`] must compare against `label_value(gateway_name)`, never the raw
+/// name, and cannot read the Gateway name back from the label.
+pub fn label_value(value: &str) -> String {
+    if is_label_value(value) {
+        return value.to_string();
+    }
+    let sanitized: String = value
+        .chars()
+        .map(|c| match c {
+            c @ ('a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    let trimmed = sanitized.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let keep = trimmed.len().min(MAX_LABEL - HASH_LEN - 1);
+    let prefix = trimmed[..keep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let hash = short_hash(value);
+    if prefix.is_empty() {
+        hash
+    } else {
+        format!("{prefix}-{hash}")
+    }
 }
 
 /// The Secret holding the last config a proxy pod of the Gateway served.
@@ -144,8 +239,8 @@ pub fn render(
     let infrastructure = gateway.spec.infrastructure.clone().unwrap_or_default();
 
     let selector: BTreeMap<String, String> = [
-        (GATEWAY_NAME_LABEL.to_string(), gateway_name.clone()),
-        ("app.kubernetes.io/instance".to_string(), name.clone()),
+        (GATEWAY_NAME_LABEL.to_string(), label_value(&gateway_name)),
+        ("app.kubernetes.io/instance".to_string(), label_value(&name)),
     ]
     .into();
     // Infrastructure labels first, so ours win on a clash; gateway.networking.k8s.io keys
@@ -158,7 +253,7 @@ pub fn render(
         .filter(|(k, _)| !k.starts_with("gateway.networking.k8s.io/"))
         .collect();
     labels.extend(selector.clone());
-    labels.insert(GATEWAY_CLASS_LABEL.into(), class.clone());
+    labels.insert(GATEWAY_CLASS_LABEL.into(), label_value(class));
     labels.insert("app.kubernetes.io/name".into(), "portcullis-proxy".into());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let annotations: BTreeMap<String, String> =

@@ -102,6 +102,254 @@ fn names_are_shortened_with_a_hash() {
     );
 }
 
+/// DNS-1035 label rules (a Service name), checked independently of the code under test.
+fn assert_dns1035(name: &str) {
+    assert!(
+        !name.is_empty() && name.len() <= 63,
+        "{name:?}: {} characters",
+        name.len()
+    );
+    assert!(
+        name.starts_with(|c: char| c.is_ascii_lowercase()),
+        "{name:?} does not start with a letter"
+    );
+    assert!(
+        name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()),
+        "{name:?} does not end with an alphanumeric"
+    );
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "{name:?} has a character outside [a-z0-9-]"
+    );
+}
+
+/// Label value rules, checked independently of the code under test.
+fn assert_label_value(value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    assert!(value.len() <= 63, "{value:?}: {} characters", value.len());
+    assert!(
+        value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()),
+        "{value:?} does not begin and end with an alphanumeric"
+    );
+    assert!(
+        value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+        "{value:?} has a character outside [A-Za-z0-9-_.]"
+    );
+}
+
+/// A 253-character DNS subdomain (the longest Gateway name) with dots at awkward places: one
+/// right at the cut after 54 characters of `<name>-<class>`.
+fn longest_name(fill: char) -> String {
+    let mut name = String::new();
+    while name.len() < 253 {
+        let label = if name.is_empty() {
+            53
+        } else {
+            (253 - name.len() - 1).min(40)
+        };
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.extend(std::iter::repeat_n(fill, label));
+    }
+    assert_eq!(name.len(), 253);
+    assert_eq!(&name[53..54], ".");
+    name
+}
+
+/// What `resource_name` returned before names were made DNS-1035 labels: names that were
+/// valid and only too long must keep it, or existing Deployments would be renamed.
+fn old_resource_name(gateway: &str, class: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let full = format!("{gateway}-{class}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let digest = Sha256::digest(full.as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}", full[..54].trim_end_matches(['-', '.']))
+}
+
+#[test]
+fn resource_names_are_dns1035_labels() {
+    let long = longest_name('g');
+    let long_class = longest_name('c');
+    let cases: &[(&str, &str, &str)] = &[
+        // (gateway, class, what the case is about)
+        ("edge", "portcullis", "already valid"),
+        ("a.b", "c", "dotted Gateway"),
+        ("a-b", "c", "the same with '-'"),
+        ("edge", "portcullis.example.com", "dotted class"),
+        ("edge", "portcullis-example-com", "the same with '-'"),
+        ("1gw", "portcullis", "leading digit"),
+        ("1.2.3", "portcullis", "digits and dots only"),
+        ("0", "0", "digits only"),
+        (&long, "portcullis", "253 characters with dots"),
+        (&long, &long_class, "both 253 characters"),
+        ("edge", &long_class, "253-character class"),
+        (
+            "Edge",
+            "portcullis",
+            "upper case (standalone files are not validated)",
+        ),
+    ];
+    let mut seen = std::collections::BTreeMap::new();
+    for (gateway, class, about) in cases {
+        let name = resource_name(gateway, class);
+        assert_dns1035(&name);
+        assert_eq!(
+            name,
+            resource_name(gateway, class),
+            "{about}: deterministic"
+        );
+        if let Some(other) = seen.insert(name.clone(), (*gateway, *class)) {
+            panic!("{about}: {gateway}+{class} and {other:?} share the name {name}");
+        }
+    }
+    // Valid names are kept as they always were.
+    assert_eq!(resource_name("edge", "portcullis"), "edge-portcullis");
+    assert_eq!(resource_name("a-b", "c"), "a-b-c");
+    // A rewritten name is marked with the hash of the original, so '.' and '-' stay apart.
+    let dotted = resource_name("a.b", "c");
+    assert!(dotted.starts_with("a-b-c-") && dotted.len() == "a-b-c-".len() + 8);
+    assert!(resource_name("1gw", "portcullis").starts_with("gw-1gw-portcullis-"));
+    // Names that only had to be shortened keep the name earlier versions gave them.
+    for (gateway, class) in [
+        ("g".repeat(50), "c".repeat(30)),
+        ("g".repeat(53), "class".to_string()),
+        ("a".repeat(200), "portcullis".to_string()),
+    ] {
+        let name = resource_name(&gateway, &class);
+        assert_dns1035(&name);
+        assert_eq!(name, old_resource_name(&gateway, &class));
+    }
+}
+
+#[test]
+fn label_values_fit() {
+    let cases: Vec<String> = vec![
+        "edge".into(),
+        "a".repeat(63),
+        "a".repeat(64),
+        "a".repeat(253),
+        longest_name('g'),
+        format!("{}.{}", "a".repeat(53), "b".repeat(40)),
+        format!("{}-{}", "a".repeat(54), "b".repeat(40)),
+        "1.2.3".into(),
+        "-odd-".into(),
+        "Mixed_Case.name".into(),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for value in &cases {
+        let label = label_value(value);
+        assert_label_value(&label);
+        assert!(
+            seen.insert(label.clone()),
+            "{value:?} -> {label:?} seen before"
+        );
+        if value.len() <= 63 && value != "-odd-" {
+            assert_eq!(&label, value, "valid values are kept");
+        }
+    }
+    // Two long names that differ only beyond the kept prefix stay distinct.
+    let a = format!("{}x", "g".repeat(100));
+    let b = format!("{}y", "g".repeat(100));
+    assert_ne!(label_value(&a), label_value(&b));
+    assert!(label_value(&a).starts_with(&"g".repeat(54)));
+}
+
+/// A Gateway named `name` of class `class` with one HTTP listener.
+fn rendered_named(name: &str, class: &str) -> Provisioned {
+    let input = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: "{class}"}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: "{name}", namespace: infra, uid: "42"}}
+spec:
+  gatewayClassName: "{class}"
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP}}
+"#
+    );
+    let mut loaded = Loaded::default();
+    load_str(&input, "test", &mut loaded).unwrap();
+    let output = compile::compile(&loaded.input);
+    let key = ObjectKey::new("infra", name);
+    let gateway = &loaded.input.gateways[0];
+    render(gateway, &output.gateways[&key], &settings()).unwrap()
+}
+
+#[test]
+fn rendered_objects_have_valid_names_labels_and_matching_selectors() {
+    let long = longest_name('g');
+    for (gateway, class) in [
+        ("edge", "portcullis"),
+        ("edge.example.com", "portcullis"),
+        ("1gw", "portcullis"),
+        (long.as_str(), "portcullis.example.com"),
+        (&"g".repeat(64), "portcullis"),
+    ] {
+        let p = rendered_named(gateway, class);
+        assert_dns1035(&p.name);
+        let service = json(&p.service.clone().expect("a listener, so a Service"));
+        let deployment = json(&p.deployment);
+        let template = &deployment["spec"]["template"];
+        for metadata in [
+            &json(&p.service_account)["metadata"],
+            &deployment["metadata"],
+            &service["metadata"],
+            &template["metadata"],
+        ] {
+            if let Some(name) = metadata["name"].as_str() {
+                assert_dns1035(name);
+                assert_eq!(name, p.name);
+            }
+            for value in metadata["labels"].as_object().unwrap().values() {
+                assert_label_value(value.as_str().unwrap());
+            }
+            assert_eq!(
+                metadata["labels"][GATEWAY_NAME_LABEL],
+                label_value(gateway).as_str()
+            );
+        }
+        assert_eq!(template["spec"]["serviceAccountName"], p.name.as_str());
+        // Both selectors select the pods the Deployment creates.
+        let pod_labels = template["metadata"]["labels"].as_object().unwrap();
+        for selector in [
+            &deployment["spec"]["selector"]["matchLabels"],
+            &service["spec"]["selector"],
+        ] {
+            let selector = selector.as_object().unwrap();
+            assert!(selector.contains_key(GATEWAY_NAME_LABEL));
+            for (key, value) in selector {
+                assert_label_value(value.as_str().unwrap());
+                assert_eq!(pod_labels.get(key), Some(value), "{gateway}: {key}");
+            }
+        }
+        let secret = last_good_secret(&p, Vec::new(), "abcd");
+        let secret_name = secret.metadata.name.unwrap();
+        assert!(secret_name.len() <= 253, "{secret_name}");
+    }
+    // Short valid names are labelled with themselves.
+    let p = rendered_named("edge", "portcullis");
+    assert_eq!(p.name, "edge-portcullis");
+    assert_eq!(
+        json(&p.service.unwrap())["spec"]["selector"][GATEWAY_NAME_LABEL],
+        "edge"
+    );
+}
+
 #[test]
 fn objects_carry_gateway_labels_infrastructure_and_owner() {
     let p = rendered("edge");
