@@ -321,15 +321,9 @@ fn parse_seccomp(text: &str) -> Result<provision::Seccomp, String> {
 }
 
 /// The agent on a current-thread runtime: it runs in every proxy pod, so it stays small.
+/// It logs JSON lines like the operator (level from `RUST_LOG`, default info).
 fn run_agent(options: agent::AgentOptions) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    portcullis_operator::telemetry::init_logging();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

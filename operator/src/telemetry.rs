@@ -1,8 +1,8 @@
 //! The operator's own observability: JSON logs, Prometheus metrics, health and readiness.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -33,6 +33,80 @@ pub struct ControllerLabel {
     pub controller: &'static str,
 }
 
+/// The `result` of an agent's Report: `ack` (the proxy applied the config) or `nack`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportLabel {
+    pub result: &'static str,
+}
+
+impl ReportLabel {
+    pub const ACK: Self = Self { result: "ack" };
+    pub const NACK: Self = Self { result: "nack" };
+}
+
+/// The config server's metrics: handles that a [`Metrics`] registry exposes and the server
+/// updates (cheap to clone; clones share the values).
+#[derive(Clone, Debug)]
+pub struct StreamMetrics {
+    /// Agent config streams open on this replica (authenticated and authorized).
+    pub connected_agents: Gauge,
+    /// Update messages sent to agents.
+    pub config_pushes: Counter,
+    /// Agents' Reports, by result.
+    pub config_reports: Family<ReportLabel, Counter>,
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        let config_reports = Family::<ReportLabel, Counter>::default();
+        // Both series exist from the start, so rates work before the first NACK.
+        drop(config_reports.get_or_create(&ReportLabel::ACK));
+        drop(config_reports.get_or_create(&ReportLabel::NACK));
+        Self {
+            connected_agents: Gauge::default(),
+            config_pushes: Counter::default(),
+            config_reports,
+        }
+    }
+}
+
+impl StreamMetrics {
+    /// The process's config server metrics: what `ConfigService::new` updates and
+    /// `Metrics::new` exposes (one operator per process).
+    pub fn process() -> &'static StreamMetrics {
+        static PROCESS: LazyLock<StreamMetrics> = LazyLock::new(StreamMetrics::default);
+        &PROCESS
+    }
+
+    /// Counts an open agent stream until the returned guard is dropped.
+    pub fn agent_connected(&self) -> ConnectedAgent {
+        self.connected_agents.inc();
+        ConnectedAgent(self.connected_agents.clone())
+    }
+
+    /// Counts an agent's Report.
+    pub fn reported(&self, ok: bool) {
+        let label = if ok {
+            &ReportLabel::ACK
+        } else {
+            &ReportLabel::NACK
+        };
+        self.config_reports.get_or_create(label).inc();
+    }
+}
+
+/// One open agent stream in `connected_agents`; dropping it (however the stream ends) takes
+/// it out.
+#[derive(Debug)]
+#[must_use = "the agent counts as connected only while the guard lives"]
+pub struct ConnectedAgent(Gauge);
+
+impl Drop for ConnectedAgent {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Metrics of the controller and the config server.
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +115,8 @@ pub struct Metrics {
     pub reconcile_seconds: Family<ControllerLabel, Histogram>,
     pub compile_seconds: Histogram,
     pub config_publishes: Counter,
+    /// The config server's metrics (`connected_agents`, `config_pushes`, `config_reports`).
+    pub streams: StreamMetrics,
     pub connected_agents: Gauge,
     pub leader: Gauge,
     pub gateways: Gauge,
@@ -54,7 +130,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The process's metrics, exposing the config server's [`StreamMetrics::process`].
     pub fn new() -> Self {
+        Self::with_streams(StreamMetrics::process().clone())
+    }
+
+    /// Metrics exposing `streams` as the config server's (tests: one set per server).
+    pub fn with_streams(streams: StreamMetrics) -> Self {
         let mut registry = Registry::with_prefix("portcullis_operator");
         let reconciles = Family::<ControllerLabel, Counter>::default();
         let reconcile_errors = Family::<ControllerLabel, Counter>::default();
@@ -63,7 +145,7 @@ impl Metrics {
         });
         let compile_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let config_publishes = Counter::default();
-        let connected_agents = Gauge::default();
+        let connected_agents = streams.connected_agents.clone();
         let leader = Gauge::default();
         let gateways = Gauge::default();
         let http_routes = Gauge::default();
@@ -98,6 +180,16 @@ impl Metrics {
             connected_agents.clone(),
         );
         registry.register(
+            "config_pushes",
+            "Config updates sent to agents (one per Update message on a stream)",
+            streams.config_pushes.clone(),
+        );
+        registry.register(
+            "config_reports",
+            "Agents' reports of the configs sent to them, by result (ack: the proxy applied it, nack: it rejected it)",
+            streams.config_reports.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the lease",
             leader.clone(),
@@ -115,6 +207,7 @@ impl Metrics {
             reconcile_seconds,
             compile_seconds,
             config_publishes,
+            streams,
             connected_agents,
             leader,
             gateways,
@@ -190,5 +283,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("portcullis_operator_compile_duration_seconds_count 1"));
+    }
+
+    #[test]
+    fn stream_metrics_render() {
+        let streams = StreamMetrics::default();
+        let metrics = Metrics::with_streams(streams.clone());
+        let text = metrics.render();
+        for line in [
+            "portcullis_operator_connected_agents 0",
+            "portcullis_operator_config_pushes_total 0",
+            "portcullis_operator_config_reports_total{result=\"ack\"} 0",
+            "portcullis_operator_config_reports_total{result=\"nack\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let first = streams.agent_connected();
+        let second = streams.agent_connected();
+        streams.config_pushes.inc();
+        streams.reported(true);
+        streams.reported(true);
+        streams.reported(false);
+        drop(first);
+        let text = metrics.render();
+        for line in [
+            "portcullis_operator_connected_agents 1",
+            "portcullis_operator_config_pushes_total 1",
+            "portcullis_operator_config_reports_total{result=\"ack\"} 2",
+            "portcullis_operator_config_reports_total{result=\"nack\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        drop(second);
+        assert_eq!(metrics.connected_agents.get(), 0);
     }
 }

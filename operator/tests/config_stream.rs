@@ -29,6 +29,7 @@ use portcullis_operator::distribute::server::{
     AuthError, Authenticator, ConfigService, Identity, ServerOptions, serve,
 };
 use portcullis_operator::objects::{Loaded, load_str};
+use portcullis_operator::telemetry::{Metrics, StreamMetrics};
 
 const POD: &str = "gw-portcullis-abc";
 const POD_UID: &str = "uid-1";
@@ -254,18 +255,27 @@ impl Authenticator for FakeAuthenticator {
     }
 }
 
-/// The config server on its own runtime thread.
+/// The config server on its own runtime thread, with metrics of its own (tests run in
+/// parallel).
 struct TestServer {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    metrics: Metrics,
 }
+
+const CONNECTED_AGENTS: &str = "portcullis_operator_connected_agents";
+const PUSHES: &str = "portcullis_operator_config_pushes_total";
+const ACKS: &str = "portcullis_operator_config_reports_total{result=\"ack\"}";
+const NACKS: &str = "portcullis_operator_config_reports_total{result=\"nack\"}";
 
 impl TestServer {
     fn start(port: u16, hub: ConfigHub, ca: &Arc<CertificateAuthority>) -> TestServer {
         let serving =
             Arc::new(ServingCertificate::new(ca.clone(), vec!["127.0.0.1".into()]).unwrap());
         let tls = Arc::new(serving.server_config().unwrap());
-        let service = ConfigService::new(
+        let streams = StreamMetrics::default();
+        let metrics = Metrics::with_streams(streams.clone());
+        let service = ConfigService::with_metrics(
             hub,
             FakeAuthenticator::new(),
             Arc::new(|gateway: &ObjectKey| {
@@ -278,6 +288,7 @@ impl TestServer {
                 keepalive_timeout: Duration::from_secs(2),
                 ..ServerOptions::default()
             },
+            streams,
         );
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let (ready, bound) = std::sync::mpsc::channel();
@@ -311,6 +322,35 @@ impl TestServer {
         TestServer {
             shutdown: Some(shutdown),
             thread: Some(thread),
+            metrics,
+        }
+    }
+
+    /// A value of this server's /metrics text (`name` with its labels, if any).
+    fn metric(&self, name: &str) -> i64 {
+        let text = self.metrics.render();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|value| value.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    /// Waits until `metric(name)` is `value`.
+    fn wait_for_metric(&self, name: &str, value: i64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.metric(name);
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {name} = {value}: it is {now}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -545,15 +585,18 @@ fn an_agent_serves_its_gateways_config_once_the_operator_is_synced() {
     let hub = ConfigHub::new();
     let first = config(&[pod.gateway_port], &a);
     hub.publish(&gateway(), Some(first.clone()));
-    let _server = pod.server(&hub);
+    let server = pod.server(&hub);
     let proxy = pod.proxy();
-    let agent = pod.agent();
+    assert_eq!(server.metric(CONNECTED_AGENTS), 0);
+    let mut agent = pod.agent();
 
     // Connected, but nothing is sent before the controller's caches have synced.
     let report = wait_for_report(&hub, "the agent's Hello", |r| r.connected);
     assert_eq!(report.applied_hash, None);
+    assert_eq!(server.metric(CONNECTED_AGENTS), 1);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(pod.swaps(), 0, "{}", agent.output());
+    assert_eq!(server.metric(PUSHES), 0);
 
     hub.set_synced();
     wait_for_backend(pod.gateway_port, "a");
@@ -565,16 +608,40 @@ fn an_agent_serves_its_gateways_config_once_the_operator_is_synced() {
     let persisted = pod.persisted().expect("the last good config is persisted");
     assert_eq!(persisted.generation, 1);
     assert_eq!(persisted.content_hash(), first.content_hash());
+    assert_eq!(server.metric(PUSHES), 1);
+    assert_eq!(server.metric(ACKS), 1);
+    assert_eq!(server.metric(NACKS), 0);
 
     // A frozen agent stops answering HTTP/2 PINGs: the server ends its stream.
     agent.signal(rustix::process::Signal::STOP);
     wait_for_report(&hub, "the dead stream to end", |r| !r.connected);
+    server.wait_for_metric(CONNECTED_AGENTS, 0);
     // Thawed, it finds its connection gone and comes back; nothing is pushed again.
     agent.signal(rustix::process::Signal::CONT);
     wait_for_report(&hub, "the reconnect", |r| r.connected);
+    server.wait_for_metric(CONNECTED_AGENTS, 1);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(pod.swaps(), 1, "{}", agent.output());
+    assert_eq!(server.metric(PUSHES), 1);
+    assert_eq!(server.metric(CONNECTED_AGENTS), 1);
+
+    // The agent goes away: its stream no longer counts.
+    agent.kill();
+    server.wait_for_metric(CONNECTED_AGENTS, 0);
     drop(proxy);
+
+    // The agent logs JSON lines, like the operator.
+    let output = agent.output();
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the agent logged nothing");
+    for line in lines {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            entry.get("level").is_some() && entry.get("fields").is_some(),
+            "{line}"
+        );
+    }
 }
 
 /// Opens a stream like an agent would; the first Update, None when nothing came within
@@ -637,7 +704,7 @@ fn only_the_gateways_own_pod_receives_its_config() {
     let pod = Pod::new();
     let a = Backend::start("a");
     let hub = synced_hub(config(&[pod.gateway_port], &a));
-    let _server = pod.server(&hub);
+    let server = pod.server(&hub);
     let wait = Duration::from_secs(2);
 
     // The rightful pod gets the config at once.
@@ -693,6 +760,9 @@ fn only_the_gateways_own_pod_receives_its_config() {
         pods.keys().all(|p| p.name == POD),
         "only the rightful pod reported: {pods:?}"
     );
+    // Only the rightful pod was sent a config; every stream has ended.
+    assert_eq!(server.metric(PUSHES), 1);
+    server.wait_for_metric(CONNECTED_AGENTS, 0);
 }
 
 #[test]
@@ -722,10 +792,14 @@ fn a_nacked_config_is_reported_and_the_last_good_keeps_serving() {
     let pod = Pod::new();
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let hub = synced_hub(config(&[pod.gateway_port], &a));
-    let _server = pod.server(&hub);
+    let server = pod.server(&hub);
     let _proxy = pod.proxy();
     let agent = pod.agent();
     wait_for_backend(pod.gateway_port, "a");
+    server.wait_for_metric(ACKS, 1);
+    assert_eq!(server.metric(PUSHES), 1);
+    assert_eq!(server.metric(NACKS), 0);
+    assert_eq!(server.metric(CONNECTED_AGENTS), 1);
 
     // A second listener on a port someone else holds: the proxy cannot bind it and NACKs.
     let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -738,6 +812,9 @@ fn a_nacked_config_is_reported_and_the_last_good_keeps_serving() {
     assert_eq!(report.applied_generation, 1);
     assert_ne!(report.applied_hash, Some(bad.content_hash()));
     assert_eq!(pod.metric("portcullis_config_rejections_total"), 1);
+    assert_eq!(server.metric(NACKS), 1);
+    assert_eq!(server.metric(ACKS), 1);
+    assert_eq!(server.metric(PUSHES), 2);
     for _ in 0..5 {
         assert_eq!(served_backend(pod.gateway_port).as_deref(), Some("a"));
     }
@@ -747,6 +824,7 @@ fn a_nacked_config_is_reported_and_the_last_good_keeps_serving() {
     // The NACKed content is not offered again; fixed content goes out above it.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(pod.metric("portcullis_config_rejections_total"), 1);
+    assert_eq!(server.metric(PUSHES), 2);
     let good = config(&[pod.gateway_port], &b);
     hub.publish(&gateway(), Some(good.clone()));
     wait_for_backend(pod.gateway_port, "b");
@@ -754,6 +832,9 @@ fn a_nacked_config_is_reported_and_the_last_good_keeps_serving() {
     assert_eq!(report.applied_hash, Some(good.content_hash()));
     assert_eq!(report.applied_generation, 3, "{}", agent.output());
     assert_eq!(pod.persisted().unwrap().generation, 3);
+    assert_eq!(server.metric(PUSHES), 3);
+    assert_eq!(server.metric(ACKS), 2);
+    assert_eq!(server.metric(NACKS), 1);
     drop(squatter);
 }
 
@@ -793,13 +874,20 @@ fn an_operator_restart_pushes_nothing_and_generations_continue() {
     wait_for_backend(pod.gateway_port, "a");
     wait_for_report(&hub, "the ACK", |r| r.applied_hash.is_some());
     let swaps = pod.swaps();
+    assert_eq!(server.metric(CONNECTED_AGENTS), 1);
 
     server.stop();
     wait_for_report(&hub, "the disconnect", |r| !r.connected);
+    assert_eq!(
+        server.metric(CONNECTED_AGENTS),
+        0,
+        "the shutdown ended the stream"
+    );
     // A new operator process: new hub, the same objects compiled again.
     let hub = synced_hub(config(&[pod.gateway_port], &a));
-    let _server = pod.server(&hub);
+    let server = pod.server(&hub);
     let report = wait_for_report(&hub, "the reconnect", |r| r.connected);
+    assert_eq!(server.metric(CONNECTED_AGENTS), 1);
     assert_eq!(
         report.applied_hash,
         Some(config(&[pod.gateway_port], &a).content_hash()),
@@ -808,12 +896,14 @@ fn an_operator_restart_pushes_nothing_and_generations_continue() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(pod.swaps(), swaps, "{}", agent.output());
     assert_eq!(served_backend(pod.gateway_port).as_deref(), Some("a"));
+    assert_eq!(server.metric(PUSHES), 0, "nothing pushed after the restart");
 
     // A real change still goes out, above the generation the proxy serves.
     hub.publish(&gateway(), Some(config(&[pod.gateway_port], &b)));
     wait_for_backend(pod.gateway_port, "b");
     assert_eq!(pod.generation(), 2);
     assert_eq!(pod.swaps(), swaps + 1);
+    assert_eq!(server.metric(PUSHES), 1);
 }
 
 #[test]

@@ -14,6 +14,10 @@
 //! Generations are `max(agent's reported generation, last sent) + 1`; content the agent reports
 //! as applied (by hash) is not sent again, which makes an operator restart a no-op for proxies,
 //! and content the proxy NACKed is not resent until the published content changes.
+//!
+//! Metrics ([`StreamMetrics`]): `connected_agents` counts the streams open past authorization
+//! (a guard held by the session, so every way a stream ends takes it out), `config_pushes` the
+//! Updates sent, `config_reports` the agents' Reports by result.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +45,7 @@ use super::proto::config_stream_server::{ConfigStream, ConfigStreamServer};
 use super::proto::{AgentMessage, Hello, Report, Update};
 use crate::compile::ObjectKey;
 use crate::provision::TOKEN_AUDIENCE;
+use crate::telemetry::{ConnectedAgent, StreamMetrics};
 
 /// Largest Update: a maximal control-socket payload plus protobuf framing.
 pub const MAX_UPDATE_BYTES: usize = MAX_PAYLOAD_BYTES as usize + (1 << 20);
@@ -234,6 +239,7 @@ struct Inner<A> {
     authenticator: A,
     expected_sa: ServiceAccountLookup,
     options: ServerOptions,
+    metrics: StreamMetrics,
     /// The live stream of each pod, and how to stop it when the pod connects again.
     sessions: Mutex<HashMap<PodId, (u64, watch::Sender<bool>)>>,
     next_session: AtomicU64,
@@ -254,11 +260,25 @@ impl<A> Clone for ConfigService<A> {
 }
 
 impl<A: Authenticator> ConfigService<A> {
+    /// A service counting into the process's [`StreamMetrics::process`] (what
+    /// `telemetry::Metrics::new` exposes).
     pub fn new(
         hub: ConfigHub,
         authenticator: A,
         expected_sa: ServiceAccountLookup,
         options: ServerOptions,
+    ) -> Self {
+        let metrics = StreamMetrics::process().clone();
+        Self::with_metrics(hub, authenticator, expected_sa, options, metrics)
+    }
+
+    /// A service counting into `metrics`.
+    pub fn with_metrics(
+        hub: ConfigHub,
+        authenticator: A,
+        expected_sa: ServiceAccountLookup,
+        options: ServerOptions,
+        metrics: StreamMetrics,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -266,6 +286,7 @@ impl<A: Authenticator> ConfigService<A> {
                 authenticator,
                 expected_sa,
                 options,
+                metrics,
                 sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
@@ -323,6 +344,8 @@ impl<A: Authenticator> ConfigService<A> {
             name: hello.pod_name.clone(),
             uid: hello.pod_uid.clone(),
         };
+        // Established: counted until the session (which owns the guard) is dropped.
+        let connected = inner.metrics.agent_connected();
         let id = inner.next_session.fetch_add(1, Ordering::Relaxed);
         let (stop_tx, stop) = watch::channel(false);
         if let Some((_, previous)) = lock(&inner.sessions).insert(pod.clone(), (id, stop_tx)) {
@@ -348,6 +371,7 @@ impl<A: Authenticator> ConfigService<A> {
             tx,
             stop,
             shutdown: inner.shutdown.subscribe(),
+            _connected: connected,
         };
         tokio::spawn(session.run());
         Ok(ReceiverStream::new(rx))
@@ -472,6 +496,8 @@ struct Session<A> {
     tx: mpsc::Sender<Result<Update, Status>>,
     stop: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
+    /// Keeps this stream in `connected_agents` until the session is dropped.
+    _connected: ConnectedAgent,
 }
 
 /// Why a session loop ended.
@@ -547,6 +573,7 @@ impl<A: Authenticator> Session<A> {
                 };
                 self.state.sent(generation);
                 tracing::debug!(gateway = %self.gateway, pod = %self.pod.name, generation, "sending config");
+                self.inner.metrics.config_pushes.inc();
                 permit.send(Ok(update));
             }
             tokio::select! {
@@ -569,6 +596,7 @@ impl<A: Authenticator> Session<A> {
                 message: Some(Message::Report(report)),
             })) => {
                 self.state.on_report(&report);
+                self.inner.metrics.reported(report.ok);
                 if !report.ok {
                     tracing::warn!(gateway = %self.gateway, pod = %self.pod.name,
                         generation = report.generation, error = %report.error, "config rejected by the proxy");
