@@ -24,6 +24,7 @@ use portcullis_operator::controller::{self, APPLIED_ANNOTATION, Parts, Settings}
 use portcullis_operator::distribute::hub::{ConfigHub, PodId};
 use portcullis_operator::provision::{
     FIELD_MANAGER, GATEWAY_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, ProvisionSettings, Seccomp,
+    label_value, resource_name,
 };
 use portcullis_operator::telemetry::{ControllerLabel, Metrics};
 use serde_json::{Value, json};
@@ -1459,5 +1460,70 @@ async fn infrastructure_no_gateway_of_ours_wants_is_deleted() {
         );
     }
     assert_eq!(controller.reconcile_errors(), 0);
+    controller.finish();
+}
+
+/// A Gateway whose name is too long for a label value: its pods carry a shortened
+/// gateway-name label, and the controller still finds them (the applied-config annotation
+/// is written, the Gateway becomes Programmed). Its address comes from the Service's
+/// load-balancer ingress, IPs and hostnames, once there is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_a_long_name_is_programmed_with_its_load_balancer_addresses() {
+    let fake = FakeApi::new();
+    fake.create(gateway_class(CLASS, CONTROLLER_NAME));
+    fake.create(namespace(NS));
+    let name = format!("gw-{}", "long".repeat(20));
+    assert!(name.len() > 63);
+    fake.create(gateway(&name));
+    let controller = start(&fake, "portcullis-0");
+    let provisioned = resource_name(&name, CLASS);
+    wait_for(&fake, "the Service", || {
+        fake.get("Service", NS, &provisioned)
+    })
+    .await;
+
+    let mut pod = proxy_pod("long-abc12", true);
+    pod["metadata"]["labels"][GATEWAY_NAME_LABEL] = json!(label_value(&name));
+    pod["metadata"]["labels"]["app.kubernetes.io/instance"] = json!(provisioned);
+    let pod = fake.create(pod);
+    let key = ObjectKey::new(NS, name.as_str());
+    let published = wait_for(&fake, "a published config", || controller.hub.current(&key)).await;
+    let pod_id = PodId {
+        namespace: NS.into(),
+        name: "long-abc12".into(),
+        uid: pod["metadata"]["uid"].as_str().unwrap().into(),
+    };
+    controller.hub.report(&key, &pod_id, |report| {
+        report.applied_hash = Some(published.content_hash);
+        report.applied_generation = 1;
+    });
+    wait_for(&fake, "the pod's applied-config annotation", || {
+        let pod = fake.get("Pod", NS, "long-abc12")?;
+        (pod["metadata"]["annotations"][APPLIED_ANNOTATION] == hex(published.content_hash))
+            .then_some(())
+    })
+    .await;
+    wait_for(&fake, "Programmed=True on the ClusterIP", || {
+        object_condition(&fake, "Gateway", NS, &name, "Programmed")
+            .filter(|c| is(c, "True", "Programmed"))
+    })
+    .await;
+
+    fake.modify("Service", NS, &provisioned, |service| {
+        service["status"] = json!({"loadBalancer": {"ingress": [
+            {"ip": "198.51.100.7"},
+            {"hostname": "gw.lb.example.net"},
+        ]}});
+    });
+    wait_for(&fake, "the load-balancer addresses", || {
+        let gateway = fake.get("Gateway", NS, &name)?;
+        (gateway["status"]["addresses"]
+            == json!([
+                {"type": "IPAddress", "value": "198.51.100.7"},
+                {"type": "Hostname", "value": "gw.lb.example.net"},
+            ]))
+        .then_some(())
+    })
+    .await;
     controller.finish();
 }

@@ -50,6 +50,15 @@ use status::Delivery;
 use stores::{ReferencedObjects, Stores};
 use sweep::{Sweeper, Wanted};
 
+/// The objects by namespace and name. Status writing looks up one object per compiled
+/// result; a linear search each time made a pass quadratic in the number of routes.
+pub fn by_key<K: Resource>(objects: &[K]) -> HashMap<ObjectKey, &K> {
+    objects
+        .iter()
+        .map(|object| (ObjectKey::of(object), object))
+        .collect()
+}
+
 /// Annotation on a proxy pod: the content hash (hex) of the config its proxy serves.
 pub const APPLIED_ANNOTATION: &str = "portcullis.dev/applied-config";
 
@@ -205,7 +214,7 @@ impl Reconciler {
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
         self.hub.forget_pods(&|pod| live.contains(&pod.uid));
         // Every replica annotates the pods it streams to; the leader also writes the cluster.
-        let mut failures = self.record_applied(&pods).await;
+        let mut failures = self.record_applied(&pods, output.gateways.keys()).await;
 
         let label = ControllerLabel {
             controller: "gateway",
@@ -233,22 +242,24 @@ impl Reconciler {
 
     /// Writes, on each proxy pod whose agent reports to this replica, which config it serves.
     /// Returns how many writes failed.
-    async fn record_applied(&mut self, pods: &[Arc<Pod>]) -> usize {
+    /// Pods are found from the hub's reports (by uid), not from their gateway-name label: a
+    /// long Gateway name's label value is shortened and does not lead back to the Gateway.
+    async fn record_applied<'a>(
+        &mut self,
+        pods: &[Arc<Pod>],
+        gateways: impl Iterator<Item = &'a ObjectKey>,
+    ) -> usize {
         let mut failures = 0;
-        for pod in pods {
+        let pods_by_uid: HashMap<String, &Arc<Pod>> = pods
+            .iter()
+            .filter_map(|pod| Some((pod.uid()?, pod)))
+            .collect();
+        let reports = gateways.flat_map(|key| self.hub.pods(key));
+        let reported: Vec<_> = reports
+            .filter_map(|(id, report)| Some((*pods_by_uid.get(&id.uid)?, report)))
+            .collect();
+        for (pod, report) in reported {
             let (Some(namespace), Some(uid)) = (pod.namespace(), pod.uid()) else {
-                continue;
-            };
-            let Some(gateway) = pod.labels().get(GATEWAY_NAME_LABEL) else {
-                continue;
-            };
-            let key = ObjectKey::new(namespace.clone(), gateway.clone());
-            let Some((_, report)) = self
-                .hub
-                .pods(&key)
-                .into_iter()
-                .find(|(id, _)| id.uid == uid)
-            else {
                 continue;
             };
             let Some(hash) = report.applied_hash.map(hex) else {
@@ -294,8 +305,9 @@ impl Reconciler {
         // Gateways (name, uid) per namespace: the owners of that namespace's CA ConfigMap.
         let mut owners: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         let provision_settings = self.provision_settings(stores);
+        let gateways = by_key(&input.gateways);
         for (key, gateway_output) in &output.gateways {
-            let Some(gateway) = input.gateways.iter().find(|g| ObjectKey::of(*g) == *key) else {
+            let Some(gateway) = gateways.get(key) else {
                 continue;
             };
             if let Some(uid) = gateway.uid() {
@@ -522,8 +534,9 @@ impl Reconciler {
                 .write_status(&api, existing, existing.status.as_ref(), &new, notices)
                 .await;
         }
+        let gateways = by_key(&input.gateways);
         for (key, gateway) in &output.gateways {
-            let Some(existing) = input.gateways.iter().find(|g| ObjectKey::of(*g) == *key) else {
+            let Some(existing) = gateways.get(key).copied() else {
                 continue;
             };
             let delivery = self.delivery(stores, key);
@@ -553,12 +566,9 @@ impl Reconciler {
             )
         };
         let mut listener_sets = Vec::new();
+        let existing_sets = by_key(&input.listener_sets);
         for (key, set) in &output.listener_sets {
-            let Some(existing) = input
-                .listener_sets
-                .iter()
-                .find(|s| ObjectKey::of(*s) == *key)
-            else {
+            let Some(existing) = existing_sets.get(key).copied() else {
                 continue;
             };
             let delivery = self.delivery(stores, &set.gateway);
@@ -567,10 +577,8 @@ impl Reconciler {
                 .get(&set.gateway)
                 .map(|g| g.static_addresses.as_slice())
                 .unwrap_or_default();
-            let has_address = input
-                .gateways
-                .iter()
-                .find(|g| ObjectKey::of(*g) == set.gateway)
+            let has_address = gateways
+                .get(&set.gateway)
                 .is_some_and(|g| !addresses(stores, g, static_addresses).is_empty());
             let Some(new) = status::listener_set_status(
                 existing.status.as_ref(),
@@ -616,9 +624,9 @@ impl Reconciler {
             status::including_detached(&output.http_routes, &input.http_routes, |r| {
                 status::has_our_entry(r.status.as_ref())
             });
+        let existing_routes = by_key(&input.http_routes);
         for (key, route) in &http_routes {
-            let Some(existing) = input.http_routes.iter().find(|r| ObjectKey::of(*r) == *key)
-            else {
+            let Some(existing) = existing_routes.get(key).copied() else {
                 continue;
             };
             let new = status::route_status(existing.status.as_ref(), route, &now);
@@ -649,12 +657,9 @@ impl Reconciler {
             &output.backend_tls_policies,
             &input.backend_tls_policies,
         );
+        let existing_policies = by_key(&input.backend_tls_policies);
         for (key, policy) in &policies {
-            let Some(existing) = input
-                .backend_tls_policies
-                .iter()
-                .find(|p| ObjectKey::of(*p) == *key)
-            else {
+            let Some(existing) = existing_policies.get(key).copied() else {
                 continue;
             };
             let new = status::policy_status(existing.status.as_ref(), policy, &now);
@@ -687,8 +692,9 @@ impl Reconciler {
             let status: Option<HttpRouteStatus> = status_of(r).and_then(status::same_shape);
             status::has_our_entry(status.as_ref())
         });
+        let existing_routes = by_key(objects);
         for (key, route) in &outputs {
-            let Some(existing) = objects.iter().find(|r| ObjectKey::of(*r) == *key) else {
+            let Some(existing) = existing_routes.get(key).copied() else {
                 continue;
             };
             // A status that does not read back (another controller's odd entry) is rebuilt
@@ -771,10 +777,11 @@ impl Reconciler {
         };
         let wanted = hex(current.content_hash);
         let pods = stores.proxy_pods.state();
+        let label = provision::label_value(&key.name);
         let mine: Vec<&Arc<Pod>> = pods
             .iter()
             .filter(|p| p.namespace().as_deref() == Some(&key.namespace))
-            .filter(|p| p.labels().get(GATEWAY_NAME_LABEL) == Some(&key.name))
+            .filter(|p| p.labels().get(GATEWAY_NAME_LABEL) == Some(&label))
             .collect();
         let served = mine
             .iter()
