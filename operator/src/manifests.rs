@@ -39,6 +39,17 @@ mod tests {
         assert!(yaml.contains("tokenreviews"));
     }
 
+    /// The committed role is what the allow-listed rules render to (`make manifests`), so a
+    /// permission cannot be widened in the YAML alone.
+    #[test]
+    fn the_committed_rbac_is_the_rendered_rules() {
+        let committed = include_str!("../../config/rbac/role.yaml");
+        assert!(
+            committed == rbac_yaml().unwrap(),
+            "config/rbac/role.yaml is stale: run `make manifests`"
+        );
+    }
+
     #[test]
     fn crds_render_as_yaml() {
         let yaml = crds_yaml().unwrap();

@@ -18,8 +18,11 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 }
 
 const READ: &[&str] = &["get", "list", "watch"];
-/// Server-side apply creates and updates with PATCH; a missing object also needs create.
-const APPLY: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+/// Server-side apply creates and updates with PATCH (a missing object also needs create); the
+/// orphan sweep deletes what no Gateway of ours wants.
+const APPLY: &[&str] = &["create", "patch", "delete"];
+/// What is provisioned but never watched: the orphan sweep lists it (metadata only).
+const APPLY_AND_SWEEP: &[&str] = &["list", "create", "patch", "delete"];
 
 /// Cluster-wide: read the Gateway API and what routes point at, write their status, provision
 /// each Gateway's objects in its namespace, and check agents' tokens.
@@ -52,14 +55,22 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "tcproutes/status",
                 "backendtlspolicies/status",
             ],
-            &["get", "patch", "update"],
+            // Statuses are written by merge patch only.
+            &["patch"],
         ),
         rule("portcullis.dev", &["gatewayparameters"], READ),
-        rule("", &["namespaces", "services", "secrets"], READ),
+        // Secrets and ConfigMaps are watched as metadata only; the referenced ones are read.
+        rule(
+            "",
+            &["namespaces", "services", "secrets", "configmaps"],
+            READ,
+        ),
         rule("discovery.k8s.io", &["endpointslices"], READ),
-        rule("", &["serviceaccounts", "services", "configmaps"], APPLY),
-        rule("apps", &["deployments"], APPLY),
-        // Each Gateway's last-good Secret (server-side apply; removed by garbage collection).
+        rule("", &["services", "configmaps"], APPLY),
+        rule("", &["serviceaccounts"], APPLY_AND_SWEEP),
+        rule("apps", &["deployments"], APPLY_AND_SWEEP),
+        // Each Gateway's last-good Secret (server-side apply; deleted by garbage collection
+        // with its Gateway, emptied by a patch when the Gateway is no longer ours).
         rule("", &["secrets"], &["create", "patch"]),
         // Proxy pods: readiness, and the annotation recording which config each serves.
         rule("", &["pods"], &["get", "list", "watch", "patch"]),
@@ -76,7 +87,8 @@ pub fn namespace_rules() -> Vec<PolicyRule> {
             &["leases"],
             &["get", "create", "update"],
         ),
-        rule("", &["secrets"], &["get", "create", "update"]),
+        // The CA Secret: read, or created by the first replica.
+        rule("", &["secrets"], &["get", "create"]),
     ]
 }
 
@@ -135,58 +147,34 @@ mod tests {
         (
             "gateway.networking.k8s.io",
             "backendtlspolicies/status",
-            "get|patch|update",
+            "patch",
         ),
         (
             "gateway.networking.k8s.io",
             "gatewayclasses/status",
-            "get|patch|update",
+            "patch",
         ),
-        (
-            "gateway.networking.k8s.io",
-            "gateways/status",
-            "get|patch|update",
-        ),
-        (
-            "gateway.networking.k8s.io",
-            "listenersets/status",
-            "get|patch|update",
-        ),
-        (
-            "gateway.networking.k8s.io",
-            "httproutes/status",
-            "get|patch|update",
-        ),
-        (
-            "gateway.networking.k8s.io",
-            "grpcroutes/status",
-            "get|patch|update",
-        ),
-        (
-            "gateway.networking.k8s.io",
-            "tlsroutes/status",
-            "get|patch|update",
-        ),
-        (
-            "gateway.networking.k8s.io",
-            "tcproutes/status",
-            "get|patch|update",
-        ),
+        ("gateway.networking.k8s.io", "gateways/status", "patch"),
+        ("gateway.networking.k8s.io", "listenersets/status", "patch"),
+        ("gateway.networking.k8s.io", "httproutes/status", "patch"),
+        ("gateway.networking.k8s.io", "grpcroutes/status", "patch"),
+        ("gateway.networking.k8s.io", "tlsroutes/status", "patch"),
+        ("gateway.networking.k8s.io", "tcproutes/status", "patch"),
         ("portcullis.dev", "gatewayparameters", "get|list|watch"),
         ("", "namespaces", "get|list|watch"),
         ("", "secrets", "get|list|watch|create|patch"),
         ("", "services", "get|list|watch|create|patch|delete"),
         ("discovery.k8s.io", "endpointslices", "get|list|watch"),
-        ("", "serviceaccounts", "get|list|watch|create|patch|delete"),
+        ("", "serviceaccounts", "list|create|patch|delete"),
         ("", "configmaps", "get|list|watch|create|patch|delete"),
-        ("apps", "deployments", "get|list|watch|create|patch|delete"),
+        ("apps", "deployments", "list|create|patch|delete"),
         ("", "pods", "get|list|watch|patch"),
         ("events.k8s.io", "events", "create|patch"),
         ("authentication.k8s.io", "tokenreviews", "create"),
     ];
     const ALLOWED_NAMESPACED: &[(&str, &str, &str)] = &[
         ("coordination.k8s.io", "leases", "get|create|update"),
-        ("", "secrets", "get|create|update"),
+        ("", "secrets", "get|create"),
     ];
 
     fn check(rules: &[PolicyRule], allowed: &[(&str, &str, &str)]) {
