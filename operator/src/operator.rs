@@ -66,6 +66,7 @@ pub async fn run(options: Options) -> Result<()> {
         TokenReviewAuthenticator::new(client.clone()),
         service_account_lookup(&stores),
         ServerOptions::default(),
+        metrics.streams.clone(),
     );
     let listener = TcpListener::bind(options.config_address)
         .await

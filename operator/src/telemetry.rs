@@ -1,8 +1,8 @@
 //! The operator's own observability: JSON logs, Prometheus metrics, health and readiness.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -71,13 +71,6 @@ impl Default for StreamMetrics {
 }
 
 impl StreamMetrics {
-    /// The process's config server metrics: what `ConfigService::new` updates and
-    /// `Metrics::new` exposes (one operator per process).
-    pub fn process() -> &'static StreamMetrics {
-        static PROCESS: LazyLock<StreamMetrics> = LazyLock::new(StreamMetrics::default);
-        &PROCESS
-    }
-
     /// Counts an open agent stream until the returned guard is dropped.
     pub fn agent_connected(&self) -> ConnectedAgent {
         self.connected_agents.inc();
@@ -115,9 +108,9 @@ pub struct Metrics {
     pub reconcile_seconds: Family<ControllerLabel, Histogram>,
     pub compile_seconds: Histogram,
     pub config_publishes: Counter,
-    /// The config server's metrics (`connected_agents`, `config_pushes`, `config_reports`).
+    /// The config server's metrics (`connected_agents`, `config_pushes`, `config_reports`):
+    /// hand a clone to the `ConfigService`.
     pub streams: StreamMetrics,
-    pub connected_agents: Gauge,
     pub leader: Gauge,
     pub gateways: Gauge,
     pub http_routes: Gauge,
@@ -130,12 +123,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The process's metrics, exposing the config server's [`StreamMetrics::process`].
     pub fn new() -> Self {
-        Self::with_streams(StreamMetrics::process().clone())
+        Self::with_streams(StreamMetrics::default())
     }
 
-    /// Metrics exposing `streams` as the config server's (tests: one set per server).
+    /// Metrics exposing `streams` as the config server's.
     pub fn with_streams(streams: StreamMetrics) -> Self {
         let mut registry = Registry::with_prefix("portcullis_operator");
         let reconciles = Family::<ControllerLabel, Counter>::default();
@@ -145,7 +137,6 @@ impl Metrics {
         });
         let compile_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let config_publishes = Counter::default();
-        let connected_agents = streams.connected_agents.clone();
         let leader = Gauge::default();
         let gateways = Gauge::default();
         let http_routes = Gauge::default();
@@ -177,7 +168,7 @@ impl Metrics {
         registry.register(
             "connected_agents",
             "Proxy pods connected to this replica's config server",
-            connected_agents.clone(),
+            streams.connected_agents.clone(),
         );
         registry.register(
             "config_pushes",
@@ -208,7 +199,6 @@ impl Metrics {
             compile_seconds,
             config_publishes,
             streams,
-            connected_agents,
             leader,
             gateways,
             http_routes,
@@ -315,6 +305,6 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         drop(second);
-        assert_eq!(metrics.connected_agents.get(), 0);
+        assert_eq!(metrics.streams.connected_agents.get(), 0);
     }
 }

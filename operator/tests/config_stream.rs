@@ -275,7 +275,7 @@ impl TestServer {
         let tls = Arc::new(serving.server_config().unwrap());
         let streams = StreamMetrics::default();
         let metrics = Metrics::with_streams(streams.clone());
-        let service = ConfigService::with_metrics(
+        let service = ConfigService::new(
             hub,
             FakeAuthenticator::new(),
             Arc::new(|gateway: &ObjectKey| {

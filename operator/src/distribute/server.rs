@@ -260,20 +260,8 @@ impl<A> Clone for ConfigService<A> {
 }
 
 impl<A: Authenticator> ConfigService<A> {
-    /// A service counting into the process's [`StreamMetrics::process`] (what
-    /// `telemetry::Metrics::new` exposes).
+    /// A service counting into `metrics` (the operator's `Metrics::streams`).
     pub fn new(
-        hub: ConfigHub,
-        authenticator: A,
-        expected_sa: ServiceAccountLookup,
-        options: ServerOptions,
-    ) -> Self {
-        let metrics = StreamMetrics::process().clone();
-        Self::with_metrics(hub, authenticator, expected_sa, options, metrics)
-    }
-
-    /// A service counting into `metrics`.
-    pub fn with_metrics(
         hub: ConfigHub,
         authenticator: A,
         expected_sa: ServiceAccountLookup,
