@@ -345,12 +345,14 @@ pub fn render(
     })
 }
 
-/// Distinct ports of the listeners that serve traffic, ascending.
+/// The ports the proxy pods and their Service expose: every port a listener asks for, served
+/// or not, so that fixing a listener never has to wait for a new Service or rollout.
 pub fn listener_ports(output: &GatewayOutput) -> Vec<u16> {
     let mut ports: Vec<u16> = output
         .config
         .iter()
         .flat_map(|c| c.ports.iter().map(|p| p.port))
+        .chain(output.service_ports.iter().copied())
         .collect();
     ports.sort_unstable();
     ports.dedup();

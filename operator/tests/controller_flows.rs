@@ -1410,6 +1410,7 @@ async fn infrastructure_no_gateway_of_ours_wants_is_deleted() {
         "data": {"config.json.gz": "AAAA"},
     }));
 
+    let sweeps_before_move = completed_sweeps(&fake);
     fake.modify("Gateway", NS, "gw", |g| {
         g["spec"]["gatewayClassName"] = json!("portcullis-b");
     });
@@ -1417,18 +1418,24 @@ async fn infrastructure_no_gateway_of_ours_wants_is_deleted() {
         (all_present("gw-portcullis-b") && all_gone(PROVISIONED)).then_some(())
     })
     .await;
-    assert!(fake.get("ConfigMap", NS, "portcullis-ca").is_some());
     // Emptied, not deleted: the operator may not delete Secrets cluster-wide.
-    let last_good = fake
-        .get("Secret", NS, "gw-portcullis-last-good")
-        .expect("the last-good Secret is kept");
-    assert!(last_good.get("data").is_none(), "{last_good}");
+    let last_good = wait_for(&fake, "the old last-good Secret emptied", || {
+        fake.get("Secret", NS, "gw-portcullis-last-good")
+            .filter(|secret| secret.get("data").is_none())
+    })
+    .await;
     assert!(
         last_good["metadata"]["annotations"]
             .get("portcullis.dev/content-hash")
             .is_none(),
         "{last_good}"
     );
+    // The sweep that removed them got as far as ConfigMaps, and kept the CA, still wanted.
+    wait_for(&fake, "a sweep through ConfigMaps after the move", || {
+        (completed_sweeps(&fake) > sweeps_before_move).then_some(())
+    })
+    .await;
+    assert!(fake.get("ConfigMap", NS, "portcullis-ca").is_some());
 
     fake.modify("Gateway", NS, "gw", |g| {
         g["spec"]["listeners"] = json!([]);
@@ -1459,6 +1466,93 @@ async fn infrastructure_no_gateway_of_ours_wants_is_deleted() {
             "{name} was deleted"
         );
     }
+    assert_eq!(controller.reconcile_errors(), 0);
+    controller.finish();
+}
+
+/// Sweeps that got to their last kind: list requests for ConfigMaps labelled ours (the
+/// ConfigMap watch selects no label).
+fn completed_sweeps(fake: &FakeApi) -> usize {
+    fake.requests_where(|r| {
+        r.kind == Some("ConfigMap")
+            && !r.watch
+            && r.name.is_none()
+            && r.code == 200
+            && r.query.get("labelSelector").map(String::as_str)
+                == Some(&*format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+    })
+    .len()
+}
+
+/// A Gateway whose GatewayClass is missing for a while (deleted and recreated, say) keeps
+/// everything provisioned for it: what it wants is unknown, so the sweep leaves its objects
+/// alone, the last-good Secret too, even while other Gateways' changes make it sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_class_is_missing_keeps_its_infrastructure() {
+    let fake = FakeApi::new();
+    seed_gateway(&fake);
+    fake.create(gateway_class("other", "example.com/other"));
+    let controller = start(&fake, "portcullis-0");
+    let kinds = ["ServiceAccount", "Deployment", "Service"];
+    let all_present = |name: &str| kinds.iter().all(|kind| fake.get(kind, NS, name).is_some());
+    wait_for(&fake, "infra/gw-portcullis", || {
+        all_present(PROVISIONED).then_some(())
+    })
+    .await;
+    let uid = fake.get("Gateway", NS, "gw").unwrap()["metadata"]["uid"].clone();
+    fake.create(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "gw-portcullis-last-good",
+            "namespace": NS,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+            "annotations": {"portcullis.dev/content-hash": "ab"},
+            "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1",
+                                 "kind": "Gateway", "name": "gw", "uid": uid,
+                                 "controller": true}],
+        },
+        "data": {"config.json.gz": "AAAA"},
+    }));
+
+    let sweeps_before = completed_sweeps(&fake);
+    fake.delete("GatewayClass", "", CLASS);
+    wait_for(&fake, "a sweep after the class went", || {
+        (completed_sweeps(&fake) > sweeps_before).then_some(())
+    })
+    .await;
+    // Another Gateway, moved away from us, changes what is wanted: one more sweep.
+    fake.create(gateway("elsewhere"));
+    fake.modify("Gateway", NS, "elsewhere", |g| {
+        g["spec"]["gatewayClassName"] = json!("other");
+    });
+    let sweeps_before = completed_sweeps(&fake);
+    wait_for(&fake, "a sweep after another Gateway moved", || {
+        (completed_sweeps(&fake) > sweeps_before).then_some(())
+    })
+    .await;
+    assert!(all_present(PROVISIONED), "{}", fake.summary(20));
+    assert!(fake.get("ConfigMap", NS, "portcullis-ca").is_some());
+    let last_good = fake.get("Secret", NS, "gw-portcullis-last-good").unwrap();
+    assert!(last_good.get("data").is_some(), "{last_good}");
+    let removals = fake.requests_where(|r| {
+        r.method == http::Method::DELETE
+            || (r.kind == Some("Secret") && r.method == http::Method::PATCH)
+    });
+    assert!(
+        removals.is_empty(),
+        "{:?}",
+        removals.iter().map(|r| r.target()).collect::<Vec<_>>()
+    );
+
+    // The class is back: nothing was lost, and nothing had to be remade.
+    fake.create(gateway_class(CLASS, CONTROLLER_NAME));
+    wait_for(&fake, "the Gateway accepted again", || {
+        object_condition(&fake, "Gateway", NS, "gw", "Accepted")
+            .filter(|c| is(c, "True", "Accepted"))
+    })
+    .await;
+    assert!(all_present(PROVISIONED));
     assert_eq!(controller.reconcile_errors(), 0);
     controller.finish();
 }

@@ -57,7 +57,9 @@ pub async fn setup() -> Setup {
 }
 
 /// `<gateway>-<class>`: what the operator names a Gateway's Deployment, Service and
-/// ServiceAccount (short names only; the operator hashes long ones).
+/// ServiceAccount (short, valid names only; the operator rewrites others with a hash).
+/// Written out here rather than taken from the operator crate: the scenarios check the
+/// documented naming, not whatever the code computes.
 pub fn provisioned_name(gateway: &str, class: &str) -> String {
     format!("{gateway}-{class}")
 }

@@ -30,6 +30,7 @@ impl GatewayState {
             self.config_without_listeners()
         });
         GatewayOutput {
+            service_ports: self.service_ports(),
             attached_listener_sets: self.attached_listener_sets(),
             class_name: self.class_name,
             conditions,
@@ -38,6 +39,25 @@ impl GatewayState {
             parameters: self.parameters,
             static_addresses: self.static_addresses,
         }
+    }
+
+    /// Distinct ports of the listeners with a supported protocol, served or not, ascending.
+    fn service_ports(&self) -> Vec<u16> {
+        let from_sets = self
+            .listener_sets
+            .iter()
+            .filter(|set| set.admitted())
+            .flat_map(|set| set.listeners.iter());
+        let mut ports: Vec<u16> = self
+            .listeners
+            .iter()
+            .chain(from_sets)
+            .filter(|listener| listener.protocol.is_some() && listener.port != 0)
+            .map(|listener| listener.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// One entry of `status.listeners` (a Gateway's, or a ListenerSet's: `g` is the generation

@@ -149,6 +149,12 @@ pub struct GatewayOutput {
     /// usable: its Service's external IPs, and its addresses once the Service has them.
     #[serde(skip)]
     pub static_addresses: Vec<String>,
+    /// The ports the Gateway's listeners (its own and its attached ListenerSets') ask for,
+    /// ascending: what its Service exposes. Listeners that cannot be served right now (a
+    /// missing certificate, a class not accepted) count too, so the Service, and the address
+    /// a load balancer gave it, outlive a broken config.
+    #[serde(skip)]
+    pub service_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -4,9 +4,12 @@
 //!
 //! The lease is taken when it is free or expired and renewed every `renew` period; updates use
 //! the Lease's resourceVersion, so two candidates can never both win a round. A leader that
-//! cannot renew for a whole lease duration steps down on its own.
+//! cannot renew steps down on its own one renew period *before* its lease could expire (as
+//! other replicas see it), so that its last writes never overlap a successor's;
+//! [`Leadership::holds`] answers that on the spot for destructive steps.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -26,36 +29,76 @@ pub struct LeaseSettings {
     pub renew: Duration,
 }
 
-/// Runs the election in the background; the receiver says whether this replica leads.
-pub fn start(client: Client, settings: LeaseSettings) -> watch::Receiver<bool> {
+/// Whether this replica leads: `changes` for waking up on a change, `holds` for asking now.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub changes: watch::Receiver<bool>,
+    /// Until when the lease this replica last renewed is certainly still its own.
+    held_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Leadership {
+    /// Whether this replica holds the lease at this moment.
+    pub fn holds(&self) -> bool {
+        held(&self.held_until, Instant::now())
+    }
+}
+
+fn held(held_until: &Mutex<Option<Instant>>, now: Instant) -> bool {
+    held_until
+        .lock()
+        .map(|until| until.is_some_and(|until| now < until))
+        .unwrap_or(false)
+}
+
+/// How long after a round began that renewed the lease it is still certainly ours: others
+/// see it expire a lease duration after the renew time we wrote (which is later than the
+/// round's start); one renew period is kept back for clock skew and whole-second expiry.
+fn safe_for(settings: &LeaseSettings) -> Duration {
+    settings.duration.saturating_sub(settings.renew)
+}
+
+/// Runs the election in the background.
+pub fn start(client: Client, settings: LeaseSettings) -> Leadership {
     let (tx, rx) = watch::channel(false);
+    let held_until = Arc::new(Mutex::new(None));
+    let leadership = Leadership {
+        changes: rx,
+        held_until: held_until.clone(),
+    };
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
-        let mut last_renewal: Option<std::time::Instant> = None;
         loop {
-            let leading = match round(&api, &settings).await {
-                Ok(true) => {
-                    last_renewal = Some(std::time::Instant::now());
-                    true
-                }
-                Ok(false) => {
-                    last_renewal = None;
-                    false
-                }
+            let round_began = Instant::now();
+            let until = match round(&api, &settings).await {
+                Ok(true) => Some(Some(round_began + safe_for(&settings))),
+                Ok(false) => Some(None),
                 Err(e) => {
                     warn!(error = %e, "lease round failed");
-                    // Keep leading only while the lease we last renewed is still ours.
-                    last_renewal.is_some_and(|t| t.elapsed() < settings.duration)
+                    // The lease last renewed stays ours until it runs out.
+                    None
                 }
             };
+            if let (Some(until), Ok(mut held)) = (until, held_until.lock()) {
+                *held = until;
+            }
+            let leading = held(&held_until, Instant::now());
             if *tx.borrow() != leading {
                 info!(leading, identity = %settings.identity, "leadership changed");
                 tx.send_replace(leading);
             }
-            tokio::time::sleep(settings.renew).await;
+            // Wake up when the lease runs out, if that comes before the next round.
+            let next = Instant::now() + settings.renew;
+            let wake = held_until
+                .lock()
+                .ok()
+                .and_then(|until| *until)
+                .filter(|until| *until > Instant::now())
+                .map_or(next, |until| until.min(next));
+            tokio::time::sleep_until(wake.into()).await;
         }
     });
-    rx
+    leadership
 }
 
 /// One attempt to take or keep the lease. Ok(true): we hold it now.
@@ -140,5 +183,23 @@ mod tests {
         assert!(!expired(&spec, Timestamp::from_second(1_010).unwrap()));
         assert!(expired(&spec, Timestamp::from_second(1_016).unwrap()));
         assert!(expired(&LeaseSpec::default(), renewed));
+    }
+
+    #[test]
+    fn leadership_ends_when_the_renewed_lease_is_no_longer_certainly_ours() {
+        let settings = LeaseSettings {
+            namespace: "ns".into(),
+            name: "lease".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(15),
+            renew: Duration::from_secs(2),
+        };
+        assert_eq!(safe_for(&settings), Duration::from_secs(13));
+        let now = Instant::now();
+        let until = Mutex::new(Some(now + safe_for(&settings)));
+        assert!(held(&until, now));
+        assert!(held(&until, now + Duration::from_secs(12)));
+        assert!(!held(&until, now + Duration::from_secs(13)));
+        assert!(!held(&Mutex::new(None), now));
     }
 }

@@ -48,7 +48,7 @@ use crate::provision::{self, FIELD_MANAGER, GATEWAY_NAME_LABEL, ProvisionSetting
 use crate::telemetry::{ControllerLabel, Metrics};
 use status::Delivery;
 use stores::{ReferencedObjects, Stores};
-use sweep::{Sweeper, Wanted};
+use sweep::{GatewayOwners, Sweeper, Wanted};
 
 /// The objects by namespace and name. Status writing looks up one object per compiled
 /// result; a linear search each time made a pass quadratic in the number of routes.
@@ -100,7 +100,8 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
     stores.ready().await?;
     ready.store(true, Ordering::Relaxed);
     info!("watches synced");
-    let mut leader = leader::start(client.clone(), settings.lease.clone());
+    let leadership = leader::start(client.clone(), settings.lease.clone());
+    let mut leader = leadership.changes.clone();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -120,6 +121,7 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
         applied: HashMap::new(),
         annotated: HashMap::new(),
         sweeper: Sweeper::default(),
+        leadership,
     };
     state.secrets = Some(ReferencedObjects::new(state.client.clone()));
     state.config_maps = Some(ReferencedObjects::new(state.client.clone()));
@@ -158,6 +160,44 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
+/// What a leader pass's provisioning did.
+struct Provisioning {
+    /// Writes that failed.
+    failures: usize,
+    /// The objects the Gateways of ours want.
+    wanted: Wanted,
+    /// Uids of Gateways of ours whose objects could not be rendered: what they want is not
+    /// known.
+    not_rendered: HashSet<String>,
+}
+
+/// Sorts the Gateways of `input` by whether what they want is known (see [`sweep`]): ours
+/// that were rendered, and those whose class names another controller, are decided; those
+/// whose class is missing, or whose objects could not be rendered, are not.
+fn gateway_owners(input: &Input, output: &Output, not_rendered: &HashSet<String>) -> GatewayOwners {
+    let classes: HashMap<&str, &GatewayClass> = input
+        .gateway_classes
+        .iter()
+        .filter_map(|class| Some((class.metadata.name.as_deref()?, class)))
+        .collect();
+    let mut owners = GatewayOwners::default();
+    for gateway in &input.gateways {
+        let Some(uid) = gateway.uid() else {
+            continue;
+        };
+        let ours = output.gateways.contains_key(&ObjectKey::of(gateway));
+        let another_controllers = classes
+            .get(gateway.spec.gateway_class_name.as_str())
+            .is_some_and(|class| class.spec.controller_name != compile::CONTROLLER_NAME);
+        if (ours && !not_rendered.contains(&uid)) || (!ours && another_controllers) {
+            owners.decided.insert(uid);
+        } else {
+            owners.undecided.insert(uid);
+        }
+    }
+    owners
+}
+
 struct Reconciler {
     client: Client,
     recorder: Recorder,
@@ -172,6 +212,7 @@ struct Reconciler {
     /// Applied-config annotations this replica last wrote, per pod uid.
     annotated: HashMap<String, String>,
     sweeper: Sweeper,
+    leadership: leader::Leadership,
 }
 
 impl Reconciler {
@@ -221,13 +262,9 @@ impl Reconciler {
         };
         self.metrics.reconciles.get_or_create(&label).inc();
         if is_leader {
-            let (provision_failures, wanted) = self.provision(stores, &input, &output).await;
-            failures += provision_failures;
-            // A Gateway whose objects could not even be rendered wants something unknown:
-            // sweeping then could delete what it still needs.
-            if provision_failures == 0 {
-                failures += self.remove_orphans(stores, &wanted).await;
-            }
+            let provisioned = self.provision(stores, &input, &output).await;
+            failures += provisioned.failures;
+            failures += self.remove_orphans(&input, &output, &provisioned).await;
             failures += self.write_statuses(stores, &input, &output).await;
         }
         if failures > 0 {
@@ -293,15 +330,11 @@ impl Reconciler {
     }
 
     /// Applies each Gateway's ServiceAccount, Deployment, Service, last-good Secret and its
-    /// namespace's CA ConfigMap. Returns how many writes failed, and what it wants to exist.
-    async fn provision(
-        &mut self,
-        stores: &Stores,
-        input: &Input,
-        output: &Output,
-    ) -> (usize, Wanted) {
+    /// namespace's CA ConfigMap.
+    async fn provision(&mut self, stores: &Stores, input: &Input, output: &Output) -> Provisioning {
         let mut failures = 0;
         let mut wanted = Wanted::default();
+        let mut not_rendered = HashSet::new();
         // Gateways (name, uid) per namespace: the owners of that namespace's CA ConfigMap.
         let mut owners: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         let provision_settings = self.provision_settings(stores);
@@ -322,6 +355,7 @@ impl Reconciler {
                 Err(e) => {
                     warn!(gateway = %key, error = %e, "rendering infrastructure failed");
                     failures += 1;
+                    not_rendered.extend(gateway.uid());
                     continue;
                 }
             };
@@ -346,6 +380,7 @@ impl Reconciler {
                 )
                 .await;
             // Without listener ports there is no Service; the sweep removes an earlier one.
+            // Listeners that cannot serve yet still have ports (see listener_ports).
             if let Some(service) = &provisioned.service {
                 wanted.insert("Service", &ns, &provisioned.name);
                 let services: Api<Service> = Api::namespaced(self.client.clone(), &ns);
@@ -367,21 +402,28 @@ impl Reconciler {
                     .await;
             }
         }
-        (failures, wanted)
+        Provisioning {
+            failures,
+            wanted,
+            not_rendered,
+        }
     }
 
-    /// Deletes provisioned objects no Gateway of ours wants any more (see [`sweep`]).
-    /// Returns how many calls failed.
-    async fn remove_orphans(&mut self, stores: &Stores, wanted: &Wanted) -> usize {
-        let gateway_uids: HashSet<String> = stores
-            .gateways
-            .state()
-            .iter()
-            .filter_map(|gateway| gateway.uid())
-            .collect();
+    /// Deletes provisioned objects no Gateway of ours wants any more (see [`sweep`]), judged
+    /// by the same snapshot of Gateways and classes the pass compiled. Returns how many calls
+    /// failed.
+    async fn remove_orphans(
+        &mut self,
+        input: &Input,
+        output: &Output,
+        provisioned: &Provisioning,
+    ) -> usize {
+        let owners = gateway_owners(input, output, &provisioned.not_rendered);
+        let leadership = self.leadership.clone();
+        let still_leading = move || leadership.holds();
         let (deleted, failures) = self
             .sweeper
-            .sweep(&self.client, wanted, &gateway_uids)
+            .sweep(&self.client, &provisioned.wanted, &owners, &still_leading)
             .await;
         for object in deleted {
             self.applied.remove(&format!(
@@ -915,4 +957,64 @@ fn addresses(
 
 fn hex(bytes: [u8; 32]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::{Loaded, load_str};
+
+    #[test]
+    fn only_gateways_whose_wants_are_known_are_decided() {
+        let mut loaded = Loaded::default();
+        load_str(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: ours}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: theirs}
+spec: {controllerName: example.com/other}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: rendered, namespace: infra, uid: rendered-uid}
+spec: {gatewayClassName: ours, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: not-rendered, namespace: infra, uid: not-rendered-uid}
+spec: {gatewayClassName: ours, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: moved-away, namespace: infra, uid: moved-away-uid}
+spec: {gatewayClassName: theirs, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: class-missing, namespace: infra, uid: class-missing-uid}
+spec: {gatewayClassName: deleted, listeners: [{name: http, port: 80, protocol: HTTP}]}
+"#,
+            "test",
+            &mut loaded,
+        )
+        .unwrap();
+        let output = compile::compile(&loaded.input);
+        let not_rendered: HashSet<String> = ["not-rendered-uid".to_string()].into();
+        let owners = gateway_owners(&loaded.input, &output, &not_rendered);
+        let sorted = |set: &HashSet<String>| {
+            let mut uids: Vec<String> = set.iter().cloned().collect();
+            uids.sort();
+            uids
+        };
+        assert_eq!(sorted(&owners.decided), ["moved-away-uid", "rendered-uid"]);
+        assert_eq!(
+            sorted(&owners.undecided),
+            ["class-missing-uid", "not-rendered-uid"]
+        );
+    }
 }

@@ -524,6 +524,7 @@ mod tests {
             config: None,
             parameters: Default::default(),
             static_addresses: Vec::new(),
+            service_ports: vec![80],
         }
     }
 

@@ -64,8 +64,12 @@ fn settings() -> ProvisionSettings {
 }
 
 fn rendered(name: &str) -> Provisioned {
+    rendered_from(INPUT, name)
+}
+
+fn rendered_from(input: &str, name: &str) -> Provisioned {
     let mut loaded = Loaded::default();
-    load_str(INPUT, "test", &mut loaded).unwrap();
+    load_str(input, "test", &mut loaded).unwrap();
     let output = compile::compile(&loaded.input);
     let key = ObjectKey::new("infra", name);
     let gateway = loaded
@@ -532,6 +536,68 @@ fn service_follows_the_listeners_and_parameters() {
         scaled["spec"]["externalIPs"],
         serde_json::json!(["203.0.113.7"])
     );
+}
+
+fn service_ports(p: &Provisioned) -> Vec<u64> {
+    let service = json(p.service.as_ref().expect("listeners, so a Service"));
+    service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|port| port["port"].as_u64().unwrap())
+        .collect()
+}
+
+/// A listener that cannot be served now still keeps its Service port, so a load balancer's
+/// address survives a missing certificate or a class that is not accepted.
+#[test]
+fn the_service_keeps_the_ports_of_listeners_that_cannot_serve_yet() {
+    const BROKEN: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: misconfigured}
+spec:
+  controllerName: portcullis.dev/gateway-controller
+  parametersRef: {group: portcullis.dev, kind: GatewayParameters, name: missing, namespace: infra}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: no-cert, namespace: infra, uid: "1"}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - name: https
+    port: 443
+    protocol: HTTPS
+    tls: {certificateRefs: [{name: missing-cert}]}
+  - {name: udp, port: 53, protocol: UDP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: unaccepted-class, namespace: infra, uid: "2"}
+spec:
+  gatewayClassName: misconfigured
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP}
+"#;
+    let no_cert = rendered_from(BROKEN, "no-cert");
+    assert_eq!(service_ports(&no_cert), [80, 443]);
+    let unaccepted = rendered_from(BROKEN, "unaccepted-class");
+    assert_eq!(service_ports(&unaccepted), [8080]);
+    let container_ports: Vec<u64> =
+        json(&unaccepted.deployment)["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|port| port["containerPort"].as_u64())
+            .collect();
+    assert!(container_ports.contains(&8080), "{container_ports:?}");
 }
 
 #[test]
