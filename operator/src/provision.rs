@@ -296,7 +296,6 @@ pub fn render(
         &labels,
         &annotations,
         params,
-        &ports,
         settings,
     )?;
 
@@ -345,8 +344,8 @@ pub fn render(
     })
 }
 
-/// The ports the proxy pods and their Service expose: every port a listener asks for, served
-/// or not, so that fixing a listener never has to wait for a new Service or rollout.
+/// The ports the Service exposes: every port a listener asks for, served or not, so that
+/// fixing a listener never has to wait for a new Service.
 pub fn listener_ports(output: &GatewayOutput) -> Vec<u16> {
     let mut ports: Vec<u16> = output
         .config
@@ -378,7 +377,6 @@ fn deployment(
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
     params: &GatewayParametersSpec,
-    ports: &[u16],
     settings: &ProvisionSettings,
 ) -> Result<Deployment> {
     let pod = params.pod.clone().unwrap_or_default();
@@ -425,13 +423,11 @@ fn deployment(
         Seccomp::RuntimeDefault => json!({"type": "RuntimeDefault"}),
         Seccomp::Unconfined => json!({"type": "Unconfined"}),
     };
-    let mut container_ports =
+    // Listener ports are left out on purpose: they are informational in a pod, and listing
+    // them would roll every proxy pod whenever a listener is added or moved; the proxy binds
+    // whatever its config says without a restart.
+    let container_ports =
         vec![json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"})];
-    container_ports.extend(
-        ports
-            .iter()
-            .map(|p| json!({"name": format!("port-{p}"), "containerPort": p, "protocol": "TCP"})),
-    );
     let mut proxy_container = json!({
         "name": "proxy",
         "image": params.image.clone().unwrap_or_else(|| settings.proxy_image.clone()),
