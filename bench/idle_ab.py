@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Idle memory per connection of two proxy builds, side by side: for each round, each build is
+started alone, warmed with 3 s of wrk per port, and measured with bench.py's
+idle_kib_per_connection (plaintext, then TLS while the plaintext connections stay open).
+
+    python3 bench/idle_ab.py --a OLD_BIN_DIR --b NEW_BIN_DIR [--rounds 2] [--connections 4500]
+
+Each directory holds a `portcullis-proxy`. Uses the same ports, CPUs and backend as bench.py."""
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--a", required=True)
+    parser.add_argument("--b", required=True)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=4500)
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
+    work = tempfile.mkdtemp(prefix="idle-ab.")
+    cert, key = f"{work}/cert.pem", f"{work}/key.pem"
+    bench.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+               "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.local",
+               "-addext", "subjectAltName=DNS:bench.local"])
+    backend = bench.start_backend(work)
+    try:
+        for round_index in range(args.rounds):
+            for name, bin_dir in [("A", args.a), ("B", args.b)]:
+                system = bench.start_portcullis(work, bin_dir, cert, key)
+                try:
+                    bench.wrk(f"http://127.0.0.1:{system.plain_port}/", 3, 50)
+                    bench.wrk(f"https://127.0.0.1:{system.tls_port}/", 3, 50)
+                    os.sched_setaffinity(0, {int(bench.LOAD_CPU)})
+                    r = bench.idle_kib_per_connection(system, args.connections)
+                    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+                    print(f"round {round_index} {name}: plaintext {r['plain']:.2f} "
+                          f"(second half {r['plain_marginal']:.2f}), TLS {r['tls']:.2f} "
+                          f"(second half {r['tls_marginal']:.2f}) KiB per connection", flush=True)
+                finally:
+                    system.stop()
+                time.sleep(1)
+    finally:
+        backend.kill()
+
+
+if __name__ == "__main__":
+    main()
