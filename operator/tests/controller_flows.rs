@@ -1392,7 +1392,10 @@ async fn infrastructure_no_gateway_of_ours_wants_is_deleted() {
         all_present(PROVISIONED).then_some(())
     })
     .await;
-    assert!(fake.get("ConfigMap", NS, "portcullis-ca").is_some());
+    wait_for(&fake, "the CA ConfigMap", || {
+        fake.get("ConfigMap", NS, "portcullis-ca")
+    })
+    .await;
     // The last-good Secret as the leader writes it once a proxy served the config.
     let uid = fake.get("Gateway", NS, "gw").unwrap()["metadata"]["uid"].clone();
     fake.create(json!({
@@ -1482,6 +1485,58 @@ fn completed_sweeps(fake: &FakeApi) -> usize {
                 == Some(&*format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
     })
     .len()
+}
+
+/// A Gateway moved to another class of ours keeps its old objects until the new ones are in
+/// place: while the new Deployment cannot be applied, the old one keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_class_objects_stay_until_the_new_ones_are_applied() {
+    let fake = FakeApi::new();
+    seed_gateway(&fake);
+    fake.create(gateway_class("portcullis-b", CONTROLLER_NAME));
+    let controller = start(&fake, "portcullis-0");
+    wait_for(&fake, "infra/gw-portcullis and the first sweep", || {
+        (fake.get("Deployment", NS, PROVISIONED).is_some() && completed_sweeps(&fake) > 0)
+            .then_some(())
+    })
+    .await;
+    let sweeps = completed_sweeps(&fake);
+    fake.fail_next(usize::MAX, 500, |r| {
+        r.is_apply() && r.kind == Some("Deployment") && r.name.as_deref() == Some("gw-portcullis-b")
+    });
+    fake.modify("Gateway", NS, "gw", |g| {
+        g["spec"]["gatewayClassName"] = json!("portcullis-b");
+    });
+    wait_for(
+        &fake,
+        "the new Service applied while its Deployment fails",
+        || fake.get("Service", NS, "gw-portcullis-b"),
+    )
+    .await;
+    wait_for(&fake, "a sweep after the failed apply", || {
+        (completed_sweeps(&fake) > sweeps).then_some(())
+    })
+    .await;
+    assert!(
+        fake.get("Deployment", NS, PROVISIONED).is_some(),
+        "{}",
+        fake.summary(30)
+    );
+    assert!(fake.get("Service", NS, PROVISIONED).is_some());
+
+    fake.clear_faults();
+    wait_for(
+        &fake,
+        "gw-portcullis-b's Deployment, then gw-portcullis deleted",
+        || {
+            (fake.get("Deployment", NS, "gw-portcullis-b").is_some()
+                && fake.get("Deployment", NS, PROVISIONED).is_none()
+                && fake.get("Service", NS, PROVISIONED).is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    controller.finish();
 }
 
 /// A Gateway whose GatewayClass is missing for a while (deleted and recreated, say) keeps

@@ -37,6 +37,7 @@ impl GatewayState {
             listeners,
             config,
             parameters: self.parameters,
+            parameters_resolved: self.parameters_resolved,
             static_addresses: self.static_addresses,
         }
     }

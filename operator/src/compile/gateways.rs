@@ -222,6 +222,9 @@ pub struct GatewayState {
     /// The ListenerSets whose parentRef names this Gateway, in precedence order.
     pub listener_sets: Vec<ListenerSetState>,
     pub parameters: GatewayParametersSpec,
+    /// `parameters` are what the class and the Gateway ask for: the class is accepted and
+    /// the Gateway's own parametersRef resolves. Otherwise they are the class's, or defaults.
+    pub parameters_resolved: bool,
     /// Some listener lets clients through without a valid certificate (AllowInsecureFallback).
     pub insecure_frontend: bool,
     /// The certificate its proxies present to TLS backends that ask for one
@@ -267,6 +270,7 @@ pub fn gateways(
                 ),
             }
         };
+        let parameters_resolved = rejected.is_none();
         let (rejected, address_not_usable, static_addresses) =
             match (rejected, requested_addresses(gateway)) {
                 (Some(rejected), _) => (Some(rejected), None, Vec::new()),
@@ -312,6 +316,7 @@ pub fn gateways(
                 listeners,
                 listener_sets: Vec::new(),
                 parameters,
+                parameters_resolved,
                 insecure_frontend,
                 backend_client_certificate,
                 unresolved,

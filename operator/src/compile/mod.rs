@@ -145,6 +145,11 @@ pub struct GatewayOutput {
     /// GatewayParameters: the class defaults with the Gateway's override merged over them.
     #[serde(skip)]
     pub parameters: GatewayParametersSpec,
+    /// Whether `parameters` are what was asked for (the class accepted, the Gateway's
+    /// parametersRef resolved). When not, its infrastructure is left as it is: provisioning
+    /// from fallback parameters would change a Service's type or roll its pods.
+    #[serde(skip)]
+    pub parameters_resolved: bool,
     /// The static IP addresses the Gateway asks for (`spec.addresses` with values), all
     /// usable: its Service's external IPs, and its addresses once the Service has them.
     #[serde(skip)]

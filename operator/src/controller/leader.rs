@@ -5,10 +5,12 @@
 //! The lease is taken when it is free or expired and renewed every `renew` period; updates use
 //! the Lease's resourceVersion, so two candidates can never both win a round. A leader that
 //! cannot renew steps down on its own one renew period *before* its lease could expire (as
-//! other replicas see it), so that its last writes never overlap a successor's;
-//! [`Leadership::holds`] answers that on the spot for destructive steps.
+//! other replicas see it), and a round never waits longer than that for the API server;
+//! [`Leadership::holds`] answers on the spot, and the controller asks it before each write,
+//! so a deposed leader stops writing before a successor can start (a write already in flight
+//! can still land).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -32,7 +34,9 @@ pub struct LeaseSettings {
 /// Whether this replica leads: `changes` for waking up on a change, `holds` for asking now.
 #[derive(Debug, Clone)]
 pub struct Leadership {
-    pub changes: watch::Receiver<bool>,
+    /// Some(term) while leading; the term grows each time the lease is taken anew, so a
+    /// step-down and a re-take between two looks are still seen as a change.
+    pub changes: watch::Receiver<Option<u64>>,
     /// Until when the lease this replica last renewed is certainly still its own.
     held_until: Arc<Mutex<Option<Instant>>>,
 }
@@ -44,33 +48,47 @@ impl Leadership {
     }
 }
 
-fn held(held_until: &Mutex<Option<Instant>>, now: Instant) -> bool {
-    held_until
-        .lock()
-        .map(|until| until.is_some_and(|until| now < until))
-        .unwrap_or(false)
+fn held_until(held_until: &Mutex<Option<Instant>>) -> Option<Instant> {
+    *held_until.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn held(until: &Mutex<Option<Instant>>, now: Instant) -> bool {
+    held_until(until).is_some_and(|until| now < until)
 }
 
 /// How long after a round began that renewed the lease it is still certainly ours: others
 /// see it expire a lease duration after the renew time we wrote (which is later than the
-/// round's start); one renew period is kept back for clock skew and whole-second expiry.
+/// round's start); one renew period is kept back for clock skew (assumed under it) and
+/// whole-second expiry.
 fn safe_for(settings: &LeaseSettings) -> Duration {
     settings.duration.saturating_sub(settings.renew)
 }
 
 /// Runs the election in the background.
 pub fn start(client: Client, settings: LeaseSettings) -> Leadership {
-    let (tx, rx) = watch::channel(false);
-    let held_until = Arc::new(Mutex::new(None));
+    let (tx, rx) = watch::channel(None);
+    let until = Arc::new(Mutex::new(None));
     let leadership = Leadership {
         changes: rx,
-        held_until: held_until.clone(),
+        held_until: until.clone(),
     };
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
+        let mut term = 0u64;
         loop {
             let round_began = Instant::now();
-            let until = match round(&api, &settings).await {
+            let holding = held(&until, round_began);
+            // A round may not outlast the lease it would renew: a hung API call must not
+            // keep this replica leading past the point where another may take over.
+            let limit = match held_until(&until) {
+                Some(deadline) if holding => deadline - round_began,
+                _ => settings.duration,
+            };
+            let outcome = match tokio::time::timeout(limit, round(&api, &settings)).await {
+                Ok(outcome) => outcome.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            };
+            let renewed = match outcome {
                 Ok(true) => Some(Some(round_began + safe_for(&settings))),
                 Ok(false) => Some(None),
                 Err(e) => {
@@ -79,22 +97,23 @@ pub fn start(client: Client, settings: LeaseSettings) -> Leadership {
                     None
                 }
             };
-            if let (Some(until), Ok(mut held)) = (until, held_until.lock()) {
-                *held = until;
+            if let Some(renewed) = renewed {
+                *until.lock().unwrap_or_else(PoisonError::into_inner) = renewed;
             }
-            let leading = held(&held_until, Instant::now());
-            if *tx.borrow() != leading {
-                info!(leading, identity = %settings.identity, "leadership changed");
-                tx.send_replace(leading);
+            let leading = held(&until, Instant::now());
+            if leading && !holding {
+                term += 1;
+            }
+            let now_leading = leading.then_some(term);
+            if *tx.borrow() != now_leading {
+                info!(leading, term, identity = %settings.identity, "leadership changed");
+                tx.send_replace(now_leading);
             }
             // Wake up when the lease runs out, if that comes before the next round.
             let next = Instant::now() + settings.renew;
-            let wake = held_until
-                .lock()
-                .ok()
-                .and_then(|until| *until)
-                .filter(|until| *until > Instant::now())
-                .map_or(next, |until| until.min(next));
+            let wake = held_until(&until)
+                .filter(|deadline| *deadline > Instant::now())
+                .map_or(next, |deadline| deadline.min(next));
             tokio::time::sleep_until(wake.into()).await;
         }
     });

@@ -125,19 +125,20 @@ pub async fn run(parts: Parts, settings: Settings) -> anyhow::Result<()> {
     };
     state.secrets = Some(ReferencedObjects::new(state.client.clone()));
     state.config_maps = Some(ReferencedObjects::new(state.client.clone()));
-    let mut was_leader = false;
+    let mut last_term = None;
     // A pass whose writes failed is followed by another after a backoff even when nothing
     // changes; otherwise a transient API error would stand until the idle tick.
     const IDLE: Duration = Duration::from_secs(30);
     const FIRST_RETRY: Duration = Duration::from_millis(250);
     let mut retry = FIRST_RETRY;
     loop {
-        let is_leader = *leader.borrow_and_update();
-        if is_leader != was_leader {
+        let term = *leader.borrow_and_update();
+        let is_leader = term.is_some();
+        if term != last_term {
             // A new leader applies everything once: its cache says nothing about the cluster.
             state.applied.clear();
             state.sweeper.reset();
-            was_leader = is_leader;
+            last_term = term;
         }
         state.metrics.leader.set(i64::from(is_leader));
         let failures = state.pass(&stores, is_leader).await;
@@ -166,15 +167,15 @@ struct Provisioning {
     failures: usize,
     /// The objects the Gateways of ours want.
     wanted: Wanted,
-    /// Uids of Gateways of ours whose objects could not be rendered: what they want is not
-    /// known.
-    not_rendered: HashSet<String>,
+    /// Uids of Gateways of ours whose objects were not all put in place this pass (parameters
+    /// unresolved, rendering or a write failed): the sweep leaves what they own alone.
+    unsettled: HashSet<String>,
 }
 
 /// Sorts the Gateways of `input` by whether what they want is known (see [`sweep`]): ours
-/// that were rendered, and those whose class names another controller, are decided; those
-/// whose class is missing, or whose objects could not be rendered, are not.
-fn gateway_owners(input: &Input, output: &Output, not_rendered: &HashSet<String>) -> GatewayOwners {
+/// whose objects were all put in place, and those whose class names another controller, are
+/// decided; those whose class is missing, or that are `unsettled`, are not.
+fn gateway_owners(input: &Input, output: &Output, unsettled: &HashSet<String>) -> GatewayOwners {
     let classes: HashMap<&str, &GatewayClass> = input
         .gateway_classes
         .iter()
@@ -189,7 +190,7 @@ fn gateway_owners(input: &Input, output: &Output, not_rendered: &HashSet<String>
         let another_controllers = classes
             .get(gateway.spec.gateway_class_name.as_str())
             .is_some_and(|class| class.spec.controller_name != compile::CONTROLLER_NAME);
-        if (ours && !not_rendered.contains(&uid)) || (!ours && another_controllers) {
+        if (ours && !unsettled.contains(&uid)) || (!ours && another_controllers) {
             owners.decided.insert(uid);
         } else {
             owners.undecided.insert(uid);
@@ -334,20 +335,38 @@ impl Reconciler {
     async fn provision(&mut self, stores: &Stores, input: &Input, output: &Output) -> Provisioning {
         let mut failures = 0;
         let mut wanted = Wanted::default();
-        let mut not_rendered = HashSet::new();
+        let mut unsettled = HashSet::new();
         // Gateways (name, uid) per namespace: the owners of that namespace's CA ConfigMap.
+        // Those whose class is missing stay owners: their pods mount it, and they may be ours.
         let mut owners: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let classes: HashSet<&str> = input
+            .gateway_classes
+            .iter()
+            .filter_map(|class| class.metadata.name.as_deref())
+            .collect();
+        for gateway in &input.gateways {
+            let key = ObjectKey::of(gateway);
+            let class_missing = !classes.contains(gateway.spec.gateway_class_name.as_str());
+            if let (true, Some(uid)) = (
+                output.gateways.contains_key(&key) || class_missing,
+                gateway.uid(),
+            ) {
+                owners
+                    .entry(key.namespace.clone())
+                    .or_default()
+                    .push((key.name.clone(), uid));
+            }
+        }
         let provision_settings = self.provision_settings(stores);
         let gateways = by_key(&input.gateways);
         for (key, gateway_output) in &output.gateways {
             let Some(gateway) = gateways.get(key) else {
                 continue;
             };
-            if let Some(uid) = gateway.uid() {
-                owners
-                    .entry(key.namespace.clone())
-                    .or_default()
-                    .push((key.name.clone(), uid));
+            if !gateway_output.parameters_resolved {
+                debug!(gateway = %key, "parameters unresolved; infrastructure left as it is");
+                unsettled.extend(gateway.uid());
+                continue;
             }
             let provisioned = match provision::render(gateway, gateway_output, &provision_settings)
             {
@@ -355,10 +374,11 @@ impl Reconciler {
                 Err(e) => {
                     warn!(gateway = %key, error = %e, "rendering infrastructure failed");
                     failures += 1;
-                    not_rendered.extend(gateway.uid());
+                    unsettled.extend(gateway.uid());
                     continue;
                 }
             };
+            let failures_before = failures;
             let ns = provisioned.namespace.clone();
             wanted.insert("ServiceAccount", &ns, &provisioned.name);
             wanted.insert("Deployment", &ns, &provisioned.name);
@@ -387,7 +407,19 @@ impl Reconciler {
                 failures += self.apply(services, service).await;
             }
             failures += self.persist_last_good(stores, key, &provisioned).await;
+            // Until its objects are in place, what it had stays (the old class's Deployment
+            // keeps serving while the new one cannot be applied).
+            if failures > failures_before {
+                unsettled.extend(gateway.uid());
+            }
         }
+        // Only where a Gateway of ours is: one whose class is missing may not be ours at all.
+        owners.retain(|namespace, _| {
+            output
+                .gateways
+                .keys()
+                .any(|key| &key.namespace == namespace)
+        });
         for namespace in owners.keys() {
             wanted.insert("ConfigMap", namespace, provision::CA_CONFIGMAP);
         }
@@ -405,7 +437,7 @@ impl Reconciler {
         Provisioning {
             failures,
             wanted,
-            not_rendered,
+            unsettled,
         }
     }
 
@@ -418,7 +450,7 @@ impl Reconciler {
         output: &Output,
         provisioned: &Provisioning,
     ) -> usize {
-        let owners = gateway_owners(input, output, &provisioned.not_rendered);
+        let owners = gateway_owners(input, output, &provisioned.unsettled);
         let leadership = self.leadership.clone();
         let still_leading = move || leadership.holds();
         let (deleted, failures) = self
@@ -535,6 +567,10 @@ impl Reconciler {
             Sha256::digest(serde_json::to_vec(object).unwrap_or_default()).into();
         if self.applied.get(&cache_key) == Some(&digest) {
             return 0;
+        }
+        if !self.leadership.holds() {
+            debug!(object = %cache_key, "no longer leading; not applied");
+            return 1;
         }
         match api
             .patch(
@@ -786,6 +822,9 @@ impl Reconciler {
         if old.is_some_and(|old| status::same_status(old, new)) {
             return 0;
         }
+        if !self.leadership.holds() {
+            return 1;
+        }
         match patch_status(api, existing, new).await {
             Written::Yes => {
                 self.publish(existing, &notices(old, new)).await;
@@ -843,7 +882,7 @@ impl Reconciler {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Written {
     Yes,
-    /// The object changed meanwhile; the next pass writes a fresh status.
+    /// The object changed or went away meanwhile; the next pass writes a fresh status.
     Stale,
     Failed,
 }
@@ -872,6 +911,8 @@ where
     {
         Ok(_) => Written::Yes,
         Err(kube::Error::Api(e)) if e.code == 409 => Written::Stale,
+        // Deleted meanwhile: there is no status left to write.
+        Err(kube::Error::Api(e)) if e.code == 404 => Written::Stale,
         Err(e) => {
             warn!(object = %existing.name_any(), error = %e, "status update failed");
             Written::Failed
@@ -980,6 +1021,18 @@ metadata: {name: theirs}
 spec: {controllerName: example.com/other}
 ---
 apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: misconfigured}
+spec:
+  controllerName: portcullis.dev/gateway-controller
+  parametersRef: {group: portcullis.dev, kind: GatewayParameters, name: missing, namespace: infra}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: unaccepted-class, namespace: infra, uid: unaccepted-uid}
+spec: {gatewayClassName: misconfigured, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: rendered, namespace: infra, uid: rendered-uid}
 spec: {gatewayClassName: ours, listeners: [{name: http, port: 80, protocol: HTTP}]}
@@ -1004,8 +1057,15 @@ spec: {gatewayClassName: deleted, listeners: [{name: http, port: 80, protocol: H
         )
         .unwrap();
         let output = compile::compile(&loaded.input);
-        let not_rendered: HashSet<String> = ["not-rendered-uid".to_string()].into();
-        let owners = gateway_owners(&loaded.input, &output, &not_rendered);
+        // Fallback parameters are never provisioned: the controller counts such a Gateway
+        // unsettled, like one that failed to render.
+        let resolved =
+            |name: &str| output.gateways[&ObjectKey::new("infra", name)].parameters_resolved;
+        assert!(resolved("rendered"));
+        assert!(!resolved("unaccepted-class"));
+        let unsettled: HashSet<String> =
+            ["not-rendered-uid".to_string(), "unaccepted-uid".to_string()].into();
+        let owners = gateway_owners(&loaded.input, &output, &unsettled);
         let sorted = |set: &HashSet<String>| {
             let mut uids: Vec<String> = set.iter().cloned().collect();
             uids.sort();
@@ -1014,7 +1074,7 @@ spec: {gatewayClassName: deleted, listeners: [{name: http, port: 80, protocol: H
         assert_eq!(sorted(&owners.decided), ["moved-away-uid", "rendered-uid"]);
         assert_eq!(
             sorted(&owners.undecided),
-            ["class-missing-uid", "not-rendered-uid"]
+            ["class-missing-uid", "not-rendered-uid", "unaccepted-uid"]
         );
     }
 }

@@ -523,6 +523,7 @@ mod tests {
             }],
             config: None,
             parameters: Default::default(),
+            parameters_resolved: true,
             static_addresses: Vec::new(),
             service_ports: vec![80],
         }

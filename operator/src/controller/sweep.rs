@@ -31,7 +31,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, Preconditions,
+};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -239,6 +241,8 @@ impl SweepContext<'_> {
             if !is_orphan(kind, removal, &object.metadata, self.wanted, self.owners) {
                 continue;
             }
+            let resource_version = object.metadata.resource_version;
+            let uid = object.metadata.uid;
             let (Some(namespace), Some(name)) = (object.metadata.namespace, object.metadata.name)
             else {
                 continue;
@@ -249,19 +253,30 @@ impl SweepContext<'_> {
             }
             let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
             let removed = match removal {
+                // Both conditional on the object as listed: one changed since (a new last-good
+                // config persisted, say) fails with 409 and is judged again next sweep.
                 Removal::Empty => {
                     let empty = serde_json::json!({
-                        "metadata": {"annotations": {CONTENT_HASH_ANNOTATION: null}},
+                        "metadata": {
+                            "annotations": {CONTENT_HASH_ANNOTATION: null},
+                            "resourceVersion": resource_version,
+                        },
                         "data": null,
                     });
                     api.patch(&name, &PatchParams::default(), &Patch::Merge(&empty))
                         .await
                         .map(drop)
                 }
-                Removal::Delete => api
-                    .delete(&name, &DeleteParams::background())
-                    .await
-                    .map(drop),
+                Removal::Delete => {
+                    let params = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            resource_version,
+                            uid,
+                        }),
+                        ..DeleteParams::background()
+                    };
+                    api.delete(&name, &params).await.map(drop)
+                }
             };
             match removed {
                 Ok(()) => {
