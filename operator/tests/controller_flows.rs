@@ -1550,8 +1550,8 @@ async fn a_gateway_whose_class_is_missing_keeps_its_infrastructure() {
     let controller = start(&fake, "portcullis-0");
     let kinds = ["ServiceAccount", "Deployment", "Service"];
     let all_present = |name: &str| kinds.iter().all(|kind| fake.get(kind, NS, name).is_some());
-    wait_for(&fake, "infra/gw-portcullis", || {
-        all_present(PROVISIONED).then_some(())
+    wait_for(&fake, "infra/gw-portcullis and the first sweep", || {
+        (all_present(PROVISIONED) && completed_sweeps(&fake) > 0).then_some(())
     })
     .await;
     let uid = fake.get("Gateway", NS, "gw").unwrap()["metadata"]["uid"].clone();
