@@ -51,7 +51,8 @@ const BODY_BUFFER: usize = 16 * 1024;
 /// How long a keep-alive connection waits for its next request with a receive buffer before
 /// it parks without one. A busy client's next request comes well within it (no park, no extra
 /// read); a longer window multiplies what a burst of new connections holds at once (about
-/// 13 KiB each until they park; 250 ms cost 1.7 KiB more per idle connection in the bench).
+/// 13 KiB each, estimated, until they park; 250 ms cost 1.7-1.9 KiB more per idle connection in
+/// the bench).
 const PARK_AFTER: Duration = Duration::from_millis(50);
 /// Body bytes already buffered that go out in the same write as the head.
 const COALESCE_BYTES: usize = 16 * 1024;
