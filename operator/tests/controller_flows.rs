@@ -1396,22 +1396,7 @@ async fn infrastructure_no_gateway_of_ours_wants_is_deleted() {
         fake.get("ConfigMap", NS, "portcullis-ca")
     })
     .await;
-    // The last-good Secret as the leader writes it once a proxy served the config.
-    let uid = fake.get("Gateway", NS, "gw").unwrap()["metadata"]["uid"].clone();
-    fake.create(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "gw-portcullis-last-good",
-            "namespace": NS,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-            "annotations": {"portcullis.dev/content-hash": "ab"},
-            "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1",
-                                 "kind": "Gateway", "name": "gw", "uid": uid,
-                                 "controller": true}],
-        },
-        "data": {"config.json.gz": "AAAA"},
-    }));
+    seed_last_good_secret(&fake);
 
     let sweeps_before_move = completed_sweeps(&fake);
     fake.modify("Gateway", NS, "gw", |g| {
@@ -1471,6 +1456,26 @@ async fn infrastructure_no_gateway_of_ours_wants_is_deleted() {
     }
     assert_eq!(controller.reconcile_errors(), 0);
     controller.finish();
+}
+
+/// Gateway infra/gw's last-good Secret, as the leader writes it once a proxy served the
+/// config.
+fn seed_last_good_secret(fake: &FakeApi) {
+    let uid = fake.get("Gateway", NS, "gw").unwrap()["metadata"]["uid"].clone();
+    fake.create(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "gw-portcullis-last-good",
+            "namespace": NS,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+            "annotations": {"portcullis.dev/content-hash": "ab"},
+            "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1",
+                                 "kind": "Gateway", "name": "gw", "uid": uid,
+                                 "controller": true}],
+        },
+        "data": {"config.json.gz": "AAAA"},
+    }));
 }
 
 /// Sweeps that got to their last kind: list requests for ConfigMaps labelled ours (the
@@ -1554,21 +1559,7 @@ async fn a_gateway_whose_class_is_missing_keeps_its_infrastructure() {
         (all_present(PROVISIONED) && completed_sweeps(&fake) > 0).then_some(())
     })
     .await;
-    let uid = fake.get("Gateway", NS, "gw").unwrap()["metadata"]["uid"].clone();
-    fake.create(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "gw-portcullis-last-good",
-            "namespace": NS,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-            "annotations": {"portcullis.dev/content-hash": "ab"},
-            "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1",
-                                 "kind": "Gateway", "name": "gw", "uid": uid,
-                                 "controller": true}],
-        },
-        "data": {"config.json.gz": "AAAA"},
-    }));
+    seed_last_good_secret(&fake);
 
     let sweeps_before = completed_sweeps(&fake);
     fake.delete("GatewayClass", "", CLASS);
