@@ -287,7 +287,7 @@ pub fn render(
     }))
     .context("rendering the ServiceAccount")?;
 
-    let ports = listener_ports(output);
+    let ports = &output.service_ports;
     let deployment = deployment(
         &name,
         &format!("{namespace}/{gateway_name}"),
@@ -342,20 +342,6 @@ pub fn render(
         deployment,
         service,
     })
-}
-
-/// The ports the Service exposes: every port a listener asks for, served or not, so that
-/// fixing a listener never has to wait for a new Service.
-pub fn listener_ports(output: &GatewayOutput) -> Vec<u16> {
-    let mut ports: Vec<u16> = output
-        .config
-        .iter()
-        .flat_map(|c| c.ports.iter().map(|p| p.port))
-        .chain(output.service_ports.iter().copied())
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
 }
 
 /// The UID (and GID) the proxy pods of the Gateway `namespace/name` run under; see

@@ -8,6 +8,7 @@ use portcullis_api::config::{
 };
 
 use super::gateways::{GatewayState, ListenerState, Protocol};
+use super::listener_sets::ListenerSetState;
 use super::{GatewayOutput, ListenerOutput};
 
 impl GatewayState {
@@ -42,13 +43,19 @@ impl GatewayState {
         }
     }
 
-    /// Distinct ports of the listeners with a supported protocol, served or not, ascending.
-    fn service_ports(&self) -> Vec<u16> {
-        let from_sets = self
-            .listener_sets
+    /// The listeners of the ListenerSets attached to this Gateway, with their set.
+    fn admitted_set_listeners(&self) -> impl Iterator<Item = (&ListenerSetState, &ListenerState)> {
+        self.listener_sets
             .iter()
             .filter(|set| set.admitted())
-            .flat_map(|set| set.listeners.iter());
+            .flat_map(|set| set.listeners.iter().map(move |l| (set, l)))
+    }
+
+    /// Distinct ports of the listeners with a supported protocol, served or not, ascending.
+    /// The ports of the config are among them: a listener is served only once accepted,
+    /// which needs a supported protocol and a valid port.
+    fn service_ports(&self) -> Vec<u16> {
+        let from_sets = self.admitted_set_listeners().map(|(_, l)| l);
         let mut ports: Vec<u16> = self
             .listeners
             .iter()
@@ -97,14 +104,8 @@ impl GatewayState {
         // ListenerSet, since a name is unique only within the object that declares it.
         let own = self.listeners.iter().map(|l| (l.name.clone(), l));
         let from_sets = self
-            .listener_sets
-            .iter()
-            .filter(|set| set.admitted())
-            .flat_map(|set| {
-                set.listeners
-                    .iter()
-                    .map(move |l| (format!("{}/{}", set.key, l.name), l))
-            });
+            .admitted_set_listeners()
+            .map(|(set, l)| (format!("{}/{}", set.key, l.name), l));
         for (name, listener) in own.chain(from_sets).filter(|(_, l)| l.programmable()) {
             let protocol = match listener.protocol {
                 Some(Protocol::Https) => PortProtocol::Https,

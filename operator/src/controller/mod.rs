@@ -172,15 +172,20 @@ struct Provisioning {
     unsettled: HashSet<String>,
 }
 
+/// The GatewayClasses of `input` by name.
+fn classes_by_name(input: &Input) -> HashMap<&str, &GatewayClass> {
+    input
+        .gateway_classes
+        .iter()
+        .filter_map(|class| Some((class.metadata.name.as_deref()?, class)))
+        .collect()
+}
+
 /// Sorts the Gateways of `input` by whether what they want is known (see [`sweep`]): ours
 /// whose objects were all put in place, and those whose class names another controller, are
 /// decided; those whose class is missing, or that are `unsettled`, are not.
 fn gateway_owners(input: &Input, output: &Output, unsettled: &HashSet<String>) -> GatewayOwners {
-    let classes: HashMap<&str, &GatewayClass> = input
-        .gateway_classes
-        .iter()
-        .filter_map(|class| Some((class.metadata.name.as_deref()?, class)))
-        .collect();
+    let classes = classes_by_name(input);
     let mut owners = GatewayOwners::default();
     for gateway in &input.gateways {
         let Some(uid) = gateway.uid() else {
@@ -339,14 +344,10 @@ impl Reconciler {
         // Gateways (name, uid) per namespace: the owners of that namespace's CA ConfigMap.
         // Those whose class is missing stay owners: their pods mount it, and they may be ours.
         let mut owners: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        let classes: HashSet<&str> = input
-            .gateway_classes
-            .iter()
-            .filter_map(|class| class.metadata.name.as_deref())
-            .collect();
+        let classes = classes_by_name(input);
         for gateway in &input.gateways {
             let key = ObjectKey::of(gateway);
-            let class_missing = !classes.contains(gateway.spec.gateway_class_name.as_str());
+            let class_missing = !classes.contains_key(gateway.spec.gateway_class_name.as_str());
             if let (true, Some(uid)) = (
                 output.gateways.contains_key(&key) || class_missing,
                 gateway.uid(),
@@ -400,7 +401,7 @@ impl Reconciler {
                 )
                 .await;
             // Without listener ports there is no Service; the sweep removes an earlier one.
-            // Listeners that cannot serve yet still have ports (see listener_ports).
+            // Listeners that cannot serve yet still have ports (GatewayOutput::service_ports).
             if let Some(service) = &provisioned.service {
                 wanted.insert("Service", &ns, &provisioned.name);
                 let services: Api<Service> = Api::namespaced(self.client.clone(), &ns);
@@ -414,12 +415,12 @@ impl Reconciler {
             }
         }
         // Only where a Gateway of ours is: one whose class is missing may not be ours at all.
-        owners.retain(|namespace, _| {
-            output
-                .gateways
-                .keys()
-                .any(|key| &key.namespace == namespace)
-        });
+        let with_ours: HashSet<&str> = output
+            .gateways
+            .keys()
+            .map(|key| key.namespace.as_str())
+            .collect();
+        owners.retain(|namespace, _| with_ours.contains(namespace.as_str()));
         for namespace in owners.keys() {
             wanted.insert("ConfigMap", namespace, provision::CA_CONFIGMAP);
         }
