@@ -117,6 +117,15 @@ def write(path, text):
         f.write(text)
 
 
+def ecdsa_certificate(work):
+    """A self-signed ECDSA P-256 certificate for bench.local in `work`: (cert path, key path)."""
+    cert, key = f"{work}/cert.pem", f"{work}/key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.local",
+         "-addext", "subjectAltName=DNS:bench.local"])
+    return cert, key
+
+
 def start_backend(work):
     conf = f"""
 worker_processes 1;
@@ -476,10 +485,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
     work = tempfile.mkdtemp(prefix="portcullis-bench.")
     os.makedirs("/var/lib/nginx", exist_ok=True)
-    cert, key = f"{work}/cert.pem", f"{work}/key.pem"
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.local",
-         "-addext", "subjectAltName=DNS:bench.local"])
+    cert, key = ecdsa_certificate(work)
 
     procs = []
     systems = {}

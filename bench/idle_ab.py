@@ -28,10 +28,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
     work = tempfile.mkdtemp(prefix="idle-ab.")
-    cert, key = f"{work}/cert.pem", f"{work}/key.pem"
-    bench.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-               "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.local",
-               "-addext", "subjectAltName=DNS:bench.local"])
+    cert, key = bench.ecdsa_certificate(work)
     backend = bench.start_backend(work)
     try:
         for round_index in range(args.rounds):
