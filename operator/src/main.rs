@@ -289,15 +289,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(generation) = generation {
                 compiled.generation = generation;
             }
-            // Timed from encoding to the reply: what a push costs a sender that holds the
-            // config (reading and decoding the file above is this command's own business).
+            // A push is timed from sending the frame to the reply. Encoding is timed apart:
+            // in a cluster the operator encodes a config once and the agent forwards those
+            // bytes to the proxy as they are (`distribute::agent`), so no push waits for it.
             let started = std::time::Instant::now();
-            let reply = control_client::push(&socket, &compiled, Duration::from_secs(timeout))?;
+            let encoded = frame::encode(&compiled).context("encoding the config")?;
+            let encode_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let started = std::time::Instant::now();
+            let reply =
+                control_client::push_frame(&socket, &encoded, Duration::from_secs(timeout))?;
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
             match reply {
                 Reply::Ack { generation } => {
                     println!("ACK {generation}");
-                    eprintln!("push -> ACK in {elapsed_ms:.1} ms");
+                    eprintln!("encoded in {encode_ms:.1} ms; push -> ACK in {elapsed_ms:.1} ms");
                     Ok(ExitCode::SUCCESS)
                 }
                 Reply::Nack { reason } => {

@@ -390,7 +390,11 @@ pub struct ListenerTable {
     pub no_route_stat_slot: u32,
     pub entries: Vec<Entry>,
     pub rules: Vec<CompiledRule>,
-    exact_hosts: ConfigMap<Box<str>, RuleIndex>,
+    /// Position in `exact_host_indexes` of each exact hostname's rules. The indexes live apart
+    /// so the map's buckets stay small: a 10 000-host build spent a sixth of its time in cache
+    /// misses writing 168-byte buckets into a map of 1.7 MB.
+    exact_hosts: ConfigMap<Box<str>, u32>,
+    exact_host_indexes: Vec<RuleIndex>,
     /// Longest suffix first.
     wildcard_hosts: Vec<(HostPattern, RuleIndex)>,
     any_host: RuleIndex,
@@ -439,6 +443,7 @@ impl ListenerTable {
             entries: Vec::with_capacity(entries),
             rules: Vec::with_capacity(rules),
             exact_hosts: ConfigMap::with_capacity_and_hasher(exact_hosts, Default::default()),
+            exact_host_indexes: Vec::with_capacity(exact_hosts),
             wildcard_hosts: Vec::new(),
             any_host: RuleIndex::default(),
         };
@@ -451,7 +456,7 @@ impl ListenerTable {
             .wildcard_hosts
             .sort_by_key(|(pattern, _)| std::cmp::Reverse(pattern.specificity()));
         let entries = &table.entries;
-        for index in table.exact_hosts.values_mut() {
+        for index in &mut table.exact_host_indexes {
             index.sort(entries);
         }
         for (_, index) in &mut table.wildcard_hosts {
@@ -475,32 +480,50 @@ impl ListenerTable {
                 .map_err(|e| format!("rules[{rule_index}]: {e}"))?;
             let rule_id = self.rules.len() as u32;
             self.rules.push(compiled);
-            let matchers = if rule.matches.is_empty() {
-                vec![CompiledMatch::catch_all()]
-            } else {
-                rule.matches
-                    .iter()
-                    .map(CompiledMatch::compile)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("rules[{rule_index}]: {e}"))?
-            };
-            for matcher in matchers {
-                let id = self.entries.len() as EntryId;
-                for pattern in &patterns {
-                    self.index_for(pattern).insert(id, &matcher);
-                }
+            let first_entry = self.entries.len();
+            if rule.matches.is_empty() {
                 self.entries.push(Entry {
-                    matcher,
+                    matcher: CompiledMatch::catch_all(),
                     rule: rule_id,
                 });
+            } else {
+                for m in &rule.matches {
+                    let matcher = CompiledMatch::compile(m)
+                        .map_err(|e| format!("rules[{rule_index}]: {e}"))?;
+                    self.entries.push(Entry {
+                        matcher,
+                        rule: rule_id,
+                    });
+                }
+            }
+            // Each host's index gets the rule's entries in entry order, as the lookup's
+            // tie-break (route order, then rule order) expects.
+            for pattern in &patterns {
+                let (index, entries) = self.index_for(pattern);
+                for (id, entry) in entries.iter().enumerate().skip(first_entry) {
+                    index.insert(id as EntryId, &entry.matcher);
+                }
             }
         }
         Ok(())
     }
 
-    fn index_for(&mut self, pattern: &HostPattern) -> &mut RuleIndex {
-        match pattern {
-            HostPattern::Exact(host) => self.exact_hosts.entry(host.clone()).or_default(),
+    /// The rule index of a host pattern, created when the pattern is new, and the entries it
+    /// points into.
+    fn index_for(&mut self, pattern: &HostPattern) -> (&mut RuleIndex, &[Entry]) {
+        let index = match pattern {
+            HostPattern::Exact(host) => {
+                let position = match self.exact_hosts.get(host) {
+                    Some(position) => *position as usize,
+                    None => {
+                        let position = self.exact_host_indexes.len();
+                        self.exact_hosts.insert(host.clone(), position as u32);
+                        self.exact_host_indexes.push(RuleIndex::default());
+                        position
+                    }
+                };
+                &mut self.exact_host_indexes[position]
+            }
             HostPattern::Any => &mut self.any_host,
             HostPattern::Wildcard(_) => {
                 let position = self.wildcard_hosts.iter().position(|(p, _)| p == pattern);
@@ -514,7 +537,8 @@ impl ListenerTable {
                 };
                 &mut self.wildcard_hosts[position].1
             }
-        }
+        };
+        (index, &self.entries)
     }
 
     /// Finds the rule for a request to `host` (normalized).
@@ -522,6 +546,7 @@ impl ListenerTable {
         let found = self
             .exact_hosts
             .get(host)
+            .and_then(|position| self.exact_host_indexes.get(*position as usize))
             .and_then(|index| index.find(&self.entries, request))
             .or_else(|| {
                 self.wildcard_hosts
