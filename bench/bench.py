@@ -58,10 +58,11 @@ def wait_port(port, host="127.0.0.1", timeout=10.0):
 
 
 def cpu_seconds(pid):
-    """utime + stime of a process and all its threads."""
+    """(utime + stime, stime) of a process and all its threads: all its CPU time, and the
+    part of it spent in the kernel."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return (int(fields[11]) + int(fields[12])) / TICKS, int(fields[12]) / TICKS
 
 
 def rss_kib(pid):
@@ -97,7 +98,9 @@ class System:
         return pids
 
     def cpu(self):
-        return sum(cpu_seconds(p) for p in self.worker_pids())
+        """(CPU seconds, of which in the kernel) of the process tree so far."""
+        times = [cpu_seconds(p) for p in self.worker_pids()]
+        return sum(t for t, _ in times), sum(k for _, k in times)
 
     def rss(self):
         return sum(rss_kib(p) for p in self.worker_pids())
@@ -339,11 +342,11 @@ def fixed_rate_latency(url, rate, seconds, connections):
 
 
 def measure(system, url, seconds, connections, extra=()):
-    """(requests, errors, proxy CPU seconds) for one wrk run."""
-    before = system.cpu() if system else 0.0
+    """(requests, errors, proxy CPU seconds, of which in the kernel) for one wrk run."""
+    before = system.cpu() if system else (0.0, 0.0)
     requests, errors = wrk(url, seconds, connections, extra)
-    after = system.cpu() if system else 0.0
-    return requests, errors, after - before
+    after = system.cpu() if system else (0.0, 0.0)
+    return requests, errors, after[0] - before[0], after[1] - before[1]
 
 
 def open_idle(port, use_tls, count):
@@ -507,27 +510,27 @@ def main():
                 # Warm-up: let pools fill and caches settle; not measured.
                 url = direct_url if system is None else f"http://127.0.0.1:{system.plain_port}/"
                 wrk(url, 2, args.connections)
-                requests, errors, cpu = measure(system, url, args.seconds, args.connections)
-                results[name]["plain"].append((requests, errors, cpu))
+                requests, errors, cpu, kernel = measure(system, url, args.seconds, args.connections)
+                results[name]["plain"].append((requests, errors, cpu, kernel))
                 print(f"run {run_index + 1} {name:10s} plaintext: {requests / args.seconds:9.0f} req/s, "
-                      f"errors {errors}, proxy CPU {cpu:.2f}s"
+                      f"errors {errors}, proxy CPU {cpu:.2f}s ({kernel:.2f}s in the kernel)"
                       + (f", {cpu / requests * 1e6:.1f} us/req" if system and requests else ""), flush=True)
                 if system is None:
                     continue
                 url = f"https://127.0.0.1:{system.tls_port}/"
                 wrk(url, 2, args.connections)
-                requests, errors, cpu = measure(system, url, args.seconds, args.connections)
-                results[name]["tls"].append((requests, errors, cpu))
+                requests, errors, cpu, kernel = measure(system, url, args.seconds, args.connections)
+                results[name]["tls"].append((requests, errors, cpu, kernel))
                 print(f"run {run_index + 1} {name:10s} TLS keep-alive: {requests / args.seconds:9.0f} req/s, "
                       f"errors {errors}, {cpu / max(requests, 1) * 1e6:.1f} us/req", flush=True)
-                requests, errors, cpu = measure(system, url, args.seconds, 20, ("-H", "Connection: close"))
-                results[name]["handshake"].append((requests, errors, cpu))
+                requests, errors, cpu, kernel = measure(system, url, args.seconds, 20, ("-H", "Connection: close"))
+                results[name]["handshake"].append((requests, errors, cpu, kernel))
                 print(f"run {run_index + 1} {name:10s} TLS handshakes: {requests / args.seconds:9.0f} conn/s, "
                       f"errors {errors}, {requests / max(cpu, 1e-9):.0f} handshakes per CPU-second", flush=True)
 
         # Latency at a fixed rate: about half of nginx's closed-loop plaintext capacity measured
         # above, the same offered load for every system, interleaved like the CPU runs.
-        nginx_capacity = median([req / args.seconds for req, _, _ in results["nginx"]["plain"]])
+        nginx_capacity = median([req / args.seconds for req, *_ in results["nginx"]["plain"]])
         rate = max(1000, int(nginx_capacity * 0.5 / 100) * 100)
         latency = {name: [] for name in order}
         for run_index in range(args.runs):
@@ -565,10 +568,13 @@ def main():
         print(f"{pushed} swaps under load: {swap_requests} requests, {swap_errors} failed", flush=True)
 
         def per_request(name, kind):
-            return median([cpu / req * 1e6 for req, _, cpu in results[name][kind] if req])
+            return median([cpu / req * 1e6 for req, _, cpu, _ in results[name][kind] if req])
+
+        def kernel_per_request(name, kind):
+            return median([kernel / req * 1e6 for req, _, _, kernel in results[name][kind] if req])
 
         def handshakes(name):
-            return median([req / cpu for req, _, cpu in results[name]["handshake"] if cpu > 0])
+            return median([req / cpu for req, _, cpu, _ in results[name]["handshake"] if cpu > 0])
 
         metrics = {}
         def metric(name, values, better="lower"):
@@ -590,6 +596,13 @@ def main():
             "haproxy": per_request("haproxy", "tls"),
             "direct": None,
         })
+        for metric_name, kind in [("cpu_us_per_req_plaintext", "plain"), ("cpu_us_per_req_tls", "tls")]:
+            metrics[metric_name]["kernel_us"] = {
+                name: kernel_per_request(name, kind) for name in ["portcullis", "nginx", "haproxy"]
+            }
+            metrics[metric_name]["note"] = (
+                "'kernel_us' is the part of each system's CPU per request spent in the kernel "
+                "(stime), median over the runs: socket work every proxy pays for")
         metric("handshakes_per_cpu_s", {
             "portcullis": handshakes("portcullis"),
             "nginx": handshakes("nginx"),
@@ -597,10 +610,10 @@ def main():
             "direct": None,
         }, better="higher")
         metric("req_per_s_plaintext_closed_loop", {
-            name: median([req / args.seconds for req, _, _ in results[name]["plain"]]) for name in order
+            name: median([req / args.seconds for req, *_ in results[name]["plain"]]) for name in order
         }, better="higher")
         metric("errors_total", {
-            name: sum(e for kind in results[name].values() for _, e, _ in kind) for name in order
+            name: sum(e for kind in results[name].values() for _, e, *_ in kind) for name in order
         })
         metric("idle_kb_per_conn_plaintext", {
             name: idle.get(name, {}).get("plain") for name in order
