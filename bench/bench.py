@@ -57,6 +57,36 @@ def wait_port(port, host="127.0.0.1", timeout=10.0):
     raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
+def minor_faults(pid):
+    """Minor page faults of a process and all its threads so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def alternate_builds(builds, rounds, measure):
+    """A/B helper: each round starts each (name, bin_dir) build alone with the bench config
+    and backend, calls measure(system, round_index, name) and stops it, interleaved A B A B."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
+    work = tempfile.mkdtemp(prefix="bench-ab.")
+    cert, key = ecdsa_certificate(work)
+    backend = start_backend(work)
+    try:
+        for round_index in range(rounds):
+            for name, bin_dir in builds:
+                system = start_portcullis(work, bin_dir, cert, key)
+                try:
+                    measure(system, round_index, name)
+                finally:
+                    system.stop()
+                time.sleep(1)
+    finally:
+        # SIGTERM: nginx's master stops its worker too (SIGKILL would leave it running).
+        backend.terminate()
+        backend.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def cpu_seconds(pid):
     """(utime + stime, stime) of a process and all its threads: all its CPU time, and the
     part of it spent in the kernel."""

@@ -9,10 +9,7 @@ Each directory holds a `portcullis-proxy`. Uses the same ports, CPUs and backend
 
 import argparse
 import os
-import resource
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -25,29 +22,18 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=4500)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
-    work = tempfile.mkdtemp(prefix="idle-ab.")
-    cert, key = bench.ecdsa_certificate(work)
-    backend = bench.start_backend(work)
-    try:
-        for round_index in range(args.rounds):
-            for name, bin_dir in [("A", args.a), ("B", args.b)]:
-                system = bench.start_portcullis(work, bin_dir, cert, key)
-                try:
-                    bench.wrk(f"http://127.0.0.1:{system.plain_port}/", 3, 50)
-                    bench.wrk(f"https://127.0.0.1:{system.tls_port}/", 3, 50)
-                    os.sched_setaffinity(0, {int(bench.LOAD_CPU)})
-                    r = bench.idle_kib_per_connection(system, args.connections)
-                    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-                    print(f"round {round_index} {name}: plaintext {r['plain']:.2f} "
-                          f"(second half {r['plain_marginal']:.2f}), TLS {r['tls']:.2f} "
-                          f"(second half {r['tls_marginal']:.2f}) KiB per connection", flush=True)
-                finally:
-                    system.stop()
-                time.sleep(1)
-    finally:
-        backend.kill()
+
+    def measure(system, round_index, name):
+        bench.wrk(f"http://127.0.0.1:{system.plain_port}/", 3, 50)
+        bench.wrk(f"https://127.0.0.1:{system.tls_port}/", 3, 50)
+        os.sched_setaffinity(0, {int(bench.LOAD_CPU)})
+        r = bench.idle_kib_per_connection(system, args.connections)
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        print(f"round {round_index} {name}: plaintext {r['plain']:.2f} "
+              f"(second half {r['plain_marginal']:.2f}), TLS {r['tls']:.2f} "
+              f"(second half {r['tls_marginal']:.2f}) KiB per connection", flush=True)
+
+    bench.alternate_builds([("A", args.a), ("B", args.b)], args.rounds, measure)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ pub const IO_MEMORY: usize = 64 << 10;
 /// Runs the proxy until SIGTERM/SIGINT has drained it. Errors are one line, fit for stderr.
 pub fn run(options: Options) -> Result<(), String> {
     log::set_level(options.log_level);
+    // Before any executor or thread starts, so every arena is created with these thresholds.
+    sys::keep_freed_heap();
     let allowed = sys::allowed_cpus().map_err(|e| format!("reading the CPU affinity mask: {e}"))?;
     let cpus = cli::select_cpus(&options, &allowed)?;
     preflight(cpus.len() + 1)?;
