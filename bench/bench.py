@@ -63,6 +63,15 @@ def minor_faults(pid):
         return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
+def ab_arguments(rounds):
+    """The arguments every A/B script takes: two build directories and the number of rounds."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--a", required=True, help="directory with the first portcullis-proxy")
+    parser.add_argument("--b", required=True, help="directory with the second portcullis-proxy")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
+
+
 def alternate_builds(builds, rounds, measure):
     """A/B helper: each round starts each (name, bin_dir) build alone with the bench config
     and backend, calls measure(system, round_index, name) and stops it, interleaved A B A B."""

@@ -9,7 +9,6 @@ the kernel's part of it, and its minor page faults per request.
 Each directory holds a `portcullis-proxy`. Prints every run, then per build the median over
 rounds and B's medians divided by A's. Uses the same ports, CPUs and backend as bench.py."""
 
-import argparse
 import os
 import sys
 
@@ -20,10 +19,7 @@ FIGURES = ["cpu_us", "kernel_us", "faults"]
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--a", required=True)
-    parser.add_argument("--b", required=True)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser = bench.ab_arguments(rounds=4)
     parser.add_argument("--seconds", type=int, default=8)
     args = parser.parse_args()
     runs = {(name, kind): [] for name in "AB" for kind in ["plain", "tls"]}

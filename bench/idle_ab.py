@@ -7,7 +7,6 @@ idle_kib_per_connection (plaintext, then TLS while the plaintext connections sta
 
 Each directory holds a `portcullis-proxy`. Uses the same ports, CPUs and backend as bench.py."""
 
-import argparse
 import os
 import sys
 
@@ -16,10 +15,7 @@ import bench  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--a", required=True)
-    parser.add_argument("--b", required=True)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser = bench.ab_arguments(rounds=2)
     parser.add_argument("--connections", type=int, default=4500)
     args = parser.parse_args()
 
