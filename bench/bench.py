@@ -57,10 +57,16 @@ def wait_port(port, host="127.0.0.1", timeout=10.0):
     raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
+def stat_fields(pid):
+    """The fields of /proc/<pid>/stat after the command name (field 3 onwards), which
+    count for the process and all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def minor_faults(pid):
     """Minor page faults of a process and all its threads so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])
+    return int(stat_fields(pid)[7])
 
 
 def ab_arguments(rounds):
@@ -99,8 +105,7 @@ def alternate_builds(builds, rounds, measure):
 def cpu_seconds(pid):
     """(utime + stime, stime) of a process and all its threads: all its CPU time, and the
     part of it spent in the kernel."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / TICKS, int(fields[12]) / TICKS
 
 
