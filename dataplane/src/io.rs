@@ -49,34 +49,10 @@ impl Transport for TcpStream {
     }
 }
 
-impl Transport for futures_rustls::server::TlsStream<TlsSocket> {
-    fn set_read_timeout(&self, timeout: Option<Duration>) {
-        Transport::set_read_timeout(&self.get_ref().0.stream, timeout);
-    }
-
-    fn set_write_timeout(&self, timeout: Option<Duration>) {
-        Transport::set_write_timeout(&self.get_ref().0.stream, timeout);
-    }
-
-    const BUFFERED: bool = true;
-
-    fn unacknowledged(&self) -> u64 {
-        Transport::unacknowledged(&self.get_ref().0.stream)
-    }
-
-    fn reset_on_close(&self) {
-        Transport::reset_on_close(&self.get_ref().0.stream);
-    }
-
-    fn release_idle_buffers(&mut self) {
-        self.get_mut().0.gather = Vec::new();
-    }
-}
-
-/// The TCP stream under a TLS session. rustls hands over all pending records as one vectored
-/// write; the socket's default would send only the first record per call. Gathering them into
-/// one send saves syscalls and, when a handshake fails, gets the ServerHello and the alert out
-/// together before the connection closes.
+/// The TCP stream under a TLS session to a backend (futures-rustls). rustls hands over all
+/// pending records as one vectored write; the socket's default would send only the first
+/// record per call. Gathering them into one send saves syscalls and, when a handshake fails,
+/// gets the ClientHello's answer and the alert out together before the connection closes.
 #[derive(Debug)]
 pub struct TlsSocket {
     stream: TcpStream,
@@ -174,7 +150,7 @@ pub struct RecvBuf {
 }
 
 /// Bytes read per syscall when the buffer has to grow.
-const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
 /// What an idle keep-alive connection keeps, and reads into while it waits for the next
 /// request: most request heads fit, and thousands of idle connections stay cheap.
 pub const IDLE_READ_CHUNK: usize = 4 * 1024;
@@ -209,13 +185,6 @@ impl RecvBuf {
         self.buf.truncate(self.end);
         self.buf.extend_from_slice(bytes);
         self.end = self.buf.len();
-    }
-
-    /// Releases the memory of an empty buffer (idle keep-alive connections hold none).
-    pub fn release_if_empty(&mut self) {
-        if self.is_empty() && self.buf.capacity() > 0 {
-            self.buf = Vec::new();
-        }
     }
 
     /// For an idle connection: drops a buffer that grew past [`IDLE_READ_CHUNK`] (a large
@@ -369,7 +338,6 @@ mod tests {
             assert_eq!(rx.data(), b"world");
             rx.consume(5);
             assert!(rx.is_empty());
-            rx.release_if_empty();
             assert_eq!(rx.fill(&mut source, 64).await.unwrap(), 0, "EOF");
 
             let mut long: &[u8] = &[7u8; 100];

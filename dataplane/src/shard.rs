@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncWriteExt, FutureExt, future};
-use futures_rustls::TlsAcceptor;
 use glommio::channels::shared_channel::{
     ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
@@ -23,9 +22,9 @@ use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement, Task, spawn_local};
 use portcullis_api::CompiledConfig;
 use portcullis_api::config::PortProtocol;
+use rustls::ServerConfig;
 
 use crate::access_log::{self, AccessLog};
-use crate::io::TlsSocket;
 use crate::l4::open_streams::OpenStreams;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
@@ -35,7 +34,7 @@ use crate::proxy::upstream::{Pool, PoolKey};
 use crate::route::Snapshot;
 use crate::route::table::BackendShare;
 use crate::signal::Signal;
-use crate::tls::{TicketKey, server_config};
+use crate::tls::{self, TicketKey, server_config};
 use crate::{IO_MEMORY, error, info, warn};
 
 /// What the control thread asks of a core.
@@ -68,7 +67,7 @@ pub enum ShardReply {
 /// The tables a core serves with, plus its own mutable companions to them.
 pub struct Installed {
     pub snapshot: Arc<Snapshot>,
-    pub tls: HashMap<u16, TlsAcceptor>,
+    pub tls: HashMap<u16, Arc<ServerConfig>>,
     /// Round-robin position per backend.
     cursors: Vec<Cell<u32>>,
     /// This core's TLS client state per backend of the snapshot (None: plaintext).
@@ -183,7 +182,7 @@ impl Shard {
                     &self.counters.client_certificates_unverified,
                 )
                 .map_err(|e| format!("port {}: {e}", port.port))?;
-                tls.insert(port.port, TlsAcceptor::from(config));
+                tls.insert(port.port, config);
             }
         }
         // Start each backend's rotation at a random endpoint so cores do not move in step.
@@ -500,12 +499,12 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
             Box::pin(serve(shard, stream, info))
         }
         PortProtocol::Https => {
-            let Some(acceptor) = installed.tls.get(&port).cloned() else {
+            let Some(config) = installed.tls.get(&port).cloned() else {
                 return;
             };
             let timeout = Duration::from_millis(installed.snapshot.settings.header_read_timeout_ms);
             drop(installed);
-            let handshake = Box::pin(async { acceptor.accept(TlsSocket::new(stream)).await.ok() });
+            let handshake = Box::pin(async { tls::accept(config, stream, Vec::new()).await.ok() });
             let deadline = async {
                 Timer::new(timeout).await;
                 None
@@ -519,9 +518,8 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
                 peer,
                 tls: true,
             };
-            let session = &tls.get_ref().1;
-            if session.alpn_protocol() == Some(b"h2") {
-                let server_name = session.server_name().map(Box::<str>::from);
+            if tls.alpn_protocol() == Some(b"h2") {
+                let server_name = tls.server_name().map(Box::<str>::from);
                 Box::pin(h2::serve(shard, tls, Vec::new(), info, server_name))
             } else {
                 Box::pin(serve(shard, tls, info))

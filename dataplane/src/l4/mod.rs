@@ -26,7 +26,6 @@ use glommio::timer::Timer;
 use portcullis_api::config::PortProtocol;
 
 use crate::access_log::StreamEntry;
-use crate::io::TlsSocket;
 use crate::metrics::{RouteCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::upstream::{ConnectError, connect_opaque};
@@ -34,8 +33,6 @@ use crate::shard::Shard;
 use client_hello::{ClientHello, read_client_hello};
 use open_streams::{Registration, StreamKey};
 use splice::splice;
-
-use crate::io::Prefixed;
 
 /// Serves one connection on a TLS or TCP port, and logs it when the access log is on.
 pub async fn serve_stream_port(
@@ -141,7 +138,7 @@ async fn route_and_splice(
         return;
     };
     let passthrough = listener.passthrough;
-    let acceptor = installed.tls.get(&port).cloned();
+    let tls_config = installed.tls.get(&port).cloned();
     // Where TLS terminates here, a BackendTLSPolicy re-encrypts the stream to the backend;
     // passthrough and TCP connections reach it byte for byte.
     let upstream_tls = if passthrough || protocol == PortProtocol::Tcp {
@@ -173,16 +170,11 @@ async fn route_and_splice(
         return;
     }
 
-    let Some(acceptor) = acceptor else {
+    let Some(tls_config) = tls_config else {
         outcome(&counters, entry, 500);
         return;
     };
-    let handshake = Box::pin(async {
-        acceptor
-            .accept(Prefixed::new(bytes, TlsSocket::new(stream)))
-            .await
-            .ok()
-    });
+    let handshake = Box::pin(async { crate::tls::accept(tls_config, stream, bytes).await.ok() });
     let deadline = async {
         Timer::new(handshake_deadline.saturating_duration_since(Instant::now())).await;
         None

@@ -20,7 +20,7 @@ use crate::http::Version;
 use crate::http::chunked::{self, ChunkedDecoder, Decoded};
 use crate::http::request::{self, HeadLimits, RequestError, RequestFraming, RequestHead};
 use crate::http::response::{self, ResponseFraming, ResponseHead};
-use crate::io::{IDLE_READ_CHUNK, RecvBuf, Transport, send};
+use crate::io::{IDLE_READ_CHUNK, READ_CHUNK, RecvBuf, Transport, send};
 use crate::metrics::{RouteCounters, UpstreamError, increment};
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::failure::Failure;
@@ -1265,9 +1265,20 @@ impl Exchange<'_> {
                 None => None,
             };
             upstream.stream.set_read_timeout(timeout);
+            // A pooled connection keeps a small buffer (`Pool::checkin`); a head that starts
+            // in it needs no allocation, nor the zeroing of a fresh 16 KiB.
+            let chunk = if upstream.rx.is_empty() {
+                IDLE_READ_CHUNK
+            } else {
+                READ_CHUNK
+            };
             match upstream
                 .rx
-                .fill(&mut upstream.stream, self.settings.max_header_bytes + 1)
+                .fill_at_most(
+                    &mut upstream.stream,
+                    self.settings.max_header_bytes + 1,
+                    chunk,
+                )
                 .await
             {
                 Ok(n) if n > 0 => {}

@@ -334,7 +334,9 @@ impl Pool {
         if !conn.rx.is_empty() {
             return; // bytes after the response: the framing is off, never reuse
         }
-        conn.rx.release_if_empty();
+        // What a response head is read into next: a buffer no larger than a head usually
+        // needs stays (it bounds what each pooled connection holds).
+        conn.rx.shrink_when_idle();
         let mut idle = self.idle.borrow_mut();
         let stack = idle.entry(conn.key).or_default();
         if stack.len() < max_idle {

@@ -29,6 +29,7 @@ use rustls::{
     DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme, version,
 };
 
+use super::stream::note_resolved_server_name;
 use crate::route::host::{HostPattern, MAX_HOST_LEN, normalize};
 use crate::route::{ClientValidationTable, PortTable, Snapshot};
 
@@ -147,6 +148,7 @@ struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        note_resolved_server_name(hello.server_name());
         let mut buf = [0u8; MAX_HOST_LEN + 1];
         let server_name = match hello.server_name() {
             Some(name) => Some(normalize(name.as_bytes(), &mut buf)?),
@@ -323,7 +325,7 @@ pub fn server_config(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -466,6 +468,15 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(unverified.load(Ordering::Relaxed), 4);
+    }
+
+    /// This core's config for an HTTPS port with one listener for any host, whose certificate
+    /// (self-signed, for a.example) nobody validates.
+    pub(in crate::tls) fn https_server_config() -> Arc<ServerConfig> {
+        let snapshot = Snapshot::build(&https_config(vec![None])).unwrap();
+        let key = TicketKey::generate().unwrap();
+        let unverified = Arc::new(AtomicU64::new(0));
+        server_config(&snapshot.ports[0], &snapshot, &key, &unverified).unwrap()
     }
 
     /// An HTTPS config with one port per entry of `validations`, ports 443, 444, ...
