@@ -371,6 +371,10 @@ impl ServerTlsStream {
                 break;
             }
         }
+        // Plaintext decrypted before the failure is not handed out after it: what the failing
+        // read had already copied out is lost with its error, so nothing after it may follow.
+        self.plaintext = Vec::new();
+        self.plaintext_taken = 0;
         let reported = io_error(&error);
         self.failed = Some(error);
         reported
@@ -478,9 +482,13 @@ impl AsyncRead for ServerTlsStream {
             if advanced.progress == Progress::Closed {
                 return Poll::Ready(Ok(0));
             }
-            // Records rustls answers on its own (a TLS 1.3 key update) go out before waiting.
-            if this.has_unsent() {
-                ready!(this.poll_send(cx))?;
+            // Records rustls queued while reading (a warning alert) go out if the socket takes
+            // them now. Never wait for it: with the stream split, the other half may be writing
+            // to a peer that reads only once its own writes are read.
+            if this.has_unsent()
+                && let Poll::Ready(Err(error)) = this.poll_send(cx)
+            {
+                return Poll::Ready(Err(error));
             }
             if ready!(this.poll_receive(cx))? == 0 {
                 return Poll::Ready(Err(unexpected_eof()));
@@ -511,7 +519,11 @@ impl AsyncWrite for ServerTlsStream {
                 io::ErrorKind::BrokenPipe,
                 "TLS session cannot send",
             ))),
-            Err(error) => Poll::Ready(Err(this.fail(error))),
+            Err(error) => {
+                let error = this.fail(error);
+                let _ = this.poll_send(cx);
+                Poll::Ready(Err(error))
+            }
         }
     }
 
@@ -523,9 +535,11 @@ impl AsyncWrite for ServerTlsStream {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.failed.is_none() && !this.close_notify_queued {
-            // A session that cannot send any more closes without the alert.
-            let _ = this.advance(Step::CloseNotify);
+        if this.failed.is_none()
+            && !this.close_notify_queued
+            && let Err(error) = this.advance(Step::CloseNotify)
+        {
+            this.fail(error);
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.socket).poll_close(cx)
@@ -740,6 +754,44 @@ mod tests {
             assert_eq!(&next, b"again", "{version:?}");
             assert_eq!(after_close, 0, "{version:?}: close_notify reads as the end");
         }
+    }
+
+    #[test]
+    fn reading_goes_on_while_a_write_waits_for_the_peer() {
+        // Each side writes more than the sockets hold before it reads: the proxy's half that
+        // writes to this client waits, and its half that reads must not wait with it (a TLS
+        // stream port relaying a client that pipelines).
+        const EACH_WAY: usize = 8 * 1024 * 1024;
+        let received = with_server(
+            |socket| async move {
+                let tls = accept(https_server_config(), socket, Vec::new())
+                    .await
+                    .unwrap();
+                let (mut reader, mut writer) = futures_lite::io::split(tls);
+                let write = async {
+                    writer.write_all(&pattern(EACH_WAY, 1)).await.unwrap();
+                    writer.flush().await.unwrap();
+                };
+                let read = async {
+                    let mut request = vec![0u8; EACH_WAY];
+                    reader.read_exact(&mut request).await.unwrap();
+                    request
+                };
+                futures_lite::future::zip(write, read).await.1
+            },
+            |port| {
+                let mut tls = connect(port, &version::TLS13);
+                tls.sock
+                    .set_write_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                tls.write_all(&pattern(EACH_WAY, 2)).unwrap();
+                tls.flush().unwrap();
+                let mut response = vec![0u8; EACH_WAY];
+                tls.read_exact(&mut response).unwrap();
+                assert!(response == pattern(EACH_WAY, 1), "response garbled");
+            },
+        );
+        assert!(received == pattern(EACH_WAY, 2), "request garbled");
     }
 
     #[test]
