@@ -59,15 +59,23 @@ spec:
 }
 
 /// The certificate a new connection to `address` with SNI HOST gets, if the handshake works.
-async fn served_certificate(address: &str) -> Result<Vec<u8>, String> {
+/// Runs `exchange` on a fresh TLS connection to `address`, off the runtime (blocking I/O).
+async fn over_tls<T: Send + 'static>(
+    address: &str,
+    exchange: impl FnOnce(TlsConnection) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
     let address = address.to_string();
     tokio::task::spawn_blocking(move || {
         TlsConnection::connect(&address, HOST)
-            .map(|c| c.certificate)
+            .and_then(exchange)
             .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+async fn served_certificate(address: &str) -> Result<Vec<u8>, String> {
+    over_tls(address, |connection| Ok(connection.certificate)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,6 +149,17 @@ async fn certificates_need_a_grant_across_namespaces_and_rotate_without_dropping
         .await
         .unwrap();
     assert_eq!(resolved.status, "True");
+    // The listener serves the certificate as soon as the grant lands; the route's backend can
+    // take longer to have a ready endpoint. The open connection starts from a served request.
+    eventually("a request over HTTPS answered 200", READY, || async {
+        Ok(
+            over_tls(&tls_address, |mut connection| connection.get(HOST, "/"))
+                .await
+                .ok()
+                .filter(|response| response.status == 200),
+        )
+    })
+    .await;
 
     // An open connection keeps making requests across the rotation.
     let stop = Arc::new(AtomicBool::new(false));
