@@ -51,8 +51,8 @@ impl Transport for TcpStream {
 
 /// The TCP stream under a TLS session to a backend (futures-rustls). rustls hands over all
 /// pending records as one vectored write; the socket's default would send only the first
-/// record per call. Gathering them into one send saves syscalls and, when a handshake fails,
-/// gets the ClientHello's answer and the alert out together before the connection closes.
+/// record per call. Gathering them into one send saves syscalls, and gets a flight's records
+/// and an alert that ends the handshake out together before the connection closes.
 #[derive(Debug)]
 pub struct TlsSocket {
     stream: TcpStream,
