@@ -34,10 +34,6 @@ use crate::route::Snapshot;
 use crate::shard::{ShardCommand, ShardReply};
 use crate::{debug, error, info, warn};
 
-/// How long a replaced config outlives its replacement on the control thread: long enough for
-/// the ACK to leave first.
-const RETIRE_AFTER: Duration = Duration::from_millis(50);
-
 /// A worker core as the control thread sees it.
 pub struct CoreLink {
     pub commands: ConnectedSender<ShardCommand>,
@@ -53,6 +49,10 @@ pub struct Active {
 #[derive(Default)]
 struct State {
     active: Option<Active>,
+    /// The config the active one replaced, freed once the sender has its ACK
+    /// (`release_retired`): freeing a large config's tables takes as long as a good part of
+    /// building them, and neither this push nor the next should wait for it.
+    retired: Option<Active>,
     /// Ports each core has a listening socket for.
     core_ports: Vec<HashSet<u16>>,
     stats: ControlStats,
@@ -212,20 +212,24 @@ impl Control {
             "install_ms" = ms(built.elapsed())
         );
         let generation = config.generation;
-        let retired = self.state.borrow_mut().active.replace(Active {
+        let mut state = self.state.borrow_mut();
+        let replaced = state.active.replace(Active {
             config: Rc::new(config),
             snapshot,
         });
-        // Freeing a large config's tables takes as long as a good part of building them; the
-        // sender waits for its ACK, not for that.
-        if let Some(retired) = retired {
-            spawn_local(async move {
-                Timer::new(RETIRE_AFTER).await;
-                drop(retired);
-            })
-            .detach();
-        }
+        // A config retired by an apply that no sender took an ACK for (the startup config)
+        // is freed here.
+        let unreleased = std::mem::replace(&mut state.retired, replaced);
+        drop(state);
+        drop(unreleased);
         Ok(Some(generation))
+    }
+
+    /// Frees the config the last swap replaced. Called once its sender has the ACK; until
+    /// then the old tables stay allocated (two configs at most).
+    pub fn release_retired(&self) {
+        let retired = self.state.borrow_mut().retired.take();
+        drop(retired);
     }
 
     /// Opens the sockets each core lacks for `snapshot`, then installs it on every core.
@@ -390,7 +394,9 @@ async fn control_connection(control: Rc<Control>, mut stream: UnixStream) {
             "decode_ms" = ms(received.elapsed())
         );
         let reply = control.apply(decoded).await;
-        if stream.write_all(reply.to_line().as_bytes()).await.is_err() {
+        let sent = stream.write_all(reply.to_line().as_bytes()).await;
+        control.release_retired();
+        if sent.is_err() {
             return;
         }
     }
@@ -405,5 +411,60 @@ fn ms(duration: Duration) -> String {
 pub async fn shutdown_requested(flag: Arc<AtomicBool>) {
     while !flag.load(Ordering::Relaxed) {
         Timer::new(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Weak;
+
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    use super::*;
+
+    fn served_snapshot(control: &Control) -> Weak<Snapshot> {
+        let state = control.state.borrow();
+        let active = state.active.as_ref().expect("a config is active");
+        Arc::downgrade(&active.snapshot)
+    }
+
+    #[test]
+    fn a_replaced_config_is_freed_once_released_and_never_before_its_replacement_serves() {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(crate::IO_MEMORY)
+            .spawn(|| async {
+                // No worker cores: the swap is only the control thread's bookkeeping.
+                let control = Control::new(Vec::new(), Ipv4Addr::LOCALHOST.into());
+                let ack = control.apply(Ok(CompiledConfig::empty(1))).await;
+                assert_eq!(ack, Reply::Ack { generation: 1 });
+                let first = served_snapshot(&control);
+
+                let ack = control.apply(Ok(CompiledConfig::empty(2))).await;
+                assert_eq!(ack, Reply::Ack { generation: 2 });
+                let second = served_snapshot(&control);
+                assert!(
+                    first.upgrade().is_some(),
+                    "the replaced tables live until the sender has its ACK"
+                );
+                control.release_retired();
+                assert!(first.upgrade().is_none(), "released after the ACK");
+                assert!(second.upgrade().is_some(), "the active config stays");
+
+                // A swap whose predecessor was never released frees it then: at most two
+                // configs are ever held.
+                control.apply(Ok(CompiledConfig::empty(3))).await;
+                control.apply(Ok(CompiledConfig::empty(4))).await;
+                assert!(second.upgrade().is_none());
+                // A refused config retires nothing.
+                let fourth = served_snapshot(&control);
+                let nack = control.apply(Ok(CompiledConfig::empty(1))).await;
+                assert!(matches!(nack, Reply::Nack { .. }), "{nack:?}");
+                control.release_retired();
+                assert!(fourth.upgrade().is_some());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
