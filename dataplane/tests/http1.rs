@@ -8,6 +8,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::backend::pattern;
@@ -365,6 +367,91 @@ fn keep_alive_reuses_client_and_upstream_connections() {
     assert!(client.is_closed(CLOSE_WAIT));
     // The backend did not see the client's Connection header.
     assert_eq!(last_request(&backend).header("connection"), None);
+}
+
+/// What a backend does to a keep-alive connection after answering its one request.
+#[derive(Clone, Copy, Debug)]
+enum WhileIdle {
+    /// Closes it without saying so (a keep-alive timeout that ran out).
+    Closes,
+    /// Writes a response nobody asked for and keeps the connection open.
+    SendsStrayBytes,
+}
+
+/// A backend that answers only the first request of each connection (keep-alive, body "ok"),
+/// does `while_idle` 100 ms later, and counts its connections.
+fn backend_that_answers_once(while_idle: WhileIdle) -> (String, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if stream.write_all(answer).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                match while_idle {
+                    WhileIdle::Closes => drop(stream),
+                    WhileIdle::SendsStrayBytes => {
+                        let _ =
+                            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale");
+                        std::thread::sleep(Duration::from_secs(10));
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, connections)
+}
+
+#[test]
+fn a_pooled_connection_the_backend_closed_or_wrote_to_is_not_reused() {
+    // Idle 400 ms: within a second the pool trusts the socket's readiness poll; after 1.5 s
+    // it also peeks.
+    for (while_idle, idle) in [
+        (WhileIdle::Closes, Duration::from_millis(400)),
+        (WhileIdle::SendsStrayBytes, Duration::from_millis(400)),
+        (WhileIdle::Closes, Duration::from_millis(1500)),
+    ] {
+        let (endpoint, connections) = backend_that_answers_once(while_idle);
+        let port = free_port();
+        let config = ConfigBuilder::new(1)
+            .backend_at("ns/b:80", &[endpoint.as_str()])
+            .http_port(
+                port,
+                "http",
+                vec![route(
+                    "ns/r",
+                    &[],
+                    vec![rule(vec![], vec![to("ns/b:80", 1)])],
+                )],
+            )
+            .build();
+        let _proxy = Proxy::start(&config);
+        // One client connection: one core, whose pool holds the upstream connection.
+        let mut client = Client::connect(port);
+        for request in 0..3 {
+            let response = client.get("example.com", "/");
+            let case = format!("{while_idle:?} after {idle:?}, request {request}");
+            assert_eq!(response.status, 200, "{case}");
+            assert_eq!(response.body_text(), "ok", "{case}");
+            assert_eq!(connections.load(Ordering::SeqCst), request + 1, "{case}");
+            std::thread::sleep(idle);
+        }
+    }
 }
 
 // 4. Pipelining.
