@@ -274,7 +274,9 @@ def start_portcullis(work, bin_dir, cert, key):
         ],
     )
     wait_port(PLAIN_PORT["portcullis"])
-    return System("portcullis", [proc], PLAIN_PORT["portcullis"], TLS_PORT["portcullis"])
+    system = System("portcullis", [proc], PLAIN_PORT["portcullis"], TLS_PORT["portcullis"])
+    system.work = work  # holds control.sock, for push_seconds
+    return system
 
 
 def start_nginx(work, cert, key):
@@ -457,6 +459,11 @@ def push_seconds(bin_dir, work, config):
     command's own start and its reading of the JSON file are not part of a push."""
     path = f"{work}/push.json"
     write(path, json.dumps(config))
+    return push_file_seconds(bin_dir, work, path)
+
+
+def push_file_seconds(bin_dir, work, path):
+    """push_seconds for a config already written to `path`."""
     out = run([f"{bin_dir}/portcullis", "push", "--socket", f"{work}/control.sock", "--config", path])
     timed = re.search(r"encoded in ([0-9.]+) ms; push -> ACK in ([0-9.]+) ms", out.stderr)
     if "ACK" not in out.stdout or "NACK" in out.stdout or not timed:
