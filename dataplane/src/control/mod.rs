@@ -217,8 +217,8 @@ impl Control {
             config: Rc::new(config),
             snapshot,
         });
-        // A config retired by an apply that no sender took an ACK for (the startup config)
-        // is freed here.
+        // One retired by a swap whose sender has not had its ACK yet (pushes from two
+        // connections in a row) is freed here, so no more than two configs are ever held.
         let unreleased = std::mem::replace(&mut state.retired, replaced);
         drop(state);
         drop(unreleased);
