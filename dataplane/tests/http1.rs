@@ -429,19 +429,7 @@ fn a_pooled_connection_the_backend_closed_or_wrote_to_is_not_reused() {
     ] {
         let (endpoint, connections) = backend_that_answers_once(while_idle);
         let port = free_port();
-        let config = ConfigBuilder::new(1)
-            .backend_at("ns/b:80", &[endpoint.as_str()])
-            .http_port(
-                port,
-                "http",
-                vec![route(
-                    "ns/r",
-                    &[],
-                    vec![rule(vec![], vec![to("ns/b:80", 1)])],
-                )],
-            )
-            .build();
-        let _proxy = Proxy::start(&config);
+        let _proxy = Proxy::start(&ConfigBuilder::catch_all_at(&endpoint, port).build());
         // One client connection: one core, whose pool holds the upstream connection.
         let mut client = Client::connect(port);
         for request in 0..3 {

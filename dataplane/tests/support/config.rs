@@ -24,7 +24,12 @@ impl ConfigBuilder {
     /// The simplest proxy: `backend` (as `ns/b:80`) behind one catch-all route on an HTTP
     /// `port`, listener `http`.
     pub fn catch_all(backend: &Backend, port: u16) -> Self {
-        Self::new(1).backend("ns/b:80", &[backend]).http_port(
+        Self::catch_all_at(&backend.endpoint(), port)
+    }
+
+    /// `catch_all` for a backend that is only an address (one a test serves by hand).
+    pub fn catch_all_at(endpoint: &str, port: u16) -> Self {
+        Self::new(1).backend_at("ns/b:80", &[endpoint]).http_port(
             port,
             "http",
             vec![route(
