@@ -74,6 +74,10 @@ pub struct ServerTlsStream {
     close_notify_queued: bool,
     /// The error that ended the session; every later read or write reports it.
     failed: Option<TlsError>,
+    /// A write, flush or close waits for the socket to take sealed records. glommio keeps one
+    /// waker per direction of a socket, so a send attempted from the read side while it waits
+    /// would replace the writer's waker, and the writer would never wake (a split stream).
+    writer_waiting: bool,
 }
 
 /// Where processing the received records left the connection.
@@ -203,6 +207,7 @@ pub async fn accept(
         peer_closed: false,
         close_notify_queued: false,
         failed: None,
+        writer_waiting: false,
     };
     loop {
         take_resolved_server_name();
@@ -404,6 +409,13 @@ impl ServerTlsStream {
         Poll::Ready(Ok(()))
     }
 
+    /// `poll_send` for a caller that waits for it (writes, flushes, closes).
+    fn poll_send_as_writer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let sent = self.poll_send(cx);
+        self.writer_waiting = sent.is_pending();
+        sent
+    }
+
     /// Reads more TLS bytes off the socket; 0 when the peer closed its side.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.incoming_len == self.incoming.len() {
@@ -469,7 +481,10 @@ impl AsyncRead for ServerTlsStream {
                 Ok(advanced) => advanced,
                 Err(error) => {
                     let error = this.fail(error);
-                    let _ = this.poll_send(cx);
+                    // A waiting writer sends the alert when the socket takes it.
+                    if !this.writer_waiting {
+                        let _ = this.poll_send(cx);
+                    }
                     return Poll::Ready(Err(error));
                 }
             };
@@ -484,8 +499,10 @@ impl AsyncRead for ServerTlsStream {
             }
             // Records rustls queued while reading (a warning alert) go out if the socket takes
             // them now. Never wait for it: with the stream split, the other half may be writing
-            // to a peer that reads only once its own writes are read.
+            // to a peer that reads only once its own writes are read. Nor try while that half
+            // waits: its send carries these records too.
             if this.has_unsent()
+                && !this.writer_waiting
                 && let Poll::Ready(Err(error)) = this.poll_send(cx)
             {
                 return Poll::Ready(Err(error));
@@ -511,7 +528,7 @@ impl AsyncWrite for ServerTlsStream {
             return Poll::Ready(Ok(0));
         }
         if this.outgoing.len() - this.outgoing_sent >= OUTGOING_BACKLOG {
-            ready!(this.poll_send(cx))?;
+            ready!(this.poll_send_as_writer(cx))?;
         }
         match this.advance(Step::Write(buf)) {
             Ok(advanced) if advanced.written > 0 => Poll::Ready(Ok(advanced.written)),
@@ -529,7 +546,7 @@ impl AsyncWrite for ServerTlsStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
+        ready!(this.poll_send_as_writer(cx))?;
         Pin::new(&mut this.socket).poll_flush(cx)
     }
 
@@ -541,7 +558,7 @@ impl AsyncWrite for ServerTlsStream {
         {
             this.fail(error);
         }
-        ready!(this.poll_send(cx))?;
+        ready!(this.poll_send_as_writer(cx))?;
         Pin::new(&mut this.socket).poll_close(cx)
     }
 }
