@@ -105,6 +105,12 @@ pub struct Port {
     /// `tls.frontend`); none asked for when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_validation: Option<ClientValidation>,
+    /// TLS-terminating ports only: no session tickets are issued or accepted, so every
+    /// handshake is a full one. Returning clients pay for it; in exchange no session secret
+    /// outlives its connection (a TLS 1.2 ticket carries its session's master secret, sealed
+    /// with a key shared by every core).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub session_resumption_disabled: bool,
 }
 
 /// How a TLS-terminating port checks client certificates.

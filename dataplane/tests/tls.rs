@@ -1,6 +1,7 @@
 //! TLS termination over real sockets: SNI certificate selection, refusal of unknown names,
-//! ALPN, protocol versions and key types, session resumption across cores, certificate
-//! rotation, plain HTTP on an HTTPS port, and certificates whose key does not match.
+//! ALPN, protocol versions and key types, session resumption across cores (and none on a port
+//! that turns it off), certificate rotation, plain HTTP on an HTTPS port, and certificates
+//! whose key does not match.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -543,6 +544,37 @@ fn sessions_resume_across_cores_tls12() {
         later >= 15,
         "only {later} of 19 handshakes resumed: {resumed:?}"
     );
+}
+
+/// 5c. A port configured without session resumption makes every handshake a full one, over
+///     TLS 1.3 and TLS 1.2; a config that turns resumption back on applies to the next
+///     handshakes.
+#[test]
+fn a_port_without_session_resumption_resumes_nothing() {
+    let ca = Ca::new();
+    let cert = ca.leaf(&["a.example.com"]);
+    let backend = Backend::start("a");
+    let port = free_port();
+    let mut without_resumption = single_listener_config(1, port, &cert, &backend);
+    without_resumption.ports[0].session_resumption_disabled = true;
+    let proxy = Proxy::start_with(&without_resumption, &["--cores", "2"]);
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let resumed = resumptions(port, &ca.client_with_version(version), 8);
+        assert!(
+            resumed.iter().all(|r| !r),
+            "{version:?}: resumed with resumption disabled: {resumed:?}"
+        );
+    }
+
+    ack(&proxy, &single_listener_config(2, port, &cert, &backend));
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let resumed = resumptions(port, &ca.client_with_version(version), 8);
+        let later = resumed[1..].iter().filter(|r| **r).count();
+        assert!(
+            later >= 5,
+            "{version:?}: only {later} of 7 handshakes resumed once enabled: {resumed:?}"
+        );
+    }
 }
 
 fn single_listener_config(

@@ -63,6 +63,9 @@ struct ExpectedGateway {
     /// "AllowValidOnly" or "AllowInsecureFallback".
     #[serde(default)]
     client_validation: BTreeMap<u16, String>,
+    /// Port → "Enabled" or "Disabled": whether its config lets TLS sessions resume.
+    #[serde(default)]
+    session_resumption: BTreeMap<u16, String>,
     /// The names of the certificates its config carries (listeners' and the backend client
     /// certificate), in config order.
     certificates: Option<Vec<String>>,
@@ -234,6 +237,22 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             if actual != *expected {
                 problems.push(format!(
                     "Gateway {key} port {port}: client validation {actual} (expected {expected})"
+                ));
+            }
+        }
+        for (port, expected) in &expected_gateway.session_resumption {
+            let config_port = gateway
+                .config
+                .as_ref()
+                .and_then(|c| c.ports.iter().find(|p| p.port == *port));
+            let actual = match config_port {
+                None => "no such port",
+                Some(p) if p.session_resumption_disabled => "Disabled",
+                Some(_) => "Enabled",
+            };
+            if actual != expected {
+                problems.push(format!(
+                    "Gateway {key} port {port}: session resumption {actual} (expected {expected})"
                 ));
             }
         }

@@ -12,6 +12,7 @@ fn base() -> CompiledConfig {
         port: 8080,
         protocol: PortProtocol::Http,
         client_validation: None,
+        session_resumption_disabled: false,
         listeners: vec![Listener {
             name: "http".into(),
             hostname: None,

@@ -122,6 +122,7 @@ mod tests {
             port: 5432,
             protocol: PortProtocol::Tcp,
             client_validation: None,
+            session_resumption_disabled: false,
             listeners: vec![Listener {
                 name: "tcp".into(),
                 hostname: None,

@@ -112,6 +112,8 @@ pub struct PortTable {
     pub listeners: Vec<ListenerTable>,
     /// The client certificates the port asks for when it terminates TLS; None: none asked for.
     pub client_validation: Option<ClientValidationTable>,
+    /// Every handshake on the port is a full one: no session tickets issued or accepted.
+    pub session_resumption_disabled: bool,
 }
 
 /// How a TLS-terminating port checks client certificates. The CA bundle is parsed here, once
@@ -228,6 +230,7 @@ impl Snapshot {
                 protocol: port.protocol,
                 listeners,
                 client_validation,
+                session_resumption_disabled: port.session_resumption_disabled,
             });
         }
         ports.sort_by_key(|p| p.port);

@@ -307,13 +307,14 @@ pub fn server_config(
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
     config.session_storage = Arc::new(NoServerSessionStorage {});
-    if port.client_validation.is_some() {
+    if port.client_validation.is_some() || port.session_resumption_disabled {
         // A resumed handshake skips client authentication (rustls checks only the cipher suite
         // and the server name), and every port's tickets are sealed with the same key: a
         // ticket from a port without validation, or trusting another CA, would let its holder
-        // in here without a certificate. So this port resumes nothing: no session cache (set
-        // above), the builder's ticketer that never produces nor accepts tickets, and no
-        // TLS 1.3 tickets sent. Every client pays a full handshake, certificate included.
+        // in here without a certificate. So a port that validates clients resumes nothing, as
+        // does one configured to: no session cache (set above), the builder's ticketer that
+        // never produces nor accepts tickets, and no TLS 1.3 tickets sent. Every client pays
+        // a full handshake, certificate included.
         config.send_tls13_tickets = 0;
     } else {
         config.ticketer = Arc::new(SharedKeyTicketer::new(ticket_key)?);
@@ -505,15 +506,16 @@ pub(super) mod tests {
                     stream_routes: vec![],
                 }],
                 client_validation,
+                session_resumption_disabled: false,
             });
         }
         config
     }
 
     #[test]
-    fn ports_with_client_validation_resume_no_session() {
+    fn ports_with_client_validation_or_resumption_off_resume_no_session() {
         let pki = client_pki("CA");
-        let snapshot = Snapshot::build(&https_config(vec![
+        let mut config = https_config(vec![
             None,
             Some(portcullis_api::config::ClientValidation {
                 ca_certificates_pem: pki.ca_pem.clone(),
@@ -523,8 +525,10 @@ pub(super) mod tests {
                 ca_certificates_pem: pki.ca_pem.clone(),
                 mode: ClientValidationMode::AllowInsecureFallback,
             }),
-        ]))
-        .unwrap();
+            None,
+        ]);
+        config.ports[3].session_resumption_disabled = true;
+        let snapshot = Snapshot::build(&config).unwrap();
         let key = TicketKey::generate().unwrap();
         let unverified = Arc::new(AtomicU64::new(0));
         let configs: Vec<Arc<ServerConfig>> = snapshot

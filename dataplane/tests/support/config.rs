@@ -46,6 +46,7 @@ impl ConfigBuilder {
             port,
             protocol: PortProtocol::Http,
             client_validation: None,
+            session_resumption_disabled: false,
             listeners: vec![Listener {
                 name: listener.into(),
                 hostname: None,
@@ -65,6 +66,7 @@ impl ConfigBuilder {
             protocol,
             listeners,
             client_validation: None,
+            session_resumption_disabled: false,
         });
         self
     }

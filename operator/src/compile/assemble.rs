@@ -148,12 +148,16 @@ impl GatewayState {
                 protocol,
                 listeners: Vec::new(),
                 client_validation: None,
+                session_resumption_disabled: false,
             });
             // Validation is per port (the Gateway's tls.frontend is keyed by port): every
             // listener on it shares the handshake that asks for the certificate.
             if port.client_validation.is_none() {
                 port.client_validation = listener.client_validation.clone();
             }
+            // Resumption is decided before the server name picks a listener, so it is per port
+            // too: one listener that refuses it, for forward secrecy, refuses it for the port.
+            port.session_resumption_disabled |= listener.session_resumption_disabled;
             port.listeners.push(Listener {
                 name,
                 hostname: listener.hostname.clone(),

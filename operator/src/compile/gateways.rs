@@ -160,6 +160,8 @@ pub struct ListenerState {
     pub passthrough: bool,
     /// Client certificates its port asks for (the Gateway's `tls.frontend`).
     pub client_validation: Option<ClientValidation>,
+    /// `tls.options` asks for full handshakes only (see [`TLS_SESSION_RESUMPTION_OPTION`]).
+    pub session_resumption_disabled: bool,
     pub attachments: Vec<Attachment>,
 }
 
@@ -439,6 +441,7 @@ pub fn listener(
         certificates: Vec::new(),
         passthrough: false,
         client_validation: None,
+        session_resumption_disabled: false,
         attachments: Vec::new(),
     };
     state.protocol = match spec.protocol.as_str() {
@@ -521,6 +524,12 @@ pub fn listener(
         }
     };
 
+    if matches!(state.protocol, Some(Protocol::Https | Protocol::Tls)) {
+        tls_options(spec, &mut state);
+        if state.not_accepted.is_some() {
+            return state;
+        }
+    }
     match state.protocol {
         Some(Protocol::Https) => tls(index, owner, spec, &mut state),
         Some(Protocol::Tls) => {
@@ -554,6 +563,45 @@ fn nothing_selector() -> GatewayListenersAllowedRoutesNamespacesSelector {
             },
         ]),
         match_labels: None,
+    }
+}
+
+/// The `tls.options` key that turns session resumption off on a listener's port:
+/// `"Disabled"` (every handshake a full one) or `"Enabled"` (the default).
+pub const TLS_SESSION_RESUMPTION_OPTION: &str = "portcullis.dev/tls-session-resumption";
+
+/// Reads a TLS listener's implementation-specific `tls.options`. Keys in our domain must be
+/// ones we know, with a value we know: a typo would otherwise silently keep a setting the
+/// platform team meant to change. Keys of other domains belong to other implementations (a
+/// Gateway moved between classes keeps them) and are left alone.
+fn tls_options(spec: &GatewayListeners, state: &mut ListenerState) {
+    let passthrough = spec.tls.as_ref().and_then(|t| t.mode.clone())
+        == Some(GatewayListenersTlsMode::Passthrough);
+    let options = spec.tls.as_ref().and_then(|t| t.options.as_ref());
+    for (key, value) in options.into_iter().flatten() {
+        if key == TLS_SESSION_RESUMPTION_OPTION {
+            let disabled = match value.as_str() {
+                "Enabled" => false,
+                "Disabled" => true,
+                other => {
+                    state.not_accepted = Some((
+                        reasons::UNSUPPORTED_VALUE,
+                        format!("tls.options {key:?} is {other:?}; it must be Enabled or Disabled"),
+                    ));
+                    return;
+                }
+            };
+            // A passthrough listener never sees the handshake; its option has nothing to do.
+            state.session_resumption_disabled = disabled && !passthrough;
+        } else if key.starts_with("portcullis.dev/") {
+            state.not_accepted = Some((
+                reasons::UNSUPPORTED_VALUE,
+                format!(
+                    "tls.options {key:?} is not a Portcullis option (known: {TLS_SESSION_RESUMPTION_OPTION})"
+                ),
+            ));
+            return;
+        }
     }
 }
 
