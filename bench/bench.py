@@ -233,7 +233,10 @@ def portcullis_config(work, cert, key):
         "generation": 1,
         "ports": [
             {"port": PLAIN_PORT["portcullis"], "protocol": "HTTP", "listeners": [listener("http", [])]},
-            {"port": TLS_PORT["portcullis"], "protocol": "HTTPS", "listeners": [listener("https", ["bench/cert"])]},
+            # Every system refuses session resumption on its TLS port, so the handshake scenario
+            # measures full handshakes (wrk and oha would otherwise resume each reconnection).
+            {"port": TLS_PORT["portcullis"], "protocol": "HTTPS", "listeners": [listener("https", ["bench/cert"])],
+             "session_resumption_disabled": True},
         ],
         "backends": [{"name": f"bench/{n}", "endpoints": [f"{ip}:{port}"]} for ip, port, n, _ in BACKENDS],
         "certificates": [{"name": "bench/cert", "cert_chain_pem": cert_pem, "private_key_pem": key_pem}],
@@ -295,8 +298,8 @@ http {{
   upstream be {{
 {servers}    keepalive 64;
   }}
-  ssl_session_cache shared:SSL:10m;
-  ssl_session_tickets on;
+  ssl_session_cache off;
+  ssl_session_tickets off;
   server {{
     listen 127.0.0.1:{PLAIN_PORT["nginx"]};
     listen 127.0.0.1:{TLS_PORT["nginx"]} ssl;
@@ -330,6 +333,7 @@ global
   nbthread 1
   cpu-map 1/1 {PROXY_CPU}
   maxconn 9500
+  tune.ssl.cachesize 0
 defaults
   mode http
   timeout connect 5s
@@ -338,7 +342,7 @@ defaults
   option http-keep-alive
 frontend fe
   bind 127.0.0.1:{PLAIN_PORT["haproxy"]}
-  bind 127.0.0.1:{TLS_PORT["haproxy"]} ssl crt {work}/haproxy.pem
+  bind 127.0.0.1:{TLS_PORT["haproxy"]} ssl crt {work}/haproxy.pem no-tls-tickets
   http-response add-header x-proxy bench
   default_backend be
 backend be
@@ -385,6 +389,47 @@ def fixed_rate_latency(url, rate, seconds, connections):
         return v * 1000 if isinstance(v, (int, float)) else None
 
     return ms(percentiles.get("p50")), ms(percentiles.get("p99")), summary.get("requestsPerSec"), failed
+
+
+def resumed_sessions(port):
+    """The TLS versions in which a client that kept a first connection's session resumes it on
+    a second (openssl s_client -sess_out, then -sess_in): the handshake scenario is meant to
+    measure full handshakes, so every system must refuse resumption."""
+    request = b"GET / HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n"
+    resumed = []
+    with tempfile.TemporaryDirectory() as scratch:
+        session = f"{scratch}/session.pem"
+        for version in ["-tls1_3", "-tls1_2"]:
+            outputs = []
+            for flag in ["-sess_out", "-sess_in"]:
+                # -ign_eof reads until the server closes, so TLS 1.3 tickets sent after the
+                # handshake are taken in before the session is written.
+                out = subprocess.run(
+                    ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "bench.local",
+                     version, "-ign_eof", flag, session],
+                    input=request, capture_output=True, timeout=10).stdout.decode(errors="replace")
+                outputs.append(out)
+            if "Reused," in outputs[1]:
+                resumed.append(version.lstrip("-"))
+    return resumed
+
+
+def fixed_rate_handshakes(system, url, rate, seconds):
+    """Full handshakes at `rate` per second, each on a new connection carrying one request
+    (oha --disable-keepalive, open loop): (handshakes, failed, proxy CPU s, of which in the
+    kernel, achieved per second). At a rate every system sustains, CPU per handshake compares
+    the systems without favouring the one that runs closest to saturation."""
+    before = system.cpu()
+    out = run(["taskset", "-c", LOAD_CPU, OHA, "-z", f"{seconds}s", "-q", str(rate), "-c", "20",
+               "--disable-keepalive", "--insecure", "--no-tui", "--worker-threads", "1",
+               "-H", "Host: bench.local", "--output-format", "json", url]).stdout
+    after = system.cpu()
+    result = json.loads(out)
+    codes = result.get("statusCodeDistribution", {})
+    succeeded = sum(n for code, n in codes.items() if str(code).startswith("2"))
+    failed = sum(n for code, n in codes.items() if not str(code).startswith("2"))
+    failed += sum(n for error, n in result.get("errorDistribution", {}).items() if "deadline" not in error)
+    return succeeded, failed, after[0] - before[0], after[1] - before[1], succeeded / seconds
 
 
 def measure(system, url, seconds, connections, extra=()):
@@ -551,6 +596,13 @@ def main():
         systems["nginx"] = start_nginx(work, cert, key)
         systems["haproxy"] = start_haproxy(work, cert, key)
         order = ["direct", "portcullis", "nginx", "haproxy"]
+        for name, system in systems.items():
+            resumed = resumed_sessions(system.tls_port)
+            if resumed:
+                sys.exit(f"{name} resumed a TLS session ({', '.join(resumed)}): the handshake "
+                         "scenario would not measure full handshakes")
+        print("no system resumes TLS sessions (openssl s_client -sess_out/-sess_in, TLS 1.3 and 1.2)",
+              flush=True)
         ip, port, _, _ = BACKENDS[0]
         direct_url = f"http://{ip}:{port}/"
 
@@ -576,8 +628,23 @@ def main():
                       f"errors {errors}, {cpu / max(requests, 1) * 1e6:.1f} us/req", flush=True)
                 requests, errors, cpu, kernel = measure(system, url, args.seconds, 20, ("-H", "Connection: close"))
                 results[name]["handshake"].append((requests, errors, cpu, kernel))
-                print(f"run {run_index + 1} {name:10s} TLS handshakes: {requests / args.seconds:9.0f} conn/s, "
-                      f"errors {errors}, {requests / max(cpu, 1e-9):.0f} handshakes per CPU-second", flush=True)
+                print(f"run {run_index + 1} {name:10s} TLS handshakes, closed loop: {requests / args.seconds:9.0f} "
+                      f"conn/s, errors {errors}, {requests / max(cpu, 1e-9):.0f} handshakes per CPU-second", flush=True)
+
+        # Full handshakes at a fixed rate: half of the slowest system's closed-loop rate above,
+        # the same offered load for every system, interleaved.
+        slowest = min(median([req / args.seconds for req, *_ in results[name]["handshake"]]) for name in systems)
+        handshake_rate = max(200, int(slowest * 0.5 / 100) * 100)
+        fixed_handshakes = {name: [] for name in systems}
+        for run_index in range(args.runs):
+            for name, system in systems.items():
+                url = f"https://127.0.0.1:{system.tls_port}/"
+                handshakes_done, failed, cpu, kernel, achieved = fixed_rate_handshakes(
+                    system, url, handshake_rate, args.seconds)
+                fixed_handshakes[name].append((handshakes_done, failed, cpu, kernel, achieved))
+                print(f"run {run_index + 1} {name:10s} TLS handshakes at {handshake_rate}/s: achieved "
+                      f"{achieved:.0f}/s, failed {failed}, {cpu / max(handshakes_done, 1) * 1e6:.0f} us CPU "
+                      f"({kernel / max(handshakes_done, 1) * 1e6:.0f} in the kernel) per handshake", flush=True)
 
         # Latency at a fixed rate: about half of nginx's closed-loop plaintext capacity measured
         # above, the same offered load for every system, interleaved like the CPU runs.
@@ -625,6 +692,9 @@ def main():
             return median([kernel / req * 1e6 for req, _, _, kernel in results[name][kind] if req])
 
         def handshakes(name):
+            return median([done / cpu for done, _, cpu, _, _ in fixed_handshakes[name] if cpu > 0])
+
+        def handshakes_closed_loop(name):
             return median([req / cpu for req, _, cpu, _ in results[name]["handshake"] if cpu > 0])
 
         metrics = {}
@@ -660,6 +730,29 @@ def main():
             "haproxy": handshakes("haproxy"),
             "direct": None,
         }, better="higher")
+        metrics["handshakes_per_cpu_s"]["kernel_us_per_handshake"] = {
+            name: median([kernel / done * 1e6 for done, _, _, kernel, _ in fixed_handshakes[name] if done])
+            for name in systems
+        }
+        metrics["handshakes_per_cpu_s"]["note"] = (
+            f"full TLS 1.3 handshakes (no system resumes sessions: checked with openssl s_client) "
+            f"at a fixed {handshake_rate}/s (half of the slowest system's closed-loop rate), one "
+            f"request per connection, oha --disable-keepalive -c 20, {args.seconds} s per run; achieved/s "
+            + ", ".join(f"{n} {median([r[4] for r in fixed_handshakes[n]]):.0f}" for n in systems)
+            + "; failed " + ", ".join(f"{n} {sum(r[1] for r in fixed_handshakes[n])}" for n in systems))
+        metric("handshakes_per_cpu_s_closed_loop", {
+            "portcullis": handshakes_closed_loop("portcullis"),
+            "nginx": handshakes_closed_loop("nginx"),
+            "haproxy": handshakes_closed_loop("haproxy"),
+            "direct": None,
+        }, better="higher")
+        metric("handshakes_per_s_closed_loop", {
+            name: median([req / args.seconds for req, *_ in results[name]["handshake"]]) for name in systems
+        } | {"direct": None}, better="higher")
+        for name in ["handshakes_per_cpu_s_closed_loop", "handshakes_per_s_closed_loop"]:
+            metrics[name]["note"] = (
+                "wrk -c 20 with Connection: close: as many full handshakes as wrk, sharing a core "
+                "with the backend, drives; per CPU-second it favours the system closest to saturation")
         metric("req_per_s_plaintext_closed_loop", {
             name: median([req / args.seconds for req, *_ in results[name]["plain"]]) for name in order
         }, better="higher")

@@ -22,7 +22,6 @@ use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement, Task, spawn_local};
 use portcullis_api::CompiledConfig;
 use portcullis_api::config::PortProtocol;
-use rustls::ServerConfig;
 
 use crate::access_log::{self, AccessLog};
 use crate::l4::open_streams::OpenStreams;
@@ -34,7 +33,7 @@ use crate::proxy::upstream::{Pool, PoolKey};
 use crate::route::Snapshot;
 use crate::route::table::BackendShare;
 use crate::signal::Signal;
-use crate::tls::{self, TicketKey, server_config};
+use crate::tls::{self, PortTlsConfigs, TicketKey, server_configs};
 use crate::{IO_MEMORY, error, info, warn};
 
 /// What the control thread asks of a core.
@@ -67,7 +66,7 @@ pub enum ShardReply {
 /// The tables a core serves with, plus its own mutable companions to them.
 pub struct Installed {
     pub snapshot: Arc<Snapshot>,
-    pub tls: HashMap<u16, Arc<ServerConfig>>,
+    pub tls: HashMap<u16, PortTlsConfigs>,
     /// Round-robin position per backend.
     cursors: Vec<Cell<u32>>,
     /// This core's TLS client state per backend of the snapshot (None: plaintext).
@@ -175,14 +174,14 @@ impl Shard {
                 PortProtocol::Http | PortProtocol::Tcp => false,
             };
             if terminates {
-                let config = server_config(
+                let configs = server_configs(
                     port,
                     &snapshot,
                     &self.ticket_key,
                     &self.counters.client_certificates_unverified,
                 )
                 .map_err(|e| format!("port {}: {e}", port.port))?;
-                tls.insert(port.port, config);
+                tls.insert(port.port, configs);
             }
         }
         // Start each backend's rotation at a random endpoint so cores do not move in step.
@@ -499,12 +498,12 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
             Box::pin(serve(shard, stream, info))
         }
         PortProtocol::Https => {
-            let Some(config) = installed.tls.get(&port).cloned() else {
+            let Some(configs) = installed.tls.get(&port).cloned() else {
                 return;
             };
             let timeout = Duration::from_millis(installed.snapshot.settings.header_read_timeout_ms);
             drop(installed);
-            let handshake = Box::pin(async { tls::accept(config, stream, Vec::new()).await.ok() });
+            let handshake = Box::pin(async { tls::accept_on_port(&configs, stream).await.ok() });
             let deadline = async {
                 Timer::new(timeout).await;
                 None

@@ -577,6 +577,81 @@ fn a_port_without_session_resumption_resumes_nothing() {
     }
 }
 
+/// 5d. The server orders the cipher suites, AES-128-GCM first, unless the client lists
+///     ChaCha20 before AES-GCM (a client without AES hardware); a suite the client alone
+///     offers is still agreed. TLS 1.3 and TLS 1.2.
+#[test]
+fn the_server_prefers_aes_128_gcm_unless_the_client_prefers_chacha20() {
+    use rustls::CipherSuite::*;
+    let ca = Ca::new();
+    let (_proxy, _backend, port) = resumption_proxy(&ca);
+    let cases = [
+        (
+            &rustls::version::TLS13,
+            vec![
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+            TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &rustls::version::TLS13,
+            vec![
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_AES_128_GCM_SHA256,
+            ],
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            &rustls::version::TLS13,
+            vec![TLS13_AES_256_GCM_SHA384],
+            TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    for (version, offered, expected) in cases {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = offered
+            .iter()
+            .map(|wanted| {
+                *provider
+                    .cipher_suites
+                    .iter()
+                    .find(|s| s.suite() == *wanted)
+                    .unwrap()
+            })
+            .collect();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der.clone()).unwrap();
+        let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut client = connect(port, "a.example.com", &Arc::new(config));
+        assert_eq!(client.cipher_suite, Some(expected), "offered {offered:?}");
+        assert_eq!(client.get("a.example.com", "/").status, 200);
+    }
+}
+
 fn single_listener_config(
     generation: u64,
     port: u16,

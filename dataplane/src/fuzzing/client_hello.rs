@@ -1,11 +1,16 @@
-//! The `client_hello` target: the SNI reader of TLS ports, on any bytes a client may send.
+//! The `client_hello` target: the ClientHello reader (SNI, ChaCha20 preference), on any bytes a
+//! client may send.
 
-use crate::l4::client_hello::{HelloError, server_name};
 use crate::route::host::MAX_HOST_LEN;
+use crate::tls::client_hello::{HelloError, HelloFacts, parse};
 
 pub fn client_hello(data: &[u8]) {
-    let result = server_name(data);
-    if let Ok(Some(Some(name))) = &result {
+    let result = parse(data);
+    if let Ok(Some(HelloFacts {
+        server_name: Some(name),
+        ..
+    })) = &result
+    {
         assert!(!name.is_empty() && name.len() <= MAX_HOST_LEN, "{name:?}");
         assert!(
             name.bytes()
@@ -17,7 +22,7 @@ pub fn client_hello(data: &[u8]) {
     if matches!(result, Ok(Some(_)) | Err(_)) {
         let mut longer = data.to_vec();
         longer.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x01, 0x00]);
-        let again = server_name(&longer);
+        let again = parse(&longer);
         match (&result, &again) {
             (Err(HelloError::TooLong), _) | (Ok(_), Ok(_)) | (Err(_), Err(_)) => {}
             _ => panic!("{result:?} became {again:?} with more bytes"),

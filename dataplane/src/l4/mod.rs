@@ -11,7 +11,6 @@
 //! request: 2xx once spliced, 5xx when no backend could take it; with the access log on, it
 //! gets one line when it ends.
 
-pub mod client_hello;
 pub mod open_streams;
 pub mod splice;
 
@@ -30,7 +29,7 @@ use crate::metrics::{RouteCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::upstream::{ConnectError, connect_opaque};
 use crate::shard::Shard;
-use client_hello::{ClientHello, read_client_hello};
+use crate::tls::client_hello::{HelloFacts, read_client_hello};
 use open_streams::{Registration, StreamKey};
 use splice::splice;
 
@@ -74,8 +73,12 @@ async fn route_and_splice(
     // The hello and, where TLS terminates here, the whole handshake share one deadline.
     let handshake_deadline = Instant::now()
         + Duration::from_millis(shard.current().snapshot.settings.header_read_timeout_ms);
-    let ClientHello { bytes, server_name } = if protocol == PortProtocol::Tls {
-        let hello = async { Some(read_client_hello(&mut stream).await) }
+    let mut bytes = Vec::new();
+    let HelloFacts {
+        server_name,
+        prefers_chacha20,
+    } = if protocol == PortProtocol::Tls {
+        let hello = async { Some(read_client_hello(&mut stream, &mut bytes).await) }
             .or(async {
                 Timer::new(handshake_deadline.saturating_duration_since(Instant::now())).await;
                 None
@@ -90,10 +93,7 @@ async fn route_and_splice(
             }
         }
     } else {
-        ClientHello {
-            bytes: Vec::new(),
-            server_name: None,
-        }
+        HelloFacts::default()
     };
 
     // Route on the tables current now; they are released before the long copy.
@@ -138,7 +138,10 @@ async fn route_and_splice(
         return;
     };
     let passthrough = listener.passthrough;
-    let tls_config = installed.tls.get(&port).cloned();
+    let tls_config = installed
+        .tls
+        .get(&port)
+        .map(|configs| configs.for_client(prefers_chacha20).clone());
     // Where TLS terminates here, a BackendTLSPolicy re-encrypts the stream to the backend;
     // passthrough and TCP connections reach it byte for byte.
     let upstream_tls = if passthrough || protocol == PortProtocol::Tcp {

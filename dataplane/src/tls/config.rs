@@ -9,6 +9,12 @@
 //! A port with client validation asks every client for a certificate and resumes no session:
 //! rustls does not authenticate the client again on resumption, and a ticket sealed with the
 //! shared key could come from a port that asked for no certificate, or trusts another CA.
+//!
+//! The server picks the cipher suite: AES-128-GCM first, whose suite runs the key schedule on
+//! SHA-256, which x86-64 CPUs compute in hardware (SHA-NI) where SHA-384 runs in software. A
+//! client that lists ChaCha20 before AES-GCM (one without AES hardware says so this way) gets
+//! its own order instead, from a second config that differs in that alone: BoringSSL (Envoy)
+//! and Go servers choose the same way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +32,8 @@ use rustls::server::{
 };
 use rustls::sign::CertifiedKey;
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme, version,
+    CipherSuite, DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme,
+    version,
 };
 
 use super::stream::note_resolved_server_name;
@@ -261,15 +268,52 @@ fn client_verifier(
     })
 }
 
-/// Builds this core's rustls config for one TLS-terminating port. `unverified` counts, for
+/// This core's rustls configs for one TLS-terminating port: the same but for who orders the
+/// cipher suites.
+#[derive(Clone, Debug)]
+pub struct PortTlsConfigs {
+    server_order: Arc<ServerConfig>,
+    client_order: Arc<ServerConfig>,
+}
+
+impl PortTlsConfigs {
+    /// The config to answer a ClientHello with (see the module documentation).
+    pub fn for_client(&self, prefers_chacha20: bool) -> &Arc<ServerConfig> {
+        if prefers_chacha20 {
+            &self.client_order
+        } else {
+            &self.server_order
+        }
+    }
+}
+
+/// AES-128-GCM suites first, then AES-256-GCM, then the rest (ChaCha20), each group in the
+/// provider's order.
+fn server_suite_rank(suite: CipherSuite) -> u8 {
+    match suite {
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    }
+}
+
+/// Builds this core's rustls configs for one TLS-terminating port. `unverified` counts, for
 /// this core, the client certificates a fallback verifier let through.
-pub fn server_config(
+pub fn server_configs(
     port: &PortTable,
     snapshot: &Snapshot,
     ticket_key: &TicketKey,
     unverified: &Arc<AtomicU64>,
-) -> Result<Arc<ServerConfig>, String> {
-    let provider = Arc::new(certificate::provider());
+) -> Result<PortTlsConfigs, String> {
+    let mut provider = certificate::provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| server_suite_rank(suite.suite()));
+    let provider = Arc::new(provider);
     let mut loaded: Vec<Option<Arc<CertifiedKey>>> = vec![None; snapshot.certificates.len()];
     let mut listeners = Vec::with_capacity(port.listeners.len());
     for listener in &port.listeners {
@@ -322,7 +366,14 @@ pub fn server_config(
         // server a seal per handshake.
         config.send_tls13_tickets = 1;
     }
-    Ok(Arc::new(config))
+    // Both share the resolver, verifier and ticketer: a session resumes under either.
+    let mut client_order = config.clone();
+    client_order.ignore_client_order = false;
+    config.ignore_client_order = true;
+    Ok(PortTlsConfigs {
+        server_order: Arc::new(config),
+        client_order: Arc::new(client_order),
+    })
 }
 
 #[cfg(test)]
@@ -477,7 +528,10 @@ pub(super) mod tests {
         let snapshot = Snapshot::build(&https_config(vec![None])).unwrap();
         let key = TicketKey::generate().unwrap();
         let unverified = Arc::new(AtomicU64::new(0));
-        server_config(&snapshot.ports[0], &snapshot, &key, &unverified).unwrap()
+        server_configs(&snapshot.ports[0], &snapshot, &key, &unverified)
+            .unwrap()
+            .for_client(false)
+            .clone()
     }
 
     /// An HTTPS config with one port per entry of `validations`, ports 443, 444, ...
@@ -534,7 +588,12 @@ pub(super) mod tests {
         let configs: Vec<Arc<ServerConfig>> = snapshot
             .ports
             .iter()
-            .map(|port| server_config(port, &snapshot, &key, &unverified).unwrap())
+            .map(|port| {
+                server_configs(port, &snapshot, &key, &unverified)
+                    .unwrap()
+                    .for_client(false)
+                    .clone()
+            })
             .collect();
 
         assert!(configs[0].ticketer.enabled());
@@ -546,6 +605,35 @@ pub(super) mod tests {
         }
         // Which verifier each port got is checked over real handshakes
         // (tests/client_certificates.rs): rustls keeps it private.
+    }
+
+    #[test]
+    fn the_server_orders_suites_unless_the_client_prefers_chacha20() {
+        let snapshot = Snapshot::build(&https_config(vec![None])).unwrap();
+        let key = TicketKey::generate().unwrap();
+        let unverified = Arc::new(AtomicU64::new(0));
+        let configs = server_configs(&snapshot.ports[0], &snapshot, &key, &unverified).unwrap();
+        let (ours, theirs) = (configs.for_client(false), configs.for_client(true));
+        assert!(ours.ignore_client_order);
+        assert!(!theirs.ignore_client_order);
+        let tls13: Vec<CipherSuite> = ours
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .filter(|s| format!("{s:?}").starts_with("TLS13_"))
+            .collect();
+        assert_eq!(
+            tls13,
+            [
+                CipherSuite::TLS13_AES_128_GCM_SHA256,
+                CipherSuite::TLS13_AES_256_GCM_SHA384,
+                CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            ]
+        );
+        // A ticket from one config resumes under the other: they share the ticketer.
+        assert!(Arc::ptr_eq(&ours.ticketer, &theirs.ticketer));
+        assert!(Arc::ptr_eq(&ours.cert_resolver, &theirs.cert_resolver));
     }
 
     #[test]

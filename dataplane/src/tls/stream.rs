@@ -18,6 +18,8 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
 use rustls::{Error as TlsError, ServerConfig};
 
+use super::client_hello::{HelloError, read_client_hello};
+use super::config::PortTlsConfigs;
 use crate::io::Transport;
 
 /// First allocation for received TLS bytes: a request's records usually fit.
@@ -179,6 +181,25 @@ fn unexpected_eof() -> io::Error {
         io::ErrorKind::UnexpectedEof,
         "peer closed connection without sending TLS close_notify",
     )
+}
+
+/// Reads the ClientHello off `socket`, then completes the handshake with the port's config
+/// for that client. Dropping the future abandons the handshake.
+pub async fn accept_on_port(
+    configs: &PortTlsConfigs,
+    mut socket: TcpStream,
+) -> io::Result<ServerTlsStream> {
+    let mut received = Vec::new();
+    let config = match read_client_hello(&mut socket, &mut received).await {
+        Ok(hello) => configs.for_client(hello.prefers_chacha20),
+        Err(HelloError::Closed) => return Err(unexpected_eof()),
+        Err(HelloError::Io(error)) => return Err(io::Error::other(error)),
+        // What is no hello we can read, rustls judges, and answers with its own alert.
+        Err(HelloError::Malformed(_) | HelloError::TooLong | HelloError::BadServerName(_)) => {
+            configs.for_client(false)
+        }
+    };
+    accept(config.clone(), socket, received).await
 }
 
 /// Completes a TLS handshake on `socket`. `received` holds bytes already read off it (a

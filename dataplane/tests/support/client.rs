@@ -20,6 +20,8 @@ pub struct Client {
     pub alpn: Option<Vec<u8>>,
     /// Whether the TLS session was resumed.
     pub resumed: bool,
+    /// The cipher suite the server chose (TLS only).
+    pub cipher_suite: Option<rustls::CipherSuite>,
     /// The leaf certificate the server presented (TLS only).
     pub peer_certificate: Option<CertificateDer<'static>>,
 }
@@ -75,6 +77,7 @@ impl Client {
             buf: Vec::new(),
             alpn: None,
             resumed: false,
+            cipher_suite: None,
             peer_certificate: None,
         }
     }
@@ -97,6 +100,7 @@ impl Client {
         }
         let alpn = connection.alpn_protocol().map(|p| p.to_vec());
         let resumed = connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let cipher_suite = connection.negotiated_cipher_suite().map(|s| s.suite());
         let peer_certificate = connection
             .peer_certificates()
             .and_then(|c| c.first())
@@ -107,6 +111,7 @@ impl Client {
             buf: Vec::new(),
             alpn,
             resumed,
+            cipher_suite,
             peer_certificate,
         })
     }

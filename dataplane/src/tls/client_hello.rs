@@ -1,11 +1,13 @@
-//! Reading a TLS ClientHello off a connection without answering it, to learn its SNI.
+//! Reading a TLS ClientHello off a connection without answering it: its SNI (TLS ports route
+//! by it) and whether the client prefers ChaCha20 to AES-GCM (which cipher suite order to
+//! answer it with, see `config.rs`).
 //!
-//! Only the framing and the server_name extension are read: the records, the one handshake
-//! message they carry, and its extension list. Nothing else is judged, so a passthrough
-//! listener forwards any hello its backend may accept (TLS 1.0 clients without
-//! signature_algorithms included); where TLS terminates, rustls then checks the whole hello.
-//! Every byte read is kept so the stream can be replayed: to the backend when TLS passes
-//! through, or to our own rustls session when it terminates here.
+//! Only the framing, the cipher suite list and the server_name extension are read: the
+//! records, the one handshake message they carry, and its extension list. Nothing else is
+//! judged, so a passthrough listener forwards any hello its backend may accept (TLS 1.0
+//! clients without signature_algorithms included); where TLS terminates, rustls then checks
+//! the whole hello. Every byte read is kept so the stream can be replayed: to the backend when
+//! TLS passes through, or to our own rustls session when it terminates here.
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 
@@ -15,11 +17,14 @@ use crate::route::host::{MAX_HOST_LEN, normalize};
 /// connection is not one we serve, and each waiting connection holds at most this much.
 pub const MAX_CLIENT_HELLO_BYTES: usize = 16 * 1024;
 
-/// Everything read up to and including the ClientHello, and its normalized server name.
-#[derive(Debug)]
-pub struct ClientHello {
-    pub bytes: Vec<u8>,
+/// What the proxy takes from a ClientHello.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HelloFacts {
+    /// The normalized server name; None without SNI.
     pub server_name: Option<String>,
+    /// The client lists a ChaCha20-Poly1305 suite before any AES-GCM one: a client without
+    /// AES hardware says so this way (as BoringSSL and Go servers read it).
+    pub prefers_chacha20: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -36,11 +41,13 @@ pub enum HelloError {
     BadServerName(String),
 }
 
-/// Reads until a complete ClientHello has arrived.
+/// Reads until a complete ClientHello has arrived. Every byte read is appended to `bytes`,
+/// also when the hello turns out not to be one (rustls can then answer it with its alert).
 pub async fn read_client_hello<S: AsyncRead + Unpin>(
     stream: &mut S,
-) -> Result<ClientHello, HelloError> {
-    let mut bytes = Vec::with_capacity(2048);
+    bytes: &mut Vec<u8>,
+) -> Result<HelloFacts, HelloError> {
+    let start = bytes.len();
     let mut chunk = [0u8; 2048];
     loop {
         let n = stream
@@ -51,10 +58,10 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(
             return Err(HelloError::Closed);
         }
         bytes.extend_from_slice(&chunk[..n]);
-        if let Some(server_name) = server_name(&bytes)? {
-            return Ok(ClientHello { bytes, server_name });
+        if let Some(facts) = parse(&bytes[start..])? {
+            return Ok(facts);
         }
-        if bytes.len() >= MAX_CLIENT_HELLO_BYTES {
+        if bytes.len() - start >= MAX_CLIENT_HELLO_BYTES {
             return Err(HelloError::TooLong);
         }
     }
@@ -70,6 +77,11 @@ const MAX_RECORD_PAYLOAD: usize = 1 << 14;
 /// The server name of the ClientHello at the start of `bytes`: `Ok(None)` while the hello is
 /// incomplete, `Ok(Some(None))` for a complete hello without SNI.
 pub fn server_name(bytes: &[u8]) -> Result<Option<Option<String>>, HelloError> {
+    Ok(parse(bytes)?.map(|facts| facts.server_name))
+}
+
+/// The facts of the ClientHello at the start of `bytes`; `Ok(None)` while it is incomplete.
+pub fn parse(bytes: &[u8]) -> Result<Option<HelloFacts>, HelloError> {
     // Reassemble the handshake message from as many records as it spans.
     let mut message = Vec::new();
     let mut rest = bytes;
@@ -160,17 +172,21 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn parse_client_hello(body: &[u8]) -> Result<Option<String>, HelloError> {
+fn parse_client_hello(body: &[u8]) -> Result<HelloFacts, HelloError> {
     let mut hello = Reader { data: body };
     let _legacy_version = hello.u16()?;
     let _random = hello.take(32)?;
     if hello.vec8()?.len() > 32 {
         return Err(HelloError::Malformed("session id longer than 32 bytes"));
     }
-    let _cipher_suites = hello.vec16()?;
+    let prefers_chacha20 = prefers_chacha20(hello.vec16()?);
     let _compression_methods = hello.vec8()?;
     if hello.data.is_empty() {
-        return Ok(None); // a hello without extensions (SSL 3.0 style)
+        // A hello without extensions (SSL 3.0 style).
+        return Ok(HelloFacts {
+            server_name: None,
+            prefers_chacha20,
+        });
     }
     let mut extensions = Reader {
         data: hello.vec16()?,
@@ -190,7 +206,26 @@ fn parse_client_hello(body: &[u8]) -> Result<Option<String>, HelloError> {
         }
         found = Some(host_name(data)?);
     }
-    Ok(found.flatten())
+    Ok(HelloFacts {
+        server_name: found.flatten(),
+        prefers_chacha20,
+    })
+}
+
+/// Whether the first AEAD suite the client lists (TLS 1.3, or TLS 1.2 with ECDHE) is a
+/// ChaCha20-Poly1305 one rather than AES-GCM. An odd-length list reads as no preference;
+/// rustls refuses the hello later.
+fn prefers_chacha20(cipher_suites: &[u8]) -> bool {
+    for suite in cipher_suites.chunks_exact(2) {
+        match u16::from_be_bytes([suite[0], suite[1]]) {
+            // TLS_CHACHA20_POLY1305_SHA256; TLS_ECDHE_{RSA,ECDSA}_WITH_CHACHA20_POLY1305_SHA256.
+            0x1303 | 0xcca8 | 0xcca9 => return true,
+            // TLS_AES_{128,256}_GCM_*; TLS_ECDHE_{ECDSA,RSA}_WITH_AES_{128,256}_GCM_*.
+            0x1301 | 0x1302 | 0xc02b | 0xc02c | 0xc02f | 0xc030 => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The host_name entry of a server_name extension, normalized.
@@ -230,8 +265,14 @@ mod tests {
 
     /// The first flight of a real rustls client to `server_name`.
     fn hello_from_client(server_name: &str) -> Vec<u8> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        hello_from_client_with(server_name, rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    fn hello_from_client_with(
+        server_name: &str,
+        provider: rustls::crypto::CryptoProvider,
+    ) -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
@@ -245,10 +286,18 @@ mod tests {
 
     /// A hand-built hello: `extensions` as (type, data), in records of at most `record` bytes.
     fn hello_with(extensions: &[(u16, Vec<u8>)], record: usize) -> Vec<u8> {
+        hello_offering(&[0x002f], extensions, record)
+    }
+
+    /// [`hello_with`], offering `suites`.
+    fn hello_offering(suites: &[u16], extensions: &[(u16, Vec<u8>)], record: usize) -> Vec<u8> {
         let mut body = vec![3, 1];
         body.extend_from_slice(&[7; 32]);
         body.push(0); // no session id
-        body.extend_from_slice(&[0, 2, 0x00, 0x2f]); // one cipher suite
+        body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+        for suite in suites {
+            body.extend_from_slice(&suite.to_be_bytes());
+        }
         body.extend_from_slice(&[1, 0]); // null compression
         let mut list = Vec::new();
         for (kind, data) in extensions {
@@ -308,11 +357,12 @@ mod tests {
                 data: &with_more,
                 step,
             };
-            let read = block_on(read_client_hello(&mut stream)).unwrap();
+            let mut bytes = Vec::new();
+            let read = block_on(read_client_hello(&mut stream, &mut bytes)).unwrap();
             assert_eq!(read.server_name.as_deref(), Some("db.example.com"));
-            assert!(read.bytes.starts_with(&hello), "step {step}");
+            assert!(bytes.starts_with(&hello), "step {step}");
             // Bytes read past the hello are kept for the replay, too.
-            assert_eq!(read.bytes.len() + stream.data.len(), with_more.len());
+            assert_eq!(bytes.len() + stream.data.len(), with_more.len());
         }
     }
 
@@ -352,8 +402,14 @@ mod tests {
             "{not_tls:?}"
         );
         let hello = hello_from_client("a.example");
-        let error = block_on(read_client_hello(&mut &hello[..hello.len() - 1])).unwrap_err();
+        let mut bytes = Vec::new();
+        let error = block_on(read_client_hello(
+            &mut &hello[..hello.len() - 1],
+            &mut bytes,
+        ))
+        .unwrap_err();
         assert_eq!(error, HelloError::Closed);
+        assert_eq!(bytes, hello[..hello.len() - 1], "what was read is kept");
         // A handshake message announcing 16 MiB.
         let endless = [HANDSHAKE_RECORD, 3, 1, 0, 4, CLIENT_HELLO, 0xff, 0xff, 0xff];
         assert_eq!(server_name(&endless), Err(HelloError::TooLong));
@@ -363,7 +419,7 @@ mod tests {
         while records.len() < MAX_CLIENT_HELLO_BYTES + 100 {
             records.extend_from_slice(&[HANDSHAKE_RECORD, 3, 1, 0, 1, 0]);
         }
-        let error = block_on(read_client_hello(&mut &records[..])).unwrap_err();
+        let error = block_on(read_client_hello(&mut &records[..], &mut Vec::new())).unwrap_err();
         assert_eq!(error, HelloError::TooLong);
         // Lengths that run past the message, a duplicate SNI, names that are not host names.
         let mut truncated = hello_with(&[sni(b"a.example.com")], 1000);
@@ -380,6 +436,39 @@ mod tests {
                 matches!(error, Err(HelloError::BadServerName(_))),
                 "{bad:?}: {error:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_client_listing_chacha20_before_aes_gcm_prefers_it() {
+        let rustls_default = parse(&hello_from_client("a.example")).unwrap().unwrap();
+        assert!(
+            !rustls_default.prefers_chacha20,
+            "rustls lists AES-GCM first"
+        );
+
+        let mut chacha_first = rustls::crypto::aws_lc_rs::default_provider();
+        chacha_first
+            .cipher_suites
+            .sort_by_key(|s| !format!("{:?}", s.suite()).contains("CHACHA20"));
+        let hello = hello_from_client_with("a.example", chacha_first);
+        assert!(parse(&hello).unwrap().unwrap().prefers_chacha20);
+
+        let cases: [(&[u16], bool); 6] = [
+            // TLS_EMPTY_RENEGOTIATION_INFO_SCSV, then ECDHE-ECDSA-CHACHA20 before AES.
+            (&[0x00ff, 0xcca9, 0xc02b], true),
+            (&[0x1303, 0x1301], true),
+            (&[0x1302, 0x1303], false),
+            (&[0xc030, 0xcca8], false),
+            // Neither kind of AEAD (AES-CBC only): nothing to prefer.
+            (&[0x002f, 0x0035], false),
+            (&[], false),
+        ];
+        for (suites, expected) in cases {
+            let hello = hello_offering(suites, &[sni(b"a.example")], 1000);
+            let facts = parse(&hello).unwrap().unwrap();
+            assert_eq!(facts.prefers_chacha20, expected, "{suites:04x?}");
+            assert_eq!(facts.server_name.as_deref(), Some("a.example"));
         }
     }
 }
