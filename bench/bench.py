@@ -34,6 +34,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 BACKENDS = [("127.0.0.1", 18090, "a", 90), ("127.0.0.2", 18090, "b", 10)]
 PLAIN_PORT = {"portcullis": 18101, "nginx": 18102, "haproxy": 18103}
 TLS_PORT = {"portcullis": 18201, "nginx": 18202, "haproxy": 18203}
+# The handshake scenarios' port: the same HTTPS route, but every system refuses session
+# resumption there, so each connection is a full handshake (wrk resumes its session on every
+# reconnection where it may). TLS_PORT keeps each system's default, resumption on.
+HANDSHAKE_PORT = {"portcullis": 18301, "nginx": 18302, "haproxy": 18303}
 ADMIN_PORT = 18199
 # oha (open loop at a fixed rate, corrects coordinated omission); hack/ensure-tools.sh bench
 # installs it here with cargo.
@@ -124,11 +128,12 @@ def rss_kib(pid):
 class System:
     """A started proxy (or the direct path) with the pids whose CPU counts as 'the proxy'."""
 
-    def __init__(self, name, procs, plain_port, tls_port):
+    def __init__(self, name, procs, plain_port, tls_port, handshake_port):
         self.name = name
         self.procs = procs
         self.plain_port = plain_port
         self.tls_port = tls_port
+        self.handshake_port = handshake_port
 
     def pids(self):
         return [p.pid for p in self.procs]
@@ -237,10 +242,9 @@ def portcullis_config(work, cert, key):
         "generation": 1,
         "ports": [
             {"port": PLAIN_PORT["portcullis"], "protocol": "HTTP", "listeners": [listener("http", [])]},
-            # Every system refuses session resumption on its TLS port, so the handshake scenario
-            # measures full handshakes (wrk and oha would otherwise resume each reconnection).
-            {"port": TLS_PORT["portcullis"], "protocol": "HTTPS", "listeners": [listener("https", ["bench/cert"])],
-             "session_resumption_disabled": True},
+            {"port": TLS_PORT["portcullis"], "protocol": "HTTPS", "listeners": [listener("https", ["bench/cert"])]},
+            {"port": HANDSHAKE_PORT["portcullis"], "protocol": "HTTPS",
+             "listeners": [listener("full-handshakes", ["bench/cert"])], "session_resumption_disabled": True},
         ],
         "backends": [{"name": f"bench/{n}", "endpoints": [f"{ip}:{port}"]} for ip, port, n, _ in BACKENDS],
         "certificates": [{"name": "bench/cert", "cert_chain_pem": cert_pem, "private_key_pem": key_pem}],
@@ -281,13 +285,21 @@ def start_portcullis(work, bin_dir, cert, key):
         ],
     )
     wait_port(PLAIN_PORT["portcullis"])
-    system = System("portcullis", [proc], PLAIN_PORT["portcullis"], TLS_PORT["portcullis"])
+    system = System("portcullis", [proc], PLAIN_PORT["portcullis"], TLS_PORT["portcullis"],
+                    HANDSHAKE_PORT["portcullis"])
     system.work = work  # holds control.sock, for push_seconds
     return system
 
 
 def start_nginx(work, cert, key):
     servers = "".join(f"    server {ip}:{port} weight={w};\n" for ip, port, _, w in BACKENDS)
+    location = """    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      add_header x-proxy bench;
+    }
+"""
     conf = f"""
 worker_processes 1;
 worker_cpu_affinity {"10" if PROXY_CPU == "1" else "01"};
@@ -302,28 +314,28 @@ http {{
   upstream be {{
 {servers}    keepalive 64;
   }}
-  ssl_session_cache off;
-  ssl_session_tickets off;
+  ssl_session_cache shared:SSL:10m;
+  ssl_session_tickets on;
+  ssl_certificate {cert};
+  ssl_certificate_key {key};
+  ssl_protocols TLSv1.2 TLSv1.3;
   server {{
     listen 127.0.0.1:{PLAIN_PORT["nginx"]};
     listen 127.0.0.1:{TLS_PORT["nginx"]} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    ssl_protocols TLSv1.2 TLSv1.3;
     server_name bench.local;
-    location / {{
-      proxy_pass http://be;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      add_header x-proxy bench;
-    }}
-  }}
+{location}  }}
+  server {{
+    listen 127.0.0.1:{HANDSHAKE_PORT["nginx"]} ssl;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    server_name bench.local;
+{location}  }}
 }}
 """
     write(f"{work}/nginx.conf", conf)
     proc = subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf"])
     wait_port(PLAIN_PORT["nginx"])
-    return System("nginx", [proc], PLAIN_PORT["nginx"], TLS_PORT["nginx"])
+    return System("nginx", [proc], PLAIN_PORT["nginx"], TLS_PORT["nginx"], HANDSHAKE_PORT["nginx"])
 
 
 def start_haproxy(work, cert, key):
@@ -337,6 +349,8 @@ global
   nbthread 1
   cpu-map 1/1 {PROXY_CPU}
   maxconn 9500
+  # No session cache (it is process-wide), so the handshake port's no-tls-tickets leaves it
+  # nothing to resume with; the TLS port resumes with tickets.
   tune.ssl.cachesize 0
 defaults
   mode http
@@ -346,7 +360,8 @@ defaults
   option http-keep-alive
 frontend fe
   bind 127.0.0.1:{PLAIN_PORT["haproxy"]}
-  bind 127.0.0.1:{TLS_PORT["haproxy"]} ssl crt {work}/haproxy.pem no-tls-tickets
+  bind 127.0.0.1:{TLS_PORT["haproxy"]} ssl crt {work}/haproxy.pem
+  bind 127.0.0.1:{HANDSHAKE_PORT["haproxy"]} ssl crt {work}/haproxy.pem no-tls-tickets
   http-response add-header x-proxy bench
   default_backend be
 backend be
@@ -356,7 +371,7 @@ backend be
     write(f"{work}/haproxy.cfg", conf)
     proc = subprocess.Popen(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"])
     wait_port(PLAIN_PORT["haproxy"])
-    return System("haproxy", [proc], PLAIN_PORT["haproxy"], TLS_PORT["haproxy"])
+    return System("haproxy", [proc], PLAIN_PORT["haproxy"], TLS_PORT["haproxy"], HANDSHAKE_PORT["haproxy"])
 
 
 def wrk(url, seconds, connections, extra=()):
@@ -609,13 +624,15 @@ def main():
         order = ["direct", "portcullis", "nginx", "haproxy"]
         agreed = {}
         for name, system in systems.items():
-            resumed, agreed[name] = resumed_sessions(system.tls_port)
+            resumed, agreed[name] = resumed_sessions(system.handshake_port)
             if resumed:
                 sys.exit(f"{name} resumed a TLS session ({', '.join(resumed)}): the handshake "
                          "scenario would not measure full handshakes")
-            print(f"{name:10s} TLS 1.3 with an OpenSSL client: {agreed[name]}", flush=True)
-        print("no system resumes TLS sessions (openssl s_client -sess_out/-sess_in, TLS 1.3 and 1.2)",
-              flush=True)
+            by_default, _ = resumed_sessions(system.tls_port)
+            print(f"{name:10s} TLS 1.3 with an OpenSSL client: {agreed[name]}; the TLS port (defaults) "
+                  f"resumes in: {', '.join(by_default) or 'none'}", flush=True)
+        print("on the handshake port no system resumes TLS sessions (openssl s_client -sess_out/-sess_in, "
+              "TLS 1.3 and 1.2)", flush=True)
         ip, port, _, _ = BACKENDS[0]
         direct_url = f"http://{ip}:{port}/"
 
@@ -639,6 +656,7 @@ def main():
                 results[name]["tls"].append((requests, errors, cpu, kernel))
                 print(f"run {run_index + 1} {name:10s} TLS keep-alive: {requests / args.seconds:9.0f} req/s, "
                       f"errors {errors}, {cpu / max(requests, 1) * 1e6:.1f} us/req", flush=True)
+                url = f"https://127.0.0.1:{system.handshake_port}/"
                 requests, errors, cpu, kernel = measure(system, url, args.seconds, 20, ("-H", "Connection: close"))
                 results[name]["handshake"].append((requests, errors, cpu, kernel))
                 print(f"run {run_index + 1} {name:10s} TLS full handshakes: {requests / args.seconds:9.0f} "
@@ -652,7 +670,7 @@ def main():
         fixed_handshakes = {name: [] for name in systems}
         for run_index in range(args.runs):
             for name, system in systems.items():
-                url = f"https://127.0.0.1:{system.tls_port}/"
+                url = f"https://127.0.0.1:{system.handshake_port}/"
                 handshakes_done, failed, cpu, kernel, achieved = fixed_rate_handshakes(
                     system, url, handshake_rate, args.seconds)
                 fixed_handshakes[name].append((handshakes_done, failed, cpu, kernel, achieved))
