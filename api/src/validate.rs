@@ -253,13 +253,18 @@ impl Validator {
         if port.protocol == PortProtocol::Tcp && port.listeners.len() > 1 {
             self.fail("a TCP port has exactly one listener: nothing tells its connections apart");
         }
+        let terminates = match port.protocol {
+            PortProtocol::Https => true,
+            PortProtocol::Tls => port.listeners.iter().any(|l| !l.passthrough),
+            PortProtocol::Http | PortProtocol::Tcp => false,
+        };
+        if port.session_resumption_disabled && !terminates {
+            self.within(Segment::Field(".session_resumption_disabled"), |v| {
+                v.fail("only a port that terminates TLS has sessions to resume");
+            });
+        }
         if let Some(validation) = &port.client_validation {
             self.within(Segment::Field(".client_validation"), |v| {
-                let terminates = match port.protocol {
-                    PortProtocol::Https => true,
-                    PortProtocol::Tls => port.listeners.iter().any(|l| !l.passthrough),
-                    PortProtocol::Http | PortProtocol::Tcp => false,
-                };
                 if !terminates {
                     v.fail("only a port that terminates TLS can validate client certificates");
                 }

@@ -701,3 +701,26 @@ fn client_validation_needs_a_terminating_port_and_a_usable_ca() {
         assert!(error.contains("only a port that terminates TLS"), "{error}");
     }
 }
+
+#[test]
+fn session_resumption_is_turned_off_only_where_tls_terminates() {
+    let mut config = base();
+    config.certificates.push(Certificate {
+        name: "default/cert".into(),
+        cert_chain_pem: "(not checked here)".into(),
+        private_key_pem: "(not checked here)".into(),
+    });
+    config.ports[0].protocol = PortProtocol::Https;
+    config.ports[0].listeners[0].certificates = vec!["default/cert".into()];
+    config.ports[0].session_resumption_disabled = true;
+    validate(&config).unwrap();
+
+    for mut config in [base(), tls_base()] {
+        config.ports[0].session_resumption_disabled = true;
+        let error = validate(&config).unwrap_err().to_string();
+        assert!(
+            error.contains("session_resumption_disabled: only a port that terminates TLS"),
+            "{error}"
+        );
+    }
+}

@@ -48,6 +48,7 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(
     bytes: &mut Vec<u8>,
 ) -> Result<HelloFacts, HelloError> {
     let start = bytes.len();
+    let mut reassembly = Reassembly::default();
     let mut chunk = [0u8; 2048];
     loop {
         let n = stream
@@ -58,7 +59,7 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(
             return Err(HelloError::Closed);
         }
         bytes.extend_from_slice(&chunk[..n]);
-        if let Some(facts) = parse(&bytes[start..])? {
+        if let Some(facts) = reassembly.advance(&bytes[start..])? {
             return Ok(facts);
         }
         if bytes.len() - start >= MAX_CLIENT_HELLO_BYTES {
@@ -82,37 +83,61 @@ pub fn server_name(bytes: &[u8]) -> Result<Option<Option<String>>, HelloError> {
 
 /// The facts of the ClientHello at the start of `bytes`; `Ok(None)` while it is incomplete.
 pub fn parse(bytes: &[u8]) -> Result<Option<HelloFacts>, HelloError> {
-    // Reassemble the handshake message from as many records as it spans.
-    let mut message = Vec::new();
-    let mut rest = bytes;
-    let body = loop {
-        if let Some(needed) = handshake_length(&message)?
-            && message.len() >= needed
-        {
-            break &message[4..needed];
+    Reassembly::default().advance(bytes)
+}
+
+/// The ClientHello's handshake message, put together from the records at the start of a
+/// stream as they arrive: each record is looked at once however many reads bring it (a hello
+/// sent in thousands of one-byte records must not cost a pass over all of them per read).
+#[derive(Debug, Default)]
+struct Reassembly {
+    /// Bytes of the stream whose records are in `message`.
+    consumed: usize,
+    message: Vec<u8>,
+}
+
+impl Reassembly {
+    /// Takes in the complete records of `stream` (every byte from its start) not yet taken;
+    /// the hello's facts once it is complete, `Ok(None)` until then.
+    fn advance(&mut self, stream: &[u8]) -> Result<Option<HelloFacts>, HelloError> {
+        loop {
+            if let Some(needed) = handshake_length(&self.message)?
+                && self.message.len() >= needed
+            {
+                return parse_client_hello(&self.message[4..needed]).map(Some);
+            }
+            let Some(rest) = stream.get(self.consumed..) else {
+                return Ok(None);
+            };
+            let Some(header) = rest.get(..5) else {
+                return Ok(None);
+            };
+            if header[0] != HANDSHAKE_RECORD {
+                return Err(HelloError::Malformed(
+                    "the first record is not a handshake record",
+                ));
+            }
+            if header[1] != 3 {
+                return Err(HelloError::Malformed("unknown record version"));
+            }
+            let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if length == 0 || length > MAX_RECORD_PAYLOAD {
+                return Err(HelloError::Malformed("record length out of range"));
+            }
+            let Some(payload) = rest.get(5..5 + length) else {
+                return Ok(None);
+            };
+            // The usual hello fits in its first record: read it in place.
+            if self.message.is_empty()
+                && let Some(needed) = handshake_length(payload)?
+                && payload.len() >= needed
+            {
+                return parse_client_hello(&payload[4..needed]).map(Some);
+            }
+            self.message.extend_from_slice(payload);
+            self.consumed += 5 + length;
         }
-        let Some(header) = rest.get(..5) else {
-            return Ok(None);
-        };
-        if header[0] != HANDSHAKE_RECORD {
-            return Err(HelloError::Malformed(
-                "the first record is not a handshake record",
-            ));
-        }
-        if header[1] != 3 {
-            return Err(HelloError::Malformed("unknown record version"));
-        }
-        let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        if length == 0 || length > MAX_RECORD_PAYLOAD {
-            return Err(HelloError::Malformed("record length out of range"));
-        }
-        let Some(payload) = rest.get(5..5 + length) else {
-            return Ok(None);
-        };
-        message.extend_from_slice(payload);
-        rest = &rest[5 + length..];
-    };
-    parse_client_hello(body).map(Some)
+    }
 }
 
 /// The whole handshake message's length (header included) once its header is there.
@@ -213,8 +238,8 @@ fn parse_client_hello(body: &[u8]) -> Result<HelloFacts, HelloError> {
 }
 
 /// Whether the first AEAD suite the client lists (TLS 1.3, or TLS 1.2 with ECDHE) is a
-/// ChaCha20-Poly1305 one rather than AES-GCM. An odd-length list reads as no preference;
-/// rustls refuses the hello later.
+/// ChaCha20-Poly1305 one rather than AES-GCM. A list of odd length is read up to its last
+/// whole pair (rustls refuses such a hello anyway).
 fn prefers_chacha20(cipher_suites: &[u8]) -> bool {
     for suite in cipher_suites.chunks_exact(2) {
         match u16::from_be_bytes([suite[0], suite[1]]) {
@@ -363,6 +388,28 @@ mod tests {
             assert!(bytes.starts_with(&hello), "step {step}");
             // Bytes read past the hello are kept for the replay, too.
             assert_eq!(bytes.len() + stream.data.len(), with_more.len());
+        }
+    }
+
+    #[test]
+    fn a_hello_in_one_byte_records_read_one_record_at_a_time() {
+        let split = hello_with(&[(0x1234, vec![9; 300]), sni(b"a.example.com")], 1);
+        for step in [6, 7, 4096] {
+            let mut with_more = split.clone();
+            with_more.extend_from_slice(b"early");
+            let mut stream = Trickle {
+                data: &with_more,
+                step,
+            };
+            let mut bytes = b"kept".to_vec();
+            let read = block_on(read_client_hello(&mut stream, &mut bytes)).unwrap();
+            assert_eq!(
+                read.server_name.as_deref(),
+                Some("a.example.com"),
+                "step {step}"
+            );
+            assert!(bytes[4..].starts_with(&split), "step {step}");
+            assert_eq!(bytes.len() - 4 + stream.data.len(), with_more.len());
         }
     }
 

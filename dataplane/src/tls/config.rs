@@ -585,20 +585,22 @@ pub(super) mod tests {
         let snapshot = Snapshot::build(&config).unwrap();
         let key = TicketKey::generate().unwrap();
         let unverified = Arc::new(AtomicU64::new(0));
-        let configs: Vec<Arc<ServerConfig>> = snapshot
+        let both: Vec<PortTlsConfigs> = snapshot
             .ports
             .iter()
-            .map(|port| {
-                server_configs(port, &snapshot, &key, &unverified)
-                    .unwrap()
-                    .for_client(false)
-                    .clone()
-            })
+            .map(|port| server_configs(port, &snapshot, &key, &unverified).unwrap())
+            .collect();
+        // Each port's two configs (server's and client's suite order) resume alike.
+        let configs: Vec<Arc<ServerConfig>> = both
+            .iter()
+            .flat_map(|c| [c.for_client(false).clone(), c.for_client(true).clone()])
             .collect();
 
-        assert!(configs[0].ticketer.enabled());
-        assert_eq!(configs[0].send_tls13_tickets, 1);
-        for validated in &configs[1..] {
+        for open in &configs[..2] {
+            assert!(open.ticketer.enabled());
+            assert_eq!(open.send_tls13_tickets, 1);
+        }
+        for validated in &configs[2..] {
             assert!(!validated.ticketer.enabled());
             assert_eq!(validated.send_tls13_tickets, 0);
             assert!(!validated.session_storage.can_cache());

@@ -189,7 +189,8 @@ pub async fn accept_on_port(
     configs: &PortTlsConfigs,
     mut socket: TcpStream,
 ) -> io::Result<ServerTlsStream> {
-    let mut received = Vec::new();
+    // Room for the handshake's reads too: `accept` reads on into this buffer.
+    let mut received = Vec::with_capacity(READ_SIZE);
     let config = match read_client_hello(&mut socket, &mut received).await {
         Ok(hello) => configs.for_client(hello.prefers_chacha20),
         Err(HelloError::Closed) => return Err(unexpected_eof()),

@@ -524,12 +524,6 @@ pub fn listener(
         }
     };
 
-    if matches!(state.protocol, Some(Protocol::Https | Protocol::Tls)) {
-        tls_options(spec, &mut state);
-        if state.not_accepted.is_some() {
-            return state;
-        }
-    }
     match state.protocol {
         Some(Protocol::Https) => tls(index, owner, spec, &mut state),
         Some(Protocol::Tls) => {
@@ -542,6 +536,12 @@ pub fn listener(
             }
         }
         Some(Protocol::Http | Protocol::Tcp) | None => {}
+    }
+    // After the references, so ResolvedRefs reports on them whatever the options say.
+    if matches!(state.protocol, Some(Protocol::Https | Protocol::Tls))
+        && state.not_accepted.is_none()
+    {
+        tls_options(spec, &mut state);
     }
     state
 }
@@ -593,7 +593,10 @@ fn tls_options(spec: &GatewayListeners, state: &mut ListenerState) {
             };
             // A passthrough listener never sees the handshake; its option has nothing to do.
             state.session_resumption_disabled = disabled && !passthrough;
-        } else if key.starts_with("portcullis.dev/") {
+        } else if key
+            .split_once('/')
+            .is_some_and(|(domain, _)| domain.eq_ignore_ascii_case("portcullis.dev"))
+        {
             state.not_accepted = Some((
                 reasons::UNSUPPORTED_VALUE,
                 format!(
