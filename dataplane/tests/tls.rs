@@ -484,20 +484,7 @@ fn resumption_proxy(ca: &Ca) -> (Proxy, Backend, u16) {
     let cert = ca.leaf(&["a.example.com"]);
     let a = Backend::start("a");
     let port = free_port();
-    let config = ConfigBuilder::new(1)
-        .certificate("ns/a", &cert.cert_pem, &cert.key_pem)
-        .backend("ns/a:80", &[&a])
-        .port(
-            port,
-            PortProtocol::Https,
-            vec![https_listener(
-                "a",
-                Some("a.example.com"),
-                &["ns/a"],
-                "ns/a:80",
-            )],
-        )
-        .build();
+    let config = single_listener_config(1, port, &cert, &a);
     let proxy = Proxy::start_with(&config, &["--cores", "2"]);
     (proxy, a, port)
 }

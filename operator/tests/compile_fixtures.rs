@@ -222,12 +222,14 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
                 gateway.static_addresses
             ));
         }
-        for (port, expected) in &expected_gateway.client_validation {
-            let config_port = gateway
+        let config_port = |port: u16| {
+            gateway
                 .config
                 .as_ref()
-                .and_then(|c| c.ports.iter().find(|p| p.port == *port));
-            let actual = match config_port {
+                .and_then(|c| c.ports.iter().find(|p| p.port == port))
+        };
+        for (port, expected) in &expected_gateway.client_validation {
+            let actual = match config_port(*port) {
                 None => "no such port".to_string(),
                 Some(p) => match &p.client_validation {
                     None => "none".to_string(),
@@ -241,11 +243,7 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             }
         }
         for (port, expected) in &expected_gateway.session_resumption {
-            let config_port = gateway
-                .config
-                .as_ref()
-                .and_then(|c| c.ports.iter().find(|p| p.port == *port));
-            let actual = match config_port {
+            let actual = match config_port(*port) {
                 None => "no such port",
                 Some(p) if p.session_resumption_disabled => "Disabled",
                 Some(_) => "Enabled",

@@ -667,12 +667,8 @@ fn absolute_uris_need_a_scheme_and_a_rest() {
     }
 }
 
-#[test]
-fn client_validation_needs_a_terminating_port_and_a_usable_ca() {
-    let valid = ClientValidation {
-        ca_certificates_pem: test_ca_pem(),
-        mode: ClientValidationMode::AllowValidOnly,
-    };
+/// `base()` with its port turned HTTPS, its listener presenting a certificate.
+fn https_base() -> CompiledConfig {
     let mut config = base();
     config.certificates.push(Certificate {
         name: "default/cert".into(),
@@ -681,6 +677,16 @@ fn client_validation_needs_a_terminating_port_and_a_usable_ca() {
     });
     config.ports[0].protocol = PortProtocol::Https;
     config.ports[0].listeners[0].certificates = vec!["default/cert".into()];
+    config
+}
+
+#[test]
+fn client_validation_needs_a_terminating_port_and_a_usable_ca() {
+    let valid = ClientValidation {
+        ca_certificates_pem: test_ca_pem(),
+        mode: ClientValidationMode::AllowValidOnly,
+    };
+    let mut config = https_base();
     let https = 0;
     config.ports[https].client_validation = Some(valid.clone());
     validate(&config).unwrap();
@@ -704,14 +710,7 @@ fn client_validation_needs_a_terminating_port_and_a_usable_ca() {
 
 #[test]
 fn session_resumption_is_turned_off_only_where_tls_terminates() {
-    let mut config = base();
-    config.certificates.push(Certificate {
-        name: "default/cert".into(),
-        cert_chain_pem: "(not checked here)".into(),
-        private_key_pem: "(not checked here)".into(),
-    });
-    config.ports[0].protocol = PortProtocol::Https;
-    config.ports[0].listeners[0].certificates = vec!["default/cert".into()];
+    let mut config = https_base();
     config.ports[0].session_resumption_disabled = true;
     validate(&config).unwrap();
 

@@ -75,12 +75,6 @@ const HOST_NAME: u8 = 0;
 /// A record's payload is at most 2^14 bytes (RFC 8446 §5.1).
 const MAX_RECORD_PAYLOAD: usize = 1 << 14;
 
-/// The server name of the ClientHello at the start of `bytes`: `Ok(None)` while the hello is
-/// incomplete, `Ok(Some(None))` for a complete hello without SNI.
-pub fn server_name(bytes: &[u8]) -> Result<Option<Option<String>>, HelloError> {
-    Ok(parse(bytes)?.map(|facts| facts.server_name))
-}
-
 /// The facts of the ClientHello at the start of `bytes`; `Ok(None)` while it is incomplete.
 pub fn parse(bytes: &[u8]) -> Result<Option<HelloFacts>, HelloError> {
     Reassembly::default().advance(bytes)
@@ -287,6 +281,12 @@ mod tests {
     use rustls::pki_types::ServerName;
 
     use super::*;
+
+    /// The server name of the ClientHello at the start of `bytes`: `Ok(None)` while the hello
+    /// is incomplete, `Ok(Some(None))` for a complete hello without SNI.
+    fn server_name(bytes: &[u8]) -> Result<Option<Option<String>>, HelloError> {
+        Ok(parse(bytes)?.map(|facts| facts.server_name))
+    }
 
     /// The first flight of a real rustls client to `server_name`.
     fn hello_from_client(server_name: &str) -> Vec<u8> {

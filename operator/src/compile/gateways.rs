@@ -575,8 +575,6 @@ pub const TLS_SESSION_RESUMPTION_OPTION: &str = "portcullis.dev/tls-session-resu
 /// platform team meant to change. Keys of other domains belong to other implementations (a
 /// Gateway moved between classes keeps them) and are left alone.
 fn tls_options(spec: &GatewayListeners, state: &mut ListenerState) {
-    let passthrough = spec.tls.as_ref().and_then(|t| t.mode.clone())
-        == Some(GatewayListenersTlsMode::Passthrough);
     let options = spec.tls.as_ref().and_then(|t| t.options.as_ref());
     for (key, value) in options.into_iter().flatten() {
         if key == TLS_SESSION_RESUMPTION_OPTION {
@@ -592,7 +590,7 @@ fn tls_options(spec: &GatewayListeners, state: &mut ListenerState) {
                 }
             };
             // A passthrough listener never sees the handshake; its option has nothing to do.
-            state.session_resumption_disabled = disabled && !passthrough;
+            state.session_resumption_disabled = disabled && !state.passthrough;
         } else if key
             .split_once('/')
             .is_some_and(|(domain, _)| domain.eq_ignore_ascii_case("portcullis.dev"))
