@@ -94,6 +94,19 @@ pub enum PortProtocol {
     Tcp,
 }
 
+impl PortProtocol {
+    /// Whether a port of this protocol terminates TLS (and so holds a TLS config, sessions and
+    /// client validation): HTTPS always, TLS when one of its listeners does not pass through.
+    /// `passthrough` says, per listener, whether it passes TLS through.
+    pub fn terminates_tls(self, mut passthrough: impl Iterator<Item = bool>) -> bool {
+        match self {
+            PortProtocol::Https => true,
+            PortProtocol::Tls => passthrough.any(|p| !p),
+            PortProtocol::Http | PortProtocol::Tcp => false,
+        }
+    }
+}
+
 /// A listening port and the Gateway listeners that share it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -574,6 +587,29 @@ impl Default for ProxySettings {
             min_data_rate_bytes_per_s: 240,
             min_data_rate_grace_ms: 5_000,
             stream_idle_timeout_ms: DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortProtocol;
+
+    #[test]
+    fn a_port_terminates_tls_when_https_or_a_tls_listener_does_not_pass_through() {
+        let cases = [
+            (PortProtocol::Https, vec![], true),
+            (PortProtocol::Tls, vec![true, false], true),
+            (PortProtocol::Tls, vec![true, true], false),
+            (PortProtocol::Http, vec![false], false),
+            (PortProtocol::Tcp, vec![false], false),
+        ];
+        for (protocol, passthrough, expected) in cases {
+            assert_eq!(
+                protocol.terminates_tls(passthrough.iter().copied()),
+                expected,
+                "{protocol:?} with passthrough {passthrough:?}"
+            );
         }
     }
 }

@@ -253,11 +253,9 @@ impl Validator {
         if port.protocol == PortProtocol::Tcp && port.listeners.len() > 1 {
             self.fail("a TCP port has exactly one listener: nothing tells its connections apart");
         }
-        let terminates = match port.protocol {
-            PortProtocol::Https => true,
-            PortProtocol::Tls => port.listeners.iter().any(|l| !l.passthrough),
-            PortProtocol::Http | PortProtocol::Tcp => false,
-        };
+        let terminates = port
+            .protocol
+            .terminates_tls(port.listeners.iter().map(|l| l.passthrough));
         if port.session_resumption_disabled && !terminates {
             self.within(Segment::Field(".session_resumption_disabled"), |v| {
                 v.fail("only a port that terminates TLS has sessions to resume");

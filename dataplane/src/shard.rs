@@ -168,12 +168,8 @@ impl Shard {
     pub(crate) fn build(&self, snapshot: Arc<Snapshot>) -> Result<Installed, String> {
         let mut tls = HashMap::new();
         for port in &snapshot.ports {
-            let terminates = match port.protocol {
-                PortProtocol::Https => true,
-                PortProtocol::Tls => port.listeners.iter().any(|l| !l.passthrough),
-                PortProtocol::Http | PortProtocol::Tcp => false,
-            };
-            if terminates {
+            let passthrough = port.listeners.iter().map(|l| l.passthrough);
+            if port.protocol.terminates_tls(passthrough) {
                 let configs = server_configs(
                     port,
                     &snapshot,
