@@ -1549,13 +1549,14 @@ async fn send_paced_timed<T: Transport>(
         if sent == bytes.len() && !T::BUFFERED {
             return Ok(());
         }
-        // A fresh body has nothing in flight; skip the syscall for the common small response.
-        let undelivered = if rate.recorded() > 0 {
-            io.unacknowledged()
-        } else {
-            0
-        };
-        let Some(wait) = rate.next_wait(Instant::now(), undelivered) else {
+        // The last check's count first: it can only shorten the wait, so the socket is asked
+        // how much the client has not acknowledged (a syscall) only when that count says the
+        // client fell behind. A response that leaves at once needs no count at all.
+        let now = Instant::now();
+        let wait = rate
+            .next_wait(now, rate.undelivered_at_last_check())
+            .or_else(|| rate.next_wait(now, io.unacknowledged()));
+        let Some(wait) = wait else {
             io.reset_on_close();
             return Err(());
         };

@@ -111,6 +111,14 @@ impl MinRate {
         }
     }
 
+    /// The bytes not taken by the peer at the last check, counted against what is recorded
+    /// now: `next_wait` given this answers from the last check, with no new count from the
+    /// socket. Delivery only grows, so that wait is never longer than a fresh check's, and
+    /// only its `None` (cut off) needs a fresh count to confirm.
+    pub fn undelivered_at_last_check(&self) -> u64 {
+        self.bytes.saturating_sub(self.delivered)
+    }
+
     /// Bytes recorded so far.
     pub fn recorded(&self) -> u64 {
         self.bytes
@@ -157,6 +165,26 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn the_last_checks_count_never_waits_longer_than_a_fresh_one() {
+        let t0 = Instant::now();
+        let mut rate = MinRate::start(&settings(100, 1_000, 3_000), t0);
+        rate.record(1_000);
+        // The peer took 400 bytes by 1 s: they bought 4 s from the start.
+        assert_eq!(rate.next_wait(t0 + secs(1.0), 600), Some(secs(1.0)));
+        rate.record(500);
+        assert_eq!(rate.undelivered_at_last_check(), 1_100);
+        // By 3.5 s it took everything. The last check's count (400, last grown at 1 s) has
+        // 0.5 s left; the fresh count (1 500: 15 s bought) allows the full recheck interval.
+        let stale = rate.next_wait(t0 + secs(3.5), rate.undelivered_at_last_check());
+        assert_eq!(stale, Some(secs(0.5)));
+        // At 4.5 s the last check's count says too slow; the fresh one, confirming, says fine.
+        let stale = rate.next_wait(t0 + secs(4.5), rate.undelivered_at_last_check());
+        assert_eq!(stale, None);
+        assert_eq!(rate.next_wait(t0 + secs(4.5), 0), Some(secs(1.0)));
+        assert_eq!(rate.undelivered_at_last_check(), 0);
     }
 
     #[test]
