@@ -808,3 +808,69 @@ fn mismatched_certificate_and_key_is_nacked() {
     let fresh = connect(port, "a.example.com", &ca.client(&[b"http/1.1"]));
     assert_eq!(fresh.peer_certificate.as_ref(), Some(&other.der));
 }
+
+/// A TLS response checks the client's minimum read rate like a plaintext one: what the
+/// kernel and the session buffered but the client never acknowledged buys no time, so a
+/// client that stops reading is reset soon after the grace period. At 2 KiB/s, the sealed
+/// records of one 16 KiB read from the backend alone would buy 8 s, and the kernel's send
+/// buffer more. (The check asks the socket only when its last count says the client fell
+/// behind: here it must.)
+#[test]
+fn a_tls_client_that_stops_reading_is_reset_once_the_grace_is_over() {
+    let ca = Ca::new();
+    let cert = ca.leaf(&["a.example.com"]);
+    let backend = Backend::start("b");
+    let port = free_port();
+    let config = ConfigBuilder::new(1)
+        .certificate("ns/a", &cert.cert_pem, &cert.key_pem)
+        .backend("ns/b:80", &[&backend])
+        .port(
+            port,
+            PortProtocol::Https,
+            vec![https_listener("a", None, &["ns/a"], "ns/b:80")],
+        )
+        .settings(|s| {
+            s.min_data_rate_bytes_per_s = 2 * 1024;
+            s.min_data_rate_grace_ms = 1_000;
+        })
+        .build();
+    let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
+
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let name = ServerName::try_from("a.example.com").unwrap();
+    let mut tls = rustls::ClientConnection::new(ca.client(&[b"http/1.1"]), name).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).unwrap();
+    }
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    stream
+        .write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+        .unwrap();
+    let asked = Instant::now();
+    // Cut off about 2 s after asking; read after 5 s, or a client that reads at full speed
+    // once it starts would earn what it needs.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut big = vec![0u8; 1 << 20];
+    let mut received = 0usize;
+    let outcome = loop {
+        match stream.read(&mut big) {
+            Ok(0) => break "eof",
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("{e} after {:?} and {received} bytes", asked.elapsed()),
+        }
+    };
+    assert_eq!(outcome, "reset", "after {received} bytes");
+    assert!(received < 64 << 20, "the whole response was delivered");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "cut off after {:?}",
+        asked.elapsed()
+    );
+}

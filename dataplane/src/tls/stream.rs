@@ -596,8 +596,11 @@ impl Transport for ServerTlsStream {
 
     const BUFFERED: bool = true;
 
+    /// The socket's unacknowledged bytes and the sealed records it has not taken yet: both
+    /// were counted as written, and neither has reached the client.
     fn unacknowledged(&self) -> u64 {
-        Transport::unacknowledged(&self.socket)
+        let unsent = (self.outgoing.len() - self.outgoing_sent) as u64;
+        Transport::unacknowledged(&self.socket) + unsent
     }
 
     fn reset_on_close(&self) {
