@@ -1545,17 +1545,23 @@ async fn send_paced_timed<T: Transport>(
     rate: &mut MinRate,
 ) -> Result<(), ()> {
     let mut sent = 0;
+    // Whether the last flush or write waited out its timeout, for a client not reading.
+    let mut timed_out = false;
     loop {
         if sent == bytes.len() && !T::BUFFERED {
             return Ok(());
         }
-        // The last check's count first: it can only shorten the wait, so the socket is asked
-        // how much the client has not acknowledged (a syscall) only when that count says the
-        // client fell behind. A response that leaves at once needs no count at all.
+        // While writes go through, the last check's count will do: it can only shorten the
+        // wait, and only its cut-off needs a fresh count from the socket (a syscall), so a
+        // response that leaves at once asks nothing. Once a wait timed out, every recheck
+        // asks: what the client took since counts as progress, for the idle timeout too.
         let now = Instant::now();
-        let wait = rate
-            .next_wait(now, rate.undelivered_at_last_check())
-            .or_else(|| rate.next_wait(now, io.unacknowledged()));
+        let known = if timed_out {
+            None
+        } else {
+            rate.next_wait(now, rate.undelivered_at_last_check())
+        };
+        let wait = known.or_else(|| rate.next_wait(now, io.unacknowledged()));
         let Some(wait) = wait else {
             io.reset_on_close();
             return Err(());
@@ -1564,7 +1570,10 @@ async fn send_paced_timed<T: Transport>(
         if T::BUFFERED {
             match io.flush().await {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    timed_out = true;
+                    continue;
+                }
                 Err(_) => {
                     io.reset_on_close();
                     return Err(());
@@ -1578,8 +1587,9 @@ async fn send_paced_timed<T: Transport>(
             Ok(n) if n > 0 => {
                 sent += n;
                 rate.record(n);
+                timed_out = false;
             }
-            Err(e) if !T::BUFFERED && e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) if !T::BUFFERED && e.kind() == std::io::ErrorKind::TimedOut => timed_out = true,
             Ok(_) | Err(_) => {
                 io.reset_on_close();
                 return Err(());

@@ -113,8 +113,10 @@ impl MinRate {
 
     /// The bytes not taken by the peer at the last check, counted against what is recorded
     /// now: `next_wait` given this answers from the last check, with no new count from the
-    /// socket. Delivery only grows, so that wait is never longer than a fresh check's, and
-    /// only its `None` (cut off) needs a fresh count to confirm.
+    /// socket. Delivery only grows, so that one wait is never longer than a fresh check's,
+    /// and only its `None` (cut off) needs a fresh count to confirm. Progress is only seen
+    /// by fresh counts, though: a caller whose wait timed out should count afresh, or a peer
+    /// that stalls gets up to twice the idle timeout.
     pub fn undelivered_at_last_check(&self) -> u64 {
         self.bytes.saturating_sub(self.delivered)
     }
