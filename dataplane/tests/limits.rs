@@ -161,12 +161,7 @@ fn a_client_that_reads_too_slowly_is_cut_off() {
         s.min_data_rate_bytes_per_s = 1 << 20;
         s.min_data_rate_grace_ms = 500;
     });
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket
-        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .unwrap();
-    let mut stream: TcpStream = socket.into();
+    let mut stream = support::client::connect_with_receive_buffer(port, 4096);
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -264,12 +259,7 @@ fn a_client_that_stops_reading_is_reset_once_the_grace_is_over() {
         s.min_data_rate_bytes_per_s = 64 * 1024;
         s.min_data_rate_grace_ms = 1_000;
     });
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket
-        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .unwrap();
-    let mut stream: TcpStream = socket.into();
+    let mut stream = support::client::connect_with_receive_buffer(port, 4096);
     std::io::Write::write_all(
         &mut stream,
         b"GET /bytes/67108864 HTTP/1.1\r\nHost: a\r\n\r\n",

@@ -821,27 +821,12 @@ fn a_tls_client_that_stops_reading_is_reset_once_the_grace_is_over() {
     let cert = ca.leaf(&["a.example.com"]);
     let backend = Backend::start("b");
     let port = free_port();
-    let config = ConfigBuilder::new(1)
-        .certificate("ns/a", &cert.cert_pem, &cert.key_pem)
-        .backend("ns/b:80", &[&backend])
-        .port(
-            port,
-            PortProtocol::Https,
-            vec![https_listener("a", None, &["ns/a"], "ns/b:80")],
-        )
-        .settings(|s| {
-            s.min_data_rate_bytes_per_s = 2 * 1024;
-            s.min_data_rate_grace_ms = 1_000;
-        })
-        .build();
+    let mut config = single_listener_config(1, port, &cert, &backend);
+    config.settings.min_data_rate_bytes_per_s = 2 * 1024;
+    config.settings.min_data_rate_grace_ms = 1_000;
     let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
 
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(1024).unwrap();
-    socket
-        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .unwrap();
-    let mut tcp: TcpStream = socket.into();
+    let mut tcp = support::client::connect_with_receive_buffer(port, 1024);
     tcp.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
     let name = ServerName::try_from("a.example.com").unwrap();
     let mut tls = rustls::ClientConnection::new(ca.client(&[b"http/1.1"]), name).unwrap();

@@ -121,11 +121,6 @@ impl MinRate {
         self.bytes.saturating_sub(self.delivered)
     }
 
-    /// Bytes recorded so far.
-    pub fn recorded(&self) -> u64 {
-        self.bytes
-    }
-
     pub fn record(&mut self, bytes: usize) {
         self.bytes = self.bytes.saturating_add(bytes as u64);
     }

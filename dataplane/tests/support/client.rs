@@ -309,6 +309,18 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A loopback connection to `port` whose receive buffer is asked to be `bytes` (the kernel
+/// doubles it and keeps a floor): a client that stops reading stops acknowledging soon.
+pub fn connect_with_receive_buffer(port: u16, bytes: usize) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a TCP socket");
+    socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF set");
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connected to the proxy");
+    socket.into()
+}
+
 /// A rustls client config trusting `roots`, offering `alpn`.
 pub fn tls_client_config(
     roots: &[CertificateDer<'static>],
