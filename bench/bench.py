@@ -640,7 +640,7 @@ def main():
         ip, port, _, _ = BACKENDS[0]
         direct_url = f"http://{ip}:{port}/"
 
-        results = {name: {"plain": [], "tls": [], "handshake": []} for name in order}
+        results = {name: {"plain": [], "one": [], "tls": [], "handshake": []} for name in order}
         for run_index in range(args.runs):
             for name in order:
                 system = systems.get(name)
@@ -652,6 +652,14 @@ def main():
                 print(f"run {run_index + 1} {name:10s} plaintext: {requests / args.seconds:9.0f} req/s, "
                       f"errors {errors}, proxy CPU {cpu:.2f}s ({kernel:.2f}s in the kernel)"
                       + (f", {cpu / requests * 1e6:.1f} us/req" if system and requests else ""), flush=True)
+                # One connection, one request at a time: every request makes the proxy sleep
+                # and wake twice (client, then backend), the cost a lightly loaded proxy pays.
+                requests, errors, cpu, kernel = measure(system, url, args.seconds, 1)
+                results[name]["one"].append((requests, errors, cpu, kernel))
+                print(f"run {run_index + 1} {name:10s} one connection: {requests / args.seconds:9.0f} req/s, "
+                      f"errors {errors}"
+                      + (f", {cpu / requests * 1e6:.1f} us/req ({kernel / requests * 1e6:.1f} in the kernel)"
+                         if system and requests else ""), flush=True)
                 if system is None:
                     continue
                 url = f"https://127.0.0.1:{system.tls_port}/"
@@ -691,10 +699,14 @@ def main():
             for name in order:
                 system = systems.get(name)
                 url = direct_url if system is None else f"http://127.0.0.1:{system.plain_port}/"
+                before = system.cpu()[0] if system else 0.0
                 p50, p99, achieved, failed = fixed_rate_latency(url, rate, args.seconds, args.connections)
-                latency[name].append((p50, p99, achieved, failed))
+                cpu = (system.cpu()[0] - before) if system else None
+                latency[name].append((p50, p99, achieved, failed, cpu))
                 print(f"run {run_index + 1} {name:10s} fixed rate {rate}/s: p50 {p50:.3f} ms, "
-                      f"p99 {p99:.3f} ms, achieved {achieved:.0f}/s, failed {failed}", flush=True)
+                      f"p99 {p99:.3f} ms, achieved {achieved:.0f}/s, failed {failed}"
+                      + (f", proxy CPU {cpu / args.seconds * 100:.0f} % busy" if cpu is not None else ""),
+                      flush=True)
 
         # Idle memory: once per system (it is a size, not a rate), client pinned with the load.
         idle = {name: {} for name in order if name != "direct"}
@@ -760,6 +772,19 @@ def main():
             metrics[metric_name]["note"] = (
                 "'kernel_us' is the part of each system's CPU per request spent in the kernel "
                 "(stime), median over the runs: socket work every proxy pays for")
+        metric("cpu_us_per_req_one_connection", {
+            "portcullis": per_request("portcullis", "one"),
+            "nginx": per_request("nginx", "one"),
+            "haproxy": per_request("haproxy", "one"),
+            "direct": None,
+        })
+        metrics["cpu_us_per_req_one_connection"]["kernel_us"] = {
+            name: kernel_per_request(name, "one") for name in ["portcullis", "nginx", "haproxy"]
+        }
+        metrics["cpu_us_per_req_one_connection"]["note"] = (
+            "plaintext keep-alive, wrk -c 1: one request at a time, so every request makes the proxy "
+            "sleep and wake twice; req/s "
+            + ", ".join(f"{n} {median([r / args.seconds for r, *_ in results[n]['one']]):.0f}" for n in order))
         metric("handshakes_per_cpu_s", {
             "portcullis": handshakes("portcullis"),
             "nginx": handshakes("nginx"),
@@ -827,6 +852,13 @@ def main():
             f"{pushed} pushes during a 30 s wrk run of {swap_requests} requests")
         metric("p99_ms_fixed_rate", {name: median([r[1] for r in latency[name]]) for name in order})
         metric("p50_ms_fixed_rate", {name: median([r[0] for r in latency[name]]) for name in order})
+        metric("cpu_us_per_req_fixed_rate", {
+            name: (median([r[4] / (r[2] * args.seconds) * 1e6 for r in latency[name] if r[2]])
+                   if name != "direct" else None)
+            for name in order
+        })
+        metrics["cpu_us_per_req_fixed_rate"]["note"] = (
+            f"proxy CPU per request during the p50/p99 runs at {rate} req/s (achieved req/s x run length)")
         achieved = {name: median([r[2] for r in latency[name]]) for name in order}
         failed = {name: sum(r[3] for r in latency[name]) for name in order}
         for name in ["p99_ms_fixed_rate", "p50_ms_fixed_rate"]:
