@@ -4,6 +4,8 @@
 //! only this. Nothing here refers back to Kubernetes: Services are already endpoints, Secrets
 //! are already PEM, and attachment and hostname intersection are already decided.
 
+mod exact_capacity;
+
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -155,10 +157,10 @@ pub struct Listener {
     #[serde(default)]
     pub hostname: Option<String>,
     /// Names of entries in `CompiledConfig::certificates`; required on HTTPS ports.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub certificates: Vec<String>,
     /// Routes in tie-break order: oldest first, then by "namespace/name".
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub routes: Vec<HttpRoute>,
     /// TLS ports only: hand the client's TLS stream to the backend unopened (the backend
     /// holds the certificate) instead of terminating it with `certificates`.
@@ -166,7 +168,11 @@ pub struct Listener {
     pub passthrough: bool,
     /// TLS and TCP ports, instead of `routes`: the TLSRoutes or TCPRoutes, in tie-break
     /// order. A TCP port has one listener, and its first route takes every connection.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "exact_capacity::vec"
+    )]
     pub stream_routes: Vec<StreamRoute>,
 }
 
@@ -184,10 +190,10 @@ pub struct StreamRoute {
     pub name: String,
     /// Effective hostnames (already intersected with the listener's); empty means any server
     /// name the listener accepts, and connections without SNI.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub hostnames: Vec<String>,
     /// Empty, or all weights zero: connections are refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub backends: Vec<WeightedBackend>,
 }
 
@@ -198,8 +204,9 @@ pub struct HttpRoute {
     pub name: String,
     /// Effective hostnames (already intersected with the listener's); empty means any host
     /// the listener accepts.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub hostnames: Vec<String>,
+    #[serde(deserialize_with = "exact_capacity::vec")]
     pub rules: Vec<RouteRule>,
 }
 
@@ -209,12 +216,12 @@ pub struct RouteRule {
     #[serde(default)]
     pub name: Option<String>,
     /// Empty means one match on path prefix "/".
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub matches: Vec<RouteMatch>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub filters: Vec<Filter>,
     /// Empty means every request matched by this rule is answered 500, as Gateway API requires.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub backends: Vec<WeightedBackend>,
     #[serde(default)]
     pub timeouts: RuleTimeouts,
@@ -259,9 +266,9 @@ pub struct RuleTimeouts {
 pub struct RouteMatch {
     #[serde(default)]
     pub path: PathMatch,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub headers: Vec<HeaderMatch>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub query_params: Vec<QueryParamMatch>,
     #[serde(default)]
     pub method: Option<String>,
@@ -377,11 +384,11 @@ fn default_cors_max_age() -> u32 {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderModifier {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub set: Vec<HeaderValue>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub add: Vec<HeaderValue>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub remove: Vec<String>,
 }
 
@@ -435,7 +442,7 @@ pub struct WeightedBackend {
     pub target: BackendTarget,
     /// Applied only to requests sent to this backend (RequestHeaderModifier,
     /// ResponseHeaderModifier).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_capacity::vec")]
     pub filters: Vec<Filter>,
 }
 
@@ -469,6 +476,7 @@ pub struct Backend {
     pub name: String,
     #[serde(default)]
     pub protocol: BackendProtocol,
+    #[serde(deserialize_with = "exact_capacity::vec")]
     pub endpoints: Vec<SocketAddr>,
     /// TLS to the endpoints (a BackendTLSPolicy); plaintext when absent. HTTP traffic and
     /// connections terminated on TLS ports use it; TLS passthrough and TCP ports forward bytes

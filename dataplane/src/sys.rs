@@ -122,7 +122,7 @@ pub fn reset_on_close(fd: RawFd) {
 }
 
 /// Free memory each malloc arena keeps at the top of its heap instead of handing it back to
-/// the kernel; also the size from which an allocation gets its own mapping.
+/// the kernel.
 ///
 /// With glibc's defaults (128 KiB, raised only after a large mapped block is freed), every
 /// core's arena under TLS load shrank its heap with `madvise` about once per 50 requests and
@@ -132,9 +132,20 @@ pub fn reset_on_close(fd: RawFd) {
 /// much free.
 pub const HEAP_KEEP_BYTES: i32 = 1 << 20;
 
-/// Sets the trim and mapping thresholds to [`HEAP_KEEP_BYTES`] unless `GLIBC_TUNABLES` tunes
-/// malloc already (an operator's choice wins). Call before any thread starts. Returns whether
-/// it changed them.
+/// The size from which an allocation gets its own mapping: glibc's largest (32 MiB on
+/// 64-bit), so large blocks come from the heap and reuse what the last one freed.
+///
+/// A config swap allocates a few blocks over 1 MiB (the received frame, the decoded route
+/// list, the routing tables' arrays). Each mapped block arrives as fresh pages the kernel
+/// zeroes on first touch and leaves with `munmap` when freed: at a 1 MiB threshold a swap of
+/// 10 000 routes faulted about 950 more pages and took about 30 % longer
+/// (bench/README.md). A freed block in the middle of a heap stays with the process until its
+/// neighbours are freed too; the heap top is still trimmed past [`HEAP_KEEP_BYTES`].
+pub const OWN_MAPPING_FROM_BYTES: i32 = 32 << 20;
+
+/// Sets the trim threshold to [`HEAP_KEEP_BYTES`] and the mapping threshold to
+/// [`OWN_MAPPING_FROM_BYTES`] unless `GLIBC_TUNABLES` tunes malloc already (an operator's
+/// choice wins). Call before any thread starts. Returns whether it changed them.
 pub fn keep_freed_heap() -> bool {
     if malloc_tuned_by(std::env::var("GLIBC_TUNABLES").ok().as_deref()) {
         return false;
@@ -143,7 +154,7 @@ pub fn keep_freed_heap() -> bool {
     // (the mapping threshold's maximum is 32 MiB on 64-bit).
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP_BYTES) == 1
-            && libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_KEEP_BYTES) == 1
+            && libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM_BYTES) == 1
     }
 }
 
