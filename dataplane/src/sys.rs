@@ -129,7 +129,7 @@ pub fn reset_on_close(fd: RawFd) {
 /// faulted the pages back in right after: 3 page faults per request, about a fifth of the
 /// proxy's kernel time per TLS request on the benchmark VM (bench/README.md). At 1 MiB the
 /// faults are gone; each arena (one per core, plus the control thread's) keeps at most this
-/// much free.
+/// much free at the top of its heap.
 pub const HEAP_KEEP_BYTES: i32 = 1 << 20;
 
 /// The size from which an allocation gets its own mapping: glibc's largest (32 MiB on
@@ -138,9 +138,11 @@ pub const HEAP_KEEP_BYTES: i32 = 1 << 20;
 /// A config swap allocates a few blocks over 1 MiB (the received frame, the decoded route
 /// list, the routing tables' arrays). Each mapped block arrives as fresh pages the kernel
 /// zeroes on first touch and leaves with `munmap` when freed: at a 1 MiB threshold a swap of
-/// 10 000 routes faulted about 950 more pages and took about 30 % longer
-/// (bench/README.md). A freed block in the middle of a heap stays with the process until its
-/// neighbours are freed too; the heap top is still trimmed past [`HEAP_KEEP_BYTES`].
+/// 10 000 routes faulted about 950 more pages (bench/README.md has the push -> ACK times).
+/// The cost: a freed block below live data stays with the process until the blocks around
+/// it are freed too (a 10 000-route config replaced by a small one can leave its blocks in
+/// the control thread's heap until the next large swap reuses them), where a mapping went
+/// back to the kernel at once; only the heap top is trimmed past [`HEAP_KEEP_BYTES`].
 pub const OWN_MAPPING_FROM_BYTES: i32 = 32 << 20;
 
 /// Sets the trim threshold to [`HEAP_KEEP_BYTES`] and the mapping threshold to

@@ -6,8 +6,8 @@
 //! 10 000-route config about 1 KB per route, more than half of what the decoded config
 //! takes. Every config swap allocates, touches and later frees that memory.
 //!
-//! Use with `#[serde(default, deserialize_with = "exact_capacity::vec")]`; serialization
-//! is unchanged.
+//! Use with `#[serde(deserialize_with = "exact_capacity::vec")]` (and `default` where the
+//! field may be left out); serialization is unchanged, so is a config's content hash.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -23,6 +23,9 @@ where
 {
     deserializer.deserialize_seq(ExactVec(PhantomData))
 }
+
+/// The most a list reserves up front on the strength of a length hint (serde's own limit).
+const MAX_PREALLOCATED_BYTES: usize = 1024 * 1024;
 
 struct ExactVec<T>(PhantomData<T>);
 
@@ -40,7 +43,12 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ExactVec<T> {
         let Some(second) = seq.next_element()? else {
             return Ok(vec![first]);
         };
-        let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).saturating_add(2).max(4));
+        // A format that announces its length gets no more than serde's own cap on trust.
+        let announced = seq
+            .size_hint()
+            .unwrap_or(0)
+            .min(MAX_PREALLOCATED_BYTES / size_of::<T>().max(1));
+        let mut list = Vec::with_capacity(announced.saturating_add(2).max(4));
         list.push(first);
         list.push(second);
         while let Some(element) = seq.next_element()? {
@@ -91,6 +99,7 @@ mod tests {
     #[test]
     fn what_is_not_a_list_is_refused() {
         for json in [
+            r#"{"list": null}"#,
             r#"{"list": "a"}"#,
             r#"{"list": {"a": 1}}"#,
             r#"{"list": [1]}"#,
