@@ -10,9 +10,9 @@
 #   bench/scaling.sh --package DIR    # copy the binaries, their libraries and this script to DIR
 #
 # --package is for running on another machine: build here (cargo build --release), package,
-# copy DIR over, then run `DIR/scaling.sh --bin DIR` there. In a package, nginx and wrk come
-# from DIR and their shared libraries from DIR/lib; otherwise from PATH (`make bench` installs
-# them). Results: a table on stdout and JSON in --out (default bench/results/scaling-<date>.json
+# copy DIR over, then run `DIR/scaling.sh --bin DIR` there. In a package, the binaries come
+# from DIR and start through DIR/lib's loader with DIR/lib's libraries (the C library too);
+# otherwise from PATH (`make bench` installs them). Results: a table on stdout and JSON in --out (default bench/results/scaling-<date>.json
 # in a checkout, ./scaling-<date>.json in a package).
 set -euo pipefail
 
@@ -43,20 +43,33 @@ if [ -n "${package}" ]; then
   mkdir -p "${package}/lib"
   for name in portcullis-proxy nginx wrk; do
     path="$(tool "${name}")"
-    cp "${path}" "${package}/${name}"
-    # Shared libraries except the C library and the loader, which the target machine has.
-    ldd "${path}" | awk '/=> \// {print $3}' | grep -Ev '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' \
-      | xargs -r -I{} cp -L {} "${package}/lib/"
+    # Without debug information: the package must stay small enough to copy (50 MB -> 10 MB).
+    objcopy --strip-debug "${path}" "${package}/${name}"
+    # Every shared library, the C library and the loader included, so the binaries run on a
+    # machine whose C library is older than this one's (they are started through DIR/lib's
+    # loader below).
+    ldd "${path}" | awk '/=> \// {print $3} /^\t\/.*ld-linux/ {print $1}' | xargs -r -I{} cp -L {} "${package}/lib/"
   done
   cp "$0" "${package}/scaling.sh"
-  echo "packaged into ${package}: $(ls "${package}" | tr '\n' ' ')"
+  echo "packaged into ${package} ($(du -sh "${package}" | cut -f1)): $(ls "${package}" | tr '\n' ' ')"
   exit 0
 fi
 
-[ -d "${bin}/lib" ] && export LD_LIBRARY_PATH="${bin}/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
+# In a package, every binary starts through the package's own loader and libraries.
+launcher=()
+loader="$(ls "${bin}"/lib/ld-linux*.so* 2>/dev/null | head -n1 || true)"
+[ -n "${loader}" ] && launcher=("${loader}" --library-path "${bin}/lib")
 proxy_bin="$(tool portcullis-proxy)"
 nginx_bin="$(tool nginx)"
 wrk_bin="$(tool wrk)"
+# A binary that cannot be loaded here (a missing library, a C library too old) fails now, with
+# the loader's message, rather than as a port nothing listens on.
+for name in proxy_bin nginx_bin wrk_bin; do
+  if loaded="$("${launcher[@]}" "${!name}" -v 2>&1)"; [[ "${loaded}" == *"error while loading"* || "${loaded}" == *"not found"* ]]; then
+    echo "${!name} does not start here: ${loaded}" >&2
+    exit 1
+  fi
+done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # CPUs this process may use, expanded from taskset's list ("0-3,8" -> 0 1 2 3 8).
@@ -70,6 +83,16 @@ for range in "${ranges[@]}"; do
   fi
 done
 total=${#cpus[@]}
+# With SMT, the first hardware thread of every core first, then the second ones: N proxy
+# cores are N physical cores (while N is at most the core count), not N/2 cores' two threads.
+smt_rank() { # position of CPU $1 among its core's threads (0 without SMT information)
+  local siblings="/sys/devices/system/cpu/cpu$1/topology/thread_siblings_list"
+  [ -r "${siblings}" ] || { echo 0; return; }
+  local first; first="$(sed 's/[,-].*//' "${siblings}")"
+  [ "${first}" = "$1" ] && echo 0 || echo 1
+}
+mapfile -t cpus < <(for c in "${cpus[@]}"; do echo "$(smt_rank "$c") $c"; done | sort -k1,1n -k2,2n | cut -d' ' -f2)
+threads_per_core="$(awk -F'[,-]' '{print NF}' /sys/devices/system/cpu/cpu0/topology/thread_siblings_list 2>/dev/null || echo 1)"
 list() { local IFS=,; echo "$*"; } # CPUs $@ as a taskset list
 
 work="$(mktemp -d /tmp/portcullis-scaling.XXXXXX)"
@@ -117,7 +140,7 @@ EOF
 }
 
 start() { # $1 CPU list, then the command; records the pid
-  taskset -c "$1" "${@:2}" > "${work}/$(basename "$2").log" 2>&1 &
+  taskset -c "$1" "${launcher[@]}" "${@:2}" > "${work}/$(basename "$2").log" 2>&1 &
   pids+=("$!")
   last_pid=$!
 }
@@ -127,8 +150,8 @@ stop() {
   wait "$1" 2>/dev/null || true
 }
 
-requests_per_s() { # $1 load CPUs, $2 threads, $3 connections, $4 URL
-  taskset -c "$1" "${wrk_bin}" -t"$2" -c"$3" -d"${seconds}s" -H "Host: bench.local" "$4" \
+requests_per_s() { # $1 load CPUs, $2 threads, $3 connections, $4 URL, $5 seconds (--seconds)
+  taskset -c "$1" "${launcher[@]}" "${wrk_bin}" -t"$2" -c"$3" -d"${5:-${seconds}}s" -H "Host: bench.local" "$4" \
     | awk '/^Requests\/sec:/ {print $2}'
 }
 
@@ -150,7 +173,7 @@ if ((${#plan[@]} == 0)); then
     "Direct shows the cap; this is not a scaling result." >&2
 fi
 
-echo "machine: ${total} CPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), kernel $(uname -r)"
+echo "machine: ${total} CPUs, ${threads_per_core} thread(s) per core ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), kernel $(uname -r); CPU order: ${cpus[*]}"
 echo "plan: N = ${plan[*]}; ${runs} runs x ${seconds} s each, interleaved direct, portcullis, nginx"
 printf '%4s %10s %12s %12s %12s %9s %9s %9s\n' N cpus direct portcullis nginx "p/N=1" "n/N=1" "p/nginx"
 
@@ -193,14 +216,14 @@ EOF
       --bind-address 127.0.0.1 --admin-address 127.0.0.1:18399 --log-level warn
     proxy_pid=${last_pid}
     wait_port "${proxy_port}"
-    requests_per_s "${ll}" "${#load_cpus[@]}" "${connections}" "http://127.0.0.1:${proxy_port}/" >/dev/null # warm-up
+    requests_per_s "${ll}" "${#load_cpus[@]}" "${connections}" "http://127.0.0.1:${proxy_port}/" 2 >/dev/null # warm-up
     portcullis+=("$(requests_per_s "${ll}" "${#load_cpus[@]}" "${connections}" "http://127.0.0.1:${proxy_port}/")")
     stop "${proxy_pid}"
 
     start "${pl}" "${nginx_bin}" -c "${work}/nginx.conf"
     nginx_pid=${last_pid}
     wait_port "${nginx_port}"
-    requests_per_s "${ll}" "${#load_cpus[@]}" "${connections}" "http://127.0.0.1:${nginx_port}/" >/dev/null
+    requests_per_s "${ll}" "${#load_cpus[@]}" "${connections}" "http://127.0.0.1:${nginx_port}/" 2 >/dev/null
     nginx+=("$(requests_per_s "${ll}" "${#load_cpus[@]}" "${connections}" "http://127.0.0.1:${nginx_port}/")")
     stop "${nginx_pid}"
   done
@@ -222,7 +245,7 @@ if [ -z "${out}" ]; then
 fi
 {
   echo "{\"date\": \"$(date -u +%FT%TZ)\", \"command\": \"$0 --seconds ${seconds} --runs ${runs}\","
-  echo " \"machine\": {\"cpus\": ${total}, \"cpu_model\": \"$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')\", \"kernel\": \"$(uname -r)\"},"
+  echo " \"machine\": {\"cpus\": ${total}, \"threads_per_core\": ${threads_per_core}, \"cpu_model\": \"$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')\", \"kernel\": \"$(uname -r)\"},"
   echo " \"note\": \"$([ "${shared}" = 1 ] && echo "too few CPUs: load and backend shared one CPU; not a scaling result" || echo "own CPUs for proxy, load and backend at every N")\","
   echo " \"rows\": ["
   (IFS=$',\n'; echo "  ${rows[*]}")
