@@ -94,6 +94,9 @@ pub enum PortProtocol {
     /// TCP connections forwarded whole to TCP backends (TCPRoute).
     #[serde(rename = "TCP")]
     Tcp,
+    /// UDP datagrams forwarded to UDP backends (UDPRoute), per client address and port.
+    #[serde(rename = "UDP")]
+    Udp,
 }
 
 impl PortProtocol {
@@ -104,7 +107,7 @@ impl PortProtocol {
         match self {
             PortProtocol::Https => true,
             PortProtocol::Tls => passthrough.any(|p| !p),
-            PortProtocol::Http | PortProtocol::Tcp => false,
+            PortProtocol::Http | PortProtocol::Tcp | PortProtocol::Udp => false,
         }
     }
 }
@@ -569,12 +572,35 @@ pub struct ProxySettings {
     /// not set it hash as before it existed.
     #[serde(skip_serializing_if = "is_default_stream_idle_timeout")]
     pub stream_idle_timeout_ms: u64,
+    /// A UDP session (one client address and port on a UDP port, UDPRoute) with no datagram
+    /// either way for this long ends, and its upstream socket closes. Short, unlike TCP's:
+    /// nothing tells a proxy a UDP exchange is over, and clients such as DNS resolvers use a
+    /// new source port per query, so every session holds a socket until it times out. Left
+    /// out of the JSON at its default, so configs that do not set it hash as before it existed.
+    #[serde(skip_serializing_if = "is_default_udp_session_idle_timeout")]
+    pub udp_session_idle_timeout_ms: u64,
+    /// UDP sessions one core holds at most; a datagram that would open one more is dropped
+    /// (and counted). Left out of the JSON at its default, as above.
+    #[serde(skip_serializing_if = "is_default_max_udp_sessions_per_core")]
+    pub max_udp_sessions_per_core: usize,
 }
 
 const DEFAULT_STREAM_IDLE_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
 fn is_default_stream_idle_timeout(value: &u64) -> bool {
     *value == DEFAULT_STREAM_IDLE_TIMEOUT_MS
+}
+
+const DEFAULT_UDP_SESSION_IDLE_TIMEOUT_MS: u64 = 60_000;
+
+fn is_default_udp_session_idle_timeout(value: &u64) -> bool {
+    *value == DEFAULT_UDP_SESSION_IDLE_TIMEOUT_MS
+}
+
+const DEFAULT_MAX_UDP_SESSIONS_PER_CORE: usize = 10_000;
+
+fn is_default_max_udp_sessions_per_core(value: &usize) -> bool {
+    *value == DEFAULT_MAX_UDP_SESSIONS_PER_CORE
 }
 
 impl Default for ProxySettings {
@@ -595,6 +621,8 @@ impl Default for ProxySettings {
             min_data_rate_bytes_per_s: 240,
             min_data_rate_grace_ms: 5_000,
             stream_idle_timeout_ms: DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+            udp_session_idle_timeout_ms: DEFAULT_UDP_SESSION_IDLE_TIMEOUT_MS,
+            max_udp_sessions_per_core: DEFAULT_MAX_UDP_SESSIONS_PER_CORE,
         }
     }
 }

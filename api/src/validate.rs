@@ -212,6 +212,11 @@ impl Validator {
             ("body_idle_timeout_ms", s.body_idle_timeout_ms),
             ("upstream_connect_timeout_ms", s.upstream_connect_timeout_ms),
             ("stream_idle_timeout_ms", s.stream_idle_timeout_ms),
+            ("udp_session_idle_timeout_ms", s.udp_session_idle_timeout_ms),
+            (
+                "max_udp_sessions_per_core",
+                s.max_udp_sessions_per_core as u64,
+            ),
             ("upstream_idle_timeout_ms", s.upstream_idle_timeout_ms),
             (
                 "max_connections_per_core",
@@ -252,6 +257,9 @@ impl Validator {
         }
         if port.protocol == PortProtocol::Tcp && port.listeners.len() > 1 {
             self.fail("a TCP port has exactly one listener: nothing tells its connections apart");
+        }
+        if port.protocol == PortProtocol::Udp && port.listeners.len() > 1 {
+            self.fail("a UDP port has exactly one listener: nothing tells its datagrams apart");
         }
         let terminates = port
             .protocol
@@ -327,10 +335,10 @@ impl Validator {
     fn listener_kind(&mut self, protocol: PortProtocol, listener: &Listener) {
         let http = matches!(protocol, PortProtocol::Http | PortProtocol::Https);
         if http && !listener.stream_routes.is_empty() {
-            self.fail("TLS and TCP routes can only attach to TLS and TCP ports");
+            self.fail("TLS, TCP and UDP routes can only attach to TLS, TCP and UDP ports");
         }
         if !http && !listener.routes.is_empty() {
-            self.fail("a TLS or TCP listener carries stream routes, not HTTP routes");
+            self.fail("a TLS, TCP or UDP listener carries stream routes, not HTTP routes");
         }
         if listener.passthrough && protocol != PortProtocol::Tls {
             self.fail("passthrough is only possible on a TLS port");
@@ -339,7 +347,9 @@ impl Validator {
             PortProtocol::Https if listener.certificates.is_empty() => {
                 self.fail("an HTTPS listener needs at least one certificate")
             }
-            PortProtocol::Http | PortProtocol::Tcp if !listener.certificates.is_empty() => {
+            PortProtocol::Http | PortProtocol::Tcp | PortProtocol::Udp
+                if !listener.certificates.is_empty() =>
+            {
                 self.fail("a plaintext listener cannot carry certificates")
             }
             PortProtocol::Tls => match (listener.passthrough, listener.certificates.is_empty()) {
@@ -351,17 +361,22 @@ impl Validator {
                 }
                 _ => {}
             },
-            PortProtocol::Tcp => {
-                // Nothing in a TCP connection names a host.
+            PortProtocol::Tcp | PortProtocol::Udp => {
+                // Nothing in a TCP connection or a UDP datagram names a host.
+                let kind = if protocol == PortProtocol::Tcp {
+                    "TCP"
+                } else {
+                    "UDP"
+                };
                 if listener.hostname.is_some() {
-                    self.fail("a TCP listener has no hostname");
+                    self.fail(format!("a {kind} listener has no hostname"));
                 }
                 if listener
                     .stream_routes
                     .iter()
                     .any(|r| !r.hostnames.is_empty())
                 {
-                    self.fail("TCP routes have no hostnames");
+                    self.fail(format!("{kind} routes have no hostnames"));
                 }
             }
             _ => {}

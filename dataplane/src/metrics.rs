@@ -80,6 +80,10 @@ pub struct CoreCounters {
     pub client_certificates_unverified: Arc<AtomicU64>,
     /// Shared with the core's detached mirror tasks.
     pub mirrors: Rc<MirrorCounters>,
+    /// UDP sessions open now, and datagrams dropped because a new session would have
+    /// exceeded the per-core limit.
+    pub udp_sessions: Cell<u64>,
+    pub udp_datagrams_refused: Cell<u64>,
 }
 
 /// Copies sent by RequestMirror filters on one core.
@@ -136,6 +140,8 @@ impl CoreCounters {
                 self.mirrors.skipped.get(),
                 self.mirrors.in_flight.get(),
             ],
+            udp_sessions: self.udp_sessions.get(),
+            udp_datagrams_refused: self.udp_datagrams_refused.get(),
         }
     }
 }
@@ -162,6 +168,8 @@ pub struct CoreStats {
     pub client_certificates_unverified: u64,
     /// Mirror copies completed, failed, skipped, and in flight now.
     pub mirrors: [u64; 4],
+    pub udp_sessions: u64,
+    pub udp_datagrams_refused: u64,
 }
 
 /// Figures the control thread owns.
@@ -295,6 +303,18 @@ pub fn render(control: &ControlStats, cores: &[CoreStats]) -> String {
             "counter",
             "Downstream connections refused at the per-core limit.",
             sum(|c| c.connections_rejected),
+        ),
+        (
+            "portcullis_udp_sessions",
+            "gauge",
+            "Open UDP sessions (client address and port on a UDP port).",
+            sum(|c| c.udp_sessions),
+        ),
+        (
+            "portcullis_udp_datagrams_refused_total",
+            "counter",
+            "Datagrams dropped because their new UDP session would exceed the per-core limit.",
+            sum(|c| c.udp_datagrams_refused),
         ),
         (
             "portcullis_tls_handshake_errors_total",

@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,13 +17,14 @@ use futures_lite::{AsyncWriteExt, FutureExt, future};
 use glommio::channels::shared_channel::{
     ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::{TcpListener, TcpStream, UdpSocket};
 use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement, Task, spawn_local};
 use portcullis_api::CompiledConfig;
 use portcullis_api::config::PortProtocol;
 
 use crate::access_log::{self, AccessLog};
+use crate::control::listen::Transport;
 use crate::l4::open_streams::OpenStreams;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
@@ -256,7 +257,7 @@ async fn run(
     replies: ConnectedSender<ShardReply>,
 ) {
     let housekeeping = spawn_local(housekeeping(shard.clone()));
-    let mut listeners: HashMap<u16, AcceptLoop> = HashMap::new();
+    let mut listeners: HashMap<(u16, Transport), AcceptLoop> = HashMap::new();
     while let Some(command) = commands.recv().await {
         let reply = match command {
             ShardCommand::Install { snapshot, sockets } => {
@@ -295,7 +296,7 @@ fn install(
     shard: &Rc<Shard>,
     snapshot: Arc<Snapshot>,
     sockets: Vec<(u16, OwnedFd)>,
-    listeners: &mut HashMap<u16, AcceptLoop>,
+    listeners: &mut HashMap<(u16, Transport), AcceptLoop>,
 ) -> ShardReply {
     let generation = snapshot.generation;
     let installed = match shard.build(snapshot.clone()) {
@@ -304,6 +305,11 @@ fn install(
     };
     let mut new_listeners = Vec::with_capacity(sockets.len());
     for (port, socket) in sockets {
+        let Some(transport) = snapshot.port(port).map(|p| Transport::of(p.protocol)) else {
+            return ShardReply::InstallFailed {
+                reason: format!("unexpected socket for port {port}"),
+            };
+        };
         let stopper = match socket.try_clone() {
             Ok(duplicate) => socket2::Socket::from(duplicate),
             Err(e) => {
@@ -312,25 +318,36 @@ fn install(
                 };
             }
         };
-        // SAFETY: `socket` is an owned, bound, listening TCP socket the control thread created
-        // for this core; ownership of the descriptor moves into the glommio listener.
+        // SAFETY: `socket` is an owned, bound socket the control thread created for this core
+        // (listening TCP, or UDP, as `transport` says: both follow the port's protocol in this
+        // snapshot); ownership of the descriptor moves into the glommio socket.
         #[allow(unsafe_code)]
-        let listener =
-            unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) };
-        new_listeners.push((port, listener, stopper));
+        let socket = unsafe {
+            match transport {
+                Transport::Tcp => PortSocket::Tcp(TcpListener::from_raw_fd(socket.into_raw_fd())),
+                Transport::Udp => PortSocket::Udp(UdpSocket::from_raw_fd(socket.into_raw_fd())),
+            }
+        };
+        new_listeners.push(((port, transport), socket, stopper));
     }
-    let wanted: HashSet<u16> = snapshot.ports.iter().map(|p| p.port).collect();
-    for (port, _, _) in &new_listeners {
-        if !wanted.contains(port) || listeners.contains_key(port) {
+    let wanted: HashSet<(u16, Transport)> = snapshot
+        .ports
+        .iter()
+        .map(|p| (p.port, Transport::of(p.protocol)))
+        .collect();
+    for (key, _, _) in &new_listeners {
+        if !wanted.contains(key) || listeners.contains_key(key) {
             return ShardReply::InstallFailed {
-                reason: format!("unexpected socket for port {port}"),
+                reason: format!("unexpected socket for port {}", key.0),
             };
         }
     }
     let missing: Vec<u16> = wanted
         .iter()
-        .filter(|p| !listeners.contains_key(p) && !new_listeners.iter().any(|(n, _, _)| n == *p))
-        .copied()
+        .filter(|key| {
+            !listeners.contains_key(key) && !new_listeners.iter().any(|(k, _, _)| k == *key)
+        })
+        .map(|(port, _)| *port)
         .collect();
     if !missing.is_empty() {
         return ShardReply::InstallFailed {
@@ -359,15 +376,26 @@ fn install(
             "connections" = revoked
         );
     }
-    listeners.retain(|port, _| wanted.contains(port));
-    for (port, listener, stopper) in new_listeners {
-        let task = spawn_local(accept_loop(shard.clone(), listener, port));
-        listeners.insert(port, AcceptLoop { stopper, task });
+    listeners.retain(|key, _| wanted.contains(key));
+    for ((port, transport), socket, stopper) in new_listeners {
+        let task = match socket {
+            PortSocket::Tcp(listener) => spawn_local(accept_loop(shard.clone(), listener, port)),
+            PortSocket::Udp(socket) => {
+                spawn_local(crate::l4::udp::serve_udp_port(shard.clone(), socket, port))
+            }
+        };
+        listeners.insert((port, transport), AcceptLoop { stopper, task });
     }
     ShardReply::Installed { generation }
 }
 
-/// A port's accept task, and a duplicate of its listening socket that stops the port
+/// A core's socket for one port, as the control thread opened it for the port's protocol.
+enum PortSocket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// A port's accept task (or, on a UDP port, its receive task), and a duplicate of its listening socket that stops the port
 /// synchronously when the task is dropped. Dropping the task alone is not enough: the accept
 /// the task has in flight in the io_uring ring holds its own reference to the socket, which
 /// keeps listening (and completing handshakes nobody will accept) until the ring processes the
@@ -524,6 +552,8 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, port: u16) {
             drop(installed);
             Box::pin(crate::l4::serve_stream_port(shard, stream, port, protocol))
         }
+        // A UDP port has no listening TCP socket to accept from.
+        PortProtocol::Udp => return,
     };
     serving.await;
 }

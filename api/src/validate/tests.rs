@@ -76,6 +76,9 @@ fn tls_base_is_valid() {
     tcp.ports[0].listeners[0].passthrough = false;
     tcp.ports[0].listeners[0].stream_routes[0].hostnames.clear();
     assert_eq!(validate(&tcp), Ok(()));
+    let mut udp = tcp;
+    udp.ports[0].protocol = PortProtocol::Udp;
+    assert_eq!(validate(&udp), Ok(()));
 }
 
 #[test]
@@ -140,6 +143,36 @@ fn invalid_tls_ports_are_reported_with_their_path() {
                 c.ports[0].listeners[0].passthrough = false;
             },
             "ports[0].listeners[0]",
+        ),
+        (
+            "hostnames on a UDP route",
+            |c| {
+                c.ports[0].protocol = PortProtocol::Udp;
+                c.ports[0].listeners[0].passthrough = false;
+            },
+            "ports[0].listeners[0]",
+        ),
+        (
+            "certificate on a UDP listener",
+            |c| {
+                c.ports[0].protocol = PortProtocol::Udp;
+                c.ports[0].listeners[0].passthrough = false;
+                c.ports[0].listeners[0].stream_routes[0].hostnames.clear();
+                c.ports[0].listeners[0].certificates = vec!["x".into()];
+            },
+            "ports[0].listeners[0]",
+        ),
+        (
+            "two listeners on a UDP port",
+            |c| {
+                c.ports[0].protocol = PortProtocol::Udp;
+                c.ports[0].listeners[0].passthrough = false;
+                c.ports[0].listeners[0].stream_routes[0].hostnames.clear();
+                let mut second = c.ports[0].listeners[0].clone();
+                second.name = "second".into();
+                c.ports[0].listeners.push(second);
+            },
+            "ports[0]",
         ),
         (
             "two listeners on a TCP port",

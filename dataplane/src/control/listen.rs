@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 
+use portcullis_api::config::PortProtocol;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Accept backlog per socket; each core has its own socket per port.
@@ -22,6 +23,50 @@ pub fn reuse_port_listener(address: IpAddr, port: u16) -> std::io::Result<OwnedF
     socket.set_reuse_port(true)?;
     socket.set_tcp_notsent_lowat(CLIENT_NOTSENT_LOWAT)?;
     bind_and_listen(socket, SocketAddr::new(address, port))
+}
+
+/// What a port's sockets carry: a port whose protocol changes between configs needs new ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn of(protocol: PortProtocol) -> Self {
+        match protocol {
+            PortProtocol::Udp => Transport::Udp,
+            PortProtocol::Http | PortProtocol::Https | PortProtocol::Tls | PortProtocol::Tcp => {
+                Transport::Tcp
+            }
+        }
+    }
+
+    /// A socket of this transport for `port` that each core can have its own of.
+    pub fn open_shared(self, address: IpAddr, port: u16) -> std::io::Result<OwnedFd> {
+        match self {
+            Transport::Tcp => reuse_port_listener(address, port),
+            Transport::Udp => reuse_port_udp_socket(address, port),
+        }
+    }
+}
+
+/// A UDP socket bound to `port` that other sockets of this process can share (SO_REUSEPORT):
+/// the kernel picks a core's socket by the datagram's addresses and ports, so every datagram
+/// of one client address and port reaches the same core while the set of sockets is unchanged.
+pub fn reuse_port_udp_socket(address: IpAddr, port: u16) -> std::io::Result<OwnedFd> {
+    let address = SocketAddr::new(address, port);
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
 }
 
 /// A listening socket nobody else can share (the admin endpoint: a second proxy on the same
@@ -61,6 +106,16 @@ mod tests {
         let _client = std::net::TcpStream::connect(address.as_socket().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         assert_eq!(accepted.tcp_notsent_lowat().unwrap(), CLIENT_NOTSENT_LOWAT);
+    }
+
+    #[test]
+    fn udp_sockets_share_a_port_with_each_other_and_with_tcp() {
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        let first = Socket::from(reuse_port_udp_socket(localhost, 0).unwrap());
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        assert_eq!(first.r#type().unwrap(), Type::DGRAM);
+        assert!(reuse_port_udp_socket(localhost, port).is_ok());
+        assert!(reuse_port_listener(localhost, port).is_ok());
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::metrics::{ControlStats, CoreStats};
 use crate::route::Snapshot;
 use crate::shard::{ShardCommand, ShardReply};
 use crate::{debug, error, info, warn};
+use listen::Transport;
 
 /// A worker core as the control thread sees it.
 pub struct CoreLink {
@@ -53,8 +54,8 @@ struct State {
     /// (`release_retired`): freeing a large config's tables takes as long as a good part of
     /// building them, and neither this push nor the next should wait for it.
     retired: Option<Active>,
-    /// Ports each core has a listening socket for.
-    core_ports: Vec<HashSet<u16>>,
+    /// Ports each core has a socket for.
+    core_ports: Vec<HashSet<(u16, Transport)>>,
     stats: ControlStats,
     draining: bool,
 }
@@ -234,18 +235,23 @@ impl Control {
 
     /// Opens the sockets each core lacks for `snapshot`, then installs it on every core.
     async fn install_everywhere(&self, snapshot: &Arc<Snapshot>) -> Result<(), String> {
-        let wanted: Vec<u16> = snapshot.ports.iter().map(|p| p.port).collect();
+        let wanted: Vec<(u16, Transport)> = snapshot
+            .ports
+            .iter()
+            .map(|p| (p.port, Transport::of(p.protocol)))
+            .collect();
         let mut sockets = Vec::with_capacity(self.cores.len());
         {
             let state = self.state.borrow();
             for ports in &state.core_ports {
                 let mut core_sockets = Vec::new();
-                for port in wanted.iter().filter(|p| !ports.contains(p)) {
-                    let socket =
-                        listen::reuse_port_listener(self.bind_address, *port).map_err(|e| {
+                for &(port, transport) in wanted.iter().filter(|p| !ports.contains(p)) {
+                    let socket = transport
+                        .open_shared(self.bind_address, port)
+                        .map_err(|e| {
                             format!("cannot listen on {}:{port}: {e}", self.bind_address)
                         })?;
-                    core_sockets.push((*port, socket));
+                    core_sockets.push((port, socket));
                 }
                 sockets.push(core_sockets);
             }

@@ -13,10 +13,12 @@
 
 pub mod open_streams;
 pub mod splice;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt, FutureExt};
@@ -28,7 +30,7 @@ use crate::access_log::StreamEntry;
 use crate::metrics::{RouteCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
 use crate::proxy::upstream::{ConnectError, connect_opaque};
-use crate::shard::Shard;
+use crate::shard::{Installed, Shard};
 use crate::tls::client_hello::{HelloFacts, read_client_hello};
 use open_streams::{Registration, StreamKey};
 use splice::splice;
@@ -58,7 +60,7 @@ pub async fn serve_stream_port(
 }
 
 /// Counts `status` on the route and notes it for the log.
-fn outcome(counters: &RouteCounters, entry: &mut StreamEntry, status: u16) {
+pub(crate) fn outcome(counters: &RouteCounters, entry: &mut StreamEntry, status: u16) {
     counters.record(status);
     entry.status = status;
 }
@@ -100,62 +102,30 @@ async fn route_and_splice(
     entry.server_name = server_name.clone();
     let installed = shard.current();
     let settings = installed.snapshot.settings.clone();
-    let Some(listener) = installed
-        .snapshot
-        .port(port)
-        .and_then(|table| table.select_for_sni(server_name.as_deref()))
+    let Some(routed) = route_new_stream(shard, &installed, port, server_name.as_deref(), entry)
     else {
-        outcome(&installed.unmatched, entry, 404);
         return;
     };
-    let Some(route) = listener.stream_routes.find(server_name.as_deref()) else {
-        outcome(
-            &installed.stats[listener.no_route_stat_slot as usize],
-            entry,
-            404,
-        );
-        return;
-    };
-    entry.route = Some(route.name.clone());
-    let counters = installed.stats[route.stat_slot as usize].clone();
-    let backend = match route.backends.pick(shard.random()).map(|s| &s.target) {
-        Some(Ok(backend)) => *backend as usize,
-        // No backends, zero weights or an invalid reference: refused, as HTTP answers 500.
-        Some(Err(_)) | None => {
-            outcome(&counters, entry, 500);
-            return;
-        }
-    };
-    let (Some(endpoint), Some(backend_name)) = (
-        installed.next_endpoint(backend),
-        installed
-            .snapshot
-            .backends
-            .get(backend)
-            .map(|b| b.name.clone()),
-    ) else {
-        outcome(&counters, entry, 503);
-        return;
-    };
-    let passthrough = listener.passthrough;
     let tls_config = installed
         .tls
         .get(&port)
         .map(|configs| configs.for_client(prefers_chacha20).clone());
     // Where TLS terminates here, a BackendTLSPolicy re-encrypts the stream to the backend;
     // passthrough and TCP connections reach it byte for byte.
+    let passthrough = routed.passthrough;
     let upstream_tls = if passthrough || protocol == PortProtocol::Tcp {
         None
     } else {
-        installed.upstream_tls.get(backend).cloned().flatten()
+        installed
+            .upstream_tls
+            .get(routed.backend)
+            .cloned()
+            .flatten()
     };
-    let registration = shard.open_streams.register(StreamKey {
-        port,
-        listener: listener.name.clone(),
-        route: route.name.clone(),
-        backend: backend_name,
-    });
     drop(installed);
+    let counters = routed.counters.clone();
+    let endpoint = routed.endpoint;
+    let registration = routed.register(shard, port);
 
     let forward = Forward {
         endpoint,
@@ -164,7 +134,6 @@ async fn route_and_splice(
         client_fd: stream.as_raw_fd(),
         registration,
     };
-    entry.upstream = Some(endpoint);
     if passthrough || protocol == PortProtocol::Tcp {
         // The backend sees the connection from its first byte: the hello goes first.
         forward
@@ -190,6 +159,89 @@ async fn route_and_splice(
     forward
         .connect_and_splice(tls, &[], upstream_tls.as_deref(), &counters, entry)
         .await;
+}
+
+/// Where a new stream (a TLS or TCP connection, a UDP session) goes.
+pub(crate) struct Routed {
+    listener: Arc<str>,
+    passthrough: bool,
+    route: Arc<str>,
+    pub counters: Rc<RouteCounters>,
+    backend: usize,
+    backend_name: Arc<str>,
+    pub endpoint: SocketAddr,
+}
+
+impl Routed {
+    /// Registers the stream with its core, so a config that no longer routes it revokes it.
+    pub fn register(self, shard: &Shard, port: u16) -> Registration {
+        shard.open_streams.register(StreamKey {
+            port,
+            listener: self.listener,
+            route: self.route,
+            backend: self.backend_name,
+        })
+    }
+}
+
+/// Routes a new stream on `port` under `installed`: the port's listener (by `server_name` on
+/// TLS ports), its route, a backend by weight and the backend's next endpoint. When one is
+/// missing, counts the outcome (404 no listener or route, 500 no usable backend reference,
+/// 503 no endpoint) and notes it in `entry`.
+pub(crate) fn route_new_stream(
+    shard: &Shard,
+    installed: &Installed,
+    port: u16,
+    server_name: Option<&str>,
+    entry: &mut StreamEntry,
+) -> Option<Routed> {
+    let Some(listener) = installed
+        .snapshot
+        .port(port)
+        .and_then(|table| table.select_for_sni(server_name))
+    else {
+        outcome(&installed.unmatched, entry, 404);
+        return None;
+    };
+    let Some(route) = listener.stream_routes.find(server_name) else {
+        outcome(
+            &installed.stats[listener.no_route_stat_slot as usize],
+            entry,
+            404,
+        );
+        return None;
+    };
+    entry.route = Some(route.name.clone());
+    let counters = installed.stats[route.stat_slot as usize].clone();
+    let backend = match route.backends.pick(shard.random()).map(|s| &s.target) {
+        Some(Ok(backend)) => *backend as usize,
+        // No backends, zero weights or an invalid reference: refused, as HTTP answers 500.
+        Some(Err(_)) | None => {
+            outcome(&counters, entry, 500);
+            return None;
+        }
+    };
+    let (Some(endpoint), Some(backend_name)) = (
+        installed.next_endpoint(backend),
+        installed
+            .snapshot
+            .backends
+            .get(backend)
+            .map(|b| b.name.clone()),
+    ) else {
+        outcome(&counters, entry, 503);
+        return None;
+    };
+    entry.upstream = Some(endpoint);
+    Some(Routed {
+        listener: listener.name.clone(),
+        passthrough: listener.passthrough,
+        route: route.name.clone(),
+        counters,
+        backend,
+        backend_name,
+        endpoint,
+    })
 }
 
 /// Where a routed connection goes, and the limits it is copied under.

@@ -1,0 +1,292 @@
+//! UDP ports (UDPRoute): datagrams forwarded per session.
+//!
+//! A session is one client address and port on one UDP port. Its first datagram picks the
+//! route's backend by weight and an endpoint, opens a UDP socket connected to that endpoint and
+//! forwards the datagram; later datagrams of the client follow it there, and whatever the
+//! endpoint sends back goes to the client from the port's own socket, so the client sees
+//! answers come from the address it wrote to. Nothing in UDP says an exchange is over: a
+//! session ends after `udp_session_idle_timeout_ms` without a datagram either way, when the
+//! endpoint refuses a datagram (an ICMP port unreachable; the client's next datagram opens a
+//! new session, maybe to another endpoint), when a new config no longer routes it, or when
+//! the proxy drains.
+//!
+//! Each core has its own socket per UDP port (SO_REUSEPORT): the kernel picks it from the
+//! datagram's addresses and ports, so a session's datagrams all reach the core that holds it.
+//! A session is counted on its route like a connection (2xx once its first datagram is
+//! forwarded; 404, 500, 502, 503 when it cannot open; a datagram that cannot open one counts
+//! once); with the access log on, it gets one line when it ends.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{FutureExt, future};
+use glommio::net::UdpSocket;
+use glommio::spawn_local;
+use glommio::timer::Timer;
+
+use super::open_streams::Registration;
+use super::splice::{Ended, Spliced};
+use super::{outcome, route_new_stream};
+use crate::access_log::StreamEntry;
+use crate::metrics::increment;
+use crate::shard::Shard;
+use crate::warn;
+
+/// The largest UDP payload (IPv4 and IPv6 without jumbograms): a datagram is never cut.
+const MAX_DATAGRAM: usize = 65_535;
+
+thread_local! {
+    /// One core's buffer for the answers of all its sessions. An answer is read into it only
+    /// once the session's socket is known to hold one, with a read that cannot wait, and is
+    /// copied out before anything else runs; so a waiting session holds no buffer of its own
+    /// (10 000 sessions would otherwise hold 640 MiB).
+    static ANSWER_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_DATAGRAM].into());
+}
+
+/// The open sessions of one port on one core, by client address.
+type Sessions = Rc<RefCell<HashMap<SocketAddr, Rc<Session>>>>;
+
+struct Session {
+    /// Connected to the chosen endpoint; the kernel then drops datagrams from anyone else.
+    upstream: UdpSocket,
+    last_active: Cell<Instant>,
+    to_upstream: Cell<u64>,
+}
+
+/// Serves a UDP port on this core until the task is dropped (the port left the config, or the
+/// proxy drains).
+pub async fn serve_udp_port(shard: Rc<Shard>, socket: UdpSocket, port: u16) {
+    let socket = Rc::new(socket);
+    let sessions: Sessions = Rc::default();
+    let mut datagram = vec![0; MAX_DATAGRAM];
+    loop {
+        let (length, client) = match socket.recv_from(&mut datagram).await {
+            Ok(received) => received,
+            Err(e) => {
+                // Out of memory, or the socket shut down: back off instead of spinning.
+                warn!("receiving on a UDP port failed", "port" = port, "error" = e);
+                Timer::new(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let existing = sessions.borrow().get(&client).cloned();
+        let session = match existing {
+            Some(session) => session,
+            None => match open_session(&shard, &socket, &sessions, port, client).await {
+                Some(session) => session,
+                None => continue,
+            },
+        };
+        session.last_active.set(Instant::now());
+        // A send the endpoint refused shows up on the session's own reads, which end it.
+        if session.upstream.send(&datagram[..length]).await.is_ok() {
+            let sent = &session.to_upstream;
+            sent.set(sent.get() + length as u64);
+        }
+    }
+}
+
+/// Routes the first datagram of `client`, and opens and registers its session. None when the
+/// datagram is to be dropped: over the per-core limit, or nothing to send it to.
+async fn open_session(
+    shard: &Rc<Shard>,
+    socket: &Rc<UdpSocket>,
+    sessions: &Sessions,
+    port: u16,
+    client: SocketAddr,
+) -> Option<Rc<Session>> {
+    let installed = shard.current();
+    let settings = installed.snapshot.settings.clone();
+    if shard.counters.udp_sessions.get() >= settings.max_udp_sessions_per_core as u64 {
+        increment(&shard.counters.udp_datagrams_refused);
+        return None;
+    }
+    let started = Instant::now();
+    let mut entry = StreamEntry {
+        peer: Some(client),
+        port,
+        protocol: "udp",
+        ..StreamEntry::default()
+    };
+    let routed = route_new_stream(shard, &installed, port, None, &mut entry);
+    drop(installed);
+    let Some(routed) = routed else {
+        log(shard, &entry, started);
+        return None;
+    };
+    let upstream = match connect(routed.endpoint).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            warn!(
+                "cannot open a UDP socket to a backend",
+                "endpoint" = routed.endpoint,
+                "error" = e
+            );
+            outcome(&routed.counters, &mut entry, 502);
+            log(shard, &entry, started);
+            return None;
+        }
+    };
+    outcome(&routed.counters, &mut entry, 200);
+    let registration = routed.register(shard, port);
+    let session = Rc::new(Session {
+        upstream,
+        last_active: Cell::new(started),
+        to_upstream: Cell::new(0),
+    });
+    sessions.borrow_mut().insert(client, session.clone());
+    let open = &shard.counters.udp_sessions;
+    open.set(open.get() + 1);
+    let guard = SessionGuard {
+        shard: shard.clone(),
+        sessions: sessions.clone(),
+        session: session.clone(),
+        client,
+    };
+    let answers = relay_answers(
+        guard,
+        socket.clone(),
+        registration,
+        entry,
+        started,
+        Duration::from_millis(settings.udp_session_idle_timeout_ms),
+    );
+    spawn_local(answers).detach();
+    Some(session)
+}
+
+/// A UDP socket on an ephemeral port of the endpoint's address family, connected to it.
+async fn connect(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any = match endpoint {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    let socket = UdpSocket::bind(any).map_err(std::io::Error::from)?;
+    socket
+        .connect(endpoint)
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(socket)
+}
+
+/// Removes a session from its port's table and the open-session gauge however its task ends.
+struct SessionGuard {
+    shard: Rc<Shard>,
+    sessions: Sessions,
+    session: Rc<Session>,
+    client: SocketAddr,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut sessions = self.sessions.borrow_mut();
+        if sessions
+            .get(&self.client)
+            .is_some_and(|s| Rc::ptr_eq(s, &self.session))
+        {
+            sessions.remove(&self.client);
+        }
+        let open = &self.shard.counters.udp_sessions;
+        open.set(open.get().saturating_sub(1));
+    }
+}
+
+enum Wakeup {
+    Answer(std::io::Result<usize>),
+    Deadline,
+    Stop,
+}
+
+/// Sends the endpoint's answers to the client until the session ends, then logs it.
+async fn relay_answers(
+    guard: SessionGuard,
+    socket: Rc<UdpSocket>,
+    registration: Registration,
+    mut entry: StreamEntry,
+    started: Instant,
+    idle_timeout: Duration,
+) {
+    let session = guard.session.clone();
+    let shard = guard.shard.clone();
+    let client = guard.client;
+    let mut to_client = 0u64;
+    let mut probe = [0u8; 1];
+    let ended = loop {
+        let deadline = session.last_active.get() + idle_timeout;
+        // Wait until an answer is there without reading it: glommio would hold a buffer of
+        // the read's size for as long as the read waits.
+        let wakeup = async {
+            Wakeup::Answer(
+                session
+                    .upstream
+                    .peek(&mut probe)
+                    .await
+                    .map_err(std::io::Error::from),
+            )
+        }
+        .or(async {
+            Timer::new(deadline.saturating_duration_since(Instant::now())).await;
+            Wakeup::Deadline
+        })
+        .or(async {
+            registration.revoked.wait().await;
+            Wakeup::Stop
+        })
+        .or(async {
+            shard.drain.wait().await;
+            Wakeup::Stop
+        })
+        .await;
+        match wakeup {
+            Wakeup::Deadline if Instant::now() >= session.last_active.get() + idle_timeout => {
+                break Ended::Idle;
+            }
+            Wakeup::Deadline => {}
+            Wakeup::Stop => break Ended::Stopped,
+            // Refused (the endpoint's port is closed) or another socket error.
+            Wakeup::Answer(Err(_)) => break Ended::Failed,
+            Wakeup::Answer(Ok(_)) => match take_answer(&session.upstream) {
+                Some(Ok(answer)) => {
+                    session.last_active.set(Instant::now());
+                    // A client whose socket buffer is full loses the answer, as it would
+                    // without a proxy.
+                    if socket.send_to(&answer, client).await.is_ok() {
+                        to_client += answer.len() as u64;
+                    }
+                }
+                Some(Err(_)) => break Ended::Failed,
+                None => {}
+            },
+        }
+    };
+    entry.spliced = Some(Spliced {
+        to_upstream: session.to_upstream.get(),
+        to_client,
+        ended,
+    });
+    drop(guard);
+    log(&shard, &entry, started);
+}
+
+/// Reads the answer waiting on `upstream` through the core's buffer. None if the read would
+/// have had to wait after all.
+fn take_answer(upstream: &UdpSocket) -> Option<std::io::Result<Vec<u8>>> {
+    ANSWER_BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        // The peek saw a datagram, so glommio's read completes without waiting; a read that
+        // would wait is dropped here, so the buffer is never held across a suspension.
+        match future::block_on(future::poll_once(upstream.recv(&mut buffer)))? {
+            Ok(length) => Some(Ok(buffer[..length].to_vec())),
+            Err(e) => Some(Err(std::io::Error::from(e))),
+        }
+    })
+}
+
+fn log(shard: &Shard, entry: &StreamEntry, started: Instant) {
+    if let Some(log) = &shard.access_log {
+        log.stream(entry, started.elapsed());
+    }
+}
