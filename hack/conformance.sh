@@ -60,9 +60,8 @@ if [ -z "${KUBECONFIG:-}" ]; then
   aliases=()
   for image in "${echo_images[@]:1}"; do aliases+=(-a "$image"); done
   hack/local-cluster/import-image.sh "${aliases[@]}" "${echo_images[0]}" "$bin/echo-basic"
-  # The base manifests run coredns for the UDPRoute tests (a profile we do not claim); its pod
-  # must still be Ready for the suite to start. Built from the coredns module at the tag the
-  # manifests name.
+  # The base manifests run coredns, the UDPRoute tests' DNS backend. Built from the coredns
+  # module at the tag the manifests name.
   coredns_image=$(grep -rhoE 'registry\.k8s\.io/coredns/coredns:v[0-9.]+' "$suite_dir/base" \
     | sort -u | head -1)
   coredns_version=${coredns_image##*:}
@@ -104,7 +103,7 @@ status=0
 (cd conformance && KUBECTL=$KUBECTL CONFORMANCE_DUMP_DIR=$ROOT/target/conformance \
   go test -tags conformance -count=1 -timeout 3h -run TestConformance -v . -args \
     -gateway-class=portcullis-conformance \
-    -conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP \
+    -conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP,GATEWAY-UDP \
     -organization=portcullis -project=portcullis -url=https://portcullis.dev \
     -version="v$version-$commit" -contact=@portcullis/maintainers -mode=default \
     -usable-address=203.0.113.10 -unusable-address=127.0.0.2 \

@@ -18,6 +18,7 @@ const KINDS: &[(&str, &str)] = &[
     ("gateway.networking.k8s.io", "GRPCRoute"),
     ("gateway.networking.k8s.io", "TLSRoute"),
     ("gateway.networking.k8s.io", "TCPRoute"),
+    ("gateway.networking.k8s.io", "UDPRoute"),
     ("gateway.networking.k8s.io", "ReferenceGrant"),
     ("gateway.networking.k8s.io", "BackendTLSPolicy"),
     ("portcullis.dev", "GatewayParameters"),
@@ -169,6 +170,9 @@ fn add(document: serde_json::Value, source: &str, loaded: &mut Loaded) -> Result
             .push(parse(document, &kind, &name, source)?),
         "TCPRoute" => input
             .tcp_routes
+            .push(parse(document, &kind, &name, source)?),
+        "UDPRoute" => input
+            .udp_routes
             .push(parse(document, &kind, &name, source)?),
         "ReferenceGrant" => input
             .reference_grants

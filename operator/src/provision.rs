@@ -311,10 +311,10 @@ pub fn render(
             },
             "selector": selector,
             "ports": ports.iter().map(|p| json!({
-                "name": format!("port-{p}"),
-                "port": p,
-                "targetPort": p,
-                "protocol": "TCP",
+                "name": p.name(),
+                "port": p.port,
+                "targetPort": p.port,
+                "protocol": p.protocol(),
             })).collect::<Vec<_>>(),
         });
         if !output.static_addresses.is_empty() {

@@ -38,6 +38,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "grpcroutes",
                 "tlsroutes",
                 "tcproutes",
+                "udproutes",
                 "referencegrants",
                 "backendtlspolicies",
             ],
@@ -53,6 +54,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
                 "grpcroutes/status",
                 "tlsroutes/status",
                 "tcproutes/status",
+                "udproutes/status",
                 "backendtlspolicies/status",
             ],
             // Statuses are written by merge patch only.
@@ -134,6 +136,7 @@ mod tests {
         ("gateway.networking.k8s.io", "grpcroutes", "get|list|watch"),
         ("gateway.networking.k8s.io", "tlsroutes", "get|list|watch"),
         ("gateway.networking.k8s.io", "tcproutes", "get|list|watch"),
+        ("gateway.networking.k8s.io", "udproutes", "get|list|watch"),
         (
             "gateway.networking.k8s.io",
             "referencegrants",
@@ -160,6 +163,7 @@ mod tests {
         ("gateway.networking.k8s.io", "grpcroutes/status", "patch"),
         ("gateway.networking.k8s.io", "tlsroutes/status", "patch"),
         ("gateway.networking.k8s.io", "tcproutes/status", "patch"),
+        ("gateway.networking.k8s.io", "udproutes/status", "patch"),
         ("portcullis.dev", "gatewayparameters", "get|list|watch"),
         ("", "namespaces", "get|list|watch"),
         ("", "secrets", "get|list|watch|create|patch"),

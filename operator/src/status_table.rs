@@ -38,6 +38,7 @@ pub enum RowKind {
     GrpcRoute,
     TlsRoute,
     TcpRoute,
+    UdpRoute,
     RouteParent,
     BackendTlsPolicy,
     PolicyAncestor,
@@ -54,6 +55,7 @@ impl RowKind {
             RowKind::GrpcRoute => "GRPCRoute",
             RowKind::TlsRoute => "TLSRoute",
             RowKind::TcpRoute => "TCPRoute",
+            RowKind::UdpRoute => "UDPRoute",
             RowKind::RouteParent => "  parent",
             RowKind::BackendTlsPolicy => "BackendTLSPolicy",
             RowKind::PolicyAncestor => "  ancestor",
@@ -137,6 +139,9 @@ pub fn rows(output: &Output) -> Vec<Row> {
     }
     for (key, route) in &output.tcp_routes {
         route_rows(RowKind::TcpRoute, key, route, &mut rows);
+    }
+    for (key, route) in &output.udp_routes {
+        route_rows(RowKind::UdpRoute, key, route, &mut rows);
     }
     for (key, policy) in &output.backend_tls_policies {
         let label = RowKind::BackendTlsPolicy.label();
@@ -373,6 +378,8 @@ pub fn to_yaml(output: &Output) -> Result<String> {
         tls_routes: BTreeMap<String, &'a RouteOutput>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         tcp_routes: BTreeMap<String, &'a RouteOutput>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        udp_routes: BTreeMap<String, &'a RouteOutput>,
     }
     let view = View {
         gateway_classes: &output.gateway_classes,
@@ -403,6 +410,11 @@ pub fn to_yaml(output: &Output) -> Result<String> {
             .collect(),
         tcp_routes: output
             .tcp_routes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        udp_routes: output
+            .udp_routes
             .iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
@@ -468,6 +480,12 @@ pub fn notes(loaded: &Loaded, output: &Output) -> Vec<String> {
                 .tcp_routes
                 .iter()
                 .map(|r| ("TCPRoute", ObjectKey::of(r), &output.tcp_routes)),
+        )
+        .chain(
+            input
+                .udp_routes
+                .iter()
+                .map(|r| ("UDPRoute", ObjectKey::of(r), &output.udp_routes)),
         );
     for (kind, key, statuses) in unattached {
         if !statuses.contains_key(&key) {

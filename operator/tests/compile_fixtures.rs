@@ -326,6 +326,7 @@ fn run_case(dir: &Path) -> Result<(), Vec<String>> {
             .chain(&output.grpc_routes)
             .chain(&output.tls_routes)
             .chain(&output.tcp_routes)
+            .chain(&output.udp_routes)
             .find(|(k, _)| k.to_string() == *route_key)
             .map(|(_, r)| r);
         if expected_route.as_str() == Some("none") {
@@ -540,6 +541,7 @@ fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String
             "GRPCRoute" => input.grpc_routes.iter().find_map(|o| find(&o.metadata)),
             "TLSRoute" => input.tls_routes.iter().find_map(|o| find(&o.metadata)),
             "TCPRoute" => input.tcp_routes.iter().find_map(|o| find(&o.metadata)),
+            "UDPRoute" => input.udp_routes.iter().find_map(|o| find(&o.metadata)),
             _ => input.http_routes.iter().find_map(|o| find(&o.metadata)),
         }
         .unwrap_or(-1)
@@ -590,6 +592,11 @@ fn check_generations(loaded: &Loaded, output: &Output, problems: &mut Vec<String
             check("TCPRoute", key.to_string(), &parent.conditions);
         }
     }
+    for (key, route) in &output.udp_routes {
+        for parent in &route.parents {
+            check("UDPRoute", key.to_string(), &parent.conditions);
+        }
+    }
 }
 
 fn check_determinism(loaded: &Loaded, output: &Output, problems: &mut Vec<String>) {
@@ -604,6 +611,7 @@ fn check_determinism(loaded: &Loaded, output: &Output, problems: &mut Vec<String
     reversed.grpc_routes.reverse();
     reversed.tls_routes.reverse();
     reversed.tcp_routes.reverse();
+    reversed.udp_routes.reverse();
     reversed.services.reverse();
     reversed.endpoint_slices.reverse();
     reversed.reference_grants.reverse();
@@ -628,10 +636,12 @@ fn check_request(
     request: &ExpectedRequest,
     problems: &mut Vec<String>,
 ) {
-    if snapshot
-        .port(request.port)
-        .is_some_and(|p| matches!(p.protocol, PortProtocol::Tls | PortProtocol::Tcp))
-    {
+    if snapshot.port(request.port).is_some_and(|p| {
+        matches!(
+            p.protocol,
+            PortProtocol::Tls | PortProtocol::Tcp | PortProtocol::Udp
+        )
+    }) {
         check_tls_connection(what, snapshot, request, problems);
         return;
     }

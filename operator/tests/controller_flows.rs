@@ -1133,6 +1133,7 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
     fake.uninstall("GRPCRoute");
     fake.uninstall("TLSRoute");
     fake.uninstall("TCPRoute");
+    fake.uninstall("UDPRoute");
     fake.uninstall("ListenerSet");
     fake.uninstall("BackendTLSPolicy");
     seed_gateway(&fake);
@@ -1144,6 +1145,7 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
             grpc_routes: false,
             tls_routes: false,
             tcp_routes: false,
+            udp_routes: false,
             listener_sets: false,
             backend_tls_policies: false,
         }
@@ -1159,6 +1161,7 @@ async fn missing_optional_route_crds_do_not_block_the_rest() {
             "grpcroutes",
             "tlsroutes",
             "tcproutes",
+            "udproutes",
             "listenersets",
             "backendtlspolicies"
         ]

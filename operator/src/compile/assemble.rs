@@ -9,7 +9,7 @@ use portcullis_api::config::{
 
 use super::gateways::{GatewayState, ListenerState, Protocol};
 use super::listener_sets::ListenerSetState;
-use super::{GatewayOutput, ListenerOutput};
+use super::{ExposedPort, GatewayOutput, ListenerOutput};
 
 impl GatewayState {
     /// The Gateway's status and its config. A Gateway that is not accepted gets a config with
@@ -54,14 +54,20 @@ impl GatewayState {
     /// Distinct ports of the listeners with a supported protocol, served or not, ascending.
     /// The ports of the config are among them: a listener is served only once accepted,
     /// which needs a supported protocol and a valid port.
-    fn service_ports(&self) -> Vec<u16> {
+    fn service_ports(&self) -> Vec<ExposedPort> {
         let from_sets = self.admitted_set_listeners().map(|(_, l)| l);
-        let mut ports: Vec<u16> = self
+        let mut ports: Vec<ExposedPort> = self
             .listeners
             .iter()
             .chain(from_sets)
-            .filter(|listener| listener.protocol.is_some() && listener.port != 0)
-            .map(|listener| listener.port)
+            .filter(|listener| listener.port != 0)
+            .filter_map(|listener| {
+                let udp = listener.protocol? == Protocol::Udp;
+                Some(ExposedPort {
+                    port: listener.port,
+                    udp,
+                })
+            })
             .collect();
         ports.sort_unstable();
         ports.dedup();
@@ -111,6 +117,7 @@ impl GatewayState {
                 Some(Protocol::Https) => PortProtocol::Https,
                 Some(Protocol::Tls) => PortProtocol::Tls,
                 Some(Protocol::Tcp) => PortProtocol::Tcp,
+                Some(Protocol::Udp) => PortProtocol::Udp,
                 Some(Protocol::Http) | None => PortProtocol::Http,
             };
             for certificate in &listener.certificates {
@@ -124,7 +131,10 @@ impl GatewayState {
                 }
                 let name = attachment.route.to_string();
                 let hostnames = attachment.hostnames.clone();
-                if matches!(protocol, PortProtocol::Tls | PortProtocol::Tcp) {
+                if matches!(
+                    protocol,
+                    PortProtocol::Tls | PortProtocol::Tcp | PortProtocol::Udp
+                ) {
                     stream_routes.push(StreamRoute {
                         name,
                         hostnames,

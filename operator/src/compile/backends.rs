@@ -55,6 +55,19 @@ pub enum Speaks {
     Grpc,
     /// TLSRoute, TCPRoute: bytes are forwarded, whatever the appProtocol says.
     Bytes,
+    /// UDPRoute: datagrams are forwarded to the Service's UDP port of that number.
+    Datagrams,
+}
+
+impl Speaks {
+    /// The Service port protocol this traffic needs: a Service may have a TCP and a UDP port
+    /// with the same number (DNS on 53), and they can lead to different target ports.
+    fn transport(self) -> &'static str {
+        match self {
+            Speaks::Datagrams => "UDP",
+            Speaks::Http | Speaks::Grpc | Speaks::Bytes => "TCP",
+        }
+    }
 }
 
 /// Resolves a Service reference to its ready endpoints. The error is the route's
@@ -110,15 +123,16 @@ pub fn resolve(
             format!("Service {key} is of type ExternalName, which is not supported"),
         ));
     }
+    let transport = referrer.speaks.transport();
     let Some(service_port) = spec
         .ports
         .unwrap_or_default()
         .into_iter()
-        .find(|p| p.port == port)
+        .find(|p| p.port == port && p.protocol.as_deref().unwrap_or("TCP") == transport)
     else {
         return Err((
             reasons::BACKEND_NOT_FOUND,
-            format!("Service {key} has no port {port}"),
+            format!("Service {key} has no {transport} port {port}"),
         ));
     };
     let unsupported = |message: String| {
@@ -141,6 +155,11 @@ pub fn resolve(
         Speaks::Bytes => (
             backend_name(&key, port),
             app_protocol(&service_port).unwrap_or_default(),
+        ),
+        // Named apart: the TCP port of the same number is another backend.
+        Speaks::Datagrams => (
+            format!("{}/udp", backend_name(&key, port)),
+            BackendProtocol::default(),
         ),
     };
     Ok(Backend {

@@ -51,6 +51,7 @@ pub fn supported() -> Vec<&'static str> {
         "TLSRoute",
         "TLSRouteModeMixed",
         "TLSRouteModeTerminate",
+        "UDPRoute",
     ];
     features.sort_unstable();
     features

@@ -29,6 +29,7 @@ pub const HTTP_ROUTE: &str = "HTTPRoute";
 pub const GRPC_ROUTE: &str = "GRPCRoute";
 pub const TLS_ROUTE: &str = "TLSRoute";
 pub const TCP_ROUTE: &str = "TCPRoute";
+pub const UDP_ROUTE: &str = "UDPRoute";
 
 /// Statuses of our GatewayClasses, with their (valid) parameters.
 pub fn classes(index: &Index<'_>) -> BTreeMap<String, ClassOutput> {
@@ -103,6 +104,8 @@ pub enum Protocol {
     Tls,
     /// TCP connections forwarded whole (TCPRoute); nothing in them names a host.
     Tcp,
+    /// UDP datagrams forwarded per client (UDPRoute); nothing in them names a host either.
+    Udp,
 }
 
 impl Protocol {
@@ -113,6 +116,7 @@ impl Protocol {
             Protocol::Http | Protocol::Https => &[HTTP_ROUTE, GRPC_ROUTE],
             Protocol::Tls => &[TLS_ROUTE],
             Protocol::Tcp => &[TCP_ROUTE],
+            Protocol::Udp => &[UDP_ROUTE],
         }
     }
 }
@@ -178,7 +182,7 @@ impl ListenerState {
                 Some(Protocol::Http) => true,
                 Some(Protocol::Https) => !self.certificates.is_empty(),
                 Some(Protocol::Tls) => self.passthrough || !self.certificates.is_empty(),
-                Some(Protocol::Tcp) => true,
+                Some(Protocol::Tcp | Protocol::Udp) => true,
                 None => false,
             }
     }
@@ -448,15 +452,19 @@ pub fn listener(
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
         "TLS" => Some(Protocol::Tls),
+        // The API ignores a TCP or UDP listener's hostname; so do conflicts and routing.
         "TCP" => {
-            // The API ignores a TCP listener's hostname; so do conflicts and routing.
             state.hostname = None;
             Some(Protocol::Tcp)
+        }
+        "UDP" => {
+            state.hostname = None;
+            Some(Protocol::Udp)
         }
         other => {
             state.not_accepted = Some((
                 reasons::UNSUPPORTED_PROTOCOL,
-                format!("protocol {other:?} is not supported (HTTP, HTTPS, TLS and TCP are)"),
+                format!("protocol {other:?} is not supported (HTTP, HTTPS, TLS, TCP and UDP are)"),
             ));
             return state;
         }
@@ -535,7 +543,7 @@ pub fn listener(
                 tls(index, owner, spec, &mut state);
             }
         }
-        Some(Protocol::Http | Protocol::Tcp) | None => {}
+        Some(Protocol::Http | Protocol::Tcp | Protocol::Udp) | None => {}
     }
     // After the references, so ResolvedRefs reports on them whatever the options say.
     if matches!(state.protocol, Some(Protocol::Https | Protocol::Tls))

@@ -36,6 +36,7 @@ use portcullis_api::gateway_api::listenerset::ListenerSet;
 use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
 use portcullis_api::gateway_api::tcproute::TcpRoute;
 use portcullis_api::gateway_api::tlsroute::TlsRoute;
+use portcullis_api::gateway_api::udproute::UdpRoute;
 use portcullis_api::v1alpha1::{GatewayParameters, GatewayParametersSpec};
 use serde::Serialize;
 
@@ -56,6 +57,7 @@ pub struct Input {
     pub grpc_routes: Vec<GrpcRoute>,
     pub tls_routes: Vec<TlsRoute>,
     pub tcp_routes: Vec<TcpRoute>,
+    pub udp_routes: Vec<UdpRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
     pub namespaces: Vec<Namespace>,
     pub services: Vec<Service>,
@@ -114,6 +116,8 @@ pub struct Output {
     pub tls_routes: BTreeMap<ObjectKey, RouteOutput>,
     /// Every TCPRoute with at least one parentRef to such a Gateway.
     pub tcp_routes: BTreeMap<ObjectKey, RouteOutput>,
+    /// Every UDPRoute with at least one parentRef to such a Gateway.
+    pub udp_routes: BTreeMap<ObjectKey, RouteOutput>,
     /// Every BackendTLSPolicy targeting a Service port that such a Gateway routes to.
     pub backend_tls_policies: BTreeMap<ObjectKey, backend_tls::PolicyOutput>,
 }
@@ -159,7 +163,34 @@ pub struct GatewayOutput {
     /// missing certificate, a class not accepted) count too, so the Service, and the address
     /// a load balancer gave it, outlive a broken config.
     #[serde(skip)]
-    pub service_ports: Vec<u16>,
+    pub service_ports: Vec<ExposedPort>,
+}
+
+/// A port a Gateway's Service exposes, and whether its listeners take UDP or TCP there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExposedPort {
+    pub port: u16,
+    pub udp: bool,
+}
+
+impl ExposedPort {
+    pub fn tcp(port: u16) -> Self {
+        Self { port, udp: false }
+    }
+
+    /// The Service port's protocol.
+    pub fn protocol(self) -> &'static str {
+        if self.udp { "UDP" } else { "TCP" }
+    }
+
+    /// The Service port's name, unique per port and protocol.
+    pub fn name(self) -> String {
+        if self.udp {
+            format!("udp-{}", self.port)
+        } else {
+            format!("port-{}", self.port)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -314,6 +345,7 @@ pub fn compile(input: &Input) -> Output {
     } = routes::attach_http_routes(&index, &mut states);
     let tls_routes = stream_routes::attach_tls_routes(&index, &mut states);
     let tcp_routes = stream_routes::attach_tcp_routes(&index, &mut states);
+    let udp_routes = stream_routes::attach_udp_routes(&index, &mut states);
     let listener_sets = states
         .values()
         .flat_map(|state| {
@@ -338,6 +370,7 @@ pub fn compile(input: &Input) -> Output {
         grpc_routes,
         tls_routes,
         tcp_routes,
+        udp_routes,
         backend_tls_policies,
     }
 }

@@ -1,6 +1,7 @@
-//! TLSRoutes and TCPRoutes: routes of whole connections. They attach like HTTPRoutes
-//! (parentRefs, allowedRoutes, hostname intersection for TLSRoute), but have no matches or
-//! filters: every connection a route takes goes to its weighted backendRefs.
+//! TLSRoutes, TCPRoutes and UDPRoutes: routes of whole connections (of UDP sessions, for
+//! UDPRoute). They attach like HTTPRoutes (parentRefs, allowedRoutes, hostname intersection
+//! for TLSRoute), but have no matches or filters: every connection a route takes goes to its
+//! weighted backendRefs.
 
 use std::collections::BTreeMap;
 
@@ -9,11 +10,11 @@ use portcullis_api::gateway_api::httproute::HttpRouteParentRefs;
 
 use super::backends::{self, BackendRef, Referrer, Speaks};
 use super::conditions::reasons;
-use super::gateways::{GatewayState, TCP_ROUTE, TLS_ROUTE};
+use super::gateways::{GatewayState, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE};
 use super::routes::{RouteSpec, TranslatedRoute, attach_route, parent_refs};
 use super::{Index, ObjectKey, RouteOutput, by_age, generation};
 
-/// What attachment and translation need of a TLSRoute or TCPRoute.
+/// What attachment and translation need of a TLSRoute, TCPRoute or UDPRoute.
 struct StreamRoute<'a> {
     key: ObjectKey,
     kind: &'static str,
@@ -88,6 +89,26 @@ pub fn attach_tcp_routes(
     attach_all(index, gateways, routes)
 }
 
+/// Attaches every UDPRoute to the listeners its parentRefs select and returns route statuses.
+pub fn attach_udp_routes(
+    index: &Index<'_>,
+    gateways: &mut BTreeMap<ObjectKey, GatewayState>,
+) -> BTreeMap<ObjectKey, RouteOutput> {
+    let routes = by_age(&index.input.udp_routes)
+        .into_iter()
+        .map(|route| StreamRoute {
+            key: ObjectKey::of(route),
+            kind: UDP_ROUTE,
+            generation: generation(route),
+            hostnames: &[],
+            parent_refs: parent_refs!(route.spec.parent_refs),
+            backend_refs: backend_refs!(route.spec.rules),
+            has_rules: !route.spec.rules.is_empty(),
+        })
+        .collect();
+    attach_all(index, gateways, routes)
+}
+
 fn attach_all(
     index: &Index<'_>,
     gateways: &mut BTreeMap<ObjectKey, GatewayState>,
@@ -113,7 +134,12 @@ fn attach_all(
 /// (the rules of these kinds have nothing else to tell them apart). An unresolved backendRef
 /// keeps its weight share, and connections drawn to it are refused.
 fn translate(index: &Index<'_>, route: &StreamRoute<'_>) -> TranslatedRoute {
-    let referrer = Referrer::route(&route.key.namespace, route.kind, Speaks::Bytes);
+    let speaks = if route.kind == UDP_ROUTE {
+        Speaks::Datagrams
+    } else {
+        Speaks::Bytes
+    };
+    let referrer = Referrer::route(&route.key.namespace, route.kind, speaks);
     let mut out = TranslatedRoute::default();
     let mut weighted = Vec::with_capacity(route.backend_refs.len());
     for (reference, weight) in &route.backend_refs {

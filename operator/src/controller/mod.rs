@@ -732,6 +732,11 @@ impl Reconciler {
                 r.status.as_ref()
             })
             .await;
+        failures += self
+            .write_same_shape_route_statuses(&output.udp_routes, &input.udp_routes, |r| {
+                r.status.as_ref()
+            })
+            .await;
         let policies = status::policies_including_detached(
             &output.backend_tls_policies,
             &input.backend_tls_policies,
@@ -753,7 +758,7 @@ impl Reconciler {
     }
 
     /// Statuses of a route kind whose status has HTTPRoute's shape (GRPCRoute, TLSRoute,
-    /// TCPRoute): one merge serves every kind, through a JSON round trip.
+    /// TCPRoute, UDPRoute): one merge serves every kind, through a JSON round trip.
     async fn write_same_shape_route_statuses<K, S>(
         &self,
         outputs: &BTreeMap<ObjectKey, RouteOutput>,

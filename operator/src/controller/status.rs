@@ -525,7 +525,7 @@ mod tests {
             parameters: Default::default(),
             parameters_resolved: true,
             static_addresses: Vec::new(),
-            service_ports: vec![80],
+            service_ports: vec![crate::compile::ExposedPort::tcp(80)],
         }
     }
 

@@ -28,6 +28,7 @@ use portcullis_api::gateway_api::listenerset::ListenerSet;
 use portcullis_api::gateway_api::referencegrant::ReferenceGrant;
 use portcullis_api::gateway_api::tcproute::TcpRoute;
 use portcullis_api::gateway_api::tlsroute::TlsRoute;
+use portcullis_api::gateway_api::udproute::UdpRoute;
 use portcullis_api::v1alpha1::GatewayParameters;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -58,6 +59,7 @@ pub struct OptionalKinds {
     pub grpc_routes: bool,
     pub tls_routes: bool,
     pub tcp_routes: bool,
+    pub udp_routes: bool,
     pub listener_sets: bool,
     pub backend_tls_policies: bool,
 }
@@ -70,6 +72,7 @@ impl OptionalKinds {
             grpc_routes: true,
             tls_routes: true,
             tcp_routes: true,
+            udp_routes: true,
             listener_sets: true,
             backend_tls_policies: true,
         };
@@ -88,6 +91,7 @@ impl OptionalKinds {
             grpc_routes: served("grpcroutes"),
             tls_routes: served("tlsroutes"),
             tcp_routes: served("tcproutes"),
+            udp_routes: served("udproutes"),
             listener_sets: served("listenersets"),
             backend_tls_policies: served("backendtlspolicies"),
         };
@@ -95,6 +99,7 @@ impl OptionalKinds {
             (found.grpc_routes, "GRPCRoute"),
             (found.tls_routes, "TLSRoute"),
             (found.tcp_routes, "TCPRoute"),
+            (found.udp_routes, "UDPRoute"),
             (found.listener_sets, "ListenerSet"),
             (found.backend_tls_policies, "BackendTLSPolicy"),
         ] {
@@ -120,6 +125,7 @@ pub struct Stores {
     pub grpc_routes: Store<GrpcRoute>,
     pub tls_routes: Store<TlsRoute>,
     pub tcp_routes: Store<TcpRoute>,
+    pub udp_routes: Store<UdpRoute>,
     pub reference_grants: Store<ReferenceGrant>,
     pub gateway_parameters: Store<GatewayParameters>,
     pub namespaces: Store<Namespace>,
@@ -156,6 +162,7 @@ impl Stores {
             grpc_routes: watch_if(optional.grpc_routes, client, &changed),
             tls_routes: watch_if(optional.tls_routes, client, &changed),
             tcp_routes: watch_if(optional.tcp_routes, client, &changed),
+            udp_routes: watch_if(optional.udp_routes, client, &changed),
             reference_grants: watch(
                 Api::all(client.clone()),
                 watcher::Config::default(),
@@ -210,6 +217,7 @@ impl Stores {
             self.grpc_routes.wait_until_ready().await,
             self.tls_routes.wait_until_ready().await,
             self.tcp_routes.wait_until_ready().await,
+            self.udp_routes.wait_until_ready().await,
             self.reference_grants.wait_until_ready().await,
             self.gateway_parameters.wait_until_ready().await,
             self.namespaces.wait_until_ready().await,
@@ -352,6 +360,7 @@ impl Stores {
             grpc_routes: cloned(&self.grpc_routes),
             tls_routes: cloned(&self.tls_routes),
             tcp_routes: cloned(&self.tcp_routes),
+            udp_routes: cloned(&self.udp_routes),
             reference_grants: cloned(&self.reference_grants),
             namespaces: cloned(&self.namespaces),
             services: cloned(&self.services),

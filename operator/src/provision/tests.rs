@@ -37,7 +37,8 @@ spec:
   listeners:
   - {name: http, port: 80, protocol: HTTP}
   - {name: alt, port: 8080, protocol: HTTP}
-  - {name: bad, port: 9999, protocol: UDP}
+  - {name: dns, port: 9999, protocol: UDP}
+  - {name: bad, port: 9998, protocol: SCTP}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -521,13 +522,27 @@ fn service_follows_the_listeners_and_parameters() {
     let s = json(&p.service.unwrap());
     assert_eq!(s["spec"]["type"], "NodePort");
     assert_eq!(s["metadata"]["annotations"]["svc"], "class");
-    let ports: Vec<u64> = s["spec"]["ports"]
+    let ports: Vec<(u64, &str, &str)> = s["spec"]["ports"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["port"].as_u64().unwrap())
+        .map(|p| {
+            (
+                p["port"].as_u64().unwrap(),
+                p["protocol"].as_str().unwrap(),
+                p["name"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(ports, [80, 8080]);
+    // An unsupported protocol gets no port; a UDP listener gets a UDP one.
+    assert_eq!(
+        ports,
+        [
+            (80, "TCP", "port-80"),
+            (8080, "TCP", "port-8080"),
+            (9999, "UDP", "udp-9999")
+        ]
+    );
     assert_eq!(s["spec"]["selector"][GATEWAY_NAME_LABEL], "edge");
     assert!(s["spec"].get("externalIPs").is_none());
     // A Gateway's static addresses become its Service's external IPs.
@@ -587,7 +602,7 @@ spec:
   - {name: http, port: 8080, protocol: HTTP}
 "#;
     let no_cert = rendered_from(BROKEN, "no-cert");
-    assert_eq!(service_ports(&no_cert), [80, 443]);
+    assert_eq!(service_ports(&no_cert), [53, 80, 443]);
     let unaccepted = rendered_from(BROKEN, "unaccepted-class");
     assert_eq!(service_ports(&unaccepted), [8080]);
     // Listeners come and go without rolling the proxy pods.
@@ -597,7 +612,7 @@ spec:
     );
     assert_ne!(without_https, BROKEN);
     let fewer = rendered_from(&without_https, "no-cert");
-    assert_eq!(service_ports(&fewer), [80]);
+    assert_eq!(service_ports(&fewer), [53, 80]);
     assert_eq!(
         json(&fewer.deployment)["spec"]["template"],
         json(&no_cert.deployment)["spec"]["template"]

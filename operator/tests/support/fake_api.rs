@@ -152,6 +152,13 @@ pub const RESOURCES: &[ResourceType] = &[
     rt(
         "gateway.networking.k8s.io",
         "v1",
+        "udproutes",
+        "UDPRoute",
+        true,
+    ),
+    rt(
+        "gateway.networking.k8s.io",
+        "v1",
         "referencegrants",
         "ReferenceGrant",
         true,
