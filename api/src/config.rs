@@ -99,7 +99,24 @@ pub enum PortProtocol {
     Udp,
 }
 
+/// What a port's sockets carry. A port number may appear twice in a config, once per transport
+/// (DNS: TCP and UDP 53), as Gateway listeners of protocols TCP and UDP on one port are distinct.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
 impl PortProtocol {
+    pub fn transport(self) -> Transport {
+        match self {
+            PortProtocol::Udp => Transport::Udp,
+            PortProtocol::Http | PortProtocol::Https | PortProtocol::Tls | PortProtocol::Tcp => {
+                Transport::Tcp
+            }
+        }
+    }
+
     /// Whether a port of this protocol terminates TLS (and so holds a TLS config, sessions and
     /// client validation): HTTPS always, TLS when one of its listeners does not pass through.
     /// `passthrough` says, per listener, whether it passes TLS through.

@@ -189,8 +189,12 @@ impl Validator {
                 if port.port == 0 {
                     v.fail("port 0 cannot be bound");
                 }
-                if !ports.insert(port.port) {
-                    v.fail(format!("port {} appears twice", port.port));
+                if !ports.insert((port.port, port.protocol.transport())) {
+                    v.fail(format!(
+                        "port {} appears twice for {:?}",
+                        port.port,
+                        port.protocol.transport()
+                    ));
                 }
                 v.port(
                     port,

@@ -21,10 +21,9 @@ use glommio::net::{TcpListener, TcpStream, UdpSocket};
 use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement, Task, spawn_local};
 use portcullis_api::CompiledConfig;
-use portcullis_api::config::PortProtocol;
+use portcullis_api::config::{PortProtocol, Transport};
 
 use crate::access_log::{self, AccessLog};
-use crate::control::listen::Transport;
 use crate::l4::open_streams::OpenStreams;
 use crate::metrics::{CoreCounters, CoreStats, RouteCounters, increment};
 use crate::proxy::backend_tls::CoreTls;
@@ -39,11 +38,12 @@ use crate::{IO_MEMORY, error, info, warn};
 
 /// What the control thread asks of a core.
 pub enum ShardCommand {
-    /// Serve `snapshot` from now on. `sockets` are this core's listening sockets for ports
-    /// the previous snapshot did not have; ports it no longer has are closed.
+    /// Serve `snapshot` from now on. `sockets` are this core's sockets for the ports (by
+    /// number and transport) the previous snapshot did not have; ports it no longer has are
+    /// closed.
     Install {
         snapshot: Arc<Snapshot>,
-        sockets: Vec<(u16, OwnedFd)>,
+        sockets: Vec<(u16, Transport, OwnedFd)>,
     },
     CollectStats,
     /// Keep accepting, but close idle connections and answer every request with
@@ -295,7 +295,7 @@ async fn run(
 fn install(
     shard: &Rc<Shard>,
     snapshot: Arc<Snapshot>,
-    sockets: Vec<(u16, OwnedFd)>,
+    sockets: Vec<(u16, Transport, OwnedFd)>,
     listeners: &mut HashMap<(u16, Transport), AcceptLoop>,
 ) -> ShardReply {
     let generation = snapshot.generation;
@@ -304,12 +304,7 @@ fn install(
         Err(reason) => return ShardReply::InstallFailed { reason },
     };
     let mut new_listeners = Vec::with_capacity(sockets.len());
-    for (port, socket) in sockets {
-        let Some(transport) = snapshot.port(port).map(|p| Transport::of(p.protocol)) else {
-            return ShardReply::InstallFailed {
-                reason: format!("unexpected socket for port {port}"),
-            };
-        };
+    for (port, transport, socket) in sockets {
         let stopper = match socket.try_clone() {
             Ok(duplicate) => socket2::Socket::from(duplicate),
             Err(e) => {
@@ -318,9 +313,9 @@ fn install(
                 };
             }
         };
-        // SAFETY: `socket` is an owned, bound socket the control thread created for this core
-        // (listening TCP, or UDP, as `transport` says: both follow the port's protocol in this
-        // snapshot); ownership of the descriptor moves into the glommio socket.
+        // SAFETY: `socket` is an owned, bound socket the control thread created for this core:
+        // a listening TCP socket or a UDP socket, as `transport` says; ownership of the
+        // descriptor moves into the glommio socket.
         #[allow(unsafe_code)]
         let socket = unsafe {
             match transport {
@@ -333,7 +328,7 @@ fn install(
     let wanted: HashSet<(u16, Transport)> = snapshot
         .ports
         .iter()
-        .map(|p| (p.port, Transport::of(p.protocol)))
+        .map(|p| (p.port, p.protocol.transport()))
         .collect();
     for (key, _, _) in &new_listeners {
         if !wanted.contains(key) || listeners.contains_key(key) {

@@ -385,3 +385,66 @@ fn a_port_can_change_between_tcp_and_udp() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
     });
 }
+
+#[test]
+fn a_port_number_carries_tcp_and_udp_at_once() {
+    // A TCP backend that answers "tcp:" and the first line, beside the UDP echo: DNS on 53.
+    let tcp_backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_endpoint = tcp_backend.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in tcp_backend.incoming().flatten() {
+            let mut stream = stream;
+            let mut buffer = [0u8; 64];
+            let n = std::io::Read::read(&mut stream, &mut buffer).unwrap_or(0);
+            let mut answer = b"tcp:".to_vec();
+            answer.extend_from_slice(&buffer[..n]);
+            let _ = std::io::Write::write_all(&mut stream, &answer);
+        }
+    });
+    let echo = UdpEcho::start("udp");
+    let port = free_port();
+    let mut config = udp_config(
+        1,
+        port,
+        &[
+            ("ns/dns:53/udp", &echo.endpoint()),
+            ("ns/dns:53", &tcp_endpoint),
+        ],
+        vec![udp_route("ns/dns-udp", &[("ns/dns:53/udp", 1)])],
+        |_| {},
+    );
+    let mut tcp_port = config.ports[0].clone();
+    tcp_port.protocol = PortProtocol::Tcp;
+    tcp_port.listeners[0].name = "tcp".into();
+    tcp_port.listeners[0].stream_routes = vec![udp_route("ns/dns-tcp", &[("ns/dns:53", 1)])];
+    config.ports.push(tcp_port);
+    let proxy = Proxy::start(&config);
+
+    assert_eq!(ask_until_answered(&client(port), b"q1"), b"udp:q1");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    std::io::Write::write_all(&mut stream, b"q2").unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+    assert_eq!(answer, b"tcp:q2");
+
+    // Dropping the UDP port leaves the TCP one serving, and the UDP session is revoked.
+    let mut tcp_only = config.clone();
+    tcp_only.generation = 2;
+    tcp_only.ports.remove(0);
+    assert!(matches!(proxy.push(&tcp_only), Reply::Ack { .. }));
+    wait_for("the UDP session to end", || {
+        proxy.metric("portcullis_udp_sessions", "") == 0.0
+    });
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    std::io::Write::write_all(&mut stream, b"q3").unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+    assert_eq!(answer, b"tcp:q3");
+    assert_eq!(ask(&client(port), b"q4"), None);
+}

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use portcullis_api::CompiledConfig;
-use portcullis_api::config::{Backend, PortProtocol, SubjectAltName};
+use portcullis_api::config::{Backend, PortProtocol, SubjectAltName, Transport};
 use portcullis_api::frame;
 use portcullis_dataplane::http::request::{HeadLimits, RequestHead, parse};
 use portcullis_dataplane::route::Snapshot;
@@ -104,6 +104,9 @@ struct ExpectedRequest {
     method: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// A datagram to the UDP port of that number instead of a connection to the TCP one.
+    #[serde(default)]
+    udp: bool,
     expect: Decision,
 }
 
@@ -636,12 +639,11 @@ fn check_request(
     request: &ExpectedRequest,
     problems: &mut Vec<String>,
 ) {
-    if snapshot.port(request.port).is_some_and(|p| {
-        matches!(
-            p.protocol,
-            PortProtocol::Tls | PortProtocol::Tcp | PortProtocol::Udp
-        )
-    }) {
+    if request.udp
+        || snapshot
+            .port(request.port)
+            .is_some_and(|p| matches!(p.protocol, PortProtocol::Tls | PortProtocol::Tcp))
+    {
         check_tls_connection(what, snapshot, request, problems);
         return;
     }
@@ -886,8 +888,13 @@ fn check_tls_connection(
     problems: &mut Vec<String>,
 ) {
     let server_name = (!request.host.is_empty()).then(|| request.host.to_ascii_lowercase());
+    let transport = if request.udp {
+        Transport::Udp
+    } else {
+        Transport::Tcp
+    };
     let found = snapshot
-        .port(request.port)
+        .port_of(request.port, transport)
         .and_then(|p| p.select_for_sni(server_name.as_deref()))
         .and_then(|l| l.stream_routes.find(server_name.as_deref()));
     let expect = &request.expect;

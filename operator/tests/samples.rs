@@ -39,6 +39,7 @@ fn the_stream_sample_compiles_cleanly() {
     let output = compile_cleanly("stream");
     assert_eq!(output.tls_routes.len(), 1);
     assert_eq!(output.tcp_routes.len(), 1);
+    assert_eq!(output.udp_routes.len(), 1);
     let config = output
         .gateways
         .values()
@@ -47,7 +48,7 @@ fn the_stream_sample_compiles_cleanly() {
         .config
         .as_ref()
         .unwrap();
-    assert_eq!(config.ports.len(), 2, "both listeners are served");
+    assert_eq!(config.ports.len(), 3, "every listener is served");
 }
 
 #[test]

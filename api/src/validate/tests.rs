@@ -76,9 +76,21 @@ fn tls_base_is_valid() {
     tcp.ports[0].listeners[0].passthrough = false;
     tcp.ports[0].listeners[0].stream_routes[0].hostnames.clear();
     assert_eq!(validate(&tcp), Ok(()));
-    let mut udp = tcp;
+    let mut udp = tcp.clone();
     udp.ports[0].protocol = PortProtocol::Udp;
     assert_eq!(validate(&udp), Ok(()));
+    // One port number, once over TCP and once over UDP (DNS), is two ports; twice over UDP is
+    // one port listed twice.
+    let mut both = tcp;
+    let mut udp_port = udp.ports[0].clone();
+    udp_port.listeners[0].name = "udp".into();
+    both.ports.push(udp_port.clone());
+    assert_eq!(validate(&both), Ok(()));
+    udp_port.listeners[0].name = "udp-again".into();
+    both.ports.push(udp_port);
+    let error = validate(&both).unwrap_err();
+    assert_eq!(error.path, "ports[2]");
+    assert!(error.message.contains("twice"), "{error}");
 }
 
 #[test]

@@ -33,7 +33,7 @@ use crate::metrics::{ControlStats, CoreStats};
 use crate::route::Snapshot;
 use crate::shard::{ShardCommand, ShardReply};
 use crate::{debug, error, info, warn};
-use listen::Transport;
+use portcullis_api::config::Transport;
 
 /// A worker core as the control thread sees it.
 pub struct CoreLink {
@@ -238,7 +238,7 @@ impl Control {
         let wanted: Vec<(u16, Transport)> = snapshot
             .ports
             .iter()
-            .map(|p| (p.port, Transport::of(p.protocol)))
+            .map(|p| (p.port, p.protocol.transport()))
             .collect();
         let mut sockets = Vec::with_capacity(self.cores.len());
         {
@@ -246,12 +246,14 @@ impl Control {
             for ports in &state.core_ports {
                 let mut core_sockets = Vec::new();
                 for &(port, transport) in wanted.iter().filter(|p| !ports.contains(p)) {
-                    let socket = transport
-                        .open_shared(self.bind_address, port)
+                    let socket = listen::reuse_port_socket(transport, self.bind_address, port)
                         .map_err(|e| {
-                            format!("cannot listen on {}:{port}: {e}", self.bind_address)
+                            format!(
+                                "cannot listen on {}:{port} ({transport:?}): {e}",
+                                self.bind_address
+                            )
                         })?;
-                    core_sockets.push((port, socket));
+                    core_sockets.push((port, transport, socket));
                 }
                 sockets.push(core_sockets);
             }

@@ -44,7 +44,9 @@ pub fn config_frame(data: &[u8]) {
         assert!(portcullis_api::validate::validate(&config).is_ok());
         for port in &config.ports {
             assert!(
-                snapshot.port(port.port).is_some(),
+                snapshot
+                    .port_of(port.port, port.protocol.transport())
+                    .is_some(),
                 "port {} lost",
                 port.port
             );

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use portcullis_api::config::PortProtocol;
+use portcullis_api::config::{PortProtocol, Transport};
 
 use crate::access_log::StreamEntry;
 use crate::metrics::{RouteCounters, increment};
@@ -102,8 +102,13 @@ async fn route_and_splice(
     entry.server_name = server_name.clone();
     let installed = shard.current();
     let settings = installed.snapshot.settings.clone();
-    let Some(routed) = route_new_stream(shard, &installed, port, server_name.as_deref(), entry)
-    else {
+    let Some(routed) = route_new_stream(
+        shard,
+        &installed,
+        (port, Transport::Tcp),
+        server_name.as_deref(),
+        entry,
+    ) else {
         return;
     };
     let tls_config = installed
@@ -125,7 +130,7 @@ async fn route_and_splice(
     drop(installed);
     let counters = routed.counters.clone();
     let endpoint = routed.endpoint;
-    let registration = routed.register(shard, port);
+    let registration = routed.register(shard);
 
     let forward = Forward {
         endpoint,
@@ -163,6 +168,7 @@ async fn route_and_splice(
 
 /// Where a new stream (a TLS or TCP connection, a UDP session) goes.
 pub(crate) struct Routed {
+    port: (u16, Transport),
     listener: Arc<str>,
     passthrough: bool,
     route: Arc<str>,
@@ -174,9 +180,9 @@ pub(crate) struct Routed {
 
 impl Routed {
     /// Registers the stream with its core, so a config that no longer routes it revokes it.
-    pub fn register(self, shard: &Shard, port: u16) -> Registration {
+    pub fn register(self, shard: &Shard) -> Registration {
         shard.open_streams.register(StreamKey {
-            port,
+            port: self.port,
             listener: self.listener,
             route: self.route,
             backend: self.backend_name,
@@ -184,20 +190,20 @@ impl Routed {
     }
 }
 
-/// Routes a new stream on `port` under `installed`: the port's listener (by `server_name` on
+/// Routes a new stream on `port` (its number and transport) under `installed`: the port's listener (by `server_name` on
 /// TLS ports), its route, a backend by weight and the backend's next endpoint. When one is
 /// missing, counts the outcome (404 no listener or route, 500 no usable backend reference,
 /// 503 no endpoint) and notes it in `entry`.
 pub(crate) fn route_new_stream(
     shard: &Shard,
     installed: &Installed,
-    port: u16,
+    port: (u16, Transport),
     server_name: Option<&str>,
     entry: &mut StreamEntry,
 ) -> Option<Routed> {
     let Some(listener) = installed
         .snapshot
-        .port(port)
+        .port_of(port.0, port.1)
         .and_then(|table| table.select_for_sni(server_name))
     else {
         outcome(&installed.unmatched, entry, 404);
@@ -234,6 +240,7 @@ pub(crate) fn route_new_stream(
     };
     entry.upstream = Some(endpoint);
     Some(Routed {
+        port,
         listener: listener.name.clone(),
         passthrough: listener.passthrough,
         route: route.name.clone(),

@@ -11,13 +11,16 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use portcullis_api::config::Transport;
+
 use crate::route::Snapshot;
 use crate::signal::Signal;
 
 /// What a spliced connection was allowed by.
 #[derive(Debug, Clone)]
 pub struct StreamKey {
-    pub port: u16,
+    /// Number and transport: a UDP session and a TCP connection may share a port number.
+    pub port: (u16, Transport),
     pub listener: Arc<str>,
     pub route: Arc<str>,
     pub backend: Arc<str>,
@@ -26,7 +29,7 @@ pub struct StreamKey {
 impl StreamKey {
     /// Whether `snapshot` still routes this key's connections to its backend.
     fn allowed_by(&self, snapshot: &Snapshot) -> bool {
-        let Some(port) = snapshot.port(self.port) else {
+        let Some(port) = snapshot.port_of(self.port.0, self.port.1) else {
             return false;
         };
         let Some(listener) = port.listeners.iter().find(|l| l.name == self.listener) else {
@@ -147,7 +150,7 @@ mod tests {
     fn only_streams_the_new_config_no_longer_routes_are_revoked() {
         let streams = Rc::new(OpenStreams::default());
         let key = |route: &str, backend: &str| StreamKey {
-            port: 5432,
+            port: (5432, Transport::Tcp),
             listener: "tcp".into(),
             route: route.into(),
             backend: backend.into(),
@@ -156,19 +159,25 @@ mod tests {
         let other_route = streams.register(key("ns/old", "ns/db:5432"));
         let other_backend = streams.register(key("ns/db", "ns/gone:5432"));
         let other_port = streams.register(StreamKey {
-            port: 1,
+            port: (1, Transport::Tcp),
             ..key("ns/db", "ns/db:5432")
         });
-        assert_eq!(streams.len(), 4);
+        // The same number over UDP is another port, which the config does not have.
+        let other_transport = streams.register(StreamKey {
+            port: (5432, Transport::Udp),
+            ..key("ns/db", "ns/db:5432")
+        });
+        assert_eq!(streams.len(), 5);
 
-        assert_eq!(streams.revoke_disallowed(&config("ns/db", "ns/db:5432")), 3);
+        assert_eq!(streams.revoke_disallowed(&config("ns/db", "ns/db:5432")), 4);
         assert!(!kept.revoked.is_fired());
         assert!(other_route.revoked.is_fired());
         assert!(other_backend.revoked.is_fired());
         assert!(other_port.revoked.is_fired());
+        assert!(other_transport.revoked.is_fired());
         // Already revoked streams are not counted twice; closed ones are forgotten.
         assert_eq!(streams.revoke_disallowed(&config("ns/db", "ns/db:5432")), 0);
-        drop((other_route, other_backend, other_port));
+        drop((other_route, other_backend, other_port, other_transport));
         assert_eq!(streams.len(), 1);
         drop(kept);
         assert!(streams.is_empty());

@@ -26,6 +26,7 @@ use futures_lite::{FutureExt, future};
 use glommio::net::UdpSocket;
 use glommio::spawn_local;
 use glommio::timer::Timer;
+use portcullis_api::config::Transport;
 
 use super::open_streams::Registration;
 use super::splice::{Ended, Spliced};
@@ -111,7 +112,7 @@ async fn open_session(
         protocol: "udp",
         ..StreamEntry::default()
     };
-    let routed = route_new_stream(shard, &installed, port, None, &mut entry);
+    let routed = route_new_stream(shard, &installed, (port, Transport::Udp), None, &mut entry);
     drop(installed);
     let Some(routed) = routed else {
         log(shard, &entry, started);
@@ -131,7 +132,7 @@ async fn open_session(
         }
     };
     outcome(&routed.counters, &mut entry, 200);
-    let registration = routed.register(shard, port);
+    let registration = routed.register(shard);
     let session = Rc::new(Session {
         upstream,
         last_active: Cell::new(started),

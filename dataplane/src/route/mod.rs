@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use portcullis_api::CompiledConfig;
 use portcullis_api::certificate;
-use portcullis_api::config::{BackendProtocol, ClientValidationMode, PortProtocol, ProxySettings};
+use portcullis_api::config::{
+    BackendProtocol, ClientValidationMode, PortProtocol, ProxySettings, Transport,
+};
 use portcullis_api::validate::validate;
 
 use crate::proxy::backend_tls::UpstreamTls;
@@ -233,7 +235,7 @@ impl Snapshot {
                 session_resumption_disabled: port.session_resumption_disabled,
             });
         }
-        ports.sort_by_key(|p| p.port);
+        ports.sort_by_key(|p| (p.port, p.protocol.transport()));
 
         Ok(Snapshot {
             generation: config.generation,
@@ -245,9 +247,15 @@ impl Snapshot {
         })
     }
 
+    /// The port taking TCP connections (HTTP, HTTPS, TLS or TCP) on `port`.
     pub fn port(&self, port: u16) -> Option<&PortTable> {
+        self.port_of(port, Transport::Tcp)
+    }
+
+    /// The port of `transport` on `port`: a number can have a TCP and a UDP port.
+    pub fn port_of(&self, port: u16, transport: Transport) -> Option<&PortTable> {
         self.ports
-            .binary_search_by_key(&port, |p| p.port)
+            .binary_search_by_key(&(port, transport), |p| (p.port, p.protocol.transport()))
             .ok()
             .map(|i| &self.ports[i])
     }

@@ -7,7 +7,7 @@ use portcullis_api::config::{
     Backend, Certificate, GatewayIdentity, HttpRoute, Listener, Port, PortProtocol, StreamRoute,
 };
 
-use super::gateways::{GatewayState, ListenerState, Protocol};
+use super::gateways::{GatewayState, ListenerState, PortKey, Protocol};
 use super::listener_sets::ListenerSetState;
 use super::{ExposedPort, GatewayOutput, ListenerOutput};
 
@@ -103,7 +103,7 @@ impl GatewayState {
     /// order, and the backends and certificates they use, each once and sorted by name.
     pub fn config(&self) -> CompiledConfig {
         let mut config = self.config_without_listeners();
-        let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
+        let mut ports: BTreeMap<PortKey, Port> = BTreeMap::new();
         let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
         let mut certificates: BTreeMap<String, Certificate> = BTreeMap::new();
         // ListenerSet listeners share the Gateway's ports; their names are qualified with the
@@ -153,7 +153,7 @@ impl GatewayState {
                     });
                 }
             }
-            let port = ports.entry(listener.port).or_insert_with(|| Port {
+            let port = ports.entry(listener.port_key()).or_insert_with(|| Port {
                 port: listener.port,
                 protocol,
                 listeners: Vec::new(),

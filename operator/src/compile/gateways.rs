@@ -169,7 +169,15 @@ pub struct ListenerState {
     pub attachments: Vec<Attachment>,
 }
 
+/// A listener's port as the proxy binds it: its number, and whether it takes UDP datagrams
+/// (a UDP port is apart from the TCP-based one of the same number).
+pub type PortKey = (u16, bool);
+
 impl ListenerState {
+    pub fn port_key(&self) -> PortKey {
+        (self.port, self.protocol == Some(Protocol::Udp))
+    }
+
     /// Accepted and not conflicted.
     pub fn accepted(&self) -> bool {
         self.not_accepted.is_none() && self.conflicted.is_none()
@@ -752,25 +760,31 @@ pub fn certificate_from_secret(secret: &Secret) -> Result<(String, String), Stri
 /// Listeners that are not distinct: several protocols on one port (ProtocolConflict), or one
 /// protocol with the same hostname twice on a port (HostnameConflict). No listener wins: every
 /// listener involved is conflicted (GatewaySpec.Listeners, "Handling indistinct Listeners").
-/// Listeners with an unsupported protocol, or already conflicted, take no part.
+/// UDP listeners live beside the TCP-based ones of their port number: the spec counts a
+/// mixture of TCP and UDP listeners on one port as distinct, and nothing a UDP datagram and a
+/// TCP connection carry can be confused (DNS serves both on 53). Listeners with an
+/// unsupported protocol, or already conflicted, take no part.
 pub fn mark_conflicts(listeners: &mut [ListenerState]) {
-    let mut protocols: HashMap<u16, Vec<Protocol>> = HashMap::new();
-    let mut hostnames: HashMap<(u16, Option<String>), usize> = HashMap::new();
+    let mut protocols: HashMap<PortKey, Vec<Protocol>> = HashMap::new();
+    let mut hostnames: HashMap<(PortKey, Option<String>), usize> = HashMap::new();
     for listener in listeners.iter().filter(|l| l.accepted()) {
         if let Some(protocol) = listener.protocol {
-            let seen = protocols.entry(listener.port).or_default();
+            let seen = protocols.entry(listener.port_key()).or_default();
             if !seen.contains(&protocol) {
                 seen.push(protocol);
             }
             let host = listener.hostname.as_deref().map(str::to_ascii_lowercase);
-            *hostnames.entry((listener.port, host)).or_default() += 1;
+            *hostnames.entry((listener.port_key(), host)).or_default() += 1;
         }
     }
     for listener in listeners.iter_mut().filter(|l| l.accepted()) {
         if listener.protocol.is_none() {
             continue;
         }
-        if protocols.get(&listener.port).is_some_and(|p| p.len() > 1) {
+        if protocols
+            .get(&listener.port_key())
+            .is_some_and(|p| p.len() > 1)
+        {
             listener.conflicted = Some((
                 reasons::PROTOCOL_CONFLICT,
                 format!(
@@ -782,7 +796,7 @@ pub fn mark_conflicts(listeners: &mut [ListenerState]) {
         }
         let host = listener.hostname.as_deref().map(str::to_ascii_lowercase);
         if hostnames
-            .get(&(listener.port, host))
+            .get(&(listener.port_key(), host))
             .is_some_and(|n| *n > 1)
         {
             listener.conflicted = Some((

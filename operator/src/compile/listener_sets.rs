@@ -18,8 +18,8 @@ use portcullis_api::gateway_api::listenerset::ListenerSet;
 
 use super::conditions::{Condition, Status, reasons, types};
 use super::gateways::{
-    GatewayState, ListenerOwner, ListenerState, Problem, Protocol, listener, mark_conflicts,
-    selector_matches,
+    GatewayState, ListenerOwner, ListenerState, PortKey, Problem, Protocol, listener,
+    mark_conflicts, selector_matches,
 };
 use super::{GATEWAY_GROUP, Index, ListenerSetOutput, ObjectKey, by_age, generation};
 
@@ -46,8 +46,8 @@ impl ListenerSetState {
 /// that come earlier in precedence order.
 #[derive(Default)]
 struct Claims {
-    protocols: HashMap<u16, Protocol>,
-    hostnames: HashSet<(u16, Option<String>)>,
+    protocols: HashMap<PortKey, Protocol>,
+    hostnames: HashSet<(PortKey, Option<String>)>,
 }
 
 impl Claims {
@@ -60,8 +60,11 @@ impl Claims {
 
     fn claim(&mut self, listener: &ListenerState) {
         if let (None, Some(protocol)) = (&listener.not_accepted, listener.protocol) {
-            self.protocols.entry(listener.port).or_insert(protocol);
-            self.hostnames.insert((listener.port, host_key(listener)));
+            self.protocols
+                .entry(listener.port_key())
+                .or_insert(protocol);
+            self.hostnames
+                .insert((listener.port_key(), host_key(listener)));
         }
     }
 
@@ -69,7 +72,7 @@ impl Claims {
         let protocol = listener.protocol?;
         if self
             .protocols
-            .get(&listener.port)
+            .get(&listener.port_key())
             .is_some_and(|p| *p != protocol)
         {
             return Some((
@@ -81,7 +84,7 @@ impl Claims {
             ));
         }
         self.hostnames
-            .contains(&(listener.port, host_key(listener)))
+            .contains(&(listener.port_key(), host_key(listener)))
             .then(|| {
                 (
                     reasons::HOSTNAME_CONFLICT,
