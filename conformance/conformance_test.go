@@ -53,7 +53,7 @@ func dumpStateOnFailure(t *testing.T, test suite.ConformanceTest, _ *suite.Confo
 		kubectl = "kubectl"
 	}
 	commands := map[string][]string{
-		"objects.yaml": {"get", "gatewayclasses,gateways,listenersets,httproutes,grpcroutes,tlsroutes,tcproutes,referencegrants", "-A", "-o", "yaml"},
+		"objects.yaml": {"get", "gatewayclasses,gateways,listenersets,httproutes,grpcroutes,tlsroutes,tcproutes,udproutes,referencegrants", "-A", "-o", "yaml"},
 		"operator.log": {"-n", "portcullis-system", "logs", "deploy/portcullis-operator", "--tail=300"},
 		"pods.txt":     {"get", "pods", "-A", "-o", "wide"},
 	}

@@ -20,12 +20,12 @@ use crate::proxy::connection::ConnInfo;
 const FLUSH_BYTES: usize = 64 * 1024;
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
-/// What the log says about one connection on a TLS or TCP port.
+/// What the log says about one connection on a TLS or TCP port, or one session on a UDP port.
 #[derive(Debug, Default)]
 pub struct StreamEntry {
     pub peer: Option<SocketAddr>,
     pub port: u16,
-    /// "tls" or "tcp".
+    /// "tls", "tcp" or "udp".
     pub protocol: &'static str,
     pub server_name: Option<String>,
     pub route: Option<Arc<str>>,

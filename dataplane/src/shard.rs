@@ -396,7 +396,10 @@ enum PortSocket {
 /// keeps listening (and completing handshakes nobody will accept) until the ring processes the
 /// cancellation — after the ACK of a swap that removed the port, or even after the process
 /// has exited, since the kernel tears rings down asynchronously. `shutdown` on a listening
-/// socket closes it at once, whatever holds references to it.
+/// socket closes it at once, whatever holds references to it. A UDP socket stays bound until
+/// its descriptor closes: `shutdown` ends the receive in flight, and the port's sessions, the
+/// other holders, are revoked by the same install (their port is gone), so it closes within
+/// the core's next turns; datagrams it takes until then are dropped.
 struct AcceptLoop {
     stopper: socket2::Socket,
     #[allow(dead_code)] // held so that dropping the AcceptLoop cancels the task

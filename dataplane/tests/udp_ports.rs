@@ -448,3 +448,65 @@ fn a_port_number_carries_tcp_and_udp_at_once() {
     assert_eq!(answer, b"tcp:q3");
     assert_eq!(ask(&client(port), b"q4"), None);
 }
+
+#[test]
+fn many_sessions_to_one_endpoint_each_get_their_own_answers() {
+    // Every session has a socket of its own toward the endpoint; were two on one local port,
+    // the endpoint's answers to both would reach only one of them.
+    let echo = UdpEcho::start("echo");
+    let port = free_port();
+    let config = udp_config(
+        1,
+        port,
+        &[("ns/echo:1", &echo.endpoint())],
+        vec![udp_route("ns/r", &[("ns/echo:1", 1)])],
+        |_| {},
+    );
+    let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
+    let clients: Vec<UdpSocket> = (0..600).map(|_| client(port)).collect();
+    for (i, client) in clients.iter().enumerate() {
+        assert_eq!(
+            ask_until_answered(client, format!("open {i}").as_bytes()),
+            format!("echo:open {i}").as_bytes()
+        );
+    }
+    // All sessions are open now: each must still get its own answer.
+    for (i, client) in clients.iter().enumerate() {
+        let answer = ask_until_answered(client, format!("again {i}").as_bytes());
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            format!("echo:again {i}"),
+            "client {i}"
+        );
+    }
+}
+
+#[test]
+fn a_session_ends_when_its_endpoint_leaves_the_backend() {
+    // A client that keeps sending never goes idle: without this, a session to a deleted pod
+    // would send into the void for as long as the client talks.
+    let first = UdpEcho::start("first");
+    let second = UdpEcho::start("second");
+    let port = free_port();
+    let with = |generation, endpoint: &str| {
+        udp_config(
+            generation,
+            port,
+            &[("ns/b:1", endpoint)],
+            vec![udp_route("ns/r", &[("ns/b:1", 1)])],
+            |_| {},
+        )
+    };
+    let proxy = Proxy::start(&with(1, &first.endpoint()));
+    let client = client(port);
+    assert_eq!(ask_until_answered(&client, b"1"), b"first:1");
+    assert!(matches!(
+        proxy.push(&with(2, &second.endpoint())),
+        Reply::Ack { .. }
+    ));
+    wait_for("the session to the removed endpoint to end", || {
+        proxy.metric("portcullis_udp_sessions", "") == 0.0
+    });
+    assert_eq!(ask_until_answered(&client, b"2"), b"second:2");
+    assert_eq!(first.received(), 1);
+}

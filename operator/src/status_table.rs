@@ -2,7 +2,7 @@
 //! YAML), the verdict a CI job exits on, and notes about objects the compiler left alone.
 //!
 //! The table has one row per GatewayClass, Gateway, listener, route (HTTPRoute, GRPCRoute,
-//! TLSRoute, TCPRoute) and route parent:
+//! TLSRoute, TCPRoute, UDPRoute) and route parent:
 //!
 //! ```text
 //! KIND          NAME                STATUS  CONDITIONS

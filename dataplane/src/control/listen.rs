@@ -47,7 +47,8 @@ pub fn reuse_port_udp_socket(address: IpAddr, port: u16) -> std::io::Result<Owne
         Type::DGRAM,
         Some(Protocol::UDP),
     )?;
-    socket.set_reuse_address(true)?;
+    // SO_REUSEPORT only: on UDP, SO_REUSEADDR would also let any local socket that sets it
+    // bind the port, without the same-user check SO_REUSEPORT makes.
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;

@@ -181,11 +181,23 @@ pub(crate) struct Routed {
 impl Routed {
     /// Registers the stream with its core, so a config that no longer routes it revokes it.
     pub fn register(self, shard: &Shard) -> Registration {
+        self.register_with(shard, None)
+    }
+
+    /// Registers a UDP session, which a config also revokes when its endpoint leaves the
+    /// backend: no reset would ever tell it the endpoint is gone.
+    pub fn register_session(self, shard: &Shard) -> Registration {
+        let endpoint = Some(self.endpoint);
+        self.register_with(shard, endpoint)
+    }
+
+    fn register_with(self, shard: &Shard, endpoint: Option<SocketAddr>) -> Registration {
         shard.open_streams.register(StreamKey {
             port: self.port,
             listener: self.listener,
             route: self.route,
             backend: self.backend_name,
+            endpoint,
         })
     }
 }

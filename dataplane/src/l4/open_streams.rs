@@ -4,10 +4,13 @@
 //! listener gone: the namespace isolation the Gateway API promises must hold for connections
 //! already open, not only for new ones. After every install the core checks each open stream
 //! against the new tables: its port, listener, route and backend must still be there together;
-//! otherwise the stream is reset. Endpoint changes and certificate rotation do not cut anything.
+//! otherwise the stream is reset. Endpoint changes and certificate rotation do not cut a TCP
+//! connection (its endpoint answers or fails on its own); a UDP session, which nothing would
+//! ever tell that its endpoint is gone, also ends when its endpoint leaves the backend.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -24,6 +27,8 @@ pub struct StreamKey {
     pub listener: Arc<str>,
     pub route: Arc<str>,
     pub backend: Arc<str>,
+    /// For a UDP session, the endpoint it sends to: it must stay among the backend's.
+    pub endpoint: Option<SocketAddr>,
 }
 
 impl StreamKey {
@@ -40,10 +45,9 @@ impl StreamKey {
         };
         route.backends.shares.iter().any(|share| {
             share.target.as_ref().is_ok_and(|index| {
-                snapshot
-                    .backends
-                    .get(*index as usize)
-                    .is_some_and(|b| b.name == self.backend)
+                snapshot.backends.get(*index as usize).is_some_and(|b| {
+                    b.name == self.backend && self.endpoint.is_none_or(|e| b.endpoints.contains(&e))
+                })
             })
         })
     }
@@ -154,6 +158,7 @@ mod tests {
             listener: "tcp".into(),
             route: route.into(),
             backend: backend.into(),
+            endpoint: None,
         };
         let kept = streams.register(key("ns/db", "ns/db:5432"));
         let other_route = streams.register(key("ns/old", "ns/db:5432"));
@@ -162,15 +167,26 @@ mod tests {
             port: (1, Transport::Tcp),
             ..key("ns/db", "ns/db:5432")
         });
+        // A session pinned to an endpoint the backend no longer has.
+        let gone_endpoint = streams.register(StreamKey {
+            endpoint: Some("127.0.0.1:10".parse().unwrap()),
+            ..key("ns/db", "ns/db:5432")
+        });
+        let kept_endpoint = streams.register(StreamKey {
+            endpoint: Some("127.0.0.1:9".parse().unwrap()),
+            ..key("ns/db", "ns/db:5432")
+        });
         // The same number over UDP is another port, which the config does not have.
         let other_transport = streams.register(StreamKey {
             port: (5432, Transport::Udp),
             ..key("ns/db", "ns/db:5432")
         });
-        assert_eq!(streams.len(), 5);
+        assert_eq!(streams.len(), 7);
 
-        assert_eq!(streams.revoke_disallowed(&config("ns/db", "ns/db:5432")), 4);
+        assert_eq!(streams.revoke_disallowed(&config("ns/db", "ns/db:5432")), 5);
         assert!(!kept.revoked.is_fired());
+        assert!(!kept_endpoint.revoked.is_fired());
+        assert!(gone_endpoint.revoked.is_fired());
         assert!(other_route.revoked.is_fired());
         assert!(other_backend.revoked.is_fired());
         assert!(other_port.revoked.is_fired());
@@ -178,6 +194,7 @@ mod tests {
         // Already revoked streams are not counted twice; closed ones are forgotten.
         assert_eq!(streams.revoke_disallowed(&config("ns/db", "ns/db:5432")), 0);
         drop((other_route, other_backend, other_port, other_transport));
+        drop((gone_endpoint, kept_endpoint));
         assert_eq!(streams.len(), 1);
         drop(kept);
         assert!(streams.is_empty());

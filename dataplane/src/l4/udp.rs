@@ -4,11 +4,12 @@
 //! route's backend by weight and an endpoint, opens a UDP socket connected to that endpoint and
 //! forwards the datagram; later datagrams of the client follow it there, and whatever the
 //! endpoint sends back goes to the client from the port's own socket, so the client sees
-//! answers come from the address it wrote to. Nothing in UDP says an exchange is over: a
-//! session ends after `udp_session_idle_timeout_ms` without a datagram either way, when the
-//! endpoint refuses a datagram (an ICMP port unreachable; the client's next datagram opens a
-//! new session, maybe to another endpoint), when a new config no longer routes it, or when
-//! the proxy drains.
+//! answers come from the port it wrote to. Nothing in UDP says an exchange is over: a session
+//! ends after `udp_session_idle_timeout_ms` without a datagram either way, when the endpoint
+//! refuses a datagram (an ICMP port unreachable; the client's next datagram opens a new
+//! session, maybe to another endpoint), when a new config no longer routes it or no longer
+//! lists its endpoint, or when the proxy drains (answers still on their way are then lost,
+//! where a spliced TCP connection gets until the drain deadline: a client resends).
 //!
 //! Each core has its own socket per UDP port (SO_REUSEPORT): the kernel picks it from the
 //! datagram's addresses and ports, so a session's datagrams all reach the core that holds it.
@@ -22,11 +23,15 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{FutureExt, future};
+use std::io::Read;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+
+use futures_lite::FutureExt;
 use glommio::net::UdpSocket;
 use glommio::spawn_local;
 use glommio::timer::Timer;
 use portcullis_api::config::Transport;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::open_streams::Registration;
 use super::splice::{Ended, Spliced};
@@ -118,7 +123,9 @@ async fn open_session(
         log(shard, &entry, started);
         return None;
     };
-    let upstream = match connect(routed.endpoint).await {
+    // Nothing awaits between routing and registering: a config installed in between would
+    // not see the session.
+    let upstream = match connect(routed.endpoint) {
         Ok(upstream) => upstream,
         Err(e) => {
             warn!(
@@ -132,7 +139,7 @@ async fn open_session(
         }
     };
     outcome(&routed.counters, &mut entry, 200);
-    let registration = routed.register(shard);
+    let registration = routed.register_session(shard);
     let session = Rc::new(Session {
         upstream,
         last_active: Cell::new(started),
@@ -160,16 +167,28 @@ async fn open_session(
 }
 
 /// A UDP socket on an ephemeral port of the endpoint's address family, connected to it.
-async fn connect(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
+/// Made here rather than by glommio's `bind`, which sets SO_REUSEPORT: the kernel then hands
+/// the same ephemeral port to several sessions, and the endpoint's answers to all of them
+/// reach only one.
+fn connect(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
     let any = match endpoint {
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
     };
-    let socket = UdpSocket::bind(any).map_err(std::io::Error::from)?;
-    socket
-        .connect(endpoint)
-        .await
-        .map_err(std::io::Error::from)?;
+    let socket = Socket::new(
+        Domain::for_address(endpoint),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&any.into())?;
+    // A UDP connect only records the peer: it never waits.
+    socket.connect(&endpoint.into())?;
+    // SAFETY: `into_raw_fd` gives up an open UDP socket that nothing else owns; the glommio
+    // socket takes ownership of the descriptor.
+    #[allow(unsafe_code)]
+    let socket = unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) };
     Ok(socket)
 }
 
@@ -272,16 +291,22 @@ async fn relay_answers(
     log(&shard, &entry, started);
 }
 
-/// Reads the answer waiting on `upstream` through the core's buffer. None if the read would
-/// have had to wait after all.
+/// Reads the answer waiting on `upstream` through the core's buffer, with a read that never
+/// waits (glommio's own read would fall back to a ring submission that can take the datagram
+/// after its future is gone). None if there was nothing to read after all.
 fn take_answer(upstream: &UdpSocket) -> Option<std::io::Result<Vec<u8>>> {
+    // SAFETY: the descriptor belongs to `upstream`, which is borrowed for this whole call and
+    // so stays open while `borrowed` exists.
+    #[allow(unsafe_code)]
+    let borrowed = unsafe { BorrowedFd::borrow_raw(upstream.as_raw_fd()) };
+    let socket = SockRef::from(&borrowed);
     ANSWER_BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
-        // The peek saw a datagram, so glommio's read completes without waiting; a read that
-        // would wait is dropped here, so the buffer is never held across a suspension.
-        match future::block_on(future::poll_once(upstream.recv(&mut buffer)))? {
+        // The socket is non-blocking: a read finds the datagram the peek saw, or WouldBlock.
+        match (&*socket).read(&mut buffer) {
             Ok(length) => Some(Ok(buffer[..length].to_vec())),
-            Err(e) => Some(Err(std::io::Error::from(e))),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(Err(e)),
         }
     })
 }

@@ -4,8 +4,8 @@
 //! A policy targets a Service, or one of its ports by name (`sectionName`). For a port, a
 //! policy naming it takes precedence over one naming the whole Service; among policies with
 //! the same target the oldest wins (then namespace/name) and the others are Conflicted. Only
-//! HTTPRoute and GRPCRoute traffic uses the policy: TLSRoute and TCPRoute forward bytes
-//! unchanged.
+//! HTTPRoute and GRPCRoute traffic uses the policy: TLSRoute, TCPRoute and UDPRoute forward
+//! bytes unchanged.
 //!
 //! A policy without a usable CA certificate still claims its target, and traffic to it fails
 //! with a 5xx instead of silently falling back to plaintext.
@@ -22,7 +22,7 @@ use portcullis_api::validate::{is_absolute_uri, is_dns_name};
 use super::ca_bundles::{self, CaRef};
 use super::conditions::{Condition, Status, reasons, types};
 use super::gateways::GatewayState;
-use super::{Index, ObjectKey, by_age, generation};
+use super::{Index, ObjectKey, backends, by_age, generation};
 
 const CONFLICTED: &str = "Conflicted";
 const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
@@ -323,7 +323,7 @@ fn settings(
     })
 }
 
-/// The name of `service`'s port `port`, when the Service and a named port exist.
+/// The name of `service`'s TCP port `port`, when the Service and a named port exist.
 pub fn port_name(index: &Index<'_>, service: &ObjectKey, port: i32) -> Option<String> {
     index
         .services
@@ -333,7 +333,7 @@ pub fn port_name(index: &Index<'_>, service: &ObjectKey, port: i32) -> Option<St
         .ports
         .as_ref()?
         .iter()
-        .find(|p| p.port == port)?
+        .find(|p| p.port == port && backends::protocol_of(p) == "TCP")?
         .name
         .clone()
 }

@@ -128,7 +128,7 @@ pub fn resolve(
         .ports
         .unwrap_or_default()
         .into_iter()
-        .find(|p| p.port == port && p.protocol.as_deref().unwrap_or("TCP") == transport)
+        .find(|p| p.port == port && protocol_of(p) == transport)
     else {
         return Err((
             reasons::BACKEND_NOT_FOUND,
@@ -228,9 +228,19 @@ pub fn expects_tls(index: &Index<'_>, service: &ObjectKey, port: i32) -> bool {
         .get(service)
         .and_then(|s| s.spec.as_ref())
         .and_then(|spec| spec.ports.as_ref())
-        .and_then(|ports| ports.iter().find(|p| p.port == port))
+        .and_then(|ports| {
+            ports
+                .iter()
+                .find(|p| p.port == port && protocol_of(p) == "TCP")
+        })
         .and_then(|p| p.app_protocol.as_deref())
         .is_some_and(speaks_tls)
+}
+
+/// A Service port's protocol ("TCP" when unset, as the API defaults it). TLS, and the names
+/// BackendTLSPolicies target, belong to the TCP port of a number, never to a UDP one.
+pub fn protocol_of(port: &ServicePort) -> &str {
+    port.protocol.as_deref().unwrap_or("TCP")
 }
 
 /// Ready endpoints of `service` for `port`, sorted, from its EndpointSlices.

@@ -84,7 +84,7 @@ macro_rules! header_modifier {
 #[derive(Debug, Clone)]
 pub struct Attachment {
     pub route: ObjectKey,
-    /// The route's kind (HTTPRoute, GRPCRoute, TLSRoute, TCPRoute).
+    /// The route's kind (HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, UDPRoute).
     pub kind: &'static str,
     /// Effective hostnames on this listener; empty: any host the listener accepts.
     pub hostnames: Vec<String>,
@@ -230,8 +230,8 @@ pub fn attach_http_routes(
 /// What attachment needs of a route of any kind.
 pub struct RouteSpec<'r> {
     pub key: ObjectKey,
-    /// HTTPRoute, GRPCRoute, TLSRoute, TCPRoute: a listener must list it among its supported
-    /// kinds.
+    /// HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, UDPRoute: a listener must list it among its
+    /// supported kinds.
     pub kind: &'static str,
     pub generation: i64,
     pub hostnames: &'r [String],
