@@ -131,6 +131,15 @@ fn ask_until_answered(socket: &UdpSocket, datagram: &[u8]) -> Vec<u8> {
     panic!("no answer to {:?}", String::from_utf8_lossy(datagram));
 }
 
+/// Throws away answers still queued on `socket` (a late answer to a datagram that was sent
+/// again), so the next `ask` reads the answer to its own datagram.
+fn discard_queued(socket: &UdpSocket) {
+    socket.set_nonblocking(true).unwrap();
+    let mut buffer = [0u8; 2048];
+    while socket.recv(&mut buffer).is_ok() {}
+    socket.set_nonblocking(false).unwrap();
+}
+
 fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -472,6 +481,7 @@ fn many_sessions_to_one_endpoint_each_get_their_own_answers() {
     }
     // All sessions are open now: each must still get its own answer.
     for (i, client) in clients.iter().enumerate() {
+        discard_queued(client);
         let answer = ask_until_answered(client, format!("again {i}").as_bytes());
         assert_eq!(
             String::from_utf8_lossy(&answer),

@@ -39,6 +39,7 @@ use super::{outcome, route_new_stream};
 use crate::access_log::StreamEntry;
 use crate::metrics::increment;
 use crate::shard::Shard;
+use crate::signal::Signal;
 use crate::warn;
 
 /// The largest UDP payload (IPv4 and IPv6 without jumbograms): a datagram is never cut.
@@ -60,6 +61,9 @@ struct Session {
     upstream: UdpSocket,
     last_active: Cell<Instant>,
     to_upstream: Cell<u64>,
+    /// Fired when a config no longer allows the session: from then on the client's datagrams
+    /// open a new one, even before the old one's task has run and left the table.
+    revoked: Rc<Signal>,
 }
 
 /// Serves a UDP port on this core until the task is dropped (the port left the config, or the
@@ -80,18 +84,21 @@ pub async fn serve_udp_port(shard: Rc<Shard>, socket: UdpSocket, port: u16) {
         };
         let existing = sessions.borrow().get(&client).cloned();
         let session = match existing {
-            Some(session) => session,
-            None => match open_session(&shard, &socket, &sessions, port, client).await {
-                Some(session) => session,
-                None => continue,
-            },
+            Some(session) if !session.revoked.is_fired() => Some(session),
+            _ => open_session(&shard, &socket, &sessions, port, client).await,
         };
-        session.last_active.set(Instant::now());
-        // A send the endpoint refused shows up on the session's own reads, which end it.
-        if session.upstream.send(&datagram[..length]).await.is_ok() {
-            let sent = &session.to_upstream;
-            sent.set(sent.get() + length as u64);
+        if let Some(session) = session {
+            session.last_active.set(Instant::now());
+            // A send the endpoint refused shows up on the session's own reads, which end it.
+            if session.upstream.send(&datagram[..length]).await.is_ok() {
+                let sent = &session.to_upstream;
+                sent.set(sent.get() + length as u64);
+            }
         }
+        // glommio's receive and send complete without waiting while datagrams are queued: a
+        // flood would otherwise keep this task running and starve the core's other work
+        // (connections, answers, config installs).
+        glommio::yield_if_needed().await;
     }
 }
 
@@ -144,6 +151,7 @@ async fn open_session(
         upstream,
         last_active: Cell::new(started),
         to_upstream: Cell::new(0),
+        revoked: registration.revoked.clone(),
     });
     sessions.borrow_mut().insert(client, session.clone());
     let open = &shard.counters.udp_sessions;
