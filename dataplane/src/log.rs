@@ -3,6 +3,7 @@
 //! The proxy logs rarely (start, config swaps, errors worth an operator's attention), never
 //! per request; per-request records go to the access log.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +26,44 @@ pub fn set_level(level: Level) {
 
 pub fn enabled(level: Level) -> bool {
     level as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
+}
+
+/// At most one line of a throttled kind this often, whatever the rate of what it reports.
+pub const LOG_INTERVAL_SECS: u64 = 10;
+
+/// Keeps a kind of warning that traffic can trigger (a backend's TLS failures, UDP sessions
+/// that cannot open) to one line per [`LOG_INTERVAL_SECS`], counting what it swallowed. One
+/// per core and kind: it is not shared between threads.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    /// The `coarse_now` of the last line, plus one so that 0 means "never logged".
+    last: Cell<u64>,
+    suppressed: Cell<u64>,
+}
+
+impl LogThrottle {
+    /// Some(occurrences not logged since the last line) when this one should be logged.
+    pub fn due_now(&self) -> Option<u64> {
+        self.due(coarse_now())
+    }
+
+    fn due(&self, now: u64) -> Option<u64> {
+        let last = self.last.get();
+        if last != 0 && now + 1 < last + LOG_INTERVAL_SECS {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return None;
+        }
+        self.last.set(now + 1);
+        Some(self.suppressed.replace(0))
+    }
+}
+
+/// Seconds since the epoch: coarse is enough for a log limit.
+fn coarse_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// Writes one log line. `fields` are extra key/value pairs (values are JSON-escaped strings).
@@ -119,5 +158,15 @@ mod tests {
         assert_eq!(out, r#""a\"b\\c\nd\u0001""#);
         let parsed: String = serde_json::from_str(&out).unwrap();
         assert_eq!(parsed, "a\"b\\c\nd\u{1}");
+    }
+
+    #[test]
+    fn throttled_lines_come_once_per_interval_with_what_they_swallowed() {
+        let log = LogThrottle::default();
+        assert_eq!(log.due(1000), Some(0));
+        assert_eq!(log.due(1000), None);
+        assert_eq!(log.due(1000 + LOG_INTERVAL_SECS - 1), None);
+        assert_eq!(log.due(1000 + LOG_INTERVAL_SECS), Some(2));
+        assert_eq!(log.due(1000 + LOG_INTERVAL_SECS), None);
     }
 }

@@ -37,6 +37,7 @@ use super::open_streams::Registration;
 use super::splice::{Ended, Spliced};
 use super::{outcome, route_new_stream};
 use crate::access_log::StreamEntry;
+use crate::log::LogThrottle;
 use crate::metrics::increment;
 use crate::shard::Shard;
 use crate::signal::Signal;
@@ -46,6 +47,10 @@ use crate::warn;
 const MAX_DATAGRAM: usize = 65_535;
 
 thread_local! {
+    /// This core's warnings about UDP ports and sessions: datagrams can trigger them at any
+    /// rate, the log takes one line per interval.
+    static UDP_WARNINGS: LogThrottle = LogThrottle::default();
+
     /// One core's buffer for the answers of all its sessions. An answer is read into it only
     /// once the session's socket is known to hold one, with a read that cannot wait, and is
     /// copied out before anything else runs; so a waiting session holds no buffer of its own
@@ -77,7 +82,14 @@ pub async fn serve_udp_port(shard: Rc<Shard>, socket: UdpSocket, port: u16) {
             Ok(received) => received,
             Err(e) => {
                 // Out of memory, or the socket shut down: back off instead of spinning.
-                warn!("receiving on a UDP port failed", "port" = port, "error" = e);
+                if let Some(suppressed) = UDP_WARNINGS.with(LogThrottle::due_now) {
+                    warn!(
+                        "receiving on a UDP port failed",
+                        "port" = port,
+                        "error" = e,
+                        "warnings_not_logged" = suppressed
+                    );
+                }
                 Timer::new(Duration::from_millis(10)).await;
                 continue;
             }
@@ -85,7 +97,7 @@ pub async fn serve_udp_port(shard: Rc<Shard>, socket: UdpSocket, port: u16) {
         let existing = sessions.borrow().get(&client).cloned();
         let session = match existing {
             Some(session) if !session.revoked.is_fired() => Some(session),
-            _ => open_session(&shard, &socket, &sessions, port, client).await,
+            _ => open_session(&shard, &socket, &sessions, port, client),
         };
         if let Some(session) = session {
             session.last_active.set(Instant::now());
@@ -103,8 +115,9 @@ pub async fn serve_udp_port(shard: Rc<Shard>, socket: UdpSocket, port: u16) {
 }
 
 /// Routes the first datagram of `client`, and opens and registers its session. None when the
-/// datagram is to be dropped: over the per-core limit, or nothing to send it to.
-async fn open_session(
+/// datagram is to be dropped: over the per-core limit, or nothing to send it to. Nothing in
+/// it waits, so no config can be installed between routing and registering the session.
+fn open_session(
     shard: &Rc<Shard>,
     socket: &Rc<UdpSocket>,
     sessions: &Sessions,
@@ -130,16 +143,18 @@ async fn open_session(
         log(shard, &entry, started);
         return None;
     };
-    // Nothing awaits between routing and registering: a config installed in between would
-    // not see the session.
     let upstream = match connect(routed.endpoint) {
         Ok(upstream) => upstream,
         Err(e) => {
-            warn!(
-                "cannot open a UDP socket to a backend",
-                "endpoint" = routed.endpoint,
-                "error" = e
-            );
+            // Out of ephemeral ports or descriptors: every new client hits it.
+            if let Some(suppressed) = UDP_WARNINGS.with(LogThrottle::due_now) {
+                warn!(
+                    "cannot open a UDP socket to a backend",
+                    "endpoint" = routed.endpoint,
+                    "error" = e,
+                    "warnings_not_logged" = suppressed
+                );
+            }
             outcome(&routed.counters, &mut entry, 502);
             log(shard, &entry, started);
             return None;

@@ -7,11 +7,10 @@
 //! shared between cores, and a session resumed after a swap was always verified under the
 //! settings now in force (resumption skips certificate verification).
 
-use std::cell::{Cell, OnceCell};
+use std::cell::OnceCell;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_api::certificate::{self, ParsedCertificate};
 use portcullis_api::config::{BackendProtocol, BackendTls, SubjectAltName};
@@ -24,13 +23,12 @@ use rustls::{
     RootCertStore, SignatureScheme, version,
 };
 
+use crate::log::LogThrottle;
 use crate::warn;
 
 /// The only application protocol the proxy speaks to backends.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 const ALPN_HTTP2: &[u8] = b"h2";
-/// At most one handshake-failure line per backend policy this often, whatever the request rate.
-const LOG_INTERVAL_SECS: u64 = 10;
 /// TLS sessions each core keeps per backend for resumption (rustls' default size).
 const SESSIONS_PER_BACKEND: usize = 256;
 
@@ -103,7 +101,7 @@ pub struct CoreTls {
     pub config: Arc<ClientConfig>,
     /// `config` without ALPN, made on first use: for connections that carry opaque bytes.
     opaque: OnceCell<Arc<ClientConfig>>,
-    failures: FailureLog,
+    failures: LogThrottle,
 }
 
 impl CoreTls {
@@ -114,7 +112,7 @@ impl CoreTls {
             settings,
             config: Arc::new(config),
             opaque: OnceCell::new(),
-            failures: FailureLog::default(),
+            failures: LogThrottle::default(),
         }
     }
 
@@ -131,10 +129,10 @@ impl CoreTls {
             .clone()
     }
 
-    /// Logs a failed handshake, at most once per [`LOG_INTERVAL_SECS`] for this backend on
-    /// this core, with how many failures the quiet period swallowed.
+    /// Logs a failed handshake, at most once per [`crate::log::LOG_INTERVAL_SECS`] for this
+    /// backend on this core, with how many failures the quiet period swallowed.
     pub fn log_failure(&self, endpoint: std::net::SocketAddr, reason: &dyn fmt::Display) {
-        if let Some(suppressed) = self.failures.due(coarse_now()) {
+        if let Some(suppressed) = self.failures.due_now() {
             warn!(
                 "TLS to backend failed",
                 "policy" = self.settings.policy,
@@ -218,35 +216,6 @@ fn load_system_trust_anchors() -> Result<Arc<RootCertStore>, String> {
         "errors" = found.errors.len()
     );
     Ok(Arc::new(roots))
-}
-
-/// Seconds since the epoch: coarse is enough for a log limit.
-fn coarse_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-/// Rate limit of one backend's failure log on one core.
-#[derive(Debug, Default)]
-struct FailureLog {
-    /// `coarse_now()` of the last line, plus one so that 0 means "never logged".
-    last: Cell<u64>,
-    suppressed: Cell<u64>,
-}
-
-impl FailureLog {
-    /// Some(failures not logged since the last line) when this failure should be logged.
-    fn due(&self, now: u64) -> Option<u64> {
-        let last = self.last.get();
-        if last != 0 && now + 1 < last + LOG_INTERVAL_SECS {
-            self.suppressed.set(self.suppressed.get() + 1);
-            return None;
-        }
-        self.last.set(now + 1);
-        Some(self.suppressed.replace(0))
-    }
 }
 
 /// A name the certificate must carry, as it is compared.
@@ -626,15 +595,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.contains("CA bundle"), "{error}");
-    }
-
-    #[test]
-    fn failures_are_logged_once_per_interval() {
-        let log = FailureLog::default();
-        assert_eq!(log.due(1000), Some(0));
-        assert_eq!(log.due(1000), None);
-        assert_eq!(log.due(1000 + LOG_INTERVAL_SECS - 1), None);
-        assert_eq!(log.due(1000 + LOG_INTERVAL_SECS), Some(2));
-        assert_eq!(log.due(1000 + LOG_INTERVAL_SECS), None);
     }
 }
