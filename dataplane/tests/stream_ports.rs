@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use portcullis_api::CompiledConfig;
-use portcullis_api::config::{BackendTarget, Listener, PortProtocol, StreamRoute, WeightedBackend};
+use portcullis_api::config::{Listener, PortProtocol, StreamRoute};
 use portcullis_api::frame::Reply;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
 use support::certs::{Ca, Leaf};
-use support::config::backend_tls;
+use support::config::{backend_tls, stream_listener, stream_route};
 use support::{ConfigBuilder, Proxy, free_port};
 
 // ---------------------------------------------------------------------------------------------
@@ -182,21 +182,6 @@ impl LineClient {
 // Config helpers
 // ---------------------------------------------------------------------------------------------
 
-fn stream_route(name: &str, hostnames: &[&str], backends: &[(&str, u32)]) -> StreamRoute {
-    StreamRoute {
-        name: name.into(),
-        hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
-        backends: backends
-            .iter()
-            .map(|(backend, weight)| WeightedBackend {
-                weight: *weight,
-                target: BackendTarget::Backend(backend.to_string()),
-                filters: vec![],
-            })
-            .collect(),
-    }
-}
-
 fn tls_listener(
     name: &str,
     hostname: Option<&str>,
@@ -210,13 +195,6 @@ fn tls_listener(
         routes: vec![],
         passthrough: certificates.is_empty(),
         stream_routes: routes,
-    }
-}
-
-fn tcp_listener(name: &str, routes: Vec<StreamRoute>) -> Listener {
-    Listener {
-        passthrough: false,
-        ..tls_listener(name, None, &[], routes)
     }
 }
 
@@ -497,7 +475,7 @@ fn a_tcp_port_forwards_bytes_unchanged_to_its_first_route() {
         .port(
             port,
             PortProtocol::Tcp,
-            vec![tcp_listener(
+            vec![stream_listener(
                 "tcp",
                 vec![
                     stream_route("ns/older", &[], &[("ns/first:3000", 1)]),
@@ -547,7 +525,7 @@ fn tcp_proxy(
         .port(
             port,
             PortProtocol::Tcp,
-            vec![tcp_listener(
+            vec![stream_listener(
                 "tcp",
                 vec![stream_route("ns/r", &[], &[("ns/b:1", 1)])],
             )],

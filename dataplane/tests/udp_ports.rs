@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_api::CompiledConfig;
-use portcullis_api::config::{
-    BackendTarget, Listener, PortProtocol, ProxySettings, StreamRoute, WeightedBackend,
-};
+use portcullis_api::config::{PortProtocol, ProxySettings, StreamRoute};
 use portcullis_api::frame::Reply;
+use support::config::{stream_listener, stream_route};
 use support::{ConfigBuilder, Proxy, free_port};
 
 /// Answers every datagram with "<name>:" followed by the datagram, to whoever sent it.
@@ -57,32 +56,6 @@ impl UdpEcho {
     }
 }
 
-fn udp_route(name: &str, backends: &[(&str, u32)]) -> StreamRoute {
-    StreamRoute {
-        name: name.into(),
-        hostnames: vec![],
-        backends: backends
-            .iter()
-            .map(|(backend, weight)| WeightedBackend {
-                weight: *weight,
-                target: BackendTarget::Backend(backend.to_string()),
-                filters: vec![],
-            })
-            .collect(),
-    }
-}
-
-fn udp_listener(routes: Vec<StreamRoute>) -> Listener {
-    Listener {
-        name: "udp".into(),
-        hostname: None,
-        certificates: vec![],
-        routes: vec![],
-        passthrough: false,
-        stream_routes: routes,
-    }
-}
-
 /// A config with one UDP port whose routes send to `backends` (name, endpoint).
 fn udp_config(
     generation: u64,
@@ -96,7 +69,11 @@ fn udp_config(
         builder = builder.backend_at(name, &[endpoint]);
     }
     builder
-        .port(port, PortProtocol::Udp, vec![udp_listener(routes)])
+        .port(
+            port,
+            PortProtocol::Udp,
+            vec![stream_listener("udp", routes)],
+        )
         .settings(settings)
         .build()
 }
@@ -159,7 +136,7 @@ fn datagrams_pass_unchanged_both_ways_and_answers_come_from_the_port() {
         1,
         port,
         &[("ns/echo:53", &echo.endpoint())],
-        vec![udp_route("ns/dns", &[("ns/echo:53", 1)])],
+        vec![stream_route("ns/dns", &[], &[("ns/echo:53", 1)])],
         |_| {},
     );
     let proxy = Proxy::start(&config);
@@ -213,7 +190,11 @@ fn a_client_stays_with_its_backend_while_new_clients_spread_by_weight() {
             ("ns/heavy:1", &heavy.endpoint()),
             ("ns/light:1", &light.endpoint()),
         ],
-        vec![udp_route("ns/r", &[("ns/heavy:1", 3), ("ns/light:1", 1)])],
+        vec![stream_route(
+            "ns/r",
+            &[],
+            &[("ns/heavy:1", 3), ("ns/light:1", 1)],
+        )],
         |_| {},
     );
     let _proxy = Proxy::start(&config);
@@ -257,7 +238,7 @@ fn idle_sessions_end_and_a_refused_session_ends_at_once() {
         1,
         port,
         &[("ns/echo:1", &echo.endpoint())],
-        vec![udp_route("ns/r", &[("ns/echo:1", 1)])],
+        vec![stream_route("ns/r", &[], &[("ns/echo:1", 1)])],
         |s| s.udp_session_idle_timeout_ms = 300,
     );
     let proxy = Proxy::start(&config);
@@ -280,7 +261,7 @@ fn idle_sessions_end_and_a_refused_session_ends_at_once() {
         2,
         port,
         &[("ns/closed:1", &closed_endpoint)],
-        vec![udp_route("ns/r", &[("ns/closed:1", 1)])],
+        vec![stream_route("ns/r", &[], &[("ns/closed:1", 1)])],
         |s| s.udp_session_idle_timeout_ms = 60_000,
     );
     assert!(matches!(proxy.push(&refused), Reply::Ack { .. }));
@@ -313,7 +294,7 @@ fn a_config_that_no_longer_routes_a_session_ends_it() {
         1,
         port,
         &backends,
-        vec![udp_route("ns/r", &[("ns/old:1", 1)])],
+        vec![stream_route("ns/r", &[], &[("ns/old:1", 1)])],
         |_| {},
     );
     let proxy = Proxy::start(&first);
@@ -325,7 +306,11 @@ fn a_config_that_no_longer_routes_a_session_ends_it() {
         2,
         port,
         &backends,
-        vec![udp_route("ns/r", &[("ns/old:1", 1), ("ns/new:1", 0)])],
+        vec![stream_route(
+            "ns/r",
+            &[],
+            &[("ns/old:1", 1), ("ns/new:1", 0)],
+        )],
         |_| {},
     );
     assert!(matches!(proxy.push(&same), Reply::Ack { .. }));
@@ -337,7 +322,7 @@ fn a_config_that_no_longer_routes_a_session_ends_it() {
         3,
         port,
         &backends,
-        vec![udp_route("ns/r", &[("ns/new:1", 1)])],
+        vec![stream_route("ns/r", &[], &[("ns/new:1", 1)])],
         |_| {},
     );
     assert!(matches!(proxy.push(&moved), Reply::Ack { .. }));
@@ -356,7 +341,7 @@ fn sessions_over_the_core_limit_are_refused_and_counted() {
         1,
         port,
         &[("ns/echo:1", &echo.endpoint())],
-        vec![udp_route("ns/r", &[("ns/echo:1", 1)])],
+        vec![stream_route("ns/r", &[], &[("ns/echo:1", 1)])],
         |s| s.max_udp_sessions_per_core = 1,
     );
     let proxy = Proxy::start_with(&config, &["--cores", "1"]);
@@ -380,7 +365,7 @@ fn a_port_can_change_between_tcp_and_udp() {
         2,
         port,
         &[("ns/echo:1", &echo.endpoint())],
-        vec![udp_route("ns/r", &[("ns/echo:1", 1)])],
+        vec![stream_route("ns/r", &[], &[("ns/echo:1", 1)])],
         |_| {},
     );
     let mut tcp = udp.clone();
@@ -419,13 +404,14 @@ fn a_port_number_carries_tcp_and_udp_at_once() {
             ("ns/dns:53/udp", &echo.endpoint()),
             ("ns/dns:53", &tcp_endpoint),
         ],
-        vec![udp_route("ns/dns-udp", &[("ns/dns:53/udp", 1)])],
+        vec![stream_route("ns/dns-udp", &[], &[("ns/dns:53/udp", 1)])],
         |_| {},
     );
     let mut tcp_port = config.ports[0].clone();
     tcp_port.protocol = PortProtocol::Tcp;
     tcp_port.listeners[0].name = "tcp".into();
-    tcp_port.listeners[0].stream_routes = vec![udp_route("ns/dns-tcp", &[("ns/dns:53", 1)])];
+    tcp_port.listeners[0].stream_routes =
+        vec![stream_route("ns/dns-tcp", &[], &[("ns/dns:53", 1)])];
     config.ports.push(tcp_port);
     let proxy = Proxy::start(&config);
 
@@ -468,7 +454,7 @@ fn many_sessions_to_one_endpoint_each_get_their_own_answers() {
         1,
         port,
         &[("ns/echo:1", &echo.endpoint())],
-        vec![udp_route("ns/r", &[("ns/echo:1", 1)])],
+        vec![stream_route("ns/r", &[], &[("ns/echo:1", 1)])],
         |_| {},
     );
     let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
@@ -503,7 +489,7 @@ fn a_session_ends_when_its_endpoint_leaves_the_backend() {
             generation,
             port,
             &[("ns/b:1", endpoint)],
-            vec![udp_route("ns/r", &[("ns/b:1", 1)])],
+            vec![stream_route("ns/r", &[], &[("ns/b:1", 1)])],
             |_| {},
         )
     };

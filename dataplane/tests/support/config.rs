@@ -168,6 +168,35 @@ pub fn listener(
     }
 }
 
+/// A TLSRoute, TCPRoute or UDPRoute: every connection (or UDP session) it takes goes to
+/// `backends` (name, weight) by weight.
+pub fn stream_route(name: &str, hostnames: &[&str], backends: &[(&str, u32)]) -> StreamRoute {
+    StreamRoute {
+        name: name.into(),
+        hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+        backends: backends
+            .iter()
+            .map(|(backend, weight)| WeightedBackend {
+                weight: *weight,
+                target: BackendTarget::Backend(backend.to_string()),
+                filters: vec![],
+            })
+            .collect(),
+    }
+}
+
+/// The listener of a TCP or UDP port: no hostname, no certificates, stream routes only.
+pub fn stream_listener(name: &str, routes: Vec<StreamRoute>) -> Listener {
+    Listener {
+        name: name.into(),
+        hostname: None,
+        certificates: vec![],
+        routes: vec![],
+        passthrough: false,
+        stream_routes: routes,
+    }
+}
+
 pub fn route(name: &str, hostnames: &[&str], rules: Vec<RouteRule>) -> HttpRoute {
     HttpRoute {
         name: name.into(),
