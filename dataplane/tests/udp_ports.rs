@@ -78,6 +78,22 @@ fn udp_config(
         .build()
 }
 
+/// A config with one UDP port whose one route, `ns/r`, sends everything to `endpoint`.
+fn one_route_config(
+    generation: u64,
+    port: u16,
+    endpoint: &str,
+    settings: impl FnOnce(&mut ProxySettings),
+) -> CompiledConfig {
+    udp_config(
+        generation,
+        port,
+        &[("ns/b:1", endpoint)],
+        vec![stream_route("ns/r", &[], &[("ns/b:1", 1)])],
+        settings,
+    )
+}
+
 /// A client socket talking to the proxy's UDP port.
 fn client(port: u16) -> UdpSocket {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -234,13 +250,9 @@ fn idle_sessions_end_and_a_refused_session_ends_at_once() {
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
     let closed_endpoint = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let config = udp_config(
-        1,
-        port,
-        &[("ns/echo:1", &echo.endpoint())],
-        vec![stream_route("ns/r", &[], &[("ns/echo:1", 1)])],
-        |s| s.udp_session_idle_timeout_ms = 300,
-    );
+    let config = one_route_config(1, port, &echo.endpoint(), |s| {
+        s.udp_session_idle_timeout_ms = 300
+    });
     let proxy = Proxy::start(&config);
     let client_socket = client(port);
     assert_eq!(ask_until_answered(&client_socket, b"hi"), b"echo:hi");
@@ -257,13 +269,9 @@ fn idle_sessions_end_and_a_refused_session_ends_at_once() {
     // The client's next datagram opens a new session.
     assert_eq!(ask_until_answered(&client_socket, b"again"), b"echo:again");
 
-    let refused = udp_config(
-        2,
-        port,
-        &[("ns/closed:1", &closed_endpoint)],
-        vec![stream_route("ns/r", &[], &[("ns/closed:1", 1)])],
-        |s| s.udp_session_idle_timeout_ms = 60_000,
-    );
+    let refused = one_route_config(2, port, &closed_endpoint, |s| {
+        s.udp_session_idle_timeout_ms = 60_000
+    });
     assert!(matches!(proxy.push(&refused), Reply::Ack { .. }));
     let other = client(port);
     assert_eq!(ask(&other, b"anyone?"), None);
@@ -337,13 +345,9 @@ fn a_config_that_no_longer_routes_a_session_ends_it() {
 fn sessions_over_the_core_limit_are_refused_and_counted() {
     let echo = UdpEcho::start("echo");
     let port = free_port();
-    let config = udp_config(
-        1,
-        port,
-        &[("ns/echo:1", &echo.endpoint())],
-        vec![stream_route("ns/r", &[], &[("ns/echo:1", 1)])],
-        |s| s.max_udp_sessions_per_core = 1,
-    );
+    let config = one_route_config(1, port, &echo.endpoint(), |s| {
+        s.max_udp_sessions_per_core = 1
+    });
     let proxy = Proxy::start_with(&config, &["--cores", "1"]);
     let first = client(port);
     assert_eq!(ask_until_answered(&first, b"a"), b"echo:a");
@@ -361,13 +365,7 @@ fn sessions_over_the_core_limit_are_refused_and_counted() {
 fn a_port_can_change_between_tcp_and_udp() {
     let echo = UdpEcho::start("echo");
     let port = free_port();
-    let udp = udp_config(
-        2,
-        port,
-        &[("ns/echo:1", &echo.endpoint())],
-        vec![stream_route("ns/r", &[], &[("ns/echo:1", 1)])],
-        |_| {},
-    );
+    let udp = one_route_config(2, port, &echo.endpoint(), |_| {});
     let mut tcp = udp.clone();
     tcp.generation = 1;
     tcp.ports[0].protocol = PortProtocol::Tcp;
@@ -450,13 +448,7 @@ fn many_sessions_to_one_endpoint_each_get_their_own_answers() {
     // the endpoint's answers to both would reach only one of them.
     let echo = UdpEcho::start("echo");
     let port = free_port();
-    let config = udp_config(
-        1,
-        port,
-        &[("ns/echo:1", &echo.endpoint())],
-        vec![stream_route("ns/r", &[], &[("ns/echo:1", 1)])],
-        |_| {},
-    );
+    let config = one_route_config(1, port, &echo.endpoint(), |_| {});
     let _proxy = Proxy::start_with(&config, &["--cores", "1"]);
     let clients: Vec<UdpSocket> = (0..600).map(|_| client(port)).collect();
     for (i, client) in clients.iter().enumerate() {
@@ -484,15 +476,7 @@ fn a_session_ends_when_its_endpoint_leaves_the_backend() {
     let first = UdpEcho::start("first");
     let second = UdpEcho::start("second");
     let port = free_port();
-    let with = |generation, endpoint: &str| {
-        udp_config(
-            generation,
-            port,
-            &[("ns/b:1", endpoint)],
-            vec![stream_route("ns/r", &[], &[("ns/b:1", 1)])],
-            |_| {},
-        )
-    };
+    let with = |generation, endpoint: &str| one_route_config(generation, port, endpoint, |_| {});
     let proxy = Proxy::start(&with(1, &first.endpoint()));
     let client = client(port);
     assert_eq!(ask_until_answered(&client, b"1"), b"first:1");

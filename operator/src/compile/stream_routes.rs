@@ -69,24 +69,35 @@ pub fn attach_tls_routes(
     attach_all(index, gateways, routes)
 }
 
+/// A route kind without hostnames (TCPRoute, UDPRoute; their generated types are distinct but
+/// of one shape) in tie-break order, ready to attach.
+macro_rules! hostless_routes {
+    ($routes:expr, $kind:expr) => {
+        by_age($routes)
+            .into_iter()
+            .map(|route| StreamRoute {
+                key: ObjectKey::of(route),
+                kind: $kind,
+                generation: generation(route),
+                hostnames: &[],
+                parent_refs: parent_refs!(route.spec.parent_refs),
+                backend_refs: backend_refs!(route.spec.rules),
+                has_rules: !route.spec.rules.is_empty(),
+            })
+            .collect()
+    };
+}
+
 /// Attaches every TCPRoute to the listeners its parentRefs select and returns route statuses.
 pub fn attach_tcp_routes(
     index: &Index<'_>,
     gateways: &mut BTreeMap<ObjectKey, GatewayState>,
 ) -> BTreeMap<ObjectKey, RouteOutput> {
-    let routes = by_age(&index.input.tcp_routes)
-        .into_iter()
-        .map(|route| StreamRoute {
-            key: ObjectKey::of(route),
-            kind: TCP_ROUTE,
-            generation: generation(route),
-            hostnames: &[],
-            parent_refs: parent_refs!(route.spec.parent_refs),
-            backend_refs: backend_refs!(route.spec.rules),
-            has_rules: !route.spec.rules.is_empty(),
-        })
-        .collect();
-    attach_all(index, gateways, routes)
+    attach_all(
+        index,
+        gateways,
+        hostless_routes!(&index.input.tcp_routes, TCP_ROUTE),
+    )
 }
 
 /// Attaches every UDPRoute to the listeners its parentRefs select and returns route statuses.
@@ -94,19 +105,11 @@ pub fn attach_udp_routes(
     index: &Index<'_>,
     gateways: &mut BTreeMap<ObjectKey, GatewayState>,
 ) -> BTreeMap<ObjectKey, RouteOutput> {
-    let routes = by_age(&index.input.udp_routes)
-        .into_iter()
-        .map(|route| StreamRoute {
-            key: ObjectKey::of(route),
-            kind: UDP_ROUTE,
-            generation: generation(route),
-            hostnames: &[],
-            parent_refs: parent_refs!(route.spec.parent_refs),
-            backend_refs: backend_refs!(route.spec.rules),
-            has_rules: !route.spec.rules.is_empty(),
-        })
-        .collect();
-    attach_all(index, gateways, routes)
+    attach_all(
+        index,
+        gateways,
+        hostless_routes!(&index.input.udp_routes, UDP_ROUTE),
+    )
 }
 
 fn attach_all(
